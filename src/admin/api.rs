@@ -1,0 +1,162 @@
+//! The JSON API's handlers: pools and listeners to read, drain/enable and
+//! weight to change.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+
+use hyper::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::{error, Body};
+use crate::pool::{Member, Pool};
+use crate::server::Server;
+
+fn state(m: &Member) -> &'static str {
+    let b = &m.backend;
+    if b.is_draining() {
+        "draining"
+    } else if b.is_healthy() {
+        "up"
+    } else {
+        "down"
+    }
+}
+
+fn backend_json(m: &Member) -> Value {
+    let b = &m.backend;
+    let mt = &b.metrics;
+    json!({
+        "addr": b.label,
+        "state": state(m),
+        "healthy": b.is_healthy(),
+        "draining": b.is_draining(),
+        "weight": m.weight.get(),
+        "max_connections": m.max_connections.map(|x| x.get()),
+        "active": b.active(),
+        "connections_total": mt.connections.get(),
+        "bytes_in": mt.bytes_in.get(),
+        "bytes_out": mt.bytes_out.get(),
+        "connect_failures": mt.fail_refused.get() + mt.fail_timeout.get() + mt.fail_other.get(),
+        "last_check": b.last_check().map(|c| json!({"ok": c.ok, "detail": c.detail, "age_ms": c.at_ms})),
+    })
+}
+
+pub fn pools(server: &Server, writes_need_token: bool, reads_need_token: bool) -> Response<Body> {
+    let view = server.view();
+    let pools: Vec<Value> = view
+        .pools
+        .values()
+        .map(|p| {
+            let snap = p.snapshot();
+            let listeners: Vec<&str> = view
+                .listeners
+                .iter()
+                .filter(|l| l.pool == p.name)
+                .map(|l| l.name.as_str())
+                .collect();
+            json!({
+                "name": p.name,
+                "strategy": snap.config.strategy.name(),
+                "health_check": snap.config.health.check.name(),
+                "listeners": listeners,
+                "backends": snap.members.iter().map(backend_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    super::json(
+        StatusCode::OK,
+        &json!({
+            "pools": pools,
+            "listeners": view.listeners,
+            "auth": { "writes_need_token": writes_need_token, "reads_need_token": reads_need_token },
+        }),
+    )
+}
+
+pub fn listeners(server: &Server) -> Response<Body> {
+    super::json(
+        StatusCode::OK,
+        &json!({ "listeners": server.view().listeners }),
+    )
+}
+
+fn find(
+    server: &Server,
+    pool: &str,
+    addr: &str,
+) -> Result<(std::sync::Arc<Pool>, SocketAddr), Response<Body>> {
+    let view = server.view();
+    let pool = view
+        .pools
+        .get(pool)
+        .cloned()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no pool named `{pool}`")))?;
+    let addr: SocketAddr = addr.parse().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("`{addr}` is not a backend address (ip:port)"),
+        )
+    })?;
+    Ok((pool, addr))
+}
+
+pub fn set_draining(server: &Server, pool: &str, addr: &str, draining: bool) -> Response<Body> {
+    let (pool, addr) = match find(server, pool, addr) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match pool.set_draining(addr, draining) {
+        Ok(()) => {
+            tracing::info!(pool = %pool.name, backend = %addr, draining, "backend drain state changed by the admin API");
+            describe(&pool, addr)
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+pub fn set_weight(server: &Server, pool: &str, addr: &str, body: &[u8]) -> Response<Body> {
+    let (pool, addr) = match find(server, pool, addr) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WeightBody {
+        weight: u32,
+    }
+    let weight = match serde_json::from_slice::<WeightBody>(body) {
+        Ok(w) if (1..=256).contains(&w.weight) => {
+            NonZeroU32::new(w.weight).expect("checked non-zero")
+        }
+        Ok(w) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("weight must be from 1 to 256, not {}", w.weight),
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"weight\": N}}: {e}"),
+            )
+        }
+    };
+    match pool.set_weight(addr, weight) {
+        Ok(()) => {
+            tracing::info!(pool = %pool.name, backend = %addr, weight = weight.get(), "backend weight changed by the admin API");
+            describe(&pool, addr)
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+fn describe(pool: &Pool, addr: SocketAddr) -> Response<Body> {
+    let snap = pool.snapshot();
+    match snap.find(addr) {
+        Some(m) => super::json(StatusCode::OK, &backend_json(m)),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("pool `{}` has no backend {addr}", pool.name),
+        ),
+    }
+}

@@ -1,0 +1,266 @@
+//! The admin endpoint: `/metrics`, the JSON API, health probes and the status
+//! page, served with hyper off the proxy's hot path. It only reads atomics
+//! and snapshots, and changes pools through [`Pool`](crate::pool::Pool)'s door.
+
+mod api;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::AdminConfig;
+use crate::server::{Error, Server};
+
+/// Request bodies are tiny JSON objects; anything larger is refused.
+const MAX_BODY: usize = 16 * 1024;
+const STATUS_PAGE: &str = include_str!("status.html");
+
+pub type Body = Full<Bytes>;
+
+/// Who may do what.
+pub struct Settings {
+    token: Option<String>,
+    protect_reads: bool,
+}
+
+impl Settings {
+    pub fn new(cfg: &AdminConfig, token: Option<String>) -> Settings {
+        Settings {
+            token,
+            protect_reads: cfg.protect_reads,
+        }
+    }
+}
+
+/// Reads `token_file` (surrounding whitespace trimmed).
+pub fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
+    let Some(path) = &cfg.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Token {
+        path: path.clone(),
+        source,
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(Error::Token {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
+        });
+    }
+    Ok(Some(token))
+}
+
+/// A bound admin endpoint; stops serving when dropped.
+pub struct Running {
+    /// The configured address (what a reload compares).
+    pub bind: SocketAddr,
+    /// The bound address.
+    pub addr: SocketAddr,
+    pub settings: Arc<ArcSwap<Settings>>,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    stop: CancellationToken,
+}
+
+impl Running {
+    pub fn bind(cfg: &AdminConfig, token: Option<String>) -> Result<Running, Error> {
+        let err = |source| Error::AdminBind {
+            addr: cfg.bind,
+            source,
+        };
+        let listener = crate::net::tcp_listener(cfg.bind, 128, false).map_err(err)?;
+        let addr = listener.local_addr().map_err(err)?;
+        Ok(Running {
+            bind: cfg.bind,
+            addr,
+            settings: Arc::new(ArcSwap::from_pointee(Settings::new(cfg, token))),
+            listener: std::sync::Mutex::new(Some(listener)),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Starts serving; `parent` cancels it along with the daemon.
+    pub fn spawn(&self, server: Server, parent: &CancellationToken, tracker: &TaskTracker) {
+        let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let listener =
+            tokio::net::TcpListener::from_std(listener).expect("tokio runtime is running");
+        let stop = self.stop.clone();
+        let parent = parent.clone();
+        let settings = self.settings.clone();
+        tracing::info!(addr = %self.addr, "admin endpoint listening");
+        tracker.spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.cancelled() => return,
+                    _ = parent.cancelled() => return,
+                };
+                let server = server.clone();
+                let settings = settings.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let server = server.clone();
+                        let settings = settings.load_full();
+                        async move { Ok::<_, Infallible>(route(server, &settings, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!(error = %e, "admin connection ended with an error");
+                        },
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A JSON error: `{"error": "..."}`.
+pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn authorized(settings: &Settings, req: &Request<Incoming>) -> bool {
+    let Some(token) = &settings.token else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
+}
+
+/// Reads a small request body, refusing oversized ones.
+pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+async fn route(server: Server, settings: &Settings, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let mutating = !matches!(method, Method::GET | Method::HEAD);
+    let open = matches!(
+        segments.as_slice(),
+        ["healthz"] | ["readyz"] | [""] | ["status"]
+    );
+    if (mutating || (settings.protect_reads && !open)) && !authorized(settings, &req) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "a valid `Authorization: Bearer <token>` header is required",
+        );
+        r.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let reads_need_token = settings.protect_reads;
+    let writes_need_token = settings.token.is_some();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, [""] | ["status"]) => text("text/html; charset=utf-8", STATUS_PAGE),
+        (&Method::GET, ["metrics"]) => text(
+            "text/plain; version=0.0.4; charset=utf-8",
+            server.metrics().render(),
+        ),
+        (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, ["readyz"]) => {
+            let ready = server.ready();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(status, &serde_json::json!({ "ready": ready }))
+        }
+        (&Method::GET, ["api", "v1", "pools"]) => {
+            api::pools(&server, writes_need_token, reads_need_token)
+        }
+        (&Method::GET, ["api", "v1", "listeners"]) => api::listeners(&server),
+        (&Method::POST, ["api", "v1", "reload"]) => match server.reload_file().await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({"reloaded": true})),
+            Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        },
+        (
+            &Method::POST,
+            ["api", "v1", "pools", pool, "backends", addr, action @ ("drain" | "enable")],
+        ) => api::set_draining(&server, pool, addr, *action == "drain"),
+        (&Method::PUT, ["api", "v1", "pools", pool, "backends", addr, "weight"]) => {
+            let (pool, addr) = (pool.to_string(), addr.to_string());
+            match read_body(req).await {
+                Ok(body) => api::set_weight(&server, &pool, &addr, &body),
+                Err(r) => r,
+            }
+        }
+        (_, ["" | "status" | "metrics" | "healthz" | "readyz"])
+        | (_, ["api", "v1", "pools" | "listeners" | "reload"])
+        | (_, ["api", "v1", "pools", _, "backends", _, "drain" | "enable" | "weight"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}

@@ -1,0 +1,156 @@
+//! Load-balancing strategies behind one small trait.
+//!
+//! A strategy is built once from a pool's weights (so weighting costs nothing
+//! per pick) and then hands out indices. It never decides which backends may
+//! take traffic: the caller passes [`Candidates`], whose `eligible` already
+//! folds in health, drain, connection limits and backends already tried.
+//! Adding a strategy means one file here and one arm in [`build`].
+
+mod least_conn;
+mod p2c;
+mod random;
+mod round_robin;
+mod weighted;
+
+use std::fmt;
+
+/// The backends a pick chooses among, as the strategy sees them.
+pub trait Candidates {
+    /// Number of backends, eligible or not; indices run `0..len()`.
+    fn len(&self) -> usize;
+    /// Whether backend `i` may take this connection now.
+    fn eligible(&self, i: usize) -> bool;
+    /// Backend `i`'s configured weight (at least 1).
+    fn weight(&self, i: usize) -> u32;
+    /// Backend `i`'s active connections or sessions.
+    fn active(&self, i: usize) -> u64;
+}
+
+/// Picks one backend per call. Implementations are shared by every worker
+/// thread and must be lock-free.
+pub trait Strategy: Send + Sync + fmt::Debug {
+    /// Index of an eligible backend, or `None` when none is eligible.
+    fn pick(&self, c: &dyn Candidates) -> Option<usize>;
+}
+
+/// The strategies a pool can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StrategyKind {
+    Random,
+    RoundRobin,
+    Weighted,
+    LeastConn,
+    P2c,
+}
+
+impl StrategyKind {
+    pub const ALL: [StrategyKind; 5] = [
+        StrategyKind::Random,
+        StrategyKind::RoundRobin,
+        StrategyKind::Weighted,
+        StrategyKind::LeastConn,
+        StrategyKind::P2c,
+    ];
+
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            StrategyKind::Random => "random",
+            StrategyKind::RoundRobin => "round_robin",
+            StrategyKind::Weighted => "weighted",
+            StrategyKind::LeastConn => "least_conn",
+            StrategyKind::P2c => "p2c",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<StrategyKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether backend weights change what this strategy picks.
+    pub fn uses_weights(self) -> bool {
+        matches!(
+            self,
+            StrategyKind::Weighted | StrategyKind::LeastConn | StrategyKind::P2c
+        )
+    }
+}
+
+/// Builds the strategy `kind` for backends with these weights.
+pub fn build(kind: StrategyKind, weights: &[u32]) -> Box<dyn Strategy> {
+    match kind {
+        StrategyKind::Random => Box::new(random::Random),
+        StrategyKind::RoundRobin => Box::new(round_robin::RoundRobin::default()),
+        StrategyKind::Weighted => Box::new(weighted::Weighted::new(weights)),
+        StrategyKind::LeastConn => Box::new(least_conn::LeastConn::default()),
+        StrategyKind::P2c => Box::new(p2c::P2c),
+    }
+}
+
+/// Whether `a` is less loaded than `b`, comparing active/weight without division.
+fn less_loaded(c: &dyn Candidates, a: usize, b: usize) -> bool {
+    (c.active(a) as u128) * (c.weight(b) as u128) < (c.active(b) as u128) * (c.weight(a) as u128)
+}
+
+/// A uniformly random eligible index: rejection sampling first (cheap when
+/// most are eligible), then an exact reservoir pass.
+fn random_eligible(c: &dyn Candidates, rng: &mut impl rand::Rng) -> Option<usize> {
+    let n = c.len();
+    if n == 0 {
+        return None;
+    }
+    // Eight probes find an eligible backend with probability > 99.6% when at
+    // least half are eligible; past that the exact pass is cheaper than luck.
+    for _ in 0..8 {
+        let i = rng.random_range(0..n);
+        if c.eligible(i) {
+            return Some(i);
+        }
+    }
+    let mut chosen = None;
+    let mut seen = 0u32;
+    for i in (0..n).filter(|&i| c.eligible(i)) {
+        seen += 1;
+        if rng.random_range(0..seen) == 0 {
+            chosen = Some(i);
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A plain in-memory candidate set for strategy tests and benchmarks.
+    use super::Candidates;
+
+    pub struct Fixed {
+        pub weights: Vec<u32>,
+        pub active: Vec<u64>,
+        pub down: Vec<bool>,
+    }
+
+    impl Fixed {
+        pub fn new(weights: &[u32]) -> Fixed {
+            Fixed {
+                weights: weights.to_vec(),
+                active: vec![0; weights.len()],
+                down: vec![false; weights.len()],
+            }
+        }
+    }
+
+    impl Candidates for Fixed {
+        fn len(&self) -> usize {
+            self.weights.len()
+        }
+        fn eligible(&self, i: usize) -> bool {
+            !self.down[i]
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self.weights[i]
+        }
+        fn active(&self, i: usize) -> u64 {
+            self.active[i]
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Configuration in two stages: [`raw`] is the TOML as written, [`Config`] is
+//! the validated form with real types (socket addresses, durations, non-zero
+//! weights) that the rest of the daemon consumes without further checks.
+
+mod error;
+mod escape;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, Problem};
+pub use escape::parse_bytes;
+
+use crate::balance::StrategyKind;
+
+/// Where `switchyard run` and `switchyard check` look by default.
+pub const DEFAULT_PATH: &str = "/etc/switchyard/switchyard.toml";
+
+/// A fully validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (`<generated>` for built-in configs).
+    pub source: PathBuf,
+    /// The admin endpoint, if `[admin]` is present.
+    pub admin: Option<AdminConfig>,
+    /// Listeners in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Pools by name.
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// How long established connections may run on after shutdown starts
+    /// (`shutdown_grace`, default 30s).
+    pub shutdown_grace: Duration,
+    /// Things that are allowed but probably not meant (e.g. weights on
+    /// `round_robin`), as `file:line:col: key: message` lines.
+    pub warnings: Vec<String>,
+}
+
+/// `[admin]`: the HTTP endpoint for metrics, the API and the status page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// `bind`, default `127.0.0.1:9901`.
+    pub bind: SocketAddr,
+    /// `token_file`: when set, mutating calls need `Authorization: Bearer <token>`.
+    pub token_file: Option<PathBuf>,
+    /// `protect_reads` (default false): reads need the token too.
+    pub protect_reads: bool,
+}
+
+/// `"tcp"` or `"udp"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// `protocol`, default `"tcp"`.
+    pub protocol: Protocol,
+    pub bind: SocketAddr,
+    /// Name of the pool traffic goes to (checked to exist).
+    pub pool: String,
+    /// `idle_timeout`: TCP default 1h (no byte either way), UDP default 30s
+    /// (session expiry).
+    pub idle_timeout: Duration,
+    /// `max_sessions` (UDP), default 65536.
+    pub max_sessions: NonZeroUsize,
+    /// `max_connections` (TCP), default 65536; beyond it connections wait in the backlog.
+    pub max_connections: NonZeroUsize,
+    /// `access_log`, default true.
+    pub access_log: bool,
+    /// `backlog` (TCP accept queue), default 1024.
+    pub backlog: u32,
+    /// `reuse_port`, default false: one SO_REUSEPORT socket and accept task per worker thread.
+    pub reuse_port: bool,
+}
+
+impl ListenerConfig {
+    /// The part of a listener that owns its socket: a reload keeps the socket
+    /// when this is unchanged.
+    pub fn socket_key(&self) -> (&str, Protocol, SocketAddr, bool) {
+        (&self.name, self.protocol, self.bind, self.reuse_port)
+    }
+}
+
+/// One `[pools.NAME]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    /// `strategy`, default `"round_robin"`.
+    pub strategy: StrategyKind,
+    pub backends: Vec<BackendConfig>,
+    /// `retries`, default 2: other backends tried after a failed connect.
+    pub retries: u32,
+    /// `connect_timeout`, default 5s.
+    pub connect_timeout: Duration,
+    /// `max_fails`, default 3: consecutive connect failures that take a backend out.
+    pub max_fails: u32,
+    /// `fail_timeout`, default 10s: how long it stays out (doubling on repeat, capped at 16x).
+    pub fail_timeout: Duration,
+    pub health: HealthConfig,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub addr: SocketAddr,
+    /// `weight`, 1 to 256, default 1.
+    pub weight: NonZeroU32,
+    /// `max_connections`: a full backend is skipped; default unlimited.
+    pub max_connections: Option<NonZeroU32>,
+}
+
+/// `[pools.NAME.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub check: CheckKind,
+    /// `interval`, default 2s.
+    pub interval: Duration,
+    /// `timeout`, default 1s.
+    pub timeout: Duration,
+    /// `rise`, default 2.
+    pub rise: u32,
+    /// `fall`, default 3.
+    pub fall: u32,
+    /// `port`: check this port instead of the traffic port.
+    pub port: Option<u16>,
+    /// `initial`: `"up"` (default) or `"down"`.
+    pub initial_up: bool,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: CheckKind::None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            port: None,
+            initial_up: true,
+        }
+    }
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// No active check; passive health still applies.
+    None,
+    /// Connect; optionally send bytes and require the reply to start with `expect`.
+    Tcp {
+        send: Option<Vec<u8>>,
+        expect: Option<Vec<u8>>,
+    },
+    /// `GET path` over HTTP/1.1; the status must be `expect_status`.
+    Http {
+        path: String,
+        expect_status: u16,
+        host: Option<String>,
+    },
+    /// Send a datagram; with `expect`, the reply must start with it, and
+    /// without, any reply (or silence) but an ICMP error passes.
+    Udp {
+        send: Vec<u8>,
+        expect: Option<Vec<u8>>,
+    },
+}
+
+impl CheckKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp { .. } => "tcp",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Udp { .. } => "udp",
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                line: 0,
+                col: 0,
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Config::parse(&source, path)
+    }
+
+    /// Validates `source` as if read from `path`.
+    pub fn parse(source: &str, path: &Path) -> Result<Config, ConfigError> {
+        validate::validate(source, path)
+    }
+
+    /// A one-line summary, as `switchyard check` prints it.
+    pub fn summary(&self) -> String {
+        let backends: usize = self.pools.values().map(|p| p.backends.len()).sum();
+        format!(
+            "{}: ok: {} listener(s), {} pool(s), {} backend(s){}",
+            self.source.display(),
+            self.listeners.len(),
+            self.pools.len(),
+            backends,
+            match &self.admin {
+                Some(a) => format!(", admin on {}", a.bind),
+                None => String::new(),
+            }
+        )
+    }
+}

@@ -1,0 +1,81 @@
+//! The configuration exactly as written in the TOML file: serde types that
+//! keep every value's position so that validation can point at it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A value together with where it stands in the file.
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub admin: Option<S<RawAdmin>>,
+    #[serde(default)]
+    pub listeners: Vec<S<RawListener>>,
+    #[serde(default)]
+    pub pools: BTreeMap<S<String>, S<RawPool>>,
+    pub shutdown_grace: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+    pub protect_reads: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: S<String>,
+    pub protocol: Option<S<String>>,
+    pub bind: S<String>,
+    pub pool: S<String>,
+    pub idle_timeout: Option<S<String>>,
+    pub max_sessions: Option<S<i64>>,
+    pub max_connections: Option<S<i64>>,
+    pub access_log: Option<bool>,
+    pub backlog: Option<S<i64>>,
+    pub reuse_port: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub strategy: Option<S<String>>,
+    pub backends: S<Vec<S<RawBackend>>>,
+    pub retries: Option<S<i64>>,
+    pub connect_timeout: Option<S<String>>,
+    pub max_fails: Option<S<i64>>,
+    pub fail_timeout: Option<S<String>>,
+    pub health: Option<S<RawHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub addr: S<String>,
+    pub weight: Option<S<i64>>,
+    pub max_connections: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub rise: Option<S<i64>>,
+    pub fall: Option<S<i64>>,
+    pub send: Option<S<String>>,
+    pub expect: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub expect_status: Option<S<i64>>,
+    pub host: Option<S<String>>,
+    pub port: Option<S<i64>>,
+    pub initial: Option<S<String>>,
+}

@@ -1,0 +1,145 @@
+//! One health probe of each kind. Each returns a short description of what
+//! it saw, or the reason it failed.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::config::{CheckKind, HealthConfig};
+
+pub async fn run(cfg: &HealthConfig, addr: SocketAddr) -> Result<String, String> {
+    let mut target = addr;
+    if let Some(port) = cfg.port {
+        target.set_port(port);
+    }
+    match &cfg.check {
+        CheckKind::None => Ok("no check".into()),
+        CheckKind::Tcp { send, expect } => tcp(target, send.as_deref(), expect.as_deref()).await,
+        CheckKind::Http {
+            path,
+            expect_status,
+            host,
+        } => http(target, path, *expect_status, host.as_deref()).await,
+        CheckKind::Udp { send, expect } => udp(target, send, expect.as_deref()).await,
+    }
+}
+
+fn connect_error(e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        _ => format!("connect failed: {e}"),
+    }
+}
+
+fn shown(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]);
+    s.escape_debug().to_string()
+}
+
+async fn tcp(
+    addr: SocketAddr,
+    send: Option<&[u8]>,
+    expect: Option<&[u8]>,
+) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(connect_error)?;
+    if let Some(send) = send {
+        s.write_all(send)
+            .await
+            .map_err(|e| format!("send failed: {e}"))?;
+    }
+    let Some(expect) = expect else {
+        return Ok("connected".into());
+    };
+    let mut got = Vec::with_capacity(expect.len());
+    while got.len() < expect.len() {
+        let mut buf = [0u8; 512];
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read failed: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "connection closed after {} byte(s) of reply",
+                got.len()
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
+        if !expect.starts_with(&got[..got.len().min(expect.len())]) {
+            break;
+        }
+    }
+    if got.starts_with(expect) {
+        Ok(format!("replied \"{}\"", shown(&got)))
+    } else {
+        Err(format!("wrong reply \"{}\"", shown(&got)))
+    }
+}
+
+async fn http(
+    addr: SocketAddr,
+    path: &str,
+    expect_status: u16,
+    host: Option<&str>,
+) -> Result<String, String> {
+    let stream = TcpStream::connect(addr).await.map_err(connect_error)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("http handshake failed: {e}"))?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "health check connection ended with an error");
+        }
+    });
+    let authority = host.map(str::to_string).unwrap_or_else(|| addr.to_string());
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("switchyard/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+    let result = sender.send_request(req).await;
+    driver.abort();
+    let status = result
+        .map_err(|e| format!("http request failed: {e}"))?
+        .status();
+    if status.as_u16() == expect_status {
+        Ok(format!("status {}", status.as_u16()))
+    } else {
+        Err(format!("status {}", status.as_u16()))
+    }
+}
+
+async fn udp(addr: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<String, String> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("cannot bind: {e}"))?;
+    s.connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    s.send(send)
+        .await
+        .map_err(|e| format!("send failed: {e}"))?;
+    let mut buf = vec![0u8; 2048];
+    let n = s.recv(&mut buf).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "port unreachable".to_string(),
+        _ => format!("receive failed: {e}"),
+    })?;
+    match expect {
+        Some(expect) if !buf[..n].starts_with(expect) => {
+            Err(format!("wrong reply \"{}\"", shown(&buf[..n])))
+        }
+        _ => Ok(format!("replied {n} byte(s)")),
+    }
+}

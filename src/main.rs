@@ -1,0 +1,179 @@
+//! The `switchyard` command: arguments, logging and signals; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+
+use switchyard::config::{Config, DEFAULT_PATH};
+use switchyard::{demo, notify, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A layer-4 (TCP and UDP) load balancer"
+)]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (0: valid, 1: problems printed).
+    Check {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Start three echo backends and the daemon in front of them.
+    Demo {
+        /// Port for the TCP and UDP listeners.
+        #[arg(long, default_value_t = 7000)]
+        port: u16,
+        /// Port for the admin endpoint (status page, metrics).
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config } => Config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| runtime()?.block_on(serve(c))),
+        Command::Demo { port, admin_port } => {
+            runtime().and_then(|rt| rt.block_on(run_demo(port, admin_port)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                println!("warning: {w}");
+            }
+            println!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            println!("{}: {} problem(s) found", path.display(), e.problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads. A second stop signal
+/// during the drain ends every connection at once.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let server = Server::start(config).await?;
+    notify::notify("READY=1");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "switchyard is ready");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                if let Err(e) = server.reload_file().await {
+                    for line in e.to_string().lines() {
+                        tracing::error!("{line}");
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    notify::notify("STOPPING=1");
+    tokio::select! {
+        _ = server.shutdown() => tracing::info!("stopped"),
+        _ = term.recv() => { server.abort(); tracing::warn!("second signal: stopped at once"); }
+        _ = int.recv() => { server.abort(); tracing::warn!("second signal: stopped at once"); }
+    }
+    Ok(())
+}
+
+async fn run_demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
+    let mut backends = Vec::new();
+    for name in ["alpha", "beta", "gamma"] {
+        backends.push(
+            demo::echo_backend(name)
+                .await
+                .context("cannot start a demo backend")?,
+        );
+    }
+    let config = demo::config(port, admin_port, &backends)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let server = Server::start(config).await?;
+    let tcp = server
+        .local_addr("demo-tcp")
+        .context("demo listener missing")?;
+    let admin = server.admin_addr().await.context("demo admin missing")?;
+    println!("switchyard demo: backends alpha (weight 1), beta (2), gamma (3) at {backends:?}");
+    println!("  TCP:    nc {} {}        then type lines; each connection goes to the next backend in the weighted rotation", tcp.ip(), tcp.port());
+    println!(
+        "  UDP:    nc -u {} {}     each client address sticks to one backend",
+        tcp.ip(),
+        tcp.port()
+    );
+    println!("  status: http://{admin}/    metrics: http://{admin}/metrics");
+    println!("  Ctrl-C stops.");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    server
+        .shutdown_within(std::time::Duration::from_secs(1))
+        .await;
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! Prometheus metrics: one registry, and per-listener / per-backend handles
+//! resolved once so the relay path only touches atomics.
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Connect times on loopback are tens of microseconds; across a WAN, up to seconds.
+const CONNECT_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// L4 connections last from a request (milliseconds) to a session (hours).
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_1, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+];
+
+/// Every metric switchyard exports.
+pub struct Metrics {
+    pub registry: Registry,
+    listener_connections: IntCounterVec,
+    listener_active: IntGaugeVec,
+    listener_bytes: IntCounterVec,
+    listener_no_backend: IntCounterVec,
+    listener_rejected: IntCounterVec,
+    accept_errors: IntCounterVec,
+    connection_duration: HistogramVec,
+    udp_sessions: IntGaugeVec,
+    udp_sessions_total: IntCounterVec,
+    udp_datagrams: IntCounterVec,
+    udp_dropped: IntCounterVec,
+    backend_up: IntGaugeVec,
+    backend_draining: IntGaugeVec,
+    backend_weight: IntGaugeVec,
+    backend_active: IntGaugeVec,
+    backend_connections: IntCounterVec,
+    backend_connect_failures: IntCounterVec,
+    backend_bytes: IntCounterVec,
+    backend_checks: IntCounterVec,
+    backend_transitions: IntCounterVec,
+    connect_duration: HistogramVec,
+    pub reloads_success: IntCounter,
+    pub reloads_failure: IntCounter,
+    pub last_reload_success: Gauge,
+}
+
+/// Handles for one listener.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub connections: IntCounter,
+    pub active: IntGauge,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub no_backend: IntCounter,
+    pub rejected_limit: IntCounter,
+    pub accept_errors: IntCounter,
+    pub duration: Histogram,
+    pub udp_sessions: IntGauge,
+    pub udp_sessions_total: IntCounter,
+    pub udp_in: IntCounter,
+    pub udp_out: IntCounter,
+    pub udp_dropped_full: IntCounter,
+    pub udp_dropped_no_backend: IntCounter,
+    pub udp_dropped_send: IntCounter,
+}
+
+/// Handles for one backend of one pool.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub up: IntGauge,
+    pub draining: IntGauge,
+    pub weight: IntGauge,
+    pub active: IntGauge,
+    pub connections: IntCounter,
+    pub fail_refused: IntCounter,
+    pub fail_timeout: IntCounter,
+    pub fail_other: IntCounter,
+    /// Bytes sent to the backend.
+    pub bytes_out: IntCounter,
+    /// Bytes received from the backend.
+    pub bytes_in: IntCounter,
+    pub checks_ok: IntCounter,
+    pub checks_failed: IntCounter,
+    pub to_up: IntCounter,
+    pub to_down: IntCounter,
+    pub connect_duration: Histogram,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector");
+        let build = gauge(
+            &r,
+            "switchyard_build_info",
+            "Build information; always 1.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let reloads = counter(
+            &r,
+            "switchyard_config_reloads_total",
+            "Configuration reloads by result.",
+            &["result"],
+        );
+        let last_reload_success = Gauge::new(
+            "switchyard_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(last_reload_success.clone()))
+            .expect("unique metric");
+        let l = &["listener"];
+        let pb = &["pool", "backend"];
+        Metrics {
+            listener_connections: counter(
+                &r,
+                "switchyard_listener_connections_total",
+                "TCP connections accepted.",
+                l,
+            ),
+            listener_active: gauge(
+                &r,
+                "switchyard_listener_active_connections",
+                "TCP connections open now.",
+                l,
+            ),
+            listener_bytes: counter(
+                &r,
+                "switchyard_listener_bytes_total",
+                "Bytes from clients (in) and to clients (out).",
+                &["listener", "direction"],
+            ),
+            listener_no_backend: counter(
+                &r,
+                "switchyard_listener_no_backend_total",
+                "Connections closed because no backend could take them.",
+                l,
+            ),
+            listener_rejected: counter(
+                &r,
+                "switchyard_listener_rejected_total",
+                "Connections refused by the listener, by reason.",
+                &["listener", "reason"],
+            ),
+            accept_errors: counter(
+                &r,
+                "switchyard_accept_errors_total",
+                "Errors from accept().",
+                l,
+            ),
+            connection_duration: histogram(
+                &r,
+                "switchyard_connection_duration_seconds",
+                "How long proxied TCP connections lasted.",
+                l,
+                DURATION_BUCKETS,
+            ),
+            udp_sessions: gauge(&r, "switchyard_udp_sessions", "UDP sessions open now.", l),
+            udp_sessions_total: counter(
+                &r,
+                "switchyard_udp_sessions_total",
+                "UDP sessions created.",
+                l,
+            ),
+            udp_datagrams: counter(
+                &r,
+                "switchyard_udp_datagrams_total",
+                "Datagrams from clients (in) and to clients (out).",
+                &["listener", "direction"],
+            ),
+            udp_dropped: counter(
+                &r,
+                "switchyard_udp_dropped_total",
+                "Datagrams dropped, by reason.",
+                &["listener", "reason"],
+            ),
+            backend_up: gauge(
+                &r,
+                "switchyard_backend_up",
+                "1 when the backend is healthy.",
+                pb,
+            ),
+            backend_draining: gauge(
+                &r,
+                "switchyard_backend_draining",
+                "1 when an operator drains the backend.",
+                pb,
+            ),
+            backend_weight: gauge(
+                &r,
+                "switchyard_backend_weight",
+                "The backend's current weight.",
+                pb,
+            ),
+            backend_active: gauge(
+                &r,
+                "switchyard_backend_active_connections",
+                "Connections and UDP sessions open to the backend now.",
+                pb,
+            ),
+            backend_connections: counter(
+                &r,
+                "switchyard_backend_connections_total",
+                "Connections and UDP sessions established to the backend.",
+                pb,
+            ),
+            backend_connect_failures: counter(
+                &r,
+                "switchyard_backend_connect_failures_total",
+                "Failed connects to the backend, by reason.",
+                &["pool", "backend", "reason"],
+            ),
+            backend_bytes: counter(
+                &r,
+                "switchyard_backend_bytes_total",
+                "Bytes received from (in) and sent to (out) the backend.",
+                &["pool", "backend", "direction"],
+            ),
+            backend_checks: counter(
+                &r,
+                "switchyard_backend_health_checks_total",
+                "Active health checks, by result.",
+                &["pool", "backend", "result"],
+            ),
+            backend_transitions: counter(
+                &r,
+                "switchyard_backend_transitions_total",
+                "Health state changes, by the state entered.",
+                &["pool", "backend", "to"],
+            ),
+            connect_duration: histogram(
+                &r,
+                "switchyard_backend_connect_duration_seconds",
+                "Time to establish a TCP connection to the backend.",
+                pb,
+                CONNECT_BUCKETS,
+            ),
+            reloads_success: reloads.with_label_values(&["success"]),
+            reloads_failure: reloads.with_label_values(&["failure"]),
+            last_reload_success,
+            registry: r,
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let l = [name];
+        let dir = |v: &IntCounterVec, d: &str| v.with_label_values(&[name, d]);
+        ListenerMetrics {
+            connections: self.listener_connections.with_label_values(&l),
+            active: self.listener_active.with_label_values(&l),
+            bytes_in: dir(&self.listener_bytes, "in"),
+            bytes_out: dir(&self.listener_bytes, "out"),
+            no_backend: self.listener_no_backend.with_label_values(&l),
+            rejected_limit: dir(&self.listener_rejected, "limit"),
+            accept_errors: self.accept_errors.with_label_values(&l),
+            duration: self.connection_duration.with_label_values(&l),
+            udp_sessions: self.udp_sessions.with_label_values(&l),
+            udp_sessions_total: self.udp_sessions_total.with_label_values(&l),
+            udp_in: dir(&self.udp_datagrams, "in"),
+            udp_out: dir(&self.udp_datagrams, "out"),
+            udp_dropped_full: dir(&self.udp_dropped, "table_full"),
+            udp_dropped_no_backend: dir(&self.udp_dropped, "no_backend"),
+            udp_dropped_send: dir(&self.udp_dropped, "send_error"),
+        }
+    }
+
+    pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
+        let pb = [pool, backend];
+        let with = |v: &IntCounterVec, x: &str| v.with_label_values(&[pool, backend, x]);
+        BackendMetrics {
+            up: self.backend_up.with_label_values(&pb),
+            draining: self.backend_draining.with_label_values(&pb),
+            weight: self.backend_weight.with_label_values(&pb),
+            active: self.backend_active.with_label_values(&pb),
+            connections: self.backend_connections.with_label_values(&pb),
+            fail_refused: with(&self.backend_connect_failures, "refused"),
+            fail_timeout: with(&self.backend_connect_failures, "timeout"),
+            fail_other: with(&self.backend_connect_failures, "error"),
+            bytes_out: with(&self.backend_bytes, "out"),
+            bytes_in: with(&self.backend_bytes, "in"),
+            checks_ok: with(&self.backend_checks, "success"),
+            checks_failed: with(&self.backend_checks, "failure"),
+            to_up: with(&self.backend_transitions, "up"),
+            to_down: with(&self.backend_transitions, "down"),
+            connect_duration: self.connect_duration.with_label_values(&pb),
+        }
+    }
+
+    /// Drops the series of a backend that left a pool, so scrapes stop showing it.
+    pub fn forget_backend(&self, pool: &str, backend: &str) {
+        let pb = [pool, backend];
+        for g in [
+            &self.backend_up,
+            &self.backend_draining,
+            &self.backend_weight,
+            &self.backend_active,
+        ] {
+            let _ = g.remove_label_values(&pb);
+        }
+        let _ = self.backend_connections.remove_label_values(&pb);
+        let _ = self.connect_duration.remove_label_values(&pb);
+        for (v, xs) in [
+            (
+                &self.backend_connect_failures,
+                &["refused", "timeout", "error"][..],
+            ),
+            (&self.backend_bytes, &["in", "out"][..]),
+            (&self.backend_checks, &["success", "failure"][..]),
+            (&self.backend_transitions, &["up", "down"][..]),
+        ] {
+            for x in xs {
+                // A series that was never created is not an error worth reporting.
+                let _ = v.remove_label_values(&[pool, backend, x]);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,59 @@
+//! Listening sockets, made with the options a proxy needs.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol as SockProto, Socket, Type};
+
+/// Receive buffer for UDP listeners: room for bursts of a few thousand
+/// datagrams while the relay task is busy.
+const UDP_RCVBUF: usize = 4 << 20;
+
+/// A non-blocking TCP listener with SO_REUSEADDR (and SO_REUSEPORT when asked).
+pub fn tcp_listener(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(SockProto::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog as i32)?;
+    Ok(s.into())
+}
+
+/// A non-blocking UDP socket bound to `addr`.
+pub fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProto::UDP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // The kernel caps this at net.core.rmem_max; a smaller buffer still works.
+    if let Err(e) = s.set_recv_buffer_size(UDP_RCVBUF) {
+        tracing::debug!(error = %e, "cannot raise SO_RCVBUF");
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Whether an accept error means the process or system is out of descriptors
+/// or buffers, which only time (connections closing) can cure.
+pub fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}

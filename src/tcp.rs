@@ -1,0 +1,201 @@
+//! TCP listeners: the accept loop ([`accept_loop`]) and one connection's life
+//! ([`serve`]): pick, connect with retries, relay, log.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ListenerConfig;
+use crate::metrics::ListenerMetrics;
+use crate::net::is_resource_exhaustion;
+use crate::pool::{ActiveGuard, Pool};
+use crate::relay::{self, Meter};
+
+/// Where a listener sends traffic; swapped whole on reload.
+pub struct Route {
+    pub config: ListenerConfig,
+    pub pool: Arc<Pool>,
+}
+
+/// State shared by a listener's accept tasks and its connections.
+pub struct Shared {
+    pub route: ArcSwap<Route>,
+    pub metrics: ListenerMetrics,
+    /// Permits for `max_connections`; taken before accept so excess clients
+    /// wait in the kernel's backlog.
+    pub limit: Arc<Semaphore>,
+    /// Ends established connections (shutdown grace over).
+    pub hard_stop: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Accepts until `stop` fires. Resource-exhaustion errors back off (up to a
+/// second) instead of spinning; they are logged at most once a second.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut backoff = Duration::ZERO;
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            p = shared.limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::ZERO;
+                let shared2 = shared.clone();
+                shared.tracker.spawn(serve(shared2, stream, peer, permit));
+            }
+            Err(e) => {
+                drop(permit);
+                shared.metrics.accept_errors.inc();
+                let now = Instant::now();
+                if last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                    last_log = Some(now);
+                    tracing::error!(listener = %shared.route.load().config.name, error = %e, "accept failed");
+                }
+                if is_resource_exhaustion(&e) {
+                    // 10ms doubling to 1s: quick recovery when a few descriptors
+                    // free up, no busy loop when none do.
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why connecting to a backend failed, as the metric's `reason` label.
+fn failure_reason(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "refused",
+        io::ErrorKind::TimedOut => "timeout",
+        _ => "error",
+    }
+}
+
+/// Connects to an available backend, trying others on failure.
+async fn connect(
+    route: &Route,
+    client: SocketAddr,
+    listener: &str,
+) -> Option<(TcpStream, ActiveGuard)> {
+    let snap = route.pool.snapshot();
+    let cfg = &snap.config;
+    let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
+    for _ in 0..=cfg.retries {
+        let i = snap.pick(&tried)?;
+        tried.push(i);
+        let backend = &snap.members[i].backend;
+        // Count it before connecting so least_conn sees in-flight connects.
+        let guard = backend.open();
+        let started = tokio::time::Instant::now();
+        let result =
+            match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(backend.addr)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            };
+        match result {
+            Ok(stream) => {
+                backend
+                    .metrics
+                    .connect_duration
+                    .observe(started.elapsed().as_secs_f64());
+                backend.connect_succeeded();
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on the backend side");
+                }
+                return Some((stream, guard));
+            }
+            Err(e) => {
+                let reason = failure_reason(&e);
+                match reason {
+                    "refused" => backend.metrics.fail_refused.inc(),
+                    "timeout" => backend.metrics.fail_timeout.inc(),
+                    _ => backend.metrics.fail_other.inc(),
+                }
+                backend.connect_failed(cfg.max_fails, cfg.fail_timeout);
+                tracing::warn!(listener, %client, backend = %backend.addr, error = %e, "connect to backend failed");
+            }
+        }
+    }
+    None
+}
+
+/// One client connection, from accept to close.
+async fn serve(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let m = &shared.metrics;
+    m.connections.inc();
+    m.active.inc();
+    let started = tokio::time::Instant::now();
+    let route = shared.route.load_full();
+    let name = route.config.name.as_str();
+    if let Err(e) = client.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY on the client side");
+    }
+    let connected = tokio::select! {
+        c = connect(&route, peer, name) => c,
+        _ = shared.hard_stop.cancelled() => None,
+    };
+    let Some((backend, guard)) = connected else {
+        m.no_backend.inc();
+        m.active.dec();
+        tracing::warn!(listener = name, client = %peer, "no backend could take the connection; closing it");
+        return;
+    };
+    let b = guard.backend();
+    let outcome = relay::relay(
+        &client,
+        &backend,
+        route.config.idle_timeout,
+        &shared.hard_stop,
+        Meter {
+            read: &m.bytes_in,
+            written: &b.metrics.bytes_out,
+        },
+        Meter {
+            read: &b.metrics.bytes_in,
+            written: &m.bytes_out,
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    m.duration.observe(elapsed.as_secs_f64());
+    m.active.dec();
+    if route.config.access_log {
+        tracing::info!(
+            target: "switchyard::access",
+            listener = name,
+            client = %peer,
+            backend = %b.addr,
+            bytes_in = outcome.up,
+            bytes_out = outcome.down,
+            duration_ms = elapsed.as_millis() as u64,
+            end = outcome.end.as_str(),
+            "tcp connection"
+        );
+    }
+}

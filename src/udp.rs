@@ -1,0 +1,243 @@
+//! UDP listeners: a session per client address. The first datagram picks a
+//! backend and opens a socket connected to it; replies go back to the client
+//! from the listener's socket. The session table is owned by the listener's
+//! receive task (no lock) and bounded by `max_sessions`; sessions end after
+//! `idle_timeout` without a datagram either way.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::ListenerMetrics;
+use crate::pool::{now_ms, ActiveGuard, Backend};
+use crate::tcp::Route;
+
+/// The largest UDP payload; one buffer per worker thread, never per session.
+const MAX_DATAGRAM: usize = 65_535;
+
+thread_local! {
+    static DGRAM_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATAGRAM].into_boxed_slice());
+}
+
+/// State shared by a UDP listener's tasks.
+pub struct Shared {
+    pub route: ArcSwap<Route>,
+    pub metrics: ListenerMetrics,
+    pub tracker: TaskTracker,
+}
+
+struct Session {
+    id: u64,
+    upstream: Arc<UdpSocket>,
+    backend: Arc<Backend>,
+    last: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+/// Receives client datagrams until `stop` fires, then ends every session.
+pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    // Each session sends its address here once, when it ends: at most
+    // `max_sessions` messages are ever outstanding.
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let mut next_id = 0u64;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, peer) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors from earlier replies surface here on some
+                    // systems; they concern one client, not the listener.
+                    tracing::debug!(error = %e, "udp recv_from failed");
+                    continue;
+                }
+            },
+            Some((peer, id)) = ended_rx.recv() => {
+                if sessions.get(&peer).is_some_and(|s| s.id == id) {
+                    sessions.remove(&peer);
+                }
+                continue;
+            }
+            _ = stop.cancelled() => break,
+        };
+        let m = &shared.metrics;
+        m.udp_in.inc();
+        m.bytes_in.inc_by(n as u64);
+        if let Some(s) = sessions.get(&peer) {
+            if s.backend.is_healthy() {
+                forward(s, &buf[..n], m);
+                continue;
+            }
+            // Its backend died: end the session and pick again, so the client
+            // does not notice.
+            s.stop.cancel();
+            sessions.remove(&peer);
+        }
+        let route = shared.route.load_full();
+        if sessions.len() >= route.config.max_sessions.get() {
+            m.udp_dropped_full.inc();
+            continue;
+        }
+        let snap = route.pool.snapshot();
+        let Some(i) = snap.pick(&[]) else {
+            m.udp_dropped_no_backend.inc();
+            continue;
+        };
+        let backend = snap.members[i].backend.clone();
+        let upstream = match open_upstream(backend.addr) {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
+                m.udp_dropped_send.inc();
+                backend.metrics.fail_other.inc();
+                tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket");
+                continue;
+            }
+        };
+        next_id += 1;
+        let session = Session {
+            id: next_id,
+            upstream: upstream.clone(),
+            backend: backend.clone(),
+            last: Arc::new(AtomicU64::new(now_ms())),
+            stop: stop.child_token(),
+        };
+        forward(&session, &buf[..n], m);
+        m.udp_sessions.inc();
+        m.udp_sessions_total.inc();
+        shared.tracker.spawn(replies(ReplyTask {
+            shared: shared.clone(),
+            listener: socket.clone(),
+            upstream,
+            peer,
+            id: next_id,
+            last: session.last.clone(),
+            idle: route.config.idle_timeout,
+            access_log: route.config.access_log,
+            stop: session.stop.clone(),
+            ended: ended_tx.clone(),
+            guard: backend.open(),
+        }));
+        sessions.insert(peer, session);
+    }
+    for s in sessions.values() {
+        s.stop.cancel();
+    }
+}
+
+fn open_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let any: SocketAddr = if backend.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any)?;
+    s.connect(backend)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+/// Sends one client datagram on its session; a full socket buffer or an
+/// earlier ICMP error drops it (UDP's own semantics) and counts it.
+fn forward(s: &Session, data: &[u8], m: &ListenerMetrics) {
+    s.last.store(now_ms(), Ordering::Relaxed);
+    match s.upstream.try_send(data) {
+        Ok(_) => s.backend.metrics.bytes_out.inc_by(data.len() as u64),
+        Err(e) => {
+            m.udp_dropped_send.inc();
+            tracing::debug!(backend = %s.backend.addr, error = %e, "udp send to backend failed");
+        }
+    }
+}
+
+struct ReplyTask {
+    shared: Arc<Shared>,
+    listener: Arc<UdpSocket>,
+    upstream: Arc<UdpSocket>,
+    peer: SocketAddr,
+    id: u64,
+    last: Arc<AtomicU64>,
+    idle: Duration,
+    access_log: bool,
+    stop: CancellationToken,
+    ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    guard: ActiveGuard,
+}
+
+/// Carries a session's replies back to its client until it is idle or stopped.
+async fn replies(t: ReplyTask) {
+    let m = &t.shared.metrics;
+    let backend = t.guard.backend();
+    let started = tokio::time::Instant::now();
+    let (mut datagrams_out, mut bytes_out) = (0u64, 0u64);
+    let idle_ms = t.idle.as_millis() as u64;
+    let end = loop {
+        let deadline = t.last.load(Ordering::Relaxed).saturating_add(idle_ms);
+        let now = now_ms();
+        if now >= deadline {
+            break "idle_timeout";
+        }
+        tokio::select! {
+            r = t.upstream.readable() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "udp session socket failed");
+                    break "error";
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => continue,
+            _ = t.stop.cancelled() => break "stopped",
+        }
+        let sent = DGRAM_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match t.upstream.try_recv(&mut buf) {
+                Ok(n) => Some(t.listener.try_send_to(&buf[..n], t.peer).map(|_| n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                // ECONNREFUSED: the backend's port is closed (ICMP). The session
+                // stays; health checks and re-picks deal with the backend.
+                Err(e) => Some(Err(e)),
+            }
+        });
+        match sent {
+            None => {}
+            Some(Ok(n)) => {
+                t.last.store(now_ms(), Ordering::Relaxed);
+                datagrams_out += 1;
+                bytes_out += n as u64;
+                m.udp_out.inc();
+                m.bytes_out.inc_by(n as u64);
+                backend.metrics.bytes_in.inc_by(n as u64);
+            }
+            Some(Err(e)) => {
+                m.udp_dropped_send.inc();
+                tracing::debug!(backend = %backend.addr, error = %e, "udp reply not delivered");
+            }
+        }
+    };
+    m.udp_sessions.dec();
+    // The receive loop may be gone already (shutdown); then nobody needs telling.
+    let _ = t.ended.send((t.peer, t.id));
+    if t.access_log {
+        let route = t.shared.route.load();
+        tracing::info!(
+            target: "switchyard::access",
+            listener = %route.config.name,
+            client = %t.peer,
+            backend = %backend.addr,
+            datagrams_out,
+            bytes_out,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end,
+            "udp session"
+        );
+    }
+}
