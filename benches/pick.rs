@@ -1,1 +1,44 @@
-fn main() {}
+//! One pick per strategy at 3, 100 and 1000 backends, all eligible.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use switchyard::balance::{build, Candidates, StrategyKind};
+
+struct Set {
+    weights: Vec<u32>,
+    active: Vec<u64>,
+}
+
+impl Candidates for Set {
+    fn len(&self) -> usize {
+        self.weights.len()
+    }
+    fn eligible(&self, _i: usize) -> bool {
+        true
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.weights[i]
+    }
+    fn active(&self, i: usize) -> u64 {
+        self.active[i]
+    }
+}
+
+fn picks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    for n in [3usize, 100, 1000] {
+        let set = Set {
+            weights: (0..n).map(|i| (i % 5 + 1) as u32).collect(),
+            active: (0..n).map(|i| (i * 7 % 13) as u64).collect(),
+        };
+        for kind in StrategyKind::ALL {
+            let strategy = build(kind, &set.weights);
+            group.bench_with_input(BenchmarkId::new(kind.name(), n), &set, |b, set| {
+                b.iter(|| std::hint::black_box(strategy.pick(set)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, picks);
+criterion_main!(benches);

@@ -151,7 +151,9 @@ fn open_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
 /// earlier ICMP error drops it (UDP's own semantics) and counts it.
 fn forward(s: &Session, data: &[u8], m: &ListenerMetrics) {
     s.last.store(now_ms(), Ordering::Relaxed);
-    match s.upstream.try_send(data) {
+    // A direct send: tokio's try_send reports WouldBlock on a socket the
+    // reactor has not yet seen writable, which a fresh session's is.
+    match socket2::SockRef::from(&*s.upstream).send(data) {
         Ok(_) => s.backend.metrics.bytes_out.inc_by(data.len() as u64),
         Err(e) => {
             m.udp_dropped_send.inc();
@@ -200,7 +202,7 @@ async fn replies(t: ReplyTask) {
         let sent = DGRAM_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match t.upstream.try_recv(&mut buf) {
-                Ok(n) => Some(t.listener.try_send_to(&buf[..n], t.peer).map(|_| n)),
+                Ok(n) => Some(socket2::SockRef::from(&*t.listener).send_to(&buf[..n], &t.peer.into()).map(|_| n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 // ECONNREFUSED: the backend's port is closed (ICMP). The session
                 // stays; health checks and re-picks deal with the backend.

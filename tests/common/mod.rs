@@ -1,0 +1,196 @@
+//! Helpers shared by the integration tests: in-test backends, a started
+//! daemon, clients, and waiting on conditions with a deadline.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::{Config, Server};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// Starts the daemon from TOML text.
+pub async fn start(toml: &str) -> Server {
+    let config = Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("bad test config:\n{e}"));
+    Server::start(config).await.expect("daemon starts")
+}
+
+/// A TCP (and UDP, same port) backend that answers each line or datagram
+/// with `<name>: <line>` and counts accepted connections.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        for _ in 0..16 {
+            let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = tcp.local_addr().unwrap();
+            let Ok(udp) = UdpSocket::bind(addr).await else { continue };
+            return Backend::serve(name, tcp, Some(udp));
+        }
+        panic!("no free port for TCP and UDP");
+    }
+
+    /// Serves on an address again (after `stop`), e.g. to bring a backend back.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        let tcp = bind_reuse(addr);
+        let udp = UdpSocket::bind(addr).await.ok();
+        Backend::serve(name, tcp, udp)
+    }
+
+    fn serve(name: &str, tcp: TcpListener, udp: Option<UdpSocket>) -> Backend {
+        let addr = tcp.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        let (n, count) = (name.to_string(), accepted.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = tcp.accept().await else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let n = n.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if w.write_all(format!("{n}: {line}\n").as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }));
+        if let Some(udp) = udp {
+            let n = name.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let Ok((len, peer)) = udp.recv_from(&mut buf).await else { continue };
+                    let reply = format!("{n}: {}", String::from_utf8_lossy(&buf[..len]));
+                    let _ = udp.send_to(reply.as_bytes(), peer).await;
+                }
+            }));
+        }
+        Backend {
+            name: name.to_string(),
+            addr,
+            accepted,
+            tasks,
+        }
+    }
+
+    /// Stops listening: new connects are refused (established ones run on).
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A TCP listener with SO_REUSEADDR, so a stopped backend's port can be reused at once.
+pub fn bind_reuse(addr: SocketAddr) -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&addr.into()).unwrap();
+    s.listen(128).unwrap();
+    s.set_nonblocking(true).unwrap();
+    TcpListener::from_std(s.into()).unwrap()
+}
+
+/// A raw echo backend: copies every byte back, and half-closes when the client does.
+pub async fn echo_raw() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { continue };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends one line on a new connection and returns the name of the backend that answered.
+pub async fn ask(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect to the proxy");
+    s.write_all(b"who\n").await.unwrap();
+    let mut line = String::new();
+    let mut r = BufReader::new(&mut s);
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
+        .await
+        .expect("reply in time")
+        .expect("read reply");
+    line.split(':').next().unwrap().to_string()
+}
+
+/// Like [`ask`] but reports failure instead of panicking.
+pub async fn try_ask(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.write_all(b"who\n").await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte)).await {
+            Err(_) => return Err("timed out".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(0)) => return Err("closed without a reply".into()),
+            Ok(Ok(_)) if byte[0] == b'\n' => break,
+            Ok(Ok(_)) => buf.push(byte[0]),
+        }
+    }
+    let line = String::from_utf8_lossy(&buf).to_string();
+    Ok(line.split(':').next().unwrap().to_string())
+}
+
+/// Waits until `cond` holds, checking every 10ms, failing after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of one sample in Prometheus text, e.g.
+/// `metric(&text, "switchyard_udp_sessions{listener=\"u\"}")`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The daemon's current value for a series (0 when absent).
+pub fn value(server: &Server, series: &str) -> f64 {
+    metric(&server.metrics().render(), series).unwrap_or(0.0)
+}
+
+/// A TOML backend list for these addresses, with optional weights.
+pub fn backends_toml(addrs: &[SocketAddr], weights: Option<&[u32]>) -> String {
+    let items: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match weights {
+            Some(w) => format!("{{ addr = \"{a}\", weight = {} }}", w[i]),
+            None => format!("{{ addr = \"{a}\" }}"),
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}

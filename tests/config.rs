@@ -1,0 +1,151 @@
+//! Configuration: every shipped example is valid, every invalid case fails
+//! with its file:line:col and key, and `switchyard check` reports both ways.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use switchyard::config::Config;
+use switchyard::server::Error;
+
+fn files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no .toml files in {}", dir.display());
+    out
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    for path in files("config") {
+        if let Err(e) = Config::load(&path) {
+            panic!("{} should be valid:\n{e}", path.display());
+        }
+    }
+}
+
+#[test]
+fn every_invalid_config_fails_where_its_first_line_says() {
+    for path in files("tests/invalid") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} lacks a `# expect:` first line", path.display()));
+        let err = Config::load(&path).expect_err(&format!("{} should be rejected", path.display()));
+        let shown = err.to_string();
+        let wanted = format!("{}:{}", path.display(), expect);
+        assert!(shown.contains(&wanted), "{}:\n  wanted: {wanted}\n  got:    {shown}", path.display());
+    }
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = "nowhere"
+pool = "missing"
+
+[pools.p]
+strategy = "weighted"
+backends = [{ addr = "127.0.0.1:1", weight = 0 }]
+"#;
+    let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+    let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["listeners[0].bind", "listeners[0].pool", "pools.p.backends[0].weight"],
+        "{err}"
+    );
+    assert_eq!((err.problems[0].line, err.problems[0].col), (4, 8));
+}
+
+#[test]
+fn defaults_and_warnings() {
+    let text = r#"
+[[listeners]]
+name = "a"
+bind = "localhost:7"
+pool = "p"
+
+[pools.p]
+backends = [{ addr = "127.0.0.1:1", weight = 3 }]
+"#;
+    let c = Config::parse(text, Path::new("x.toml")).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.protocol, switchyard::config::Protocol::Tcp);
+    assert!(l.bind.ip().is_loopback(), "host names resolve: {}", l.bind);
+    assert_eq!(l.idle_timeout, std::time::Duration::from_secs(3600));
+    assert_eq!(l.max_sessions.get(), 65536);
+    let p = &c.pools["p"];
+    assert_eq!(p.strategy.name(), "round_robin");
+    assert_eq!((p.retries, p.max_fails), (2, 3));
+    assert_eq!(p.connect_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(30));
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0].contains("x.toml:8:46: pools.p.backends[0].weight: strategy \"round_robin\" ignores weights"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+fn check(path: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[test]
+fn check_command_exit_codes_and_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, out) = check(&root.join("config/full.toml"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok: 2 listener(s), 3 pool(s), 5 backend(s), admin on 127.0.0.1:9901"), "{out}");
+
+    let bad = root.join("tests/invalid/weight_zero.toml");
+    let (code, out) = check(&bad);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("weight_zero.toml:8:46: pools.p.backends[0].weight"), "{out}");
+    assert!(out.contains("1 problem(s) found"), "{out}");
+
+    let (code, out) = check(&root.join("no/such/file.toml"));
+    assert_eq!(code, 1);
+    assert!(out.contains("cannot read the file"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let warn = dir.path().join("warn.toml");
+    std::fs::write(
+        &warn,
+        "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n[pools.p]\nstrategy = \"random\"\nbackends = [{ addr = \"127.0.0.1:2\", weight = 2 }]\n",
+    )
+    .unwrap();
+    let (code, out) = check(&warn);
+    assert_eq!(code, 0, "a warning does not fail the check: {out}");
+    assert!(out.contains("warning:") && out.contains("ignores weights"), "{out}");
+}
+
+#[tokio::test]
+async fn a_port_in_use_names_the_listener_and_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"{addr}\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"127.0.0.1:9\" }}]\n"
+    );
+    let config = Config::parse(&text, Path::new("x.toml")).unwrap();
+    let err = switchyard::Server::start(config).await.err().expect("bind must fail");
+    assert!(matches!(err, Error::Bind { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("listener `front`") && msg.contains(&addr.to_string()), "{msg}");
+}

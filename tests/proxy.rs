@@ -1,0 +1,255 @@
+//! The proxy end to end over loopback: distributions per strategy, byte-exact
+//! relay, half-close, failure handling, and UDP sessions.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+async fn three() -> Vec<Backend> {
+    vec![Backend::start("a").await, Backend::start("b").await, Backend::start("c").await]
+}
+
+fn tcp_config(strategy: &str, backends: &[Backend], weights: Option<&[u32]>) -> String {
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [pools.p]\nstrategy = \"{strategy}\"\nbackends = {}\n",
+        backends_toml(&addrs, weights)
+    )
+}
+
+async fn count_picks(front: std::net::SocketAddr, n: usize) -> (Vec<String>, HashMap<String, usize>) {
+    let mut order = Vec::new();
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let name = ask(front).await;
+        *counts.entry(name.clone()).or_insert(0) += 1;
+        order.push(name);
+    }
+    (order, counts)
+}
+
+#[tokio::test]
+async fn round_robin_is_exact_over_300_connections() {
+    let b = three().await;
+    let server = start(&tcp_config("round_robin", &b, None)).await;
+    let front = server.local_addr("front").unwrap();
+    let (order, counts) = count_picks(front, 300).await;
+    assert_eq!(counts.len(), 3);
+    assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    // Strict rotation: every window of three names each backend once.
+    for w in order.chunks(3) {
+        let mut w = w.to_vec();
+        w.sort();
+        assert_eq!(w, ["a", "b", "c"]);
+    }
+}
+
+#[tokio::test]
+async fn weighted_gives_each_backend_its_weight_per_cycle() {
+    let b = three().await;
+    let server = start(&tcp_config("weighted", &b, Some(&[1, 2, 3]))).await;
+    let front = server.local_addr("front").unwrap();
+    let (order, counts) = count_picks(front, 600).await;
+    assert_eq!((counts["a"], counts["b"], counts["c"]), (100, 200, 300));
+    for cycle in order.chunks(6) {
+        let n = |x: &str| cycle.iter().filter(|c| *c == x).count();
+        assert_eq!((n("a"), n("b"), n("c")), (1, 2, 3), "{cycle:?}");
+        // Smooth: the heaviest never takes three in a row.
+        assert!(cycle.windows(3).all(|w| !w.iter().all(|c| c == "c")), "{cycle:?}");
+    }
+}
+
+#[tokio::test]
+async fn random_is_within_statistical_bounds() {
+    let b = three().await;
+    let server = start(&tcp_config("random", &b, None)).await;
+    let front = server.local_addr("front").unwrap();
+    let (_, counts) = count_picks(front, 600).await;
+    // Binomial(600, 1/3): mean 200, sd 11.5; 5 sd either side.
+    for name in ["a", "b", "c"] {
+        let c = counts.get(name).copied().unwrap_or(0);
+        assert!((142..=258).contains(&c), "{counts:?}");
+    }
+}
+
+#[tokio::test]
+async fn sixty_four_mib_each_way_arrive_byte_exact() {
+    let echo = echo_raw().await;
+    let server = start(&format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{echo}\" }}]\n"
+    ))
+    .await;
+    let front = server.local_addr("front").unwrap();
+    let stream = TcpStream::connect(front).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    const TOTAL: usize = 64 << 20;
+    let writer = tokio::spawn(async move {
+        let mut hash = Sha256::new();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut sent = 0;
+        while sent < TOTAL {
+            // xorshift: cheap pseudo-random bytes, different in every chunk.
+            for b in chunk.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                b.copy_from_slice(&state.to_le_bytes()[..b.len()]);
+            }
+            w.write_all(&chunk).await.unwrap();
+            hash.update(&chunk);
+            sent += chunk.len();
+        }
+        w.shutdown().await.unwrap();
+        hash.finalize()
+    });
+    let mut hash = Sha256::new();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(60), r.read(&mut buf)).await.unwrap().unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        got += n;
+    }
+    let sent = writer.await.unwrap();
+    assert_eq!(got, TOTAL);
+    assert_eq!(sent, hash.finalize(), "the echoed bytes differ from those sent");
+    wait_for("byte counters", Duration::from_secs(5), || {
+        value(&server, "switchyard_listener_bytes_total{direction=\"out\",listener=\"front\"}") == TOTAL as f64
+    })
+    .await;
+    assert_eq!(value(&server, "switchyard_listener_bytes_total{direction=\"in\",listener=\"front\"}"), TOTAL as f64);
+}
+
+#[tokio::test]
+async fn half_close_lets_a_late_reply_through() {
+    // The backend answers only after the client's EOF, with the byte count.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        s.write_all(format!("got {} bytes", all.len()).as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let server = start(&format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{addr}\" }}]\n"
+    ))
+    .await;
+    let mut s = TcpStream::connect(server.local_addr("front").unwrap()).await.unwrap();
+    s.write_all(&[7u8; 5000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply)).await.unwrap().unwrap();
+    assert_eq!(reply, "got 5000 bytes");
+}
+
+#[tokio::test]
+async fn a_failed_connect_closes_the_client_and_is_counted() {
+    // A port that was just free: nothing listens there.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = start(&format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{dead}\" }}]\n"
+    ))
+    .await;
+    let mut s = TcpStream::connect(server.local_addr("front").unwrap()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed promptly");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert_eq!(value(&server, "switchyard_listener_no_backend_total{listener=\"front\"}"), 1.0);
+    let refused = format!("switchyard_backend_connect_failures_total{{backend=\"{dead}\",pool=\"p\",reason=\"refused\"}}");
+    assert_eq!(value(&server, &refused), 1.0);
+}
+
+fn udp_config(backends: &[Backend], extra: &str) -> String {
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    format!(
+        "[[listeners]]\nname = \"u\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n{extra}\n\
+         [pools.p]\nstrategy = \"round_robin\"\nbackends = {}\n",
+        backends_toml(&addrs, None)
+    )
+}
+
+async fn udp_ask(s: &UdpSocket, front: std::net::SocketAddr, msg: &str) -> String {
+    s.send_to(msg.as_bytes(), front).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
+        .await
+        .expect("udp reply in time")
+        .unwrap();
+    assert_eq!(from, front, "replies come from the listener's address");
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test]
+async fn udp_sessions_are_sticky_and_spread() {
+    let b = three().await;
+    let server = start(&udp_config(&b, "")).await;
+    let front = server.local_addr("u").unwrap();
+    let mut per_backend: HashMap<String, usize> = HashMap::new();
+    for client in 0..30 {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut names = Vec::new();
+        for i in 0..5 {
+            let reply = udp_ask(&s, front, &format!("c{client} m{i}")).await;
+            let (name, echoed) = reply.split_once(": ").unwrap();
+            assert_eq!(echoed, format!("c{client} m{i}"));
+            names.push(name.to_string());
+        }
+        assert!(names.iter().all(|n| n == &names[0]), "client {client} moved: {names:?}");
+        *per_backend.entry(names[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(per_backend.values().copied().collect::<Vec<_>>().iter().sum::<usize>(), 30);
+    assert!(per_backend.values().all(|&n| n == 10), "{per_backend:?}");
+    assert_eq!(value(&server, "switchyard_udp_sessions{listener=\"u\"}"), 30.0);
+    assert_eq!(value(&server, "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}"), 150.0);
+}
+
+#[tokio::test]
+async fn udp_session_table_stays_within_max_sessions() {
+    let b = three().await;
+    let server = start(&udp_config(&b, "max_sessions = 100")).await;
+    let front = server.local_addr("u").unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..3000 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"hello", front).unwrap();
+        sockets.push(s);
+    }
+    wait_for("3000 datagrams in", Duration::from_secs(20), || {
+        value(&server, "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}") == 3000.0
+    })
+    .await;
+    assert_eq!(value(&server, "switchyard_udp_sessions{listener=\"u\"}"), 100.0);
+    assert_eq!(value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"), 100.0);
+    assert_eq!(value(&server, "switchyard_udp_dropped_total{listener=\"u\",reason=\"table_full\"}"), 2900.0);
+}
+
+#[tokio::test]
+async fn udp_sessions_expire_when_idle() {
+    let b = three().await;
+    let server = start(&udp_config(&b, "idle_timeout = \"200ms\"")).await;
+    let front = server.local_addr("u").unwrap();
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let first = udp_ask(&s, front, "one").await;
+    assert_eq!(value(&server, "switchyard_udp_sessions{listener=\"u\"}"), 1.0);
+    wait_for("the session to expire", Duration::from_secs(5), || {
+        value(&server, "switchyard_udp_sessions{listener=\"u\"}") == 0.0
+    })
+    .await;
+    // A new session is a new pick: round robin moves on to the next backend.
+    let second = udp_ask(&s, front, "two").await;
+    assert_ne!(first.split(':').next(), second.split(':').next());
+    assert_eq!(value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"), 2.0);
+}
