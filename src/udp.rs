@@ -202,7 +202,11 @@ async fn replies(t: ReplyTask) {
         let sent = DGRAM_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match t.upstream.try_recv(&mut buf) {
-                Ok(n) => Some(socket2::SockRef::from(&*t.listener).send_to(&buf[..n], &t.peer.into()).map(|_| n)),
+                Ok(n) => Some(
+                    socket2::SockRef::from(&*t.listener)
+                        .send_to(&buf[..n], &t.peer.into())
+                        .map(|_| n),
+                ),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 // ECONNREFUSED: the backend's port is closed (ICMP). The session
                 // stays; health checks and re-picks deal with the backend.

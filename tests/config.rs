@@ -42,7 +42,11 @@ fn every_invalid_config_fails_where_its_first_line_says() {
         let err = Config::load(&path).expect_err(&format!("{} should be rejected", path.display()));
         let shown = err.to_string();
         let wanted = format!("{}:{}", path.display(), expect);
-        assert!(shown.contains(&wanted), "{}:\n  wanted: {wanted}\n  got:    {shown}", path.display());
+        assert!(
+            shown.contains(&wanted),
+            "{}:\n  wanted: {wanted}\n  got:    {shown}",
+            path.display()
+        );
     }
 }
 
@@ -62,7 +66,11 @@ backends = [{ addr = "127.0.0.1:1", weight = 0 }]
     let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["listeners[0].bind", "listeners[0].pool", "pools.p.backends[0].weight"],
+        [
+            "listeners[0].bind",
+            "listeners[0].pool",
+            "pools.p.backends[0].weight"
+        ],
         "{err}"
     );
     assert_eq!((err.problems[0].line, err.problems[0].col), (4, 8));
@@ -92,7 +100,9 @@ backends = [{ addr = "127.0.0.1:1", weight = 3 }]
     assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(30));
     assert_eq!(c.warnings.len(), 1);
     assert!(
-        c.warnings[0].contains("x.toml:8:46: pools.p.backends[0].weight: strategy \"round_robin\" ignores weights"),
+        c.warnings[0].contains(
+            "x.toml:8:46: pools.p.backends[0].weight: strategy \"round_robin\" ignores weights"
+        ),
         "{:?}",
         c.warnings
     );
@@ -104,7 +114,10 @@ fn check(path: &Path) -> (i32, String) {
         .arg(path)
         .output()
         .unwrap();
-    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).to_string())
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
 }
 
 #[test]
@@ -112,12 +125,18 @@ fn check_command_exit_codes_and_output() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (code, out) = check(&root.join("config/full.toml"));
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("ok: 2 listener(s), 3 pool(s), 5 backend(s), admin on 127.0.0.1:9901"), "{out}");
+    assert!(
+        out.contains("ok: 2 listener(s), 3 pool(s), 5 backend(s), admin on 127.0.0.1:9901"),
+        "{out}"
+    );
 
     let bad = root.join("tests/invalid/weight_zero.toml");
     let (code, out) = check(&bad);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("weight_zero.toml:8:46: pools.p.backends[0].weight"), "{out}");
+    assert!(
+        out.contains("weight_zero.toml:8:46: pools.p.backends[0].weight"),
+        "{out}"
+    );
     assert!(out.contains("1 problem(s) found"), "{out}");
 
     let (code, out) = check(&root.join("no/such/file.toml"));
@@ -133,7 +152,10 @@ fn check_command_exit_codes_and_output() {
     .unwrap();
     let (code, out) = check(&warn);
     assert_eq!(code, 0, "a warning does not fail the check: {out}");
-    assert!(out.contains("warning:") && out.contains("ignores weights"), "{out}");
+    assert!(
+        out.contains("warning:") && out.contains("ignores weights"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -144,8 +166,14 @@ async fn a_port_in_use_names_the_listener_and_address() {
         "[[listeners]]\nname = \"front\"\nbind = \"{addr}\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"127.0.0.1:9\" }}]\n"
     );
     let config = Config::parse(&text, Path::new("x.toml")).unwrap();
-    let err = switchyard::Server::start(config).await.err().expect("bind must fail");
+    let err = switchyard::Server::start(config)
+        .await
+        .err()
+        .expect("bind must fail");
     assert!(matches!(err, Error::Bind { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("listener `front`") && msg.contains(&addr.to_string()), "{msg}");
+    assert!(
+        msg.contains("listener `front`") && msg.contains(&addr.to_string()),
+        "{msg}"
+    );
 }

@@ -12,7 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 async fn three() -> Vec<Backend> {
-    vec![Backend::start("a").await, Backend::start("b").await, Backend::start("c").await]
+    vec![
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ]
 }
 
 fn tcp_config(strategy: &str, backends: &[Backend], weights: Option<&[u32]>) -> String {
@@ -24,7 +28,10 @@ fn tcp_config(strategy: &str, backends: &[Backend], weights: Option<&[u32]>) -> 
     )
 }
 
-async fn count_picks(front: std::net::SocketAddr, n: usize) -> (Vec<String>, HashMap<String, usize>) {
+async fn count_picks(
+    front: std::net::SocketAddr,
+    n: usize,
+) -> (Vec<String>, HashMap<String, usize>) {
     let mut order = Vec::new();
     let mut counts = HashMap::new();
     for _ in 0..n {
@@ -62,7 +69,10 @@ async fn weighted_gives_each_backend_its_weight_per_cycle() {
         let n = |x: &str| cycle.iter().filter(|c| *c == x).count();
         assert_eq!((n("a"), n("b"), n("c")), (1, 2, 3), "{cycle:?}");
         // Smooth: the heaviest never takes three in a row.
-        assert!(cycle.windows(3).all(|w| !w.iter().all(|c| c == "c")), "{cycle:?}");
+        assert!(
+            cycle.windows(3).all(|w| !w.iter().all(|c| c == "c")),
+            "{cycle:?}"
+        );
     }
 }
 
@@ -114,7 +124,10 @@ async fn sixty_four_mib_each_way_arrive_byte_exact() {
     let mut got = 0usize;
     let mut buf = vec![0u8; 128 * 1024];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(60), r.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(60), r.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         if n == 0 {
             break;
         }
@@ -123,12 +136,25 @@ async fn sixty_four_mib_each_way_arrive_byte_exact() {
     }
     let sent = writer.await.unwrap();
     assert_eq!(got, TOTAL);
-    assert_eq!(sent, hash.finalize(), "the echoed bytes differ from those sent");
+    assert_eq!(
+        sent,
+        hash.finalize(),
+        "the echoed bytes differ from those sent"
+    );
     wait_for("byte counters", Duration::from_secs(5), || {
-        value(&server, "switchyard_listener_bytes_total{direction=\"out\",listener=\"front\"}") == TOTAL as f64
+        value(
+            &server,
+            "switchyard_listener_bytes_total{direction=\"out\",listener=\"front\"}",
+        ) == TOTAL as f64
     })
     .await;
-    assert_eq!(value(&server, "switchyard_listener_bytes_total{direction=\"in\",listener=\"front\"}"), TOTAL as f64);
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_listener_bytes_total{direction=\"in\",listener=\"front\"}"
+        ),
+        TOTAL as f64
+    );
 }
 
 #[tokio::test]
@@ -140,34 +166,54 @@ async fn half_close_lets_a_late_reply_through() {
         let (mut s, _) = l.accept().await.unwrap();
         let mut all = Vec::new();
         s.read_to_end(&mut all).await.unwrap();
-        s.write_all(format!("got {} bytes", all.len()).as_bytes()).await.unwrap();
+        s.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .await
+            .unwrap();
         s.shutdown().await.unwrap();
     });
     let server = start(&format!(
         "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{addr}\" }}]\n"
     ))
     .await;
-    let mut s = TcpStream::connect(server.local_addr("front").unwrap()).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr("front").unwrap())
+        .await
+        .unwrap();
     s.write_all(&[7u8; 5000]).await.unwrap();
     s.shutdown().await.unwrap();
     let mut reply = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(reply, "got 5000 bytes");
 }
 
 #[tokio::test]
 async fn a_failed_connect_closes_the_client_and_is_counted() {
     // A port that was just free: nothing listens there.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let server = start(&format!(
         "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{dead}\" }}]\n"
     ))
     .await;
-    let mut s = TcpStream::connect(server.local_addr("front").unwrap()).await.unwrap();
+    let mut s = TcpStream::connect(server.local_addr("front").unwrap())
+        .await
+        .unwrap();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed promptly");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed promptly");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
-    assert_eq!(value(&server, "switchyard_listener_no_backend_total{listener=\"front\"}"), 1.0);
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_listener_no_backend_total{listener=\"front\"}"
+        ),
+        1.0
+    );
     let refused = format!("switchyard_backend_connect_failures_total{{backend=\"{dead}\",pool=\"p\",reason=\"refused\"}}");
     assert_eq!(value(&server, &refused), 1.0);
 }
@@ -207,13 +253,33 @@ async fn udp_sessions_are_sticky_and_spread() {
             assert_eq!(echoed, format!("c{client} m{i}"));
             names.push(name.to_string());
         }
-        assert!(names.iter().all(|n| n == &names[0]), "client {client} moved: {names:?}");
+        assert!(
+            names.iter().all(|n| n == &names[0]),
+            "client {client} moved: {names:?}"
+        );
         *per_backend.entry(names[0].clone()).or_insert(0) += 1;
     }
-    assert_eq!(per_backend.values().copied().collect::<Vec<_>>().iter().sum::<usize>(), 30);
+    assert_eq!(
+        per_backend
+            .values()
+            .copied()
+            .collect::<Vec<_>>()
+            .iter()
+            .sum::<usize>(),
+        30
+    );
     assert!(per_backend.values().all(|&n| n == 10), "{per_backend:?}");
-    assert_eq!(value(&server, "switchyard_udp_sessions{listener=\"u\"}"), 30.0);
-    assert_eq!(value(&server, "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}"), 150.0);
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
+        30.0
+    );
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}"
+        ),
+        150.0
+    );
 }
 
 #[tokio::test]
@@ -228,12 +294,27 @@ async fn udp_session_table_stays_within_max_sessions() {
         sockets.push(s);
     }
     wait_for("3000 datagrams in", Duration::from_secs(20), || {
-        value(&server, "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}") == 3000.0
+        value(
+            &server,
+            "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}",
+        ) == 3000.0
     })
     .await;
-    assert_eq!(value(&server, "switchyard_udp_sessions{listener=\"u\"}"), 100.0);
-    assert_eq!(value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"), 100.0);
-    assert_eq!(value(&server, "switchyard_udp_dropped_total{listener=\"u\",reason=\"table_full\"}"), 2900.0);
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
+        100.0
+    );
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"),
+        100.0
+    );
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_udp_dropped_total{listener=\"u\",reason=\"table_full\"}"
+        ),
+        2900.0
+    );
 }
 
 #[tokio::test]
@@ -243,7 +324,10 @@ async fn udp_sessions_expire_when_idle() {
     let front = server.local_addr("u").unwrap();
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let first = udp_ask(&s, front, "one").await;
-    assert_eq!(value(&server, "switchyard_udp_sessions{listener=\"u\"}"), 1.0);
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
+        1.0
+    );
     wait_for("the session to expire", Duration::from_secs(5), || {
         value(&server, "switchyard_udp_sessions{listener=\"u\"}") == 0.0
     })
@@ -251,5 +335,8 @@ async fn udp_sessions_expire_when_idle() {
     // A new session is a new pick: round robin moves on to the next backend.
     let second = udp_ask(&s, front, "two").await;
     assert_ne!(first.split(':').next(), second.split(':').next());
-    assert_eq!(value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"), 2.0);
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"),
+        2.0
+    );
 }

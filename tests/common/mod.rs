@@ -2,6 +2,8 @@
 //! daemon, clients, and waiting on conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +17,8 @@ use tokio::task::JoinHandle;
 
 /// Starts the daemon from TOML text.
 pub async fn start(toml: &str) -> Server {
-    let config = Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("bad test config:\n{e}"));
+    let config = Config::parse(toml, Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("bad test config:\n{e}"));
     Server::start(config).await.expect("daemon starts")
 }
 
@@ -33,7 +36,9 @@ impl Backend {
         for _ in 0..16 {
             let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = tcp.local_addr().unwrap();
-            let Ok(udp) = UdpSocket::bind(addr).await else { continue };
+            let Ok(udp) = UdpSocket::bind(addr).await else {
+                continue;
+            };
             return Backend::serve(name, tcp, Some(udp));
         }
         panic!("no free port for TCP and UDP");
@@ -53,14 +58,19 @@ impl Backend {
         let (n, count) = (name.to_string(), accepted.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = tcp.accept().await else { continue };
+                let Ok((s, _)) = tcp.accept().await else {
+                    continue;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let n = n.clone();
                 tokio::spawn(async move {
                     let (r, mut w) = s.into_split();
                     let mut lines = BufReader::new(r).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
-                        if w.write_all(format!("{n}: {line}\n").as_bytes()).await.is_err() {
+                        if w.write_all(format!("{n}: {line}\n").as_bytes())
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -72,7 +82,9 @@ impl Backend {
             tasks.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 loop {
-                    let Ok((len, peer)) = udp.recv_from(&mut buf).await else { continue };
+                    let Ok((len, peer)) = udp.recv_from(&mut buf).await else {
+                        continue;
+                    };
                     let reply = format!("{n}: {}", String::from_utf8_lossy(&buf[..len]));
                     let _ = udp.send_to(reply.as_bytes(), peer).await;
                 }
@@ -116,7 +128,9 @@ pub async fn echo_raw() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { continue };
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 if tokio::io::copy(&mut r, &mut w).await.is_ok() {
@@ -130,7 +144,9 @@ pub async fn echo_raw() -> SocketAddr {
 
 /// Sends one line on a new connection and returns the name of the backend that answered.
 pub async fn ask(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect to the proxy");
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
     s.write_all(b"who\n").await.unwrap();
     let mut line = String::new();
     let mut r = BufReader::new(&mut s);
@@ -164,7 +180,10 @@ pub async fn try_ask(addr: SocketAddr) -> Result<String, String> {
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -173,7 +192,10 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
 /// `metric(&text, "switchyard_udp_sessions{listener=\"u\"}")`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
