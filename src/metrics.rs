@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry, and per-listener / per-backend handles
 //! resolved once so the relay path only touches atomics.
 
+use crate::config::Protocol;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -53,7 +54,7 @@ pub struct ListenerMetrics {
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
     pub no_backend: IntCounter,
-    pub rejected_limit: IntCounter,
+    pub rejected_denied: IntCounter,
     pub accept_errors: IntCounter,
     pub duration: Histogram,
     pub udp_sessions: IntGauge,
@@ -276,25 +277,71 @@ impl Metrics {
         }
     }
 
-    pub fn listener(&self, name: &str) -> ListenerMetrics {
+    /// Handles for listener `name`. Series of the other protocol are not
+    /// exported: their handles count into nothing.
+    pub fn listener(&self, name: &str, protocol: Protocol) -> ListenerMetrics {
         let l = [name];
-        let dir = |v: &IntCounterVec, d: &str| v.with_label_values(&[name, d]);
+        let tcp = protocol == Protocol::Tcp;
+        let c = |v: &IntCounterVec, labels: &[&str], wanted: bool| {
+            if wanted {
+                v.with_label_values(labels)
+            } else {
+                IntCounter::new("unexported", "-").expect("valid metric")
+            }
+        };
+        let g = |v: &IntGaugeVec, wanted: bool| {
+            if wanted {
+                v.with_label_values(&l)
+            } else {
+                IntGauge::new("unexported", "-").expect("valid metric")
+            }
+        };
         ListenerMetrics {
-            connections: self.listener_connections.with_label_values(&l),
-            active: self.listener_active.with_label_values(&l),
-            bytes_in: dir(&self.listener_bytes, "in"),
-            bytes_out: dir(&self.listener_bytes, "out"),
-            no_backend: self.listener_no_backend.with_label_values(&l),
-            rejected_limit: dir(&self.listener_rejected, "limit"),
-            accept_errors: self.accept_errors.with_label_values(&l),
-            duration: self.connection_duration.with_label_values(&l),
-            udp_sessions: self.udp_sessions.with_label_values(&l),
-            udp_sessions_total: self.udp_sessions_total.with_label_values(&l),
-            udp_in: dir(&self.udp_datagrams, "in"),
-            udp_out: dir(&self.udp_datagrams, "out"),
-            udp_dropped_full: dir(&self.udp_dropped, "table_full"),
-            udp_dropped_no_backend: dir(&self.udp_dropped, "no_backend"),
-            udp_dropped_send: dir(&self.udp_dropped, "send_error"),
+            connections: c(&self.listener_connections, &l, tcp),
+            active: g(&self.listener_active, tcp),
+            bytes_in: c(&self.listener_bytes, &[name, "in"], true),
+            bytes_out: c(&self.listener_bytes, &[name, "out"], true),
+            no_backend: c(&self.listener_no_backend, &l, tcp),
+            rejected_denied: c(&self.listener_rejected, &[name, "denied"], true),
+            accept_errors: c(&self.accept_errors, &l, tcp),
+            duration: if tcp {
+                self.connection_duration.with_label_values(&l)
+            } else {
+                Histogram::with_opts(HistogramOpts::new("unexported", "-")).expect("valid metric")
+            },
+            udp_sessions: g(&self.udp_sessions, !tcp),
+            udp_sessions_total: c(&self.udp_sessions_total, &l, !tcp),
+            udp_in: c(&self.udp_datagrams, &[name, "in"], !tcp),
+            udp_out: c(&self.udp_datagrams, &[name, "out"], !tcp),
+            udp_dropped_full: c(&self.udp_dropped, &[name, "table_full"], !tcp),
+            udp_dropped_no_backend: c(&self.udp_dropped, &[name, "no_backend"], !tcp),
+            udp_dropped_send: c(&self.udp_dropped, &[name, "send_error"], !tcp),
+        }
+    }
+
+    /// Drops the series of a listener that a reload removed.
+    pub fn forget_listener(&self, name: &str) {
+        let l = [name];
+        let _ = self.listener_connections.remove_label_values(&l);
+        let _ = self.listener_active.remove_label_values(&l);
+        let _ = self.listener_no_backend.remove_label_values(&l);
+        let _ = self.accept_errors.remove_label_values(&l);
+        let _ = self.connection_duration.remove_label_values(&l);
+        let _ = self.udp_sessions.remove_label_values(&l);
+        let _ = self.udp_sessions_total.remove_label_values(&l);
+        for (v, xs) in [
+            (&self.listener_bytes, &["in", "out"][..]),
+            (&self.listener_rejected, &["denied"][..]),
+            (&self.udp_datagrams, &["in", "out"][..]),
+            (
+                &self.udp_dropped,
+                &["table_full", "no_backend", "send_error"][..],
+            ),
+        ] {
+            for x in xs {
+                // Series of the other protocol were never created.
+                let _ = v.remove_label_values(&[name, x]);
+            }
         }
     }
 

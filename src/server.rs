@@ -268,6 +268,9 @@ impl Server {
             let running = match fresh.remove(&l.name) {
                 Some(bound) => {
                     if let Some(old) = old {
+                        if old.config.protocol != l.protocol {
+                            inner.metrics.forget_listener(&l.name);
+                        }
                         retire(old, grace);
                     }
                     self.launch(l.clone(), bound, pool)
@@ -285,6 +288,7 @@ impl Server {
         }
         for (_, old) in st.listeners.drain() {
             tracing::info!(listener = %old.config.name, "listener removed; established connections run on");
+            inner.metrics.forget_listener(&old.config.name);
             retire(old, grace);
         }
         st.listeners = listeners;
@@ -335,7 +339,7 @@ impl Server {
         let inner = &self.inner;
         let stop = inner.accept_stop.child_token();
         let hard_stop = inner.hard_stop.child_token();
-        let metrics = inner.metrics.listener(&config.name);
+        let metrics = inner.metrics.listener(&config.name, config.protocol);
         let route = arc_swap::ArcSwap::from_pointee(tcp::Route {
             config: config.clone(),
             pool,

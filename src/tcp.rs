@@ -148,11 +148,16 @@ async fn serve(
     _permit: OwnedSemaphorePermit,
 ) {
     let m = &shared.metrics;
+    let route = shared.route.load_full();
+    let name = route.config.name.as_str();
+    if !route.config.admits(peer.ip()) {
+        m.rejected_denied.inc();
+        tracing::debug!(listener = name, client = %peer, "client refused by allow/deny");
+        return;
+    }
     m.connections.inc();
     m.active.inc();
     let started = tokio::time::Instant::now();
-    let route = shared.route.load_full();
-    let name = route.config.name.as_str();
     if let Err(e) = client.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY on the client side");
     }

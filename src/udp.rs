@@ -72,6 +72,11 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             _ = stop.cancelled() => break,
         };
         let m = &shared.metrics;
+        let route = shared.route.load();
+        if !route.config.admits(peer.ip()) {
+            m.rejected_denied.inc();
+            continue;
+        }
         m.udp_in.inc();
         m.bytes_in.inc_by(n as u64);
         if let Some(s) = sessions.get(&peer) {

@@ -16,6 +16,8 @@ use std::time::Duration;
 pub use error::{ConfigError, Problem};
 pub use escape::parse_bytes;
 
+use ipnet::IpNet;
+
 use crate::balance::StrategyKind;
 
 /// Where `switchyard run` and `switchyard check` look by default.
@@ -89,9 +91,19 @@ pub struct ListenerConfig {
     pub backlog: u32,
     /// `reuse_port`, default false: one SO_REUSEPORT socket and accept task per worker thread.
     pub reuse_port: bool,
+    /// `allow`: when non-empty, only clients in these networks are served.
+    pub allow: Vec<IpNet>,
+    /// `deny`: clients in these networks are refused (deny wins over allow).
+    pub deny: Vec<IpNet>,
 }
 
 impl ListenerConfig {
+    /// Whether a client at `ip` may use this listener.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|n| n.contains(&ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+    }
+
     /// The part of a listener that owns its socket: a reload keeps the socket
     /// when this is unchanged.
     pub fn socket_key(&self) -> (&str, Protocol, SocketAddr, bool) {

@@ -137,7 +137,8 @@ impl Validator<'_> {
             }
         };
         let bind = self.addr(&l.bind, &format!("{key}.bind"));
-        if let Some(bind) = bind {
+        // Port 0 asks the system for a fresh port each time, so it never clashes.
+        if let Some(bind) = bind.filter(|b| b.port() != 0) {
             if let Some(other) = binds.insert((protocol, bind), name.clone()) {
                 self.p.push(
                     l.bind.span(),
@@ -211,6 +212,8 @@ impl Validator<'_> {
             access_log: l.access_log.unwrap_or(true),
             backlog: backlog as u32,
             reuse_port: l.reuse_port.unwrap_or(false),
+            allow: self.networks(l.allow.as_deref(), &format!("{key}.allow")),
+            deny: self.networks(l.deny.as_deref(), &format!("{key}.deny")),
         })
     }
 
@@ -458,6 +461,25 @@ impl Validator<'_> {
             port,
             initial_up,
         }
+    }
+
+    fn networks(&mut self, list: Option<&[S<String>]>, key: &str) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, v) in list.unwrap_or_default().iter().enumerate() {
+            let text = v.get_ref().trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net),
+                Err(_) => self.p.push(
+                    v.span(),
+                    format!("{key}[{i}]"),
+                    format!("`{text}` is not an address or network (e.g. \"10.0.0.0/8\")"),
+                ),
+            }
+        }
+        out
     }
 
     fn bytes(&mut self, v: Option<&S<String>>, key: &str) -> Option<Vec<u8>> {
