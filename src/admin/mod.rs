@@ -202,7 +202,17 @@ pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> 
 
 async fn route(server: Server, settings: &Settings, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Clients may percent-encode segments (a backend's `:` as `%3A`).
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = req.method().clone();
     let mutating = !matches!(method, Method::GET | Method::HEAD);
     let open = matches!(

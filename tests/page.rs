@@ -1,0 +1,254 @@
+//! The status page in a real headless Chromium, driven over the DevTools
+//! protocol: it renders every backend, and a click on "drain" drains one.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts headless Chromium and returns its browser-level DevTools URL.
+async fn chromium() -> (Browser, String) {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "--window-size=1280,800",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium (Debian package `chromium`) must be installed; .ci/run installs it");
+    let stderr = tokio::process::ChildStderr::from_std(child.stderr.take().unwrap()).unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                return url.trim().to_string();
+            }
+        }
+        panic!("chromium exited without a DevTools URL");
+    })
+    .await
+    .expect("chromium started in time");
+    // Keep draining stderr so chromium never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (
+        Browser {
+            child,
+            _profile: profile,
+        },
+        url,
+    )
+}
+
+/// A minimal DevTools client: one page session, commands answered in order.
+struct Page {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    session: String,
+    next_id: u64,
+}
+
+impl Page {
+    async fn open(browser_url: &str, url: &str) -> Page {
+        let (ws, _) = tokio_tungstenite::connect_async(browser_url).await.unwrap();
+        let mut page = Page {
+            ws,
+            session: String::new(),
+            next_id: 0,
+        };
+        let target = page
+            .send(None, "Target.createTarget", json!({ "url": url }))
+            .await;
+        let target_id = target["targetId"].as_str().unwrap().to_string();
+        let attached = page
+            .send(
+                None,
+                "Target.attachToTarget",
+                json!({ "targetId": target_id, "flatten": true }),
+            )
+            .await;
+        page.session = attached["sessionId"].as_str().unwrap().to_string();
+        // A desktop-sized viewport, so every column (and its button) is on screen.
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+        page
+    }
+
+    async fn send(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            msg["sessionId"] = json!(s);
+        }
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .expect("DevTools answered in time")
+                .unwrap()
+                .unwrap();
+            let Message::Text(text) = frame else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let session = self.session.clone();
+        self.send(Some(&session), method, params).await
+    }
+
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expr, "returnByValue": true }),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    /// Evaluates `expr` until it yields `want`.
+    async fn wait_eval(&mut self, expr: &str, want: Value) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.eval(expr).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "`{expr}` is {got}, never {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_backends_and_drains_on_click() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\
+         [pools.web]\nstrategy = \"weighted\"\nbackends = {}\n",
+        backends_toml(&[a.addr, b.addr], Some(&[1, 3]))
+    );
+    let server = start(&text).await;
+    let admin = server.admin_addr().await.unwrap();
+    let front = server.local_addr("front").unwrap();
+    for _ in 0..8 {
+        ask(front).await;
+    }
+
+    let (_browser, devtools) = chromium().await;
+    let mut page = Page::open(&devtools, &format!("http://{admin}/status")).await;
+    let rows = "document.querySelectorAll('section.pool[data-pool=\"web\"] tbody tr').length";
+    page.wait_eval(rows, json!(2)).await;
+    let state =
+        |addr| format!("document.querySelector('tr[data-backend=\"{addr}\"] .state').textContent");
+    page.wait_eval(&state(a.addr), json!("up")).await;
+    page.wait_eval(&state(b.addr), json!("up")).await;
+    let weight = format!(
+        "document.querySelector('tr[data-backend=\"{}\"] td:nth-child(3)').textContent",
+        b.addr
+    );
+    assert_eq!(page.eval(&weight).await, json!("3"));
+    let share = format!(
+        "document.querySelector('tr[data-backend=\"{}\"] .share span').textContent",
+        b.addr
+    );
+    assert_eq!(
+        page.eval(&share).await,
+        json!("75.0%"),
+        "b took 6 of the 8 connections"
+    );
+
+    // A real mouse click on a's drain button.
+    let rect = page
+        .eval(&format!(
+            "(() => {{ const r = document.querySelector('tr[data-backend=\"{}\"] button').getBoundingClientRect(); \
+             return [r.x + r.width / 2, r.y + r.height / 2]; }})()",
+            a.addr
+        ))
+        .await;
+    let (x, y) = (rect[0].as_f64().unwrap(), rect[1].as_f64().unwrap());
+    for kind in ["mousePressed", "mouseReleased"] {
+        page.call(
+            "Input.dispatchMouseEvent",
+            json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+        )
+        .await;
+    }
+    page.wait_eval(&state(a.addr), json!("draining")).await;
+    let snap = server.view().pools["web"].snapshot();
+    assert!(
+        snap.find(a.addr).unwrap().backend.is_draining(),
+        "the click reached the API"
+    );
+    for _ in 0..4 {
+        assert_eq!(ask(front).await, "b");
+    }
+
+    let shot = page
+        .call("Page.captureScreenshot", json!({ "format": "png" }))
+        .await;
+    let png = shot["data"].as_str().unwrap();
+    assert!(png.len() > 1000, "a screenshot of the page was taken");
+    if let Ok(path) = std::env::var("SWITCHYARD_SCREENSHOT") {
+        std::fs::write(path, decode_base64(png)).unwrap();
+    }
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        acc = (acc << 6) | ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
