@@ -8,12 +8,16 @@
 //! zero-copy (splice) relay.
 
 use std::cell::RefCell;
+use std::future::poll_fn;
 use std::io;
-use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -70,8 +74,8 @@ pub struct Outcome {
 /// Relays between `client` and `backend` until both directions end, `idle`
 /// passes with no traffic, or `stop` fires.
 pub async fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
     idle: Duration,
     stop: &CancellationToken,
     up_meter: Meter<'_>,
@@ -80,10 +84,12 @@ pub async fn relay(
     let last = AtomicU64::new(now_ms());
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
+    let (client_read, client_write) = client.split();
+    let (backend_read, backend_write) = backend.split();
     let both = async {
         tokio::try_join!(
-            pump(client, backend, &last, &up, up_meter),
-            pump(backend, client, &last, &down, down_meter)
+            pump(client_read, backend_write, &last, &up, up_meter),
+            pump(backend_read, client_write, &last, &down, down_meter)
         )
     };
     let end = tokio::select! {
@@ -111,75 +117,119 @@ async fn idle_watch(last: &AtomicU64, idle: Duration) {
     }
 }
 
+/// Shared counters are flushed at most this often (and when a direction
+/// ends), so that connections on different cores do not contend on them for
+/// every chunk; scrapes lag by at most this much.
+const FLUSH_MS: u64 = 200;
+
+/// Local byte counts of one direction, added to the shared meters in batches.
+struct Tally<'a> {
+    meter: Meter<'a>,
+    read: u64,
+    written: u64,
+    flushed_at: u64,
+}
+
+impl Tally<'_> {
+    fn add(&mut self, read: usize, written: usize, now: u64) {
+        self.read += read as u64;
+        self.written += written as u64;
+        if now >= self.flushed_at + FLUSH_MS {
+            self.flush(now);
+        }
+    }
+
+    fn flush(&mut self, now: u64) {
+        if self.read > 0 {
+            self.meter.read.inc_by(std::mem::take(&mut self.read));
+        }
+        if self.written > 0 {
+            self.meter.written.inc_by(std::mem::take(&mut self.written));
+        }
+        self.flushed_at = now;
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        self.flush(0);
+    }
+}
+
 enum Step {
     Eof,
     Moved { read: usize, written: usize },
-    NotReady,
 }
 
 /// Copies `from` → `to` until EOF, then shuts down `to`'s write half.
+///
+/// The read and the first write attempt happen in one poll, with the
+/// per-thread scratch buffer borrowed only inside it; tokio's own read path
+/// is used so that a short read clears readiness without an extra syscall.
 async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
     last: &AtomicU64,
     total: &AtomicU64,
     meter: Meter<'_>,
 ) -> io::Result<()> {
+    let mut tally = Tally {
+        meter,
+        read: 0,
+        written: 0,
+        flushed_at: now_ms(),
+    };
     let mut pending: Vec<u8> = Vec::new();
     loop {
-        from.readable().await?;
-        let step = SCRATCH_BUF.with(|buf| -> io::Result<Step> {
-            let mut buf = buf.borrow_mut();
-            let n = match from.try_read(&mut buf) {
-                Ok(0) => return Ok(Step::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::NotReady),
-                Err(e) => return Err(e),
-            };
-            let written = match to.try_write(&buf[..n]) {
-                Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            };
-            if written < n {
-                pending.extend_from_slice(&buf[written..n]);
-            }
-            Ok(Step::Moved { read: n, written })
-        })?;
+        let step = poll_fn(|cx| {
+            SCRATCH_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let mut rb = ReadBuf::new(&mut buf[..]);
+                match Pin::new(&mut from).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Ok(Step::Eof));
+                }
+                let written = match Pin::new(&mut to).poll_write(cx, &buf[..n]) {
+                    Poll::Ready(Ok(w)) => w,
+                    Poll::Pending => 0,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                };
+                if written < n {
+                    pending.extend_from_slice(&buf[written..n]);
+                }
+                Poll::Ready(Ok(Step::Moved { read: n, written }))
+            })
+        })
+        .await?;
+        let now = now_ms();
         match step {
-            Step::NotReady => continue,
             Step::Eof => {
-                shutdown_write(to);
+                if let Err(e) = to.shutdown().await {
+                    // The peer may already be gone; that ends the other direction anyway.
+                    tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
+                }
                 return Ok(());
             }
             Step::Moved { read, written } => {
                 total.fetch_add(read as u64, Ordering::Relaxed);
-                meter.read.inc_by(read as u64);
-                meter.written.inc_by(written as u64);
-                last.store(now_ms(), Ordering::Relaxed);
+                tally.add(read, written, now);
+                last.store(now, Ordering::Relaxed);
             }
         }
         while !pending.is_empty() {
-            to.writable().await?;
-            match to.try_write(&pending) {
-                Ok(w) => {
-                    pending.drain(..w);
-                    meter.written.inc_by(w as u64);
-                    last.store(now_ms(), Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+            let w = to.write(&pending).await?;
+            pending.drain(..w);
+            let now = now_ms();
+            tally.add(0, w, now);
+            last.store(now, Ordering::Relaxed);
         }
         if pending.capacity() > 0 {
             pending = Vec::new();
         }
-    }
-}
-
-fn shutdown_write(s: &TcpStream) {
-    if let Err(e) = socket2::SockRef::from(s).shutdown(Shutdown::Write) {
-        // The peer may already be gone; that ends the other direction anyway.
-        tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
     }
 }

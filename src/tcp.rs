@@ -143,7 +143,7 @@ async fn connect(
 /// One client connection, from accept to close.
 async fn serve(
     shared: Arc<Shared>,
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -165,7 +165,7 @@ async fn serve(
         c = connect(&route, peer, name) => c,
         _ = shared.hard_stop.cancelled() => None,
     };
-    let Some((backend, guard)) = connected else {
+    let Some((mut backend, guard)) = connected else {
         m.no_backend.inc();
         m.active.dec();
         tracing::warn!(listener = name, client = %peer, "no backend could take the connection; closing it");
@@ -173,8 +173,8 @@ async fn serve(
     };
     let b = guard.backend();
     let outcome = relay::relay(
-        &client,
-        &backend,
+        &mut client,
+        &mut backend,
         route.config.idle_timeout,
         &shared.hard_stop,
         Meter {
