@@ -18,6 +18,10 @@ use std::fmt;
 pub trait Candidates {
     /// Number of backends, eligible or not; indices run `0..len()`.
     fn len(&self) -> usize;
+    /// Whether there are no backends at all.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Whether backend `i` may take this connection now.
     fn eligible(&self, i: usize) -> bool;
     /// Backend `i`'s configured weight (at least 1).
@@ -108,10 +112,8 @@ fn random_eligible(c: &dyn Candidates, rng: &mut impl rand::Rng) -> Option<usize
         }
     }
     let mut chosen = None;
-    let mut seen = 0u32;
-    for i in (0..n).filter(|&i| c.eligible(i)) {
-        seen += 1;
-        if rng.random_range(0..seen) == 0 {
+    for (seen, i) in (0..n).filter(|&i| c.eligible(i)).enumerate() {
+        if rng.random_range(0..=seen) == 0 {
             chosen = Some(i);
         }
     }

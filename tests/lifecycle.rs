@@ -1,0 +1,475 @@
+//! The daemon's life under an operator: reloads under traffic (SIGHUP and the
+//! API), invalid reloads, graceful and forced shutdown, systemd notification,
+//! the unit file, and memory after a spike. These run the real binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::daemon::{http, Daemon};
+use common::Backend;
+
+fn blocking_ask(addr: SocketAddr) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"who\n").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    line.split_once(':')
+        .map(|(n, _)| n.to_string())
+        .ok_or_else(|| format!("no reply ({line:?})"))
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn reloads(d: &Daemon) -> usize {
+    d.count_log(|v| v["message"] == "configuration reloaded")
+}
+
+fn config(admin: bool, backends: &[SocketAddr], extra_listener: bool, grace: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ addr = \"{a}\" }}"))
+        .collect();
+    let mut t = format!("shutdown_grace = \"{grace}\"\n");
+    if admin {
+        t.push_str("[admin]\nbind = \"127.0.0.1:0\"\n");
+    }
+    t.push_str("[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n");
+    if extra_listener {
+        t.push_str("[[listeners]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n");
+    }
+    t.push_str(&format!(
+        "[pools.p]\nstrategy = \"round_robin\"\nbackends = [{}]\n",
+        list.join(", ")
+    ));
+    t
+}
+
+#[test]
+fn twenty_reloads_under_traffic_drop_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backends: Vec<Backend> = ["a", "b", "c"]
+        .iter()
+        .map(|n| rt.block_on(Backend::start(n)))
+        .collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let daemon = Daemon::start(&config(false, &addrs[..2], false, "30s"), &[], &[]);
+    let front = daemon.listeners()["front"];
+
+    // One long connection, echoing across every reload.
+    let mut held = TcpStream::connect(front).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut held_reader = BufReader::new(held.try_clone().unwrap());
+    let mut echo = |i: usize| {
+        held.write_all(format!("ping {i}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        held_reader.read_line(&mut line).unwrap();
+        assert!(
+            line.ends_with(&format!(": ping {i}\n")),
+            "held connection broke at reload {i}: {line:?}"
+        );
+    };
+    echo(0);
+
+    // New connections all through the reloads, bounded in count and time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut failures = Vec::new();
+                for _ in 0..50_000 {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(60) {
+                        break;
+                    }
+                    match blocking_ask(front) {
+                        Ok(_) => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.push(e),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+
+    let sets = [[0, 1], [1, 2], [0, 2]];
+    let mut removed_extra: Option<SocketAddr> = None;
+    for i in 1..=20 {
+        let with_extra = i % 2 == 1;
+        let set: Vec<SocketAddr> = sets[i % 3].iter().map(|&k| addrs[k]).collect();
+        std::fs::write(daemon.path(), config(false, &set, with_extra, "30s")).unwrap();
+        let before = served.load(Ordering::Relaxed);
+        daemon.signal("HUP");
+        wait_until("the reload", Duration::from_secs(10), || {
+            reloads(&daemon) == i
+        });
+        echo(i);
+        let extra = daemon.listeners().get("extra").copied();
+        if with_extra {
+            let extra = extra.expect("the added listener is bound");
+            assert!(blocking_ask(extra).is_ok(), "an added listener accepts");
+            removed_extra = Some(extra);
+        } else if let Some(gone) = removed_extra.take() {
+            wait_until(
+                "the removed listener to refuse",
+                Duration::from_secs(5),
+                || TcpStream::connect(gone).is_err(),
+            );
+        }
+        wait_until("traffic after the reload", Duration::from_secs(10), || {
+            served.load(Ordering::Relaxed) > before + 20
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        let failures = t.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "new connections failed during reloads: {failures:?}"
+        );
+    }
+    assert_eq!(
+        daemon.listeners()["front"],
+        front,
+        "the kept listener kept its socket"
+    );
+    assert!(served.load(Ordering::Relaxed) > 400);
+    echo(21);
+}
+
+#[test]
+fn an_invalid_reload_changes_nothing_and_is_counted() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(Backend::start("a"));
+    let b = rt.block_on(Backend::start("b"));
+    let daemon = Daemon::start(&config(true, &[a.addr], false, "30s"), &[], &[]);
+    let front = daemon.listeners()["front"];
+    let admin = daemon.admin();
+
+    std::fs::write(
+        daemon.path(),
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"nope\"\n",
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.wait_log("the reload error", Duration::from_secs(10), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no pool named `nope`"))
+    });
+    assert_eq!(
+        blocking_ask(front).as_deref(),
+        Ok("a"),
+        "the old configuration still serves"
+    );
+    let (_, metrics) = http(admin, "GET", "/metrics", &[], "");
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "switchyard_config_reloads_total{result=\"failure\"}"
+        ),
+        Some(1.0)
+    );
+
+    // The API reloads too, and reports the problem to its caller.
+    let (status, body) = http(admin, "POST", "/api/v1/reload", &[], "");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("no pool named"), "{body}");
+
+    std::fs::write(daemon.path(), config(true, &[b.addr], true, "30s")).unwrap();
+    let (status, body) = http(admin, "POST", "/api/v1/reload", &[], "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(blocking_ask(front).as_deref(), Ok("b"));
+    assert!(blocking_ask(daemon.listeners()["extra"]).is_ok());
+    let (_, metrics) = http(admin, "GET", "/metrics", &[], "");
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "switchyard_config_reloads_total{result=\"failure\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        common::metric(
+            &metrics,
+            "switchyard_config_reloads_total{result=\"success\"}"
+        ),
+        Some(2.0)
+    );
+}
+
+/// A backend that, for `slow N`, sends N lines 100ms apart and then closes.
+fn slow_backend() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                if BufReader::new(s.try_clone().unwrap())
+                    .read_line(&mut line)
+                    .is_err()
+                {
+                    return;
+                }
+                let n: usize = line
+                    .trim()
+                    .strip_prefix("slow ")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                for i in 0..n {
+                    if s.write_all(format!("chunk {i}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn sigterm_drains_then_exits_zero() {
+    let backend = slow_backend();
+    let mut daemon = Daemon::start(&config(false, &[backend], false, "10s"), &[], &[]);
+    let front = daemon.listeners()["front"];
+    let mut s = TcpStream::connect(front).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"slow 8\n").unwrap();
+    let mut reader = BufReader::new(s);
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert_eq!(first, "chunk 0\n");
+
+    daemon.signal("TERM");
+    wait_until("new connects to be refused", Duration::from_secs(5), || {
+        TcpStream::connect(front).is_err()
+    });
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    assert_eq!(
+        rest.lines().count(),
+        7,
+        "the transfer in flight completed: {rest:?}"
+    );
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn a_connection_past_the_grace_period_is_closed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(Backend::start("a"));
+    let mut daemon = Daemon::start(&config(false, &[a.addr], false, "500ms"), &[], &[]);
+    let mut s = TcpStream::connect(daemon.listeners()["front"]).unwrap();
+    s.write_all(b"x\n").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    let started = Instant::now();
+    daemon.signal("TERM");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed by the daemon");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(Backend::start("a"));
+    let mut daemon = Daemon::start(&config(false, &[a.addr], false, "60s"), &[], &[]);
+    let mut s = TcpStream::connect(daemon.listeners()["front"]).unwrap();
+    s.write_all(b"x\n").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    daemon.signal("TERM");
+    daemon.wait_log("draining", Duration::from_secs(5), |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("shutting down"))
+    });
+    daemon.signal("INT");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn systemd_is_told_ready_reloading_stopping_in_order() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(Backend::start("a"));
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut daemon = Daemon::start(
+        &config(false, &[a.addr], false, "1s"),
+        &[],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert_eq!(next(), "READY=1");
+    daemon.signal("HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1");
+    daemon.signal("TERM");
+    assert_eq!(next(), "STOPPING=1");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn the_unit_file_verifies_and_is_rated_ok() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/switchyard.service")).unwrap();
+    // Point the unit at the binary just built, so `verify` can check it exists.
+    let unit = unit.replace(
+        "/usr/local/bin/switchyard",
+        env!("CARGO_BIN_EXE_switchyard"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.service");
+    std::fs::write(&path, unit).unwrap();
+    let analyze = |args: &[&str]| {
+        std::process::Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .expect(
+                "systemd-analyze (Debian package `systemd`) must be installed; .ci/run installs it",
+            )
+    };
+    let verify = analyze(&["verify"]);
+    let said = String::from_utf8_lossy(&verify.stderr).to_string();
+    assert!(verify.status.success(), "systemd-analyze verify: {said}");
+    assert!(
+        !said.contains("switchyard.service"),
+        "verify complained: {said}"
+    );
+
+    let security = analyze(&["security", "--offline=true", "--no-pager"]);
+    let out = String::from_utf8_lossy(&security.stdout).to_string();
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no rating in: {out}"));
+    let exposure: f64 = line
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(exposure <= 2.5, "{line}");
+    assert!(line.contains("OK") || line.contains("SAFE"), "{line}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn memory_returns_to_baseline_after_a_spike() {
+    // This test holds 2,000 sockets at once in its own process, and the
+    // daemon (which inherits the limit) as many: raise the soft limit to the hard one.
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let hard = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap()
+        .to_string();
+    let raised = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            &format!("--nofile={hard}:{hard}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(raised.success());
+    assert!(
+        hard == "unlimited" || hard.parse::<u64>().unwrap() >= 4096,
+        "need 4096 descriptors, the hard limit is {hard}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(Backend::start("a"));
+    let daemon = Daemon::start(&config(true, &[a.addr], false, "1s"), &[], &[]);
+    let front = daemon.listeners()["front"];
+    let admin = daemon.admin();
+    let pid = daemon.child.id();
+    let active = || {
+        let (_, m) = http(admin, "GET", "/metrics", &[], "");
+        common::metric(
+            &m,
+            "switchyard_listener_active_connections{listener=\"front\"}",
+        )
+        .unwrap_or(-1.0)
+    };
+    let wave = |n: usize| {
+        let mut held = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut s = TcpStream::connect(front).unwrap();
+            s.write_all(b"x\n").unwrap();
+            held.push(s);
+        }
+        for s in &mut held {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+        }
+        assert_eq!(active(), n as f64);
+        drop(held);
+        wait_until("connections to close", Duration::from_secs(10), || {
+            active() == 0.0
+        });
+    };
+    // Warm up: thread-local buffers, metric series, allocator arenas.
+    wave(1000);
+    let before = rss_kib(pid);
+    for _ in 0..10 {
+        wave(1000);
+    }
+    let after = rss_kib(pid);
+    eprintln!("RSS before {before} KiB, after 10k connections {after} KiB");
+    assert!(
+        after <= before + 4 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
