@@ -60,7 +60,7 @@ async fn call(
     )
 }
 
-fn backend<'a>(pools: &'a Value, addr: SocketAddr) -> &'a Value {
+fn backend(pools: &Value, addr: SocketAddr) -> &Value {
     pools["pools"][0]["backends"]
         .as_array()
         .unwrap()
