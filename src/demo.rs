@@ -66,6 +66,19 @@ async fn echo_udp(socket: UdpSocket, name: String) {
     }
 }
 
+/// A port free for both TCP and UDP on 127.0.0.1, for `--port 0`: the demo
+/// promises one port for both protocols.
+pub fn free_port() -> io::Result<u16> {
+    for _ in 0..16 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, "no port free for both TCP and UDP"))
+}
+
 /// The demo's configuration: TCP and UDP listeners on `port` in front of
 /// `backends`, weighted 1, 2, 3, … in order.
 pub fn config(port: u16, admin_port: u16, backends: &[SocketAddr]) -> Result<Config, ConfigError> {

@@ -151,6 +151,7 @@ async fn run_demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
                 .context("cannot start a demo backend")?,
         );
     }
+    let port = if port == 0 { demo::free_port()? } else { port };
     let config = demo::config(port, admin_port, &backends)?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

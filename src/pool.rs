@@ -409,3 +409,102 @@ fn build(
         members,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn backend() -> Backend {
+        let m = Metrics::new();
+        Backend::new(
+            "p",
+            "127.0.0.1:1".parse().unwrap(),
+            true,
+            m.backend("p", "127.0.0.1:1"),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passive_ejection_lasts_fail_timeout_and_doubles() {
+        let b = backend();
+        let t = Duration::from_secs(10);
+        b.connect_failed(3, t);
+        b.connect_failed(3, t);
+        assert!(b.is_healthy(), "two failures of three");
+        b.connect_failed(3, t);
+        assert!(!b.is_healthy());
+        tokio::time::advance(Duration::from_millis(9_990)).await;
+        assert!(!b.is_healthy());
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(b.is_healthy(), "back after fail_timeout");
+        // A repeat offender stays out twice as long.
+        for _ in 0..3 {
+            b.connect_failed(3, t);
+        }
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(!b.is_healthy());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(b.is_healthy());
+        // A success after it is back resets the doubling.
+        b.connect_succeeded();
+        for _ in 0..3 {
+            b.connect_failed(3, t);
+        }
+        tokio::time::advance(Duration::from_millis(10_010)).await;
+        assert!(b.is_healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_active_pass_ends_an_ejection_early() {
+        let b = backend();
+        for _ in 0..3 {
+            b.connect_failed(3, Duration::from_secs(60));
+        }
+        assert!(!b.is_healthy());
+        assert!(!b.set_up(true, "check passed"), "already up: no transition");
+        assert!(b.is_healthy());
+    }
+
+    #[test]
+    fn max_fails_zero_disables_passive_health() {
+        let b = backend();
+        for _ in 0..100 {
+            b.connect_failed(0, Duration::from_secs(10));
+        }
+        assert!(b.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn apply_keeps_state_of_backends_that_stay() {
+        let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }]\n";
+        let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let mut pc = config.pools["p"].clone();
+        let pool = Pool::new(&pc, Arc::new(Metrics::new()));
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        pool.set_draining(a, true).unwrap();
+        let before = pool.snapshot().find(a).unwrap().backend.clone();
+        pc.backends.remove(1);
+        pc.backends.push(BackendConfig {
+            addr: "127.0.0.1:3".parse().unwrap(),
+            weight: NonZeroU32::new(2).unwrap(),
+            max_connections: None,
+        });
+        assert!(pool.apply(&pc));
+        let snap = pool.snapshot();
+        assert!(
+            Arc::ptr_eq(&before, &snap.find(a).unwrap().backend),
+            "same backend object kept"
+        );
+        assert!(snap.find(a).unwrap().backend.is_draining());
+        assert!(snap.find("127.0.0.1:2".parse().unwrap()).is_none());
+        assert!(!pool.apply(&pc), "applying the same config is a no-op");
+        assert_eq!(
+            pool.set_weight("127.0.0.1:9".parse().unwrap(), NonZeroU32::new(2).unwrap()),
+            Err(PoolError::NoSuchBackend {
+                pool: "p".into(),
+                addr: "127.0.0.1:9".parse().unwrap()
+            })
+        );
+    }
+}

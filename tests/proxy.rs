@@ -340,3 +340,16 @@ async fn udp_sessions_expire_when_idle() {
         2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_runs_one_socket_per_worker_and_serves() {
+    let b = three().await;
+    let text = tcp_config("round_robin", &b, None)
+        .replace("access_log = false", "reuse_port = true\nbacklog = 4096");
+    let server = start(&text).await;
+    let front = server.local_addr("front").unwrap();
+    assert_ne!(front.port(), 0);
+    let (_, counts) = count_picks(front, 60).await;
+    assert_eq!(counts.values().sum::<usize>(), 60);
+    assert!(counts.values().all(|&c| c == 20), "{counts:?}");
+}
