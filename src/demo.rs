@@ -76,7 +76,10 @@ pub fn free_port() -> io::Result<u16> {
             return Ok(port);
         }
     }
-    Err(io::Error::new(io::ErrorKind::AddrInUse, "no port free for both TCP and UDP"))
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no port free for both TCP and UDP",
+    ))
 }
 
 /// The demo's configuration: TCP and UDP listeners on `port` in front of

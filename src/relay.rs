@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -82,14 +82,15 @@ pub async fn relay(
     down_meter: Meter<'_>,
 ) -> Outcome {
     let last = AtomicU64::new(now_ms());
+    let ended = AtomicU8::new(0);
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     let (client_read, client_write) = client.split();
     let (backend_read, backend_write) = backend.split();
     let both = async {
         tokio::try_join!(
-            pump(client_read, backend_write, &last, &up, up_meter),
-            pump(backend_read, client_write, &last, &down, down_meter)
+            pump(client_read, backend_write, &last, &ended, &up, up_meter),
+            pump(backend_read, client_write, &last, &ended, &down, down_meter)
         )
     };
     let end = tokio::select! {
@@ -170,6 +171,7 @@ async fn pump(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     last: &AtomicU64,
+    ended: &AtomicU8,
     total: &AtomicU64,
     meter: Meter<'_>,
 ) -> io::Result<()> {
@@ -208,6 +210,9 @@ async fn pump(
         .await?;
         let now = now_ms();
         match step {
+            // When the other direction has ended too, both sockets are
+            // closed right after this; a shutdown first would be a wasted syscall.
+            Step::Eof if ended.fetch_add(1, Ordering::Relaxed) > 0 => return Ok(()),
             Step::Eof => {
                 if let Err(e) = to.shutdown().await {
                     // The peer may already be gone; that ends the other direction anyway.

@@ -8,8 +8,10 @@ use std::collections::BTreeSet;
 #[tokio::test]
 async fn every_dashboard_query_is_valid_promql_over_real_metrics() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dash: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("config/grafana/switchyard.json")).unwrap()).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("config/grafana/switchyard.json")).unwrap(),
+    )
+    .unwrap();
     let mut exprs = Vec::new();
     for panel in dash["panels"].as_array().unwrap() {
         for t in panel["targets"].as_array().into_iter().flatten() {
@@ -36,7 +38,10 @@ async fn every_dashboard_query_is_valid_promql_over_real_metrics() {
         for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if word.starts_with("switchyard_") || word.starts_with("process_") {
                 let base = word.trim_end_matches("_bucket");
-                assert!(exported.contains(base), "the dashboard queries `{word}`, which is not exported");
+                assert!(
+                    exported.contains(base),
+                    "the dashboard queries `{word}`, which is not exported"
+                );
             }
         }
     }
@@ -46,13 +51,26 @@ async fn every_dashboard_query_is_valid_promql_over_real_metrics() {
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let e = e.replace("$__rate_interval", "5m").replace("$pool", ".*").replace("$job", ".*");
-            format!("      - record: dashboard:query{i}\n        expr: {}\n", serde_json::to_string(&e).unwrap())
+            let e = e
+                .replace("$__rate_interval", "5m")
+                .replace("$pool", ".*")
+                .replace("$job", ".*");
+            format!(
+                "      - record: dashboard:query{i}\n        expr: {}\n",
+                serde_json::to_string(&e).unwrap()
+            )
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rules.yml");
-    std::fs::write(&file, format!("groups:\n  - name: dashboard\n    rules:\n{}", rules.concat())).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "groups:\n  - name: dashboard\n    rules:\n{}",
+            rules.concat()
+        ),
+    )
+    .unwrap();
     let out = std::process::Command::new("promtool")
         .args(["check", "rules"])
         .arg(&file)
