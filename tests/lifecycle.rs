@@ -28,6 +28,15 @@ fn blocking_ask(addr: SocketAddr) -> Result<String, String> {
         .ok_or_else(|| format!("no reply ({line:?})"))
 }
 
+/// A connection through the daemon that has carried one line each way.
+fn echoing(front: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(front).unwrap();
+    s.write_all(b"x\n").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    s
+}
+
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
@@ -282,14 +291,11 @@ fn a_connection_past_the_grace_period_is_closed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let a = rt.block_on(Backend::start("a"));
     let mut daemon = Daemon::start(&config(false, &[a.addr], false, "500ms"), &[], &[]);
-    let mut s = TcpStream::connect(daemon.listeners()["front"]).unwrap();
-    s.write_all(b"x\n").unwrap();
-    let mut buf = [0u8; 5];
-    s.read_exact(&mut buf).unwrap();
+    let mut s = echoing(daemon.listeners()["front"]);
     let started = Instant::now();
     daemon.signal("TERM");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let n = s.read(&mut buf).unwrap_or(0);
+    let n = s.read(&mut [0u8; 8]).unwrap_or(0);
     assert_eq!(n, 0, "closed by the daemon");
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
     let took = started.elapsed();
@@ -304,10 +310,7 @@ fn a_second_signal_stops_at_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let a = rt.block_on(Backend::start("a"));
     let mut daemon = Daemon::start(&config(false, &[a.addr], false, "60s"), &[], &[]);
-    let mut s = TcpStream::connect(daemon.listeners()["front"]).unwrap();
-    s.write_all(b"x\n").unwrap();
-    let mut buf = [0u8; 5];
-    s.read_exact(&mut buf).unwrap();
+    let _held = echoing(daemon.listeners()["front"]);
     daemon.signal("TERM");
     daemon.wait_log("draining", Duration::from_secs(5), |v| {
         v["message"]
