@@ -219,7 +219,6 @@ impl Validator<'_> {
 
     fn pool(&mut self, name: &str, pool: S<RawPool>) -> PoolConfig {
         let key = format!("pools.{name}");
-        let pool_span = pool.span();
         let pool = pool.into_inner();
         let strategy = match pool.strategy.as_ref() {
             None => StrategyKind::RoundRobin,
@@ -287,7 +286,6 @@ impl Validator<'_> {
             Some(h) => self.health(&format!("{key}.health"), h),
             None => HealthConfig::default(),
         };
-        let _ = pool_span;
         PoolConfig {
             name: name.to_string(),
             strategy,
