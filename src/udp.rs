@@ -6,13 +6,14 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +133,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             stop: session.stop.clone(),
             ended: ended_tx.clone(),
             guard: backend.open(),
+            max_fails: snap.config.max_fails,
+            fail_timeout: snap.config.fail_timeout,
         }));
         sessions.insert(peer, session);
     }
@@ -179,6 +182,15 @@ struct ReplyTask {
     stop: CancellationToken,
     ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
     guard: ActiveGuard,
+    max_fails: u32,
+    fail_timeout: Duration,
+}
+
+enum Got {
+    Nothing,
+    Relayed(usize),
+    ClientUnreachable(io::Error),
+    BackendError(io::Error),
 }
 
 /// Carries a session's replies back to its client until it is idle or stopped.
@@ -194,8 +206,9 @@ async fn replies(t: ReplyTask) {
         if now >= deadline {
             break "idle_timeout";
         }
+        // ERROR readiness too: an ICMP port-unreachable raises only EPOLLERR.
         tokio::select! {
-            r = t.upstream.readable() => {
+            r = t.upstream.ready(Interest::READABLE | Interest::ERROR) => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "udp session socket failed");
                     break "error";
@@ -204,23 +217,33 @@ async fn replies(t: ReplyTask) {
             _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => continue,
             _ = t.stop.cancelled() => break "stopped",
         }
-        let sent = DGRAM_BUF.with(|buf| {
+        let got = DGRAM_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            match t.upstream.try_recv(&mut buf) {
-                Ok(n) => Some(
-                    socket2::SockRef::from(&*t.listener)
-                        .send_to(&buf[..n], &t.peer.into())
-                        .map(|_| n),
-                ),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                // ECONNREFUSED: the backend's port is closed (ICMP). The session
-                // stays; health checks and re-picks deal with the backend.
-                Err(e) => Some(Err(e)),
+            // A direct recv: it also collects a pending socket error, which
+            // tokio's try_recv (waiting for READABLE) would never attempt.
+            match (&*socket2::SockRef::from(&*t.upstream)).read(&mut buf) {
+                Ok(n) => {
+                    match socket2::SockRef::from(&*t.listener).send_to(&buf[..n], &t.peer.into()) {
+                        Ok(_) => Got::Relayed(n),
+                        Err(e) => Got::ClientUnreachable(e),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    for interest in [Interest::READABLE, Interest::ERROR] {
+                        // Clears tokio's readiness so the next wait sleeps;
+                        // the WouldBlock is the point, not an error.
+                        let _ = t
+                            .upstream
+                            .try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                    }
+                    Got::Nothing
+                }
+                Err(e) => Got::BackendError(e),
             }
         });
-        match sent {
-            None => {}
-            Some(Ok(n)) => {
+        match got {
+            Got::Nothing => {}
+            Got::Relayed(n) => {
                 t.last.store(now_ms(), Ordering::Relaxed);
                 datagrams_out += 1;
                 bytes_out += n as u64;
@@ -228,9 +251,21 @@ async fn replies(t: ReplyTask) {
                 m.bytes_out.inc_by(n as u64);
                 backend.metrics.bytes_in.inc_by(n as u64);
             }
-            Some(Err(e)) => {
+            Got::ClientUnreachable(e) => {
                 m.udp_dropped_send.inc();
                 tracing::debug!(backend = %backend.addr, error = %e, "udp reply not delivered");
+            }
+            // ICMP port unreachable from the backend: passive health counts it
+            // like a refused TCP connect, so a dead backend is taken out and
+            // the client's next datagram is re-picked elsewhere.
+            Got::BackendError(e) => {
+                if e.kind() == io::ErrorKind::ConnectionRefused {
+                    backend.metrics.fail_refused.inc();
+                    backend.connect_failed(t.max_fails, t.fail_timeout);
+                } else {
+                    backend.metrics.fail_other.inc();
+                }
+                tracing::debug!(backend = %backend.addr, error = %e, "udp session socket error");
             }
         }
     };

@@ -387,10 +387,7 @@ async fn a_token_guards_changes_and_optionally_reads() {
 
 #[tokio::test]
 async fn readyz_follows_backend_health() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr();
     let text = format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
          [pools.p]\nbackends = [{{ addr = \"{dead}\" }}]\n[pools.p.health]\nkind = \"tcp\"\ninterval = \"50ms\"\nfall = 1\n"

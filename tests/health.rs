@@ -121,10 +121,7 @@ async fn a_dead_backend_is_never_noticed_and_comes_back() {
 #[tokio::test]
 async fn retries_hide_a_dead_backend_without_health_checks() {
     let a = Backend::start("a").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr();
     let server = start(&pool_toml("round_robin", &[dead, a.addr], "")).await;
     let front = server.local_addr("front").unwrap();
     for _ in 0..20 {
@@ -137,14 +134,8 @@ async fn retries_hide_a_dead_backend_without_health_checks() {
 
 #[tokio::test]
 async fn all_backends_down_closes_clients_at_once() {
-    let dead1 = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let dead2 = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead1 = dead_addr();
+    let dead2 = dead_addr();
     let server = start(&pool_toml("round_robin", &[dead1, dead2], "")).await;
     let front = server.local_addr("front").unwrap();
     for _ in 0..5 {
@@ -281,10 +272,7 @@ async fn an_http_check_follows_the_status_code() {
 
 #[tokio::test]
 async fn a_udp_check_against_a_closed_port_marks_the_backend_down() {
-    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = dead_addr();
     let live = Backend::start("live").await;
     let health = "[pools.p.health]\nkind = \"udp\"\nsend = \"ping\"\ninterval = \"50ms\"\ntimeout = \"300ms\"\nfall = 2\n";
     let server = start(&pool_toml("round_robin", &[closed, live.addr], health)).await;

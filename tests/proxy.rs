@@ -191,10 +191,7 @@ async fn half_close_lets_a_late_reply_through() {
 #[tokio::test]
 async fn a_failed_connect_closes_the_client_and_is_counted() {
     // A port that was just free: nothing listens there.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr();
     let server = start(&format!(
         "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{dead}\" }}]\n"
     ))
@@ -352,4 +349,51 @@ async fn reuse_port_runs_one_socket_per_worker_and_serves() {
     let (_, counts) = count_picks(front, 60).await;
     assert_eq!(counts.values().sum::<usize>(), 60);
     assert!(counts.values().all(|&c| c == 20), "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_dead_udp_backend_is_taken_out_and_its_clients_move() {
+    let live = Backend::start("live").await;
+    // A UDP port with nothing behind it answers with ICMP port unreachable.
+    let dead = dead_addr();
+    let text = format!(
+        "[[listeners]]\nname = \"u\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pools.p]\nbackends = [{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}]\nmax_fails = 1\n",
+        live.addr
+    );
+    let server = start(&text).await;
+    let front = server.local_addr("u").unwrap();
+    // Round robin sends the first client to the dead backend.
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.send_to(b"lost", front).await.unwrap();
+    let refused = format!("switchyard_backend_connect_failures_total{{backend=\"{dead}\",pool=\"p\",reason=\"refused\"}}");
+    wait_for("the ICMP error to count", Duration::from_secs(5), || {
+        value(&server, &refused) == 1.0
+    })
+    .await;
+    // Its next datagram starts a new session on the live backend.
+    assert_eq!(udp_ask(&s, front, "again").await, "live: again");
+}
+
+#[tokio::test]
+async fn ipv6_loopback_works_end_to_end() {
+    let l = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = l.accept().await {
+            let _ = s
+                .write_all(format!("hello {}\n", peer.ip()).as_bytes())
+                .await;
+        }
+    });
+    let server = start(&format!(
+        "[[listeners]]\nname = \"v6\"\nbind = \"[::1]:0\"\npool = \"p\"\nallow = [\"::1/128\"]\n[pools.p]\nbackends = [{{ addr = \"{addr}\" }}]\n"
+    ))
+    .await;
+    let front = server.local_addr("v6").unwrap();
+    assert!(front.is_ipv6());
+    let mut s = TcpStream::connect(front).await.unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, "hello ::1\n");
 }

@@ -176,6 +176,17 @@ pub async fn try_ask(addr: SocketAddr) -> Result<String, String> {
     Ok(line.split(':').next().unwrap().to_string())
 }
 
+/// An address where nothing listens, TCP or UDP: connects are refused and
+/// datagrams draw ICMP port-unreachable. It lies on 127.0.0.3, which no test
+/// binds, so another test in the same run can never take the port over (as
+/// it could a just-freed port on 127.0.0.1).
+pub fn dead_addr() -> SocketAddr {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Below the ephemeral range (32768 and up), so no outgoing socket holds it either.
+    let port = 20_000 + NEXT.fetch_add(1, Ordering::Relaxed) % 10_000;
+    SocketAddr::from(([127, 0, 0, 3], port as u16))
+}
+
 /// Waits until `cond` holds, checking every 10ms, failing after `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
