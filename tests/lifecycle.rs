@@ -476,3 +476,42 @@ fn memory_returns_to_baseline_after_a_spike() {
         "RSS grew from {before} KiB to {after} KiB"
     );
 }
+
+#[test]
+fn the_access_log_has_one_structured_line_per_connection_and_session() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(Backend::start("a"));
+    let text = format!(
+        "[[listeners]]\nname = \"logged\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [[listeners]]\nname = \"quiet\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [[listeners]]\nname = \"dns\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nidle_timeout = \"100ms\"\n\
+         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        a.addr
+    );
+    let daemon = Daemon::start(&text, &[], &[]);
+    let l = daemon.listeners();
+    let client = echoing(l["logged"]);
+    let client_addr = client.local_addr().unwrap().to_string();
+    drop(client);
+    drop(echoing(l["quiet"]));
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    udp.send_to(b"hi", l["dns"]).unwrap();
+    let mut buf = [0u8; 32];
+    assert_eq!(udp.recv(&mut buf).unwrap(), 5);
+
+    let is_access = |v: &serde_json::Value| v["target"] == "switchyard::access";
+    let tcp = daemon.wait_log("tcp access line", Duration::from_secs(5), |v| is_access(v) && v["listener"] == "logged");
+    assert_eq!(tcp["message"], "tcp connection");
+    assert_eq!(tcp["client"], client_addr.as_str());
+    assert_eq!(tcp["backend"], a.addr.to_string().as_str());
+    assert_eq!((tcp["bytes_in"].as_u64(), tcp["bytes_out"].as_u64()), (Some(2), Some(5)));
+    assert_eq!(tcp["end"], "closed");
+    assert!(tcp["duration_ms"].is_u64());
+
+    let session = daemon.wait_log("udp access line", Duration::from_secs(5), |v| is_access(v) && v["listener"] == "dns");
+    assert_eq!(session["message"], "udp session");
+    assert_eq!(session["end"], "idle_timeout");
+    assert_eq!(session["datagrams_out"].as_u64(), Some(1));
+    assert_eq!(daemon.count_log(|v| is_access(v) && v["listener"] == "quiet"), 0, "access_log = false");
+}
