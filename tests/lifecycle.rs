@@ -205,6 +205,26 @@ fn an_invalid_reload_changes_nothing_and_is_counted() {
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("no pool named"), "{body}");
 
+    // A valid file whose new listener cannot bind fails whole: nothing changes.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let clash = config(true, &[b.addr], true, "30s").replace(
+        "name = \"extra\"\nbind = \"127.0.0.1:0\"",
+        &format!(
+            "name = \"extra\"\nbind = \"{}\"",
+            taken.local_addr().unwrap()
+        ),
+    );
+    std::fs::write(daemon.path(), clash).unwrap();
+    let (status, body) = http(admin, "POST", "/api/v1/reload", &[], "");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("listener `extra`: cannot bind"), "{body}");
+    assert_eq!(
+        blocking_ask(front).as_deref(),
+        Ok("a"),
+        "the pool change was not applied either"
+    );
+    assert!(!daemon.listeners().contains_key("extra"));
+
     std::fs::write(daemon.path(), config(true, &[b.addr], true, "30s")).unwrap();
     let (status, body) = http(admin, "POST", "/api/v1/reload", &[], "");
     assert_eq!(status, 200, "{body}");
@@ -216,7 +236,7 @@ fn an_invalid_reload_changes_nothing_and_is_counted() {
             &metrics,
             "switchyard_config_reloads_total{result=\"failure\"}"
         ),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(
         common::metric(
@@ -501,17 +521,28 @@ fn the_access_log_has_one_structured_line_per_connection_and_session() {
     assert_eq!(udp.recv(&mut buf).unwrap(), 5);
 
     let is_access = |v: &serde_json::Value| v["target"] == "switchyard::access";
-    let tcp = daemon.wait_log("tcp access line", Duration::from_secs(5), |v| is_access(v) && v["listener"] == "logged");
+    let tcp = daemon.wait_log("tcp access line", Duration::from_secs(5), |v| {
+        is_access(v) && v["listener"] == "logged"
+    });
     assert_eq!(tcp["message"], "tcp connection");
     assert_eq!(tcp["client"], client_addr.as_str());
     assert_eq!(tcp["backend"], a.addr.to_string().as_str());
-    assert_eq!((tcp["bytes_in"].as_u64(), tcp["bytes_out"].as_u64()), (Some(2), Some(5)));
+    assert_eq!(
+        (tcp["bytes_in"].as_u64(), tcp["bytes_out"].as_u64()),
+        (Some(2), Some(5))
+    );
     assert_eq!(tcp["end"], "closed");
     assert!(tcp["duration_ms"].is_u64());
 
-    let session = daemon.wait_log("udp access line", Duration::from_secs(5), |v| is_access(v) && v["listener"] == "dns");
+    let session = daemon.wait_log("udp access line", Duration::from_secs(5), |v| {
+        is_access(v) && v["listener"] == "dns"
+    });
     assert_eq!(session["message"], "udp session");
     assert_eq!(session["end"], "idle_timeout");
     assert_eq!(session["datagrams_out"].as_u64(), Some(1));
-    assert_eq!(daemon.count_log(|v| is_access(v) && v["listener"] == "quiet"), 0, "access_log = false");
+    assert_eq!(
+        daemon.count_log(|v| is_access(v) && v["listener"] == "quiet"),
+        0,
+        "access_log = false"
+    );
 }
