@@ -8,8 +8,10 @@
 //! - [`tcp`]: TCP listeners: the accept loop, connect with retries, relay.
 //! - [`udp`]: UDP listeners: per-client sessions, bounded, expiring when idle.
 //! - [`relay`]: the byte relay between two TCP sockets (the seam for zero-copy).
-//! - [`pool`]: pools and backends: an atomic snapshot per pool, per-backend
-//!   health, drain and load as atomics, passive health.
+//! - [`pool`]: pools: an immutable snapshot per pool behind an atomic swap,
+//!   replaced through one door (`Pool::apply`).
+//! - [`backend`]: one backend's live state: health (active verdict, passive
+//!   ejection), drain, open connections, as atomics.
 //! - [`balance`]: the strategies (`random`, `round_robin`, `weighted`,
 //!   `least_conn`, `p2c`) behind one small trait.
 //! - [`health`]: active health checks (`tcp`, `http`, `udp`) with rise/fall.
@@ -20,6 +22,7 @@
 //! - [`demo`]: echo backends and a generated config for `switchyard demo`.
 
 pub mod admin;
+pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod demo;

@@ -12,10 +12,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::ActiveGuard;
 use crate::config::ListenerConfig;
 use crate::metrics::ListenerMetrics;
 use crate::net::is_resource_exhaustion;
-use crate::pool::{ActiveGuard, Pool};
+use crate::pool::Pool;
 use crate::relay::{self, Meter};
 
 /// Where a listener sends traffic; swapped whole on reload.

@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::{now_ms, ActiveGuard, Backend};
 use crate::metrics::ListenerMetrics;
-use crate::pool::{now_ms, ActiveGuard, Backend};
 use crate::tcp::Route;
 
 /// The largest UDP payload; one buffer per worker thread, never per session.

@@ -1,7 +1,7 @@
 //! Active health checks: one task per backend of a pool, jittered, with
 //! rise/fall hysteresis, cancelled as a group when the pool changes or the
 //! daemon stops. Passive health (failed connects) lives on
-//! [`Backend`](crate::pool::Backend) itself.
+//! [`Backend`](crate::backend::Backend) itself.
 
 mod probe;
 
@@ -12,8 +12,9 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backend::Backend;
 use crate::config::{CheckKind, HealthConfig};
-use crate::pool::{Backend, Pool};
+use crate::pool::Pool;
 
 /// The running checks of one pool.
 pub struct Checks {

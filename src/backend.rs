@@ -1,0 +1,272 @@
+//! One backend of one pool and its live state: the active checker's verdict,
+//! passive ejection after failed connects, the operator's drain, and the
+//! count of open connections. All atomics, read on every pick.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::metrics::BackendMetrics;
+
+/// Passive ejections double `fail_timeout` each time, up to this factor.
+const MAX_EJECTION_FACTOR: u32 = 16;
+
+/// Milliseconds on tokio's clock since the first call (so paused-clock tests work).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    // Offset by one so that 0 can mean "never".
+    tokio::time::Instant::now()
+        .duration_since(epoch)
+        .as_millis() as u64
+        + 1
+}
+
+/// The last active check of a backend, for the admin API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckResult {
+    pub ok: bool,
+    pub detail: String,
+    /// Milliseconds since the check, filled in when read.
+    pub at_ms: u64,
+}
+
+/// One backend of one pool, with its live state.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The address as text, the `backend` label of its metrics.
+    pub label: String,
+    pub pool: String,
+    up: AtomicBool,
+    draining: AtomicBool,
+    active: AtomicU64,
+    passive_fails: AtomicU32,
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+    last_check: Mutex<Option<CheckResult>>,
+    pub metrics: BackendMetrics,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("addr", &self.addr)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl Backend {
+    pub(crate) fn new(pool: &str, addr: SocketAddr, up: bool, metrics: BackendMetrics) -> Backend {
+        metrics.up.set(up as i64);
+        metrics.draining.set(0);
+        Backend {
+            addr,
+            label: addr.to_string(),
+            pool: pool.to_string(),
+            up: AtomicBool::new(up),
+            draining: AtomicBool::new(false),
+            active: AtomicU64::new(0),
+            passive_fails: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            last_check: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// The active checker's verdict (true until a check says otherwise, unless `initial = "down"`).
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether passive health has taken the backend out for now.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Whether health (active and passive) lets it take traffic.
+    pub fn is_healthy(&self) -> bool {
+        self.is_up() && !self.is_ejected()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// An operator's drain (true) or enable (false).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+        self.metrics.draining.set(draining as i64);
+    }
+
+    /// Records the active checker's verdict; returns true when the state changed.
+    pub fn set_up(&self, up: bool, reason: &str) -> bool {
+        if up {
+            // A passing active check ends a passive ejection early.
+            self.ejected_until.store(0, Ordering::Relaxed);
+            self.passive_fails.store(0, Ordering::Relaxed);
+        }
+        if self.up.swap(up, Ordering::Relaxed) == up {
+            return false;
+        }
+        self.metrics.up.set(up as i64);
+        if up {
+            self.metrics.to_up.inc();
+            tracing::info!(pool = %self.pool, backend = %self.addr, reason, "backend is up");
+        } else {
+            self.metrics.to_down.inc();
+            tracing::warn!(pool = %self.pool, backend = %self.addr, reason, "backend is down");
+        }
+        true
+    }
+
+    pub fn record_check(&self, ok: bool, detail: String) {
+        if ok {
+            self.metrics.checks_ok.inc();
+        } else {
+            self.metrics.checks_failed.inc();
+        }
+        let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some(CheckResult {
+            ok,
+            detail,
+            at_ms: now_ms(),
+        });
+    }
+
+    pub fn last_check(&self) -> Option<CheckResult> {
+        let last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+        last.clone().map(|mut c| {
+            c.at_ms = now_ms().saturating_sub(c.at_ms);
+            c
+        })
+    }
+
+    /// Passive health: a connect to this backend failed.
+    pub fn connect_failed(&self, max_fails: u32, fail_timeout: Duration) {
+        if max_fails == 0 {
+            return;
+        }
+        let fails = self.passive_fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if fails < max_fails {
+            return;
+        }
+        self.passive_fails.store(0, Ordering::Relaxed);
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(4);
+        let factor = (1u32 << n).min(MAX_EJECTION_FACTOR);
+        let out_for = fail_timeout * factor;
+        self.ejected_until
+            .store(now_ms() + out_for.as_millis() as u64, Ordering::Relaxed);
+        self.metrics.to_down.inc();
+        tracing::warn!(
+            pool = %self.pool, backend = %self.addr, consecutive_failures = fails,
+            out_for = %humantime::format_duration(out_for), "backend taken out after failed connects"
+        );
+    }
+
+    /// Passive health: a connect succeeded.
+    pub fn connect_succeeded(&self) {
+        if self.passive_fails.load(Ordering::Relaxed) != 0 {
+            self.passive_fails.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected() {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a connection or session as open until the guard drops.
+    pub fn open(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.active.inc();
+        self.metrics.connections.inc();
+        ActiveGuard(self.clone())
+    }
+}
+
+/// Decrements a backend's active count when dropped.
+pub struct ActiveGuard(Arc<Backend>);
+
+impl ActiveGuard {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn backend() -> Backend {
+        let m = Metrics::new();
+        Backend::new(
+            "p",
+            "127.0.0.1:1".parse().unwrap(),
+            true,
+            m.backend("p", "127.0.0.1:1"),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passive_ejection_lasts_fail_timeout_and_doubles() {
+        let b = backend();
+        let t = Duration::from_secs(10);
+        b.connect_failed(3, t);
+        b.connect_failed(3, t);
+        assert!(b.is_healthy(), "two failures of three");
+        b.connect_failed(3, t);
+        assert!(!b.is_healthy());
+        tokio::time::advance(Duration::from_millis(9_990)).await;
+        assert!(!b.is_healthy());
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(b.is_healthy(), "back after fail_timeout");
+        // A repeat offender stays out twice as long.
+        for _ in 0..3 {
+            b.connect_failed(3, t);
+        }
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(!b.is_healthy());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(b.is_healthy());
+        // A success after it is back resets the doubling.
+        b.connect_succeeded();
+        for _ in 0..3 {
+            b.connect_failed(3, t);
+        }
+        tokio::time::advance(Duration::from_millis(10_010)).await;
+        assert!(b.is_healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_active_pass_ends_an_ejection_early() {
+        let b = backend();
+        for _ in 0..3 {
+            b.connect_failed(3, Duration::from_secs(60));
+        }
+        assert!(!b.is_healthy());
+        assert!(!b.set_up(true, "check passed"), "already up: no transition");
+        assert!(b.is_healthy());
+    }
+
+    #[test]
+    fn max_fails_zero_disables_passive_health() {
+        let b = backend();
+        for _ in 0..100 {
+            b.connect_failed(0, Duration::from_secs(10));
+        }
+        assert!(b.is_healthy());
+    }
+}
