@@ -5,6 +5,7 @@
 //!   [`config::Config`], with every problem located by file, line and column.
 //! - [`server`]: the running daemon: binds listeners, owns pools, applies a
 //!   reload as one difference, drains on shutdown.
+//! - [`listener`]: one listener's sockets: bind, launch, re-point, retire.
 //! - [`tcp`]: TCP listeners: the accept loop, connect with retries, relay.
 //! - [`udp`]: UDP listeners: per-client sessions, bounded, expiring when idle.
 //! - [`relay`]: the byte relay between two TCP sockets (the seam for zero-copy).
@@ -27,6 +28,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod listener;
 pub mod metrics;
 pub mod net;
 pub mod notify;

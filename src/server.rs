@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::config::{Config, ConfigError, ListenerConfig, Protocol};
+use crate::config::{Config, ConfigError};
 use crate::health::Checks;
+use crate::listener::{self, Bound, Context, Running};
 use crate::metrics::Metrics;
+use crate::notify;
 use crate::pool::Pool;
-use crate::{net, notify, tcp, udp};
 
 /// Why the daemon could not start or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -59,21 +60,6 @@ pub struct View {
     pub listeners: Vec<ListenerView>,
 }
 
-enum Kind {
-    Tcp(Arc<tcp::Shared>),
-    Udp(Arc<udp::Shared>),
-}
-
-struct Running {
-    config: ListenerConfig,
-    kind: Kind,
-    /// Stops accepting (or receiving) on this listener.
-    stop: CancellationToken,
-    /// Ends this listener's established connections.
-    hard_stop: CancellationToken,
-    addr: SocketAddr,
-}
-
 struct PoolEntry {
     pool: Arc<Pool>,
     _checks: Checks,
@@ -83,11 +69,6 @@ struct State {
     listeners: HashMap<String, Running>,
     pools: HashMap<String, PoolEntry>,
     admin: Option<admin::Running>,
-}
-
-enum Bound {
-    Tcp(Vec<std::net::TcpListener>),
-    Udp(std::net::UdpSocket),
 }
 
 struct Inner {
@@ -212,7 +193,7 @@ impl Server {
                 .get(&l.name)
                 .is_some_and(|r| r.config.socket_key() == l.socket_key());
             if !same {
-                fresh.insert(l.name.clone(), bind(l)?);
+                fresh.insert(l.name.clone(), listener::bind(l)?);
             }
         }
         let admin_next = match &config.admin {
@@ -271,17 +252,13 @@ impl Server {
                         if old.config.protocol != l.protocol {
                             inner.metrics.forget_listener(&l.name);
                         }
-                        retire(old, grace);
+                        old.retire(grace);
                     }
-                    self.launch(l.clone(), bound, pool)
+                    Running::launch(l.clone(), bound, pool, &self.context())
                 }
                 None => {
                     let old = old.expect("kept listeners are running");
-                    reroute(&old, l, pool);
-                    Running {
-                        config: l.clone(),
-                        ..old
-                    }
+                    old.reroute(l, pool)
                 }
             };
             listeners.insert(l.name.clone(), running);
@@ -289,7 +266,7 @@ impl Server {
         for (_, old) in st.listeners.drain() {
             tracing::info!(listener = %old.config.name, "listener removed; established connections run on");
             inner.metrics.forget_listener(&old.config.name);
-            retire(old, grace);
+            old.retire(grace);
         }
         st.listeners = listeners;
         st.pools.retain(|name, entry| {
@@ -335,59 +312,13 @@ impl Server {
         Ok(())
     }
 
-    fn launch(&self, config: ListenerConfig, bound: Bound, pool: Arc<Pool>) -> Running {
+    fn context(&self) -> Context<'_> {
         let inner = &self.inner;
-        let stop = inner.accept_stop.child_token();
-        let hard_stop = inner.hard_stop.child_token();
-        let metrics = inner.metrics.listener(&config.name, config.protocol);
-        let route = arc_swap::ArcSwap::from_pointee(tcp::Route {
-            config: config.clone(),
-            pool,
-        });
-        let (kind, addr) = match bound {
-            Bound::Tcp(sockets) => {
-                let addr = sockets[0]
-                    .local_addr()
-                    .expect("bound socket has an address");
-                let shared = Arc::new(tcp::Shared {
-                    route,
-                    metrics,
-                    limit: Arc::new(Semaphore::new(config.max_connections.get())),
-                    hard_stop: hard_stop.clone(),
-                    tracker: inner.tracker.clone(),
-                });
-                for s in sockets {
-                    let listener =
-                        tokio::net::TcpListener::from_std(s).expect("tokio runtime is running");
-                    inner
-                        .tracker
-                        .spawn(tcp::accept_loop(listener, shared.clone(), stop.clone()));
-                }
-                (Kind::Tcp(shared), addr)
-            }
-            Bound::Udp(socket) => {
-                let addr = socket.local_addr().expect("bound socket has an address");
-                let socket = Arc::new(
-                    tokio::net::UdpSocket::from_std(socket).expect("tokio runtime is running"),
-                );
-                let shared = Arc::new(udp::Shared {
-                    route,
-                    metrics,
-                    tracker: inner.tracker.clone(),
-                });
-                inner
-                    .tracker
-                    .spawn(udp::recv_loop(socket, shared.clone(), stop.clone()));
-                (Kind::Udp(shared), addr)
-            }
-        };
-        tracing::info!(listener = %config.name, protocol = config.protocol.as_str(), %addr, pool = %config.pool, "listening");
-        Running {
-            config,
-            kind,
-            stop,
-            hard_stop,
-            addr,
+        Context {
+            metrics: &inner.metrics,
+            accept_stop: &inner.accept_stop,
+            hard_stop: &inner.hard_stop,
+            tracker: &inner.tracker,
         }
     }
 
@@ -427,65 +358,4 @@ impl Server {
         self.inner.hard_stop.cancel();
         self.inner.background.cancel();
     }
-}
-
-/// Binds one listener's socket(s): with `reuse_port`, one per worker thread.
-fn bind(l: &ListenerConfig) -> Result<Bound, Error> {
-    let err = |source| Error::Bind {
-        listener: l.name.clone(),
-        protocol: l.protocol.as_str(),
-        addr: l.bind,
-        source,
-    };
-    match l.protocol {
-        Protocol::Tcp => {
-            let first = net::tcp_listener(l.bind, l.backlog, l.reuse_port).map_err(err)?;
-            let mut sockets = vec![first];
-            if l.reuse_port {
-                let addr = sockets[0].local_addr().map_err(err)?;
-                let workers = tokio::runtime::Handle::current().metrics().num_workers();
-                for _ in 1..workers {
-                    sockets.push(net::tcp_listener(addr, l.backlog, true).map_err(err)?);
-                }
-            }
-            Ok(Bound::Tcp(sockets))
-        }
-        Protocol::Udp => Ok(Bound::Udp(net::udp_socket(l.bind).map_err(err)?)),
-    }
-}
-
-/// Points a kept listener at its new pool and settings.
-fn reroute(r: &Running, l: &ListenerConfig, pool: Arc<Pool>) {
-    let route = Arc::new(tcp::Route {
-        config: l.clone(),
-        pool,
-    });
-    match &r.kind {
-        Kind::Tcp(shared) => {
-            let (old, new) = (r.config.max_connections.get(), l.max_connections.get());
-            if new > old {
-                shared.limit.add_permits(new - old);
-            } else if old > new {
-                // Only permits not held by open connections can be taken back
-                // now; a lower limit is exact for a listener with fewer open
-                // connections than the new limit.
-                let _forgotten = shared.limit.forget_permits(old - new);
-            }
-            shared.route.store(route);
-        }
-        Kind::Udp(shared) => shared.route.store(route),
-    }
-}
-
-/// Stops a listener that a reload replaced or removed: no new connections;
-/// established ones get `grace` to finish.
-fn retire(r: Running, grace: Duration) {
-    r.stop.cancel();
-    let hard = r.hard_stop;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::time::sleep(grace) => hard.cancel(),
-            _ = hard.cancelled() => {}
-        }
-    });
 }

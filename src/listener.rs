@@ -1,0 +1,175 @@
+//! One listener's sockets and tasks: bind (all that can fail, done first on
+//! start and reload), launch, re-point at a new pool, retire.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ListenerConfig, Protocol};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::server::Error;
+use crate::{net, tcp, udp};
+
+/// What a launched listener hangs its tasks and series on.
+pub struct Context<'a> {
+    pub metrics: &'a Metrics,
+    /// Parent of the listener's `stop`.
+    pub accept_stop: &'a CancellationToken,
+    /// Parent of the listener's `hard_stop`.
+    pub hard_stop: &'a CancellationToken,
+    pub tracker: &'a TaskTracker,
+}
+
+enum Kind {
+    Tcp(Arc<tcp::Shared>),
+    Udp(Arc<udp::Shared>),
+}
+
+/// A listener that is serving.
+pub struct Running {
+    pub config: ListenerConfig,
+    kind: Kind,
+    /// Stops accepting (or receiving) on this listener.
+    pub stop: CancellationToken,
+    /// Ends this listener's established connections.
+    pub hard_stop: CancellationToken,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+/// A listener's sockets, bound but not yet served.
+pub enum Bound {
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(std::net::UdpSocket),
+}
+
+impl Running {
+    /// Starts serving on freshly bound sockets.
+    pub fn launch(
+        config: ListenerConfig,
+        bound: Bound,
+        pool: Arc<Pool>,
+        cx: &Context<'_>,
+    ) -> Running {
+        let stop = cx.accept_stop.child_token();
+        let hard_stop = cx.hard_stop.child_token();
+        let metrics = cx.metrics.listener(&config.name, config.protocol);
+        let route = arc_swap::ArcSwap::from_pointee(tcp::Route {
+            config: config.clone(),
+            pool,
+        });
+        let (kind, addr) = match bound {
+            Bound::Tcp(sockets) => {
+                let addr = sockets[0]
+                    .local_addr()
+                    .expect("bound socket has an address");
+                let shared = Arc::new(tcp::Shared {
+                    route,
+                    metrics,
+                    limit: Arc::new(Semaphore::new(config.max_connections.get())),
+                    hard_stop: hard_stop.clone(),
+                    tracker: cx.tracker.clone(),
+                });
+                for s in sockets {
+                    let listener =
+                        tokio::net::TcpListener::from_std(s).expect("tokio runtime is running");
+                    cx.tracker
+                        .spawn(tcp::accept_loop(listener, shared.clone(), stop.clone()));
+                }
+                (Kind::Tcp(shared), addr)
+            }
+            Bound::Udp(socket) => {
+                let addr = socket.local_addr().expect("bound socket has an address");
+                let socket = Arc::new(
+                    tokio::net::UdpSocket::from_std(socket).expect("tokio runtime is running"),
+                );
+                let shared = Arc::new(udp::Shared {
+                    route,
+                    metrics,
+                    tracker: cx.tracker.clone(),
+                });
+                cx.tracker
+                    .spawn(udp::recv_loop(socket, shared.clone(), stop.clone()));
+                (Kind::Udp(shared), addr)
+            }
+        };
+        tracing::info!(listener = %config.name, protocol = config.protocol.as_str(), %addr, pool = %config.pool, "listening");
+        Running {
+            config,
+            kind,
+            stop,
+            hard_stop,
+            addr,
+        }
+    }
+}
+
+/// Binds one listener's socket(s): with `reuse_port`, one per worker thread.
+pub fn bind(l: &ListenerConfig) -> Result<Bound, Error> {
+    let err = |source| Error::Bind {
+        listener: l.name.clone(),
+        protocol: l.protocol.as_str(),
+        addr: l.bind,
+        source,
+    };
+    match l.protocol {
+        Protocol::Tcp => {
+            let first = net::tcp_listener(l.bind, l.backlog, l.reuse_port).map_err(err)?;
+            let mut sockets = vec![first];
+            if l.reuse_port {
+                let addr = sockets[0].local_addr().map_err(err)?;
+                let workers = tokio::runtime::Handle::current().metrics().num_workers();
+                for _ in 1..workers {
+                    sockets.push(net::tcp_listener(addr, l.backlog, true).map_err(err)?);
+                }
+            }
+            Ok(Bound::Tcp(sockets))
+        }
+        Protocol::Udp => Ok(Bound::Udp(net::udp_socket(l.bind).map_err(err)?)),
+    }
+}
+
+impl Running {
+    /// Points a kept listener (same socket) at its new pool and settings.
+    pub fn reroute(mut self, l: &ListenerConfig, pool: Arc<Pool>) -> Running {
+        let route = Arc::new(tcp::Route {
+            config: l.clone(),
+            pool,
+        });
+        match &self.kind {
+            Kind::Tcp(shared) => {
+                let (old, new) = (self.config.max_connections.get(), l.max_connections.get());
+                if new > old {
+                    shared.limit.add_permits(new - old);
+                } else if old > new {
+                    // Only permits not held by open connections can be taken back
+                    // now; a lower limit is exact for a listener with fewer open
+                    // connections than the new limit.
+                    let _forgotten = shared.limit.forget_permits(old - new);
+                }
+                shared.route.store(route);
+            }
+            Kind::Udp(shared) => shared.route.store(route),
+        }
+        self.config = l.clone();
+        self
+    }
+
+    /// Stops a listener that a reload replaced or removed: no new connections;
+    /// established ones get `grace` to finish.
+    pub fn retire(self, grace: Duration) {
+        self.stop.cancel();
+        let hard = self.hard_stop;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => hard.cancel(),
+                _ = hard.cancelled() => {}
+            }
+        });
+    }
+}
