@@ -8,6 +8,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::{error, Body};
+use crate::config::MAX_WEIGHT;
 use crate::pool::{Member, Pool};
 use crate::server::Server;
 
@@ -127,13 +128,13 @@ pub fn set_weight(server: &Server, pool: &str, addr: &str, body: &[u8]) -> Respo
         weight: u32,
     }
     let weight = match serde_json::from_slice::<WeightBody>(body) {
-        Ok(w) if (1..=256).contains(&w.weight) => {
+        Ok(w) if (1..=MAX_WEIGHT).contains(&w.weight) => {
             NonZeroU32::new(w.weight).expect("checked non-zero")
         }
         Ok(w) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("weight must be from 1 to 256, not {}", w.weight),
+                format!("weight must be from 1 to {MAX_WEIGHT}, not {}", w.weight),
             )
         }
         Err(e) => {

@@ -4,6 +4,8 @@
 
 mod error;
 mod escape;
+mod fields;
+mod health;
 mod raw;
 mod validate;
 
@@ -19,6 +21,10 @@ pub use escape::parse_bytes;
 use ipnet::IpNet;
 
 use crate::balance::StrategyKind;
+
+/// The largest backend weight: HAProxy's range, and a bound on the smooth
+/// weighted schedule built per pool.
+pub const MAX_WEIGHT: u32 = 256;
 
 /// Where `switchyard run` and `switchyard check` look by default.
 pub const DEFAULT_PATH: &str = "/etc/switchyard/switchyard.toml";

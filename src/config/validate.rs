@@ -1,18 +1,17 @@
 //! Turns [`RawConfig`] into [`Config`], collecting every problem with its position.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
 use super::error::{line_col, Problems};
-use super::raw::{RawBackend, RawConfig, RawHealth, RawListener, RawPool, S};
+use super::raw::{RawBackend, RawConfig, RawListener, RawPool, S};
 use super::*;
 
-/// HAProxy's range; it also bounds the smooth weighted schedule built per pool.
-const MAX_WEIGHT: i64 = 256;
+const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
 
 pub(super) fn validate(source: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = match toml::from_str(source) {
@@ -40,8 +39,8 @@ pub(super) fn validate(source: &str, path: &Path) -> Result<Config, ConfigError>
     }
 }
 
-struct Validator<'a> {
-    p: Problems<'a>,
+pub(super) struct Validator<'a> {
+    pub(super) p: Problems<'a>,
     source: &'a str,
     path: &'a Path,
     warnings: Vec<String>,
@@ -339,214 +338,5 @@ impl Validator<'_> {
             weight: NonZeroU32::new(weight.clamp(1, MAX_WEIGHT) as u32)?,
             max_connections: max_connections.and_then(NonZeroU32::new),
         })
-    }
-
-    fn health(&mut self, key: &str, h: S<RawHealth>) -> HealthConfig {
-        let h = h.into_inner();
-        let d = HealthConfig::default();
-        let interval = self
-            .duration(h.interval.as_ref(), &format!("{key}.interval"))
-            .unwrap_or(d.interval);
-        let timeout = self
-            .duration(h.timeout.as_ref(), &format!("{key}.timeout"))
-            .unwrap_or(d.timeout);
-        let rise = self.count(h.rise.as_ref(), &format!("{key}.rise"), 1, 1000, 2) as u32;
-        let fall = self.count(h.fall.as_ref(), &format!("{key}.fall"), 1, 1000, 3) as u32;
-        let port = h
-            .port
-            .as_ref()
-            .map(|p| self.count(Some(p), &format!("{key}.port"), 1, 65535, 1) as u16);
-        let initial_up = match h.initial.as_ref().map(|i| i.get_ref().as_str()) {
-            None | Some("up") => true,
-            Some("down") => false,
-            Some(other) => {
-                let span = h.initial.as_ref().map(|i| i.span()).unwrap_or_default();
-                self.p.push(
-                    span,
-                    format!("{key}.initial"),
-                    format!("`{other}` is neither \"up\" nor \"down\""),
-                );
-                true
-            }
-        };
-        if interval.is_zero() {
-            let span = h.interval.as_ref().map(|i| i.span()).unwrap_or_default();
-            self.p
-                .push(span, format!("{key}.interval"), "must be more than zero");
-        }
-        let send = self.bytes(h.send.as_ref(), &format!("{key}.send"));
-        let expect = self.bytes(h.expect.as_ref(), &format!("{key}.expect"));
-        let kind_name = h
-            .kind
-            .as_ref()
-            .map(|k| k.get_ref().as_str())
-            .unwrap_or("tcp");
-        let kind_span = h.kind.as_ref().map(|k| k.span()).unwrap_or_default();
-        let only_for = |field: &Option<S<String>>, name: &str, kinds: &str, v: &mut Self| {
-            if let Some(f) = field {
-                v.p.push(
-                    f.span(),
-                    format!("{key}.{name}"),
-                    format!("only applies to kind = {kinds}"),
-                );
-            }
-        };
-        let check = match kind_name {
-            "none" => CheckKind::None,
-            "tcp" => {
-                only_for(&h.path, "path", "\"http\"", self);
-                only_for(&h.host, "host", "\"http\"", self);
-                CheckKind::Tcp { send, expect }
-            }
-            "http" => {
-                only_for(&h.send, "send", "\"tcp\" or \"udp\"", self);
-                only_for(&h.expect, "expect", "\"tcp\" or \"udp\"", self);
-                let path = h
-                    .path
-                    .as_ref()
-                    .map(|p| p.get_ref().clone())
-                    .unwrap_or_else(|| "/".into());
-                if !path.starts_with('/') {
-                    let span = h.path.as_ref().map(|p| p.span()).unwrap_or_default();
-                    self.p
-                        .push(span, format!("{key}.path"), "must start with /");
-                }
-                let expect_status = self.count(
-                    h.expect_status.as_ref(),
-                    &format!("{key}.expect_status"),
-                    100,
-                    599,
-                    200,
-                ) as u16;
-                CheckKind::Http {
-                    path,
-                    expect_status,
-                    host: h.host.as_ref().map(|x| x.get_ref().clone()),
-                }
-            }
-            "udp" => {
-                only_for(&h.path, "path", "\"http\"", self);
-                only_for(&h.host, "host", "\"http\"", self);
-                match send {
-                    Some(send) => CheckKind::Udp { send, expect },
-                    None => {
-                        self.p.push(
-                            kind_span.clone(),
-                            format!("{key}.send"),
-                            "kind = \"udp\" needs `send`",
-                        );
-                        CheckKind::None
-                    }
-                }
-            }
-            other => {
-                self.p.push(
-                    kind_span,
-                    format!("{key}.kind"),
-                    format!(
-                        "unknown kind `{other}`; expected \"tcp\", \"http\", \"udp\" or \"none\""
-                    ),
-                );
-                CheckKind::None
-            }
-        };
-        HealthConfig {
-            check,
-            interval,
-            timeout,
-            rise,
-            fall,
-            port,
-            initial_up,
-        }
-    }
-
-    fn networks(&mut self, list: Option<&[S<String>]>, key: &str) -> Vec<ipnet::IpNet> {
-        let mut out = Vec::new();
-        for (i, v) in list.unwrap_or_default().iter().enumerate() {
-            let text = v.get_ref().trim();
-            let parsed = text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(net) => out.push(net),
-                Err(_) => self.p.push(
-                    v.span(),
-                    format!("{key}[{i}]"),
-                    format!("`{text}` is not an address or network (e.g. \"10.0.0.0/8\")"),
-                ),
-            }
-        }
-        out
-    }
-
-    fn bytes(&mut self, v: Option<&S<String>>, key: &str) -> Option<Vec<u8>> {
-        let v = v?;
-        match parse_bytes(v.get_ref()) {
-            Ok(b) if b.is_empty() => {
-                self.p.push(v.span(), key, "must not be empty");
-                None
-            }
-            Ok(b) => Some(b),
-            Err(e) => {
-                self.p.push(v.span(), key, e);
-                None
-            }
-        }
-    }
-
-    fn addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
-        let text = v.get_ref();
-        if let Ok(a) = text.parse::<SocketAddr>() {
-            return Some(a);
-        }
-        let message = match text.rsplit_once(':') {
-            None => format!("`{text}` is not an address; expected ip:port or host:port"),
-            Some((host, port)) if host.is_empty() || port.parse::<u16>().is_err() => {
-                format!("`{text}` is not an address; expected ip:port or host:port")
-            }
-            Some(_) => match text.to_socket_addrs() {
-                Ok(mut addrs) => match addrs.next() {
-                    Some(a) => return Some(a),
-                    None => format!("`{text}` resolves to no address"),
-                },
-                Err(e) => format!("cannot resolve `{text}`: {e}"),
-            },
-        };
-        self.p.push(v.span(), key, message);
-        None
-    }
-
-    fn duration(&mut self, v: Option<&S<String>>, key: &str) -> Option<Duration> {
-        let v = v?;
-        match humantime::parse_duration(v.get_ref()) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.p.push(
-                    v.span(),
-                    key,
-                    format!(
-                        "`{}` is not a duration ({e}); write e.g. \"250ms\" or \"30s\"",
-                        v.get_ref()
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    fn count(&mut self, v: Option<&S<i64>>, key: &str, min: i64, max: i64, default: i64) -> i64 {
-        let Some(v) = v else { return default };
-        let n = *v.get_ref();
-        if (min..=max).contains(&n) {
-            n
-        } else {
-            self.p.push(
-                v.span(),
-                key,
-                format!("must be from {min} to {max}, not {n}"),
-            );
-            default
-        }
     }
 }

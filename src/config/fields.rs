@@ -1,0 +1,107 @@
+//! Validation of single values: addresses, durations, counts, byte strings
+//! and networks, each problem placed at the value's position.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::parse_bytes;
+use super::raw::S;
+use super::validate::Validator;
+
+impl Validator<'_> {
+    pub(super) fn networks(&mut self, list: Option<&[S<String>]>, key: &str) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, v) in list.unwrap_or_default().iter().enumerate() {
+            let text = v.get_ref().trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net),
+                Err(_) => self.p.push(
+                    v.span(),
+                    format!("{key}[{i}]"),
+                    format!("`{text}` is not an address or network (e.g. \"10.0.0.0/8\")"),
+                ),
+            }
+        }
+        out
+    }
+
+    pub(super) fn bytes(&mut self, v: Option<&S<String>>, key: &str) -> Option<Vec<u8>> {
+        let v = v?;
+        match parse_bytes(v.get_ref()) {
+            Ok(b) if b.is_empty() => {
+                self.p.push(v.span(), key, "must not be empty");
+                None
+            }
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.p.push(v.span(), key, e);
+                None
+            }
+        }
+    }
+
+    pub(super) fn addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
+        let text = v.get_ref();
+        if let Ok(a) = text.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        let message = match text.rsplit_once(':') {
+            None => format!("`{text}` is not an address; expected ip:port or host:port"),
+            Some((host, port)) if host.is_empty() || port.parse::<u16>().is_err() => {
+                format!("`{text}` is not an address; expected ip:port or host:port")
+            }
+            Some(_) => match text.to_socket_addrs() {
+                Ok(mut addrs) => match addrs.next() {
+                    Some(a) => return Some(a),
+                    None => format!("`{text}` resolves to no address"),
+                },
+                Err(e) => format!("cannot resolve `{text}`: {e}"),
+            },
+        };
+        self.p.push(v.span(), key, message);
+        None
+    }
+
+    pub(super) fn duration(&mut self, v: Option<&S<String>>, key: &str) -> Option<Duration> {
+        let v = v?;
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.p.push(
+                    v.span(),
+                    key,
+                    format!(
+                        "`{}` is not a duration ({e}); write e.g. \"250ms\" or \"30s\"",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn count(
+        &mut self,
+        v: Option<&S<i64>>,
+        key: &str,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> i64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if (min..=max).contains(&n) {
+            n
+        } else {
+            self.p.push(
+                v.span(),
+                key,
+                format!("must be from {min} to {max}, not {n}"),
+            );
+            default
+        }
+    }
+}
