@@ -1,5 +1,6 @@
 //! The `switchyard` command: arguments, logging and signals; the work is in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,7 +56,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Flushes buffered log lines when main returns.
+    let _log_guard = init_logging(cli.log_format);
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config } => Config::load(&config)
@@ -74,16 +76,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines go to stderr from a writer thread through a bounded queue:
+/// a slow reader (a stalled journald, a full pipe) costs dropped lines, never
+/// stalled connections.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    // 64k lines is seconds of access log at high connection rates.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(65_536)
+        .lossy(true)
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -116,7 +127,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let summary = config.summary();
     let server = Server::start(config).await?;
+    tracing::info!("{summary}");
     notify::notify("READY=1");
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "switchyard is ready");
     loop {
