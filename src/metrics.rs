@@ -55,6 +55,8 @@ pub struct ListenerMetrics {
     pub bytes_out: IntCounter,
     pub no_backend: IntCounter,
     pub rejected_denied: IntCounter,
+    /// Times the listener reached `max_connections` and left clients in the backlog.
+    pub rejected_limit: IntCounter,
     pub accept_errors: IntCounter,
     pub duration: Histogram,
     pub udp_sessions: IntGauge,
@@ -174,7 +176,7 @@ impl Metrics {
             listener_rejected: counter(
                 &r,
                 "switchyard_listener_rejected_total",
-                "Connections refused by the listener, by reason.",
+                "Clients refused (denied) or held in the backlog at max_connections (limit).",
                 &["listener", "reason"],
             ),
             accept_errors: counter(
@@ -303,6 +305,7 @@ impl Metrics {
             bytes_out: c(&self.listener_bytes, &[name, "out"], true),
             no_backend: c(&self.listener_no_backend, &l, tcp),
             rejected_denied: c(&self.listener_rejected, &[name, "denied"], true),
+            rejected_limit: c(&self.listener_rejected, &[name, "limit"], tcp),
             accept_errors: c(&self.accept_errors, &l, tcp),
             duration: if tcp {
                 self.connection_duration.with_label_values(&l)
@@ -331,7 +334,7 @@ impl Metrics {
         let _ = self.udp_sessions_total.remove_label_values(&l);
         for (v, xs) in [
             (&self.listener_bytes, &["in", "out"][..]),
-            (&self.listener_rejected, &["denied"][..]),
+            (&self.listener_rejected, &["denied", "limit"][..]),
             (&self.udp_datagrams, &["in", "out"][..]),
             (
                 &self.udp_dropped,

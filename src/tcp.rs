@@ -43,12 +43,19 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cance
     let mut backoff = Duration::ZERO;
     let mut last_log: Option<Instant> = None;
     loop {
-        let permit = tokio::select! {
-            p = shared.limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.cancelled() => return,
+        let permit = match shared.limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // At max_connections: the next clients wait in the backlog.
+                shared.metrics.rejected_limit.inc();
+                tokio::select! {
+                    p = shared.limit.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            }
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,

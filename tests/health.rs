@@ -345,6 +345,14 @@ async fn listener_max_connections_leaves_the_excess_in_the_backlog() {
         ),
         2.0
     );
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_listener_rejected_total{listener=\"front\",reason=\"limit\"}"
+        ),
+        1.0,
+        "reaching the limit is counted"
+    );
     drop(held.pop());
     assert_eq!(
         tokio::time::timeout(Duration::from_secs(5), third)
