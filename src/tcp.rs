@@ -166,9 +166,6 @@ async fn serve(
     m.connections.inc();
     m.active.inc();
     let started = tokio::time::Instant::now();
-    if let Err(e) = client.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY on the client side");
-    }
     let connected = tokio::select! {
         c = connect(&route, peer, name) => c,
         _ = shared.hard_stop.cancelled() => None,
