@@ -229,7 +229,10 @@ fn an_invalid_reload_changes_nothing_and_is_counted() {
     let (status, body) = http(admin, "POST", "/api/v1/reload", &[], "");
     assert_eq!(status, 200, "{body}");
     assert_eq!(blocking_ask(front).as_deref(), Ok("b"));
-    assert!(blocking_ask(daemon.listeners()["extra"]).is_ok());
+    let extra = daemon.wait_log("the new listener", Duration::from_secs(5), |v| {
+        v["message"] == "listening" && v["listener"] == "extra"
+    });
+    assert!(blocking_ask(extra["addr"].as_str().unwrap().parse().unwrap()).is_ok());
     let (_, metrics) = http(admin, "GET", "/metrics", &[], "");
     assert_eq!(
         common::metric(
