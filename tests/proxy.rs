@@ -241,8 +241,12 @@ async fn udp_sessions_are_sticky_and_spread() {
     let server = start(&udp_config(&b, "")).await;
     let front = server.local_addr("u").unwrap();
     let mut per_backend: HashMap<String, usize> = HashMap::new();
+    // Every client socket stays open to the end, so no two clients can share
+    // a source port (a closed one's port may be handed out again).
+    let mut clients = Vec::new();
     for client in 0..30 {
-        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        clients.push(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let s = clients.last().unwrap();
         let mut names = Vec::new();
         for i in 0..5 {
             let reply = udp_ask(&s, front, &format!("c{client} m{i}")).await;
