@@ -249,7 +249,7 @@ async fn udp_sessions_are_sticky_and_spread() {
         let s = clients.last().unwrap();
         let mut names = Vec::new();
         for i in 0..5 {
-            let reply = udp_ask(&s, front, &format!("c{client} m{i}")).await;
+            let reply = udp_ask(s, front, &format!("c{client} m{i}")).await;
             let (name, echoed) = reply.split_once(": ").unwrap();
             assert_eq!(echoed, format!("c{client} m{i}"));
             names.push(name.to_string());

@@ -1,0 +1,165 @@
+//! Reload through the library: what a reload keeps (UDP sessions, sockets,
+//! connections on removed listeners and backends) and what it changes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use switchyard::{Config, Server};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn config(listeners: &[(&str, &str, SocketAddr)], backends: &[SocketAddr]) -> Config {
+    let mut text = String::from("shutdown_grace = \"30s\"\n");
+    for (name, proto, bind) in listeners {
+        text.push_str(&format!(
+            "[[listeners]]\nname = \"{name}\"\nprotocol = \"{proto}\"\nbind = \"{bind}\"\npool = \"p\"\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[pools.p]\nbackends = {}\n",
+        backends_toml(backends, None)
+    ));
+    Config::parse(&text, Path::new("reload.toml")).unwrap()
+}
+
+async fn line(r: &mut BufReader<TcpStream>, w_msg: &str) -> String {
+    r.get_mut()
+        .write_all(format!("{w_msg}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut l = String::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut l))
+        .await
+        .unwrap()
+        .unwrap();
+    l
+}
+
+#[tokio::test]
+async fn a_reload_keeps_udp_sessions_and_connections_on_removed_listeners_and_backends() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let server = Server::start(config(
+        &[("t", "tcp", any), ("old", "tcp", any), ("u", "udp", any)],
+        &[a.addr],
+    ))
+    .await
+    .unwrap();
+    let (t, old, u) = (
+        server.local_addr("t").unwrap(),
+        server.local_addr("old").unwrap(),
+        server.local_addr("u").unwrap(),
+    );
+
+    // A UDP session and a TCP connection on the listener about to go, both on `a`.
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(b"one", u).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = client.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"a: one");
+    let mut on_old = BufReader::new(TcpStream::connect(old).await.unwrap());
+    assert_eq!(line(&mut on_old, "x").await, "a: x\n");
+
+    // Remove listener `old` and backend `a`; add `b`.
+    server
+        .reload(config(&[("t", "tcp", any), ("u", "udp", any)], &[b.addr]))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.local_addr("t"),
+        Some(t),
+        "kept listener, kept socket"
+    );
+    assert_eq!(server.local_addr("u"), Some(u));
+    assert_eq!(
+        ask(t).await,
+        "b",
+        "pool changes apply to new connections at once"
+    );
+
+    // The established connection on the removed listener runs on, to the removed backend.
+    assert_eq!(line(&mut on_old, "y").await, "a: y\n");
+    wait_for(
+        "the removed listener to refuse",
+        Duration::from_secs(5),
+        || std::net::TcpStream::connect(old).is_err(),
+    )
+    .await;
+
+    // The UDP session survived the reload: same backend, no new session.
+    client.send_to(b"two", u).await.unwrap();
+    let n = client.recv(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"a: two");
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"),
+        1.0
+    );
+    // Series of the removed listener and backend are gone from /metrics.
+    let text = server.metrics().render();
+    assert!(!text.contains("listener=\"old\""));
+    assert!(!text.contains(&format!("backend=\"{}\"", a.addr)));
+}
+
+#[tokio::test]
+async fn a_removed_listeners_connections_end_after_the_grace() {
+    let a = Backend::start("a").await;
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut first = config(&[("t", "tcp", any), ("old", "tcp", any)], &[a.addr]);
+    first.shutdown_grace = Duration::from_millis(200);
+    let server = Server::start(first).await.unwrap();
+    let mut on_old = BufReader::new(
+        TcpStream::connect(server.local_addr("old").unwrap())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(line(&mut on_old, "x").await, "a: x\n");
+    let mut next = config(&[("t", "tcp", any)], &[a.addr]);
+    next.shutdown_grace = Duration::from_millis(200);
+    server.reload(next).await.unwrap();
+    let mut rest = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), on_old.read_line(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "closed once the grace ran out");
+}
+
+#[tokio::test]
+async fn udp_datagrams_with_every_backend_down_are_dropped_and_counted() {
+    let text = format!(
+        "[[listeners]]\nname = \"u\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n[pools.p.health]\nkind = \"udp\"\nsend = \"ping\"\ninterval = \"50ms\"\nfall = 1\n",
+        dead_addr()
+    );
+    let server = start(&text).await;
+    let series = format!(
+        "switchyard_backend_up{{backend=\"{}\",pool=\"p\"}}",
+        server.view().pools["p"].snapshot().members[0].backend.addr
+    );
+    wait_for("the backend to go down", Duration::from_secs(5), || {
+        value(&server, &series) == 0.0
+    })
+    .await;
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..5 {
+        client
+            .send_to(b"x", server.local_addr("u").unwrap())
+            .unwrap();
+    }
+    wait_for("the drops to count", Duration::from_secs(5), || {
+        value(
+            &server,
+            "switchyard_udp_dropped_total{listener=\"u\",reason=\"no_backend\"}",
+        ) == 5.0
+    })
+    .await;
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
+        0.0
+    );
+}
