@@ -26,6 +26,7 @@ pub struct Metrics {
     listener_no_backend: IntCounterVec,
     listener_rejected: IntCounterVec,
     accept_errors: IntCounterVec,
+    zero_copy: IntCounterVec,
     connection_duration: HistogramVec,
     udp_sessions: IntGaugeVec,
     udp_sessions_total: IntCounterVec,
@@ -58,6 +59,8 @@ pub struct ListenerMetrics {
     /// Times the listener reached `max_connections` and left clients in the backlog.
     pub rejected_limit: IntCounter,
     pub accept_errors: IntCounter,
+    /// Connection directions that turned bulk and moved on with splice(2).
+    pub zero_copy: IntCounter,
     pub duration: Histogram,
     pub udp_sessions: IntGauge,
     pub udp_sessions_total: IntCounter,
@@ -185,6 +188,12 @@ impl Metrics {
                 "Errors from accept().",
                 l,
             ),
+            zero_copy: counter(
+                &r,
+                "switchyard_listener_zero_copy_total",
+                "TCP connection directions that turned bulk and moved on with splice(2).",
+                l,
+            ),
             connection_duration: histogram(
                 &r,
                 "switchyard_connection_duration_seconds",
@@ -307,6 +316,7 @@ impl Metrics {
             rejected_denied: c(&self.listener_rejected, &[name, "denied"], true),
             rejected_limit: c(&self.listener_rejected, &[name, "limit"], tcp),
             accept_errors: c(&self.accept_errors, &l, tcp),
+            zero_copy: c(&self.zero_copy, &l, tcp),
             duration: if tcp {
                 self.connection_duration.with_label_values(&l)
             } else {
@@ -329,6 +339,7 @@ impl Metrics {
         let _ = self.listener_active.remove_label_values(&l);
         let _ = self.listener_no_backend.remove_label_values(&l);
         let _ = self.accept_errors.remove_label_values(&l);
+        let _ = self.zero_copy.remove_label_values(&l);
         let _ = self.connection_duration.remove_label_values(&l);
         let _ = self.udp_sessions.remove_label_values(&l);
         let _ = self.udp_sessions_total.remove_label_values(&l);

@@ -182,6 +182,7 @@ async fn serve(
         &mut backend,
         route.config.idle_timeout,
         &shared.hard_stop,
+        route.config.zero_copy.then_some(&m.zero_copy),
         Meter {
             read: &m.bytes_in,
             written: &b.metrics.bytes_out,

@@ -90,10 +90,19 @@ async fn random_is_within_statistical_bounds() {
 }
 
 #[tokio::test]
-async fn sixty_four_mib_each_way_arrive_byte_exact() {
+async fn sixty_four_mib_each_way_arrive_byte_exact_with_splice() {
+    sixty_four_mib(true).await;
+}
+
+#[tokio::test]
+async fn sixty_four_mib_each_way_arrive_byte_exact_by_copy() {
+    sixty_four_mib(false).await;
+}
+
+async fn sixty_four_mib(zero_copy: bool) {
     let echo = echo_raw().await;
     let server = start(&format!(
-        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{echo}\" }}]\n"
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nzero_copy = {zero_copy}\n[pools.p]\nbackends = [{{ addr = \"{echo}\" }}]\n"
     ))
     .await;
     let front = server.local_addr("front").unwrap();
@@ -155,10 +164,29 @@ async fn sixty_four_mib_each_way_arrive_byte_exact() {
         ),
         TOTAL as f64
     );
+    let switched = value(
+        &server,
+        "switchyard_listener_zero_copy_total{listener=\"front\"}",
+    );
+    if zero_copy {
+        assert!(switched >= 1.0, "a 64 MiB flow must move by splice");
+    } else {
+        assert_eq!(switched, 0.0, "zero_copy = false never splices");
+    }
 }
 
 #[tokio::test]
 async fn half_close_lets_a_late_reply_through() {
+    half_close(5000).await;
+}
+
+#[tokio::test]
+async fn half_close_after_a_bulk_upload_lets_a_late_reply_through() {
+    // Eight MiB: enough for full 64 KiB reads, so the upload moves by splice.
+    half_close(8 << 20).await;
+}
+
+async fn half_close(size: usize) {
     // The backend answers only after the client's EOF, with the byte count.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -178,14 +206,14 @@ async fn half_close_lets_a_late_reply_through() {
     let mut s = TcpStream::connect(server.local_addr("front").unwrap())
         .await
         .unwrap();
-    s.write_all(&[7u8; 5000]).await.unwrap();
+    s.write_all(&vec![7u8; size]).await.unwrap();
     s.shutdown().await.unwrap();
     let mut reply = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(reply, "got 5000 bytes");
+    assert_eq!(reply, format!("got {size} bytes"));
 }
 
 #[tokio::test]

@@ -97,6 +97,9 @@ pub struct ListenerConfig {
     pub backlog: u32,
     /// `reuse_port`, default false: one SO_REUSEPORT socket and accept task per worker thread.
     pub reuse_port: bool,
+    /// `zero_copy`, default true: a TCP direction that turns out to be bulk
+    /// (a read fills the 64 KiB buffer) moves on with splice(2).
+    pub zero_copy: bool,
     /// `allow`: when non-empty, only clients in these networks are served.
     pub allow: Vec<IpNet>,
     /// `deny`: clients in these networks are refused (deny wins over allow).

@@ -41,6 +41,7 @@ pub struct RawListener {
     pub access_log: Option<bool>,
     pub backlog: Option<S<i64>>,
     pub reuse_port: Option<bool>,
+    pub zero_copy: Option<bool>,
     pub allow: Option<Vec<S<String>>>,
     pub deny: Option<Vec<S<String>>>,
 }

@@ -211,6 +211,7 @@ impl Validator<'_> {
             access_log: l.access_log.unwrap_or(true),
             backlog: backlog as u32,
             reuse_port: l.reuse_port.unwrap_or(false),
+            zero_copy: l.zero_copy.unwrap_or(true),
             allow: self.networks(l.allow.as_deref(), &format!("{key}.allow")),
             deny: self.networks(l.deny.as_deref(), &format!("{key}.deny")),
         })

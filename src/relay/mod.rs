@@ -4,8 +4,11 @@
 //! An idle connection holds no buffer: each direction waits for readiness,
 //! then reads into a per-thread scratch buffer and writes straight on. Only
 //! bytes the peer cannot take yet are copied into a buffer of the connection's
-//! own, freed as soon as they are written. This module is the seam for a
-//! zero-copy (splice) relay.
+//! own, freed as soon as they are written. A direction whose read fills the
+//! whole scratch buffer is a bulk flow: with `zero_copy`, it switches to
+//! [`splice`] for the rest of its life.
+
+mod splice;
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -78,6 +81,7 @@ pub async fn relay(
     backend: &mut TcpStream,
     idle: Duration,
     stop: &CancellationToken,
+    zero_copy: Option<&IntCounter>,
     up_meter: Meter<'_>,
     down_meter: Meter<'_>,
 ) -> Outcome {
@@ -89,8 +93,24 @@ pub async fn relay(
     let (backend_read, backend_write) = backend.split();
     let both = async {
         tokio::try_join!(
-            pump(client_read, backend_write, &last, &ended, &up, up_meter),
-            pump(backend_read, client_write, &last, &ended, &down, down_meter)
+            pump(
+                client_read,
+                backend_write,
+                &last,
+                &ended,
+                &up,
+                up_meter,
+                zero_copy
+            ),
+            pump(
+                backend_read,
+                client_write,
+                &last,
+                &ended,
+                &down,
+                down_meter,
+                zero_copy
+            )
         )
     };
     let end = tokio::select! {
@@ -174,6 +194,7 @@ async fn pump(
     ended: &AtomicU8,
     total: &AtomicU64,
     meter: Meter<'_>,
+    zero_copy: Option<&IntCounter>,
 ) -> io::Result<()> {
     let mut tally = Tally {
         meter,
@@ -209,23 +230,15 @@ async fn pump(
         })
         .await?;
         let now = now_ms();
-        match step {
-            // When the other direction has ended too, both sockets are
-            // closed right after this; a shutdown first would be a wasted syscall.
-            Step::Eof if ended.fetch_add(1, Ordering::Relaxed) > 0 => return Ok(()),
-            Step::Eof => {
-                if let Err(e) = to.shutdown().await {
-                    // The peer may already be gone; that ends the other direction anyway.
-                    tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
-                }
-                return Ok(());
-            }
+        let read = match step {
+            Step::Eof => break,
             Step::Moved { read, written } => {
                 total.fetch_add(read as u64, Ordering::Relaxed);
                 tally.add(read, written, now);
                 last.store(now, Ordering::Relaxed);
+                read
             }
-        }
+        };
         while !pending.is_empty() {
             let w = to.write(&pending).await?;
             pending.drain(..w);
@@ -236,5 +249,32 @@ async fn pump(
         if pending.capacity() > 0 {
             pending = Vec::new();
         }
+        // A read that filled the whole scratch buffer marks a bulk flow.
+        if let Some(switched) = zero_copy.filter(|_| read == SCRATCH) {
+            match splice::Pipe::new() {
+                Ok(mut pipe) => {
+                    switched.inc();
+                    splice::forward(from.as_ref(), to.as_ref(), &mut pipe, |read, written| {
+                        let now = now_ms();
+                        total.fetch_add(read as u64, Ordering::Relaxed);
+                        tally.add(read, written, now);
+                        last.store(now, Ordering::Relaxed);
+                    })
+                    .await?;
+                    break;
+                }
+                // Out of descriptors: copying still works.
+                Err(e) => tracing::debug!(error = %e, "cannot make a pipe; relaying by copy"),
+            }
+        }
     }
+    // EOF from `from`. When the other direction has ended too, both sockets
+    // are closed right after this, and a shutdown first would be a wasted syscall.
+    if ended.fetch_add(1, Ordering::Relaxed) == 0 {
+        if let Err(e) = to.shutdown().await {
+            // The peer may already be gone; that ends the other direction anyway.
+            tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
+        }
+    }
+    Ok(())
 }
