@@ -180,11 +180,12 @@ impl Backend {
         }
     }
 
-    /// Counts a connection or session as open until the guard drops.
+    /// Counts a connection (from its connect attempt on) or a session as
+    /// open until the guard drops; `connections_total` counts only those
+    /// [`ActiveGuard::established`].
     pub fn open(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.metrics.active.inc();
-        self.metrics.connections.inc();
         ActiveGuard(self.clone())
     }
 }
@@ -193,6 +194,12 @@ impl Backend {
 pub struct ActiveGuard(Arc<Backend>);
 
 impl ActiveGuard {
+    /// The connection or session is up: count it.
+    pub fn established(self) -> ActiveGuard {
+        self.0.metrics.connections.inc();
+        self
+    }
+
     pub fn backend(&self) -> &Arc<Backend> {
         &self.0
     }

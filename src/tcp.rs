@@ -131,7 +131,7 @@ async fn connect(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY on the backend side");
                 }
-                return Some((stream, guard));
+                return Some((stream, guard.established()));
             }
             Err(e) => {
                 let reason = failure_reason(&e);

@@ -132,7 +132,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             access_log: route.config.access_log,
             stop: session.stop.clone(),
             ended: ended_tx.clone(),
-            guard: backend.open(),
+            guard: backend.open().established(),
             max_fails: snap.config.max_fails,
             fail_timeout: snap.config.fail_timeout,
         }));

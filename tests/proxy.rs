@@ -429,3 +429,22 @@ async fn ipv6_loopback_works_end_to_end() {
     s.read_to_string(&mut reply).await.unwrap();
     assert_eq!(reply, "hello ::1\n");
 }
+
+#[tokio::test]
+async fn failed_connects_are_not_counted_as_connections() {
+    let a = Backend::start("a").await;
+    let dead = dead_addr();
+    let server = start(&format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}]\n",
+        a.addr
+    ))
+    .await;
+    assert_eq!(ask(server.local_addr("front").unwrap()).await, "a");
+    let total = |b: std::net::SocketAddr| {
+        value(
+            &server,
+            &format!("switchyard_backend_connections_total{{backend=\"{b}\",pool=\"p\"}}"),
+        )
+    };
+    assert_eq!((total(dead), total(a.addr)), (0.0, 1.0));
+}
