@@ -136,11 +136,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
-                if let Err(e) = server.reload_file().await {
-                    for line in e.to_string().lines() {
-                        tracing::error!("{line}");
-                    }
-                }
+                // The outcome is logged and counted by the server itself.
+                let _ = server.reload_file().await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

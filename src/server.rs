@@ -158,6 +158,13 @@ impl Server {
             Ok(config) => self.reload(config).await,
             Err(e) => {
                 self.inner.metrics.reloads_failure.inc();
+                for line in e.to_string().lines() {
+                    tracing::error!("{line}");
+                }
+                tracing::error!(
+                    problems = e.problems.len(),
+                    "reload refused: invalid configuration; the previous configuration stays in force"
+                );
                 Err(e.into())
             }
         };
