@@ -63,7 +63,23 @@ impl Validator<'_> {
                     .bind
                     .and_then(|b| self.addr(&b, "admin.bind"))
                     .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
-                token_file: a.token_file.map(|t| t.into_inner().into()),
+                token_file: a.token_file.map(|t| {
+                    // Checked here so that `switchyard check` catches it too.
+                    match std::fs::read_to_string(t.get_ref()) {
+                        Ok(text) if text.trim().is_empty() => self.p.push(
+                            t.span(),
+                            "admin.token_file",
+                            format!("{} is empty", t.get_ref()),
+                        ),
+                        Ok(_) => {}
+                        Err(e) => self.p.push(
+                            t.span(),
+                            "admin.token_file",
+                            format!("cannot read {}: {e}", t.get_ref()),
+                        ),
+                    }
+                    t.into_inner().into()
+                }),
                 protect_reads: a.protect_reads.unwrap_or(false),
             }
         });
