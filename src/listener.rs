@@ -45,7 +45,7 @@ pub struct Running {
 /// A listener's sockets, bound but not yet served.
 pub enum Bound {
     Tcp(Vec<std::net::TcpListener>),
-    Udp(std::net::UdpSocket),
+    Udp(Vec<std::net::UdpSocket>),
 }
 
 impl Running {
@@ -83,18 +83,23 @@ impl Running {
                 }
                 (Kind::Tcp(shared), addr)
             }
-            Bound::Udp(socket) => {
-                let addr = socket.local_addr().expect("bound socket has an address");
-                let socket = Arc::new(
-                    tokio::net::UdpSocket::from_std(socket).expect("tokio runtime is running"),
-                );
+            Bound::Udp(sockets) => {
+                let addr = sockets[0]
+                    .local_addr()
+                    .expect("bound socket has an address");
                 let shared = Arc::new(udp::Shared {
                     route,
                     metrics,
                     tracker: cx.tracker.clone(),
+                    sessions: Default::default(),
                 });
-                cx.tracker
-                    .spawn(udp::recv_loop(socket, shared.clone(), stop.clone()));
+                for s in sockets {
+                    let socket = Arc::new(
+                        tokio::net::UdpSocket::from_std(s).expect("tokio runtime is running"),
+                    );
+                    cx.tracker
+                        .spawn(udp::recv_loop(socket, shared.clone(), stop.clone()));
+                }
                 (Kind::Udp(shared), addr)
             }
         };
@@ -130,7 +135,18 @@ pub fn bind(l: &ListenerConfig) -> Result<Bound, Error> {
             }
             Ok(Bound::Tcp(sockets))
         }
-        Protocol::Udp => Ok(Bound::Udp(net::udp_socket(l.bind).map_err(err)?)),
+        Protocol::Udp => {
+            let first = net::udp_socket(l.bind, l.reuse_port).map_err(err)?;
+            let mut sockets = vec![first];
+            if l.reuse_port {
+                let addr = sockets[0].local_addr().map_err(err)?;
+                let workers = tokio::runtime::Handle::current().metrics().num_workers();
+                for _ in 1..workers {
+                    sockets.push(net::udp_socket(addr, true).map_err(err)?);
+                }
+            }
+            Ok(Bound::Udp(sockets))
+        }
     }
 }
 

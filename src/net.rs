@@ -36,10 +36,14 @@ pub fn tcp_listener(
     Ok(s.into())
 }
 
-/// A non-blocking UDP socket bound to `addr`.
-pub fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// A non-blocking UDP socket bound to `addr` (with SO_REUSEPORT when asked:
+/// the kernel then keeps each client on one socket of the group).
+pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(SockProto::UDP))?;
     s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }

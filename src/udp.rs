@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ pub struct Shared {
     pub route: ArcSwap<Route>,
     pub metrics: ListenerMetrics,
     pub tracker: TaskTracker,
+    /// Sessions of all this listener's receive loops, against `max_sessions`.
+    pub sessions: AtomicUsize,
 }
 
 struct Session {
@@ -67,6 +69,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             Some((peer, id)) = ended_rx.recv() => {
                 if sessions.get(&peer).is_some_and(|s| s.id == id) {
                     sessions.remove(&peer);
+                    shared.sessions.fetch_sub(1, Ordering::Relaxed);
                 }
                 continue;
             }
@@ -89,14 +92,18 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             // does not notice.
             s.stop.cancel();
             sessions.remove(&peer);
+            shared.sessions.fetch_sub(1, Ordering::Relaxed);
         }
         let route = shared.route.load_full();
-        if sessions.len() >= route.config.max_sessions.get() {
+        // Claim a place first: receive loops of one listener share the bound.
+        if shared.sessions.fetch_add(1, Ordering::Relaxed) >= route.config.max_sessions.get() {
+            shared.sessions.fetch_sub(1, Ordering::Relaxed);
             m.udp_dropped_full.inc();
             continue;
         }
         let snap = route.pool.snapshot();
         let Some(i) = snap.pick(&[]) else {
+            shared.sessions.fetch_sub(1, Ordering::Relaxed);
             m.udp_dropped_no_backend.inc();
             continue;
         };
@@ -104,6 +111,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
         let upstream = match open_upstream(backend.addr) {
             Ok(u) => Arc::new(u),
             Err(e) => {
+                shared.sessions.fetch_sub(1, Ordering::Relaxed);
                 m.udp_dropped_send.inc();
                 backend.metrics.fail_other.inc();
                 tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket");
@@ -141,6 +149,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
     for s in sessions.values() {
         s.stop.cancel();
     }
+    shared.sessions.fetch_sub(sessions.len(), Ordering::Relaxed);
 }
 
 fn open_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {

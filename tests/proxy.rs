@@ -263,7 +263,8 @@ async fn udp_ask(s: &UdpSocket, front: std::net::SocketAddr, msg: &str) -> Strin
     String::from_utf8_lossy(&buf[..n]).to_string()
 }
 
-#[tokio::test]
+// Two worker threads: the listener gets two SO_REUSEPORT receive loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_sessions_are_sticky_and_spread() {
     let b = three().await;
     let server = start(&udp_config(&b, "")).await;
@@ -311,7 +312,8 @@ async fn udp_sessions_are_sticky_and_spread() {
     );
 }
 
-#[tokio::test]
+// Two worker threads: the listener gets two SO_REUSEPORT receive loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_session_table_stays_within_max_sessions() {
     let b = three().await;
     let server = start(&udp_config(&b, "max_sessions = 100")).await;

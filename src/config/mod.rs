@@ -95,7 +95,9 @@ pub struct ListenerConfig {
     pub access_log: bool,
     /// `backlog` (TCP accept queue), default 1024.
     pub backlog: u32,
-    /// `reuse_port`, default false: one SO_REUSEPORT socket and accept task per worker thread.
+    /// `reuse_port`: one SO_REUSEPORT socket per worker thread, each with its
+    /// own accept loop (TCP, default false) or receive loop and session table
+    /// (UDP, default true).
     pub reuse_port: bool,
     /// `zero_copy`, default true: a TCP direction that turns out to be bulk
     /// (a read fills the 64 KiB buffer) moves on with splice(2).

@@ -226,7 +226,8 @@ impl Validator<'_> {
             max_connections: NonZeroUsize::new(max_connections as usize)?,
             access_log: l.access_log.unwrap_or(true),
             backlog: backlog as u32,
-            reuse_port: l.reuse_port.unwrap_or(false),
+            // UDP: one receive loop per worker thread unless told otherwise.
+            reuse_port: l.reuse_port.unwrap_or(protocol == Protocol::Udp),
             zero_copy: l.zero_copy.unwrap_or(true),
             allow: self.networks(l.allow.as_deref(), &format!("{key}.allow")),
             deny: self.networks(l.deny.as_deref(), &format!("{key}.deny")),
