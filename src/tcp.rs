@@ -1,5 +1,5 @@
 //! TCP listeners: the accept loop ([`accept_loop`]) and one connection's life
-//! ([`serve`]): pick, connect with retries, relay, log.
+//! (`serve`): pick, connect with retries, relay, log.
 
 use std::io;
 use std::net::SocketAddr;

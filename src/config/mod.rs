@@ -1,4 +1,4 @@
-//! Configuration in two stages: [`raw`] is the TOML as written, [`Config`] is
+//! Configuration in two stages: `raw` is the TOML as written, [`Config`] is
 //! the validated form with real types (socket addresses, durations, non-zero
 //! weights) that the rest of the daemon consumes without further checks.
 

@@ -1,7 +1,7 @@
 //! Active health checks: one task per backend of a pool, jittered, with
 //! rise/fall hysteresis, cancelled as a group when the pool changes or the
 //! daemon stops. Passive health (failed connects) lives on
-//! [`Backend`](crate::backend::Backend) itself.
+//! [`Backend`] itself.
 
 mod probe;
 

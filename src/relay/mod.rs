@@ -6,7 +6,7 @@
 //! bytes the peer cannot take yet are copied into a buffer of the connection's
 //! own, freed as soon as they are written. A direction whose read fills the
 //! whole scratch buffer is a bulk flow: with `zero_copy`, it switches to
-//! [`splice`] for the rest of its life.
+//! `splice(2)` for the rest of its life.
 
 mod splice;
 
