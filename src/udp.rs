@@ -1,8 +1,10 @@
 //! UDP listeners: a session per client address. The first datagram picks a
 //! backend and opens a socket connected to it; replies go back to the client
-//! from the listener's socket. The session table is owned by the listener's
-//! receive task (no lock) and bounded by `max_sessions`; sessions end after
-//! `idle_timeout` without a datagram either way.
+//! from the listener's socket. Each receive loop (one per SO_REUSEPORT
+//! socket; the kernel keeps a client on one) owns its session table, so no
+//! lock is taken per datagram; an atomic count bounds them together by
+//! `max_sessions`. Sessions end after `idle_timeout` without a datagram
+//! either way.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
