@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -99,6 +101,36 @@ fn failure_reason(e: &io::Error) -> &'static str {
     }
 }
 
+/// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting.
+///
+/// The outcome is read from the readiness the connect raises (writable, or
+/// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
+/// that is asked only to name a failure.
+async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connection closed while connecting",
+            )
+        }));
+    }
+    Ok(stream)
+}
+
 /// Connects to an available backend, trying others on failure.
 async fn connect(
     route: &Route,
@@ -115,12 +147,10 @@ async fn connect(
         // Count it before connecting so least_conn sees in-flight connects.
         let guard = backend.open();
         let started = tokio::time::Instant::now();
-        let result =
-            match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(backend.addr)).await
-            {
-                Ok(r) => r,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-            };
+        let result = match tokio::time::timeout(cfg.connect_timeout, dial(backend.addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        };
         match result {
             Ok(stream) => {
                 backend
@@ -128,9 +158,6 @@ async fn connect(
                     .connect_duration
                     .observe(started.elapsed().as_secs_f64());
                 backend.connect_succeeded();
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on the backend side");
-                }
                 return Some((stream, guard.established()));
             }
             Err(e) => {
