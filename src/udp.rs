@@ -47,6 +47,9 @@ struct Session {
     backend: Arc<Backend>,
     last: Arc<AtomicU64>,
     stop: CancellationToken,
+    /// The pool's passive-health settings when the session began.
+    max_fails: u32,
+    fail_timeout: Duration,
 }
 
 /// Receives client datagrams until `stop` fires, then ends every session.
@@ -127,6 +130,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             backend: backend.clone(),
             last: Arc::new(AtomicU64::new(now_ms())),
             stop: stop.child_token(),
+            max_fails: snap.config.max_fails,
+            fail_timeout: snap.config.fail_timeout,
         };
         forward(&session, &buf[..n], m);
         m.udp_sessions.inc();
@@ -143,8 +148,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             stop: session.stop.clone(),
             ended: ended_tx.clone(),
             guard: backend.open().established(),
-            max_fails: snap.config.max_fails,
-            fail_timeout: snap.config.fail_timeout,
+            max_fails: session.max_fails,
+            fail_timeout: session.fail_timeout,
         }));
         sessions.insert(peer, session);
     }
@@ -176,6 +181,13 @@ fn forward(s: &Session, data: &[u8], m: &ListenerMetrics) {
         Ok(_) => s.backend.metrics.bytes_out.inc_by(data.len() as u64),
         Err(e) => {
             m.udp_dropped_send.inc();
+            // An earlier ICMP port-unreachable surfaces on whichever call
+            // comes first, this send or the reply task's receive; either way
+            // it counts against the backend.
+            if e.kind() == io::ErrorKind::ConnectionRefused {
+                s.backend.metrics.fail_refused.inc();
+                s.backend.connect_failed(s.max_fails, s.fail_timeout);
+            }
             tracing::debug!(backend = %s.backend.addr, error = %e, "udp send to backend failed");
         }
     }
