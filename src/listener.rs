@@ -116,11 +116,11 @@ impl Running {
 
 /// Binds one listener's socket(s): with `reuse_port`, one per worker thread.
 pub fn bind(l: &ListenerConfig) -> Result<Bound, Error> {
-    let err = |source| Error::Bind {
+    let err = |cause| Error::Bind {
         listener: l.name.clone(),
         protocol: l.protocol.as_str(),
         addr: l.bind,
-        source,
+        cause,
     };
     match l.protocol {
         Protocol::Tcp => {

@@ -25,22 +25,22 @@ use crate::pool::Pool;
 pub enum Error {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("listener `{listener}`: cannot bind {protocol} {addr}: {source}")]
+    #[error("listener `{listener}`: cannot bind {protocol} {addr}: {cause}")]
     Bind {
         listener: String,
         protocol: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("admin: cannot bind {addr}: {source}")]
+    #[error("admin: cannot bind {addr}: {cause}")]
     AdminBind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("admin: cannot read token_file {path}: {source}")]
+    #[error("admin: cannot read token_file {path}: {cause}")]
     Token {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 

@@ -48,15 +48,15 @@ pub fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
     let Some(path) = &cfg.token_file else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Token {
+    let text = std::fs::read_to_string(path).map_err(|cause| Error::Token {
         path: path.clone(),
-        source,
+        cause,
     })?;
     let token = text.trim().to_string();
     if token.is_empty() {
         return Err(Error::Token {
             path: path.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
         });
     }
     Ok(Some(token))
@@ -75,9 +75,9 @@ pub struct Running {
 
 impl Running {
     pub fn bind(cfg: &AdminConfig, token: Option<String>) -> Result<Running, Error> {
-        let err = |source| Error::AdminBind {
+        let err = |cause| Error::AdminBind {
             addr: cfg.bind,
-            source,
+            cause,
         };
         let listener = crate::net::tcp_listener(cfg.bind, 128, false).map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;

@@ -32,7 +32,12 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: ", self.file.display(), p.line, p.col)?;
+            if p.line == 0 {
+                // A problem with the file as a whole (it cannot be read).
+                write!(f, "{}: ", self.file.display())?;
+            } else {
+                write!(f, "{}:{}:{}: ", self.file.display(), p.line, p.col)?;
+            }
             if !p.key.is_empty() {
                 write!(f, "{}: ", p.key)?;
             }
