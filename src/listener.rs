@@ -72,6 +72,7 @@ impl Running {
                     route,
                     metrics,
                     limit: Arc::new(Semaphore::new(config.max_connections.get())),
+                    owed: Default::default(),
                     hard_stop: hard_stop.clone(),
                     tracker: cx.tracker.clone(),
                 });
@@ -159,15 +160,7 @@ impl Running {
         });
         match &self.kind {
             Kind::Tcp(shared) => {
-                let (old, new) = (self.config.max_connections.get(), l.max_connections.get());
-                if new > old {
-                    shared.limit.add_permits(new - old);
-                } else if old > new {
-                    // Only permits not held by open connections can be taken back
-                    // now; a lower limit is exact for a listener with fewer open
-                    // connections than the new limit.
-                    let _forgotten = shared.limit.forget_permits(old - new);
-                }
+                shared.resize_limit(self.config.max_connections.get(), l.max_connections.get());
                 shared.route.store(route);
             }
             Kind::Udp(shared) => shared.route.store(route),

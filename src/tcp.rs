@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,9 +35,53 @@ pub struct Shared {
     /// Permits for `max_connections`; taken before accept so excess clients
     /// wait in the kernel's backlog.
     pub limit: Arc<Semaphore>,
+    /// Permits a lowered `max_connections` still has to take back from open
+    /// connections: each one closing pays one off instead of returning it.
+    pub owed: Arc<AtomicUsize>,
     /// Ends established connections (shutdown grace over).
     pub hard_stop: CancellationToken,
     pub tracker: TaskTracker,
+}
+
+impl Shared {
+    /// Changes the connection limit from `old` to `new`. Free permits are
+    /// taken back at once; the rest are owed and taken as connections close.
+    pub fn resize_limit(&self, old: usize, new: usize) {
+        if new > old {
+            // First cancel what an earlier decrease still owes.
+            let mut more = new - old;
+            if let Ok(owed) = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| {
+                    Some(o - o.min(more))
+                })
+            {
+                more -= owed.min(more);
+            }
+            self.limit.add_permits(more);
+        } else if old > new {
+            let taken = self.limit.forget_permits(old - new);
+            self.owed.fetch_add(old - new - taken, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A connection's place under `max_connections`; returned (or, while a
+/// lowered limit is owed permits, given up) when the connection ends.
+pub struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    owed: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let pay = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
+        if let (Ok(_), Some(permit)) = (pay, self.permit.take()) {
+            permit.forget();
+        }
+    }
 }
 
 /// Accepts until `stop` fires. Resource-exhaustion errors back off (up to a
@@ -67,7 +112,11 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cance
             Ok((stream, peer)) => {
                 backoff = Duration::ZERO;
                 let shared2 = shared.clone();
-                shared.tracker.spawn(serve(shared2, stream, peer, permit));
+                let slot = Slot {
+                    permit: Some(permit),
+                    owed: shared.owed.clone(),
+                };
+                shared.tracker.spawn(serve(shared2, stream, peer, slot));
             }
             Err(e) => {
                 drop(permit);
@@ -176,12 +225,7 @@ async fn connect(
 }
 
 /// One client connection, from accept to close.
-async fn serve(
-    shared: Arc<Shared>,
-    mut client: TcpStream,
-    peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, _slot: Slot) {
     let m = &shared.metrics;
     let route = shared.route.load_full();
     let name = route.config.name.as_str();

@@ -163,3 +163,62 @@ async fn udp_datagrams_with_every_backend_down_are_dropped_and_counted() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn lowering_max_connections_holds_once_busy_connections_close() {
+    let a = Backend::start("a").await;
+    let text = |limit: u32| {
+        format!(
+            "[[listeners]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nmax_connections = {limit}\n\
+             [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+            a.addr
+        )
+    };
+    let server = start(&text(3)).await;
+    let front = server.local_addr("t").unwrap();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut c = BufReader::new(TcpStream::connect(front).await.unwrap());
+        assert_eq!(line(&mut c, &i.to_string()).await, format!("a: {i}\n"));
+        held.push(c);
+    }
+    // Every permit is held when the limit drops to 1.
+    server
+        .reload(Config::parse(&text(1), Path::new("reload.toml")).unwrap())
+        .await
+        .unwrap();
+    drop(held);
+    wait_for("the connections to close", Duration::from_secs(5), || {
+        value(
+            &server,
+            "switchyard_listener_active_connections{listener=\"t\"}",
+        ) == 0.0
+    })
+    .await;
+    let mut first = BufReader::new(TcpStream::connect(front).await.unwrap());
+    assert_eq!(line(&mut first, "x").await, "a: x\n");
+    let second = tokio::spawn(async move { ask(front).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the lowered limit of 1 let a second connection in"
+    );
+    drop(first);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .unwrap()
+            .unwrap(),
+        "a"
+    );
+
+    // Raising it again is exact too.
+    server
+        .reload(Config::parse(&text(2), Path::new("reload.toml")).unwrap())
+        .await
+        .unwrap();
+    let mut one = BufReader::new(TcpStream::connect(front).await.unwrap());
+    let mut two = BufReader::new(TcpStream::connect(front).await.unwrap());
+    assert_eq!(line(&mut one, "1").await, "a: 1\n");
+    assert_eq!(line(&mut two, "2").await, "a: 2\n");
+}
