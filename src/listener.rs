@@ -15,6 +15,12 @@ use crate::pool::Pool;
 use crate::server::Error;
 use crate::{net, tcp, udp};
 
+/// Where a listener sends traffic; swapped whole on reload.
+pub struct Route {
+    pub config: ListenerConfig,
+    pub pool: Arc<Pool>,
+}
+
 /// What a launched listener hangs its tasks and series on.
 pub struct Context<'a> {
     pub metrics: &'a Metrics,
@@ -48,6 +54,17 @@ pub enum Bound {
     Udp(Vec<std::net::UdpSocket>),
 }
 
+impl Bound {
+    /// The address the sockets were given (the real port when bound to port 0).
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Bound::Tcp(s) => s[0].local_addr(),
+            Bound::Udp(s) => s[0].local_addr(),
+        }
+        .expect("a bound socket has an address")
+    }
+}
+
 impl Running {
     /// Starts serving on freshly bound sockets.
     pub fn launch(
@@ -59,15 +76,13 @@ impl Running {
         let stop = cx.accept_stop.child_token();
         let hard_stop = cx.hard_stop.child_token();
         let metrics = cx.metrics.listener(&config.name, config.protocol);
-        let route = arc_swap::ArcSwap::from_pointee(tcp::Route {
+        let route = arc_swap::ArcSwap::from_pointee(Route {
             config: config.clone(),
             pool,
         });
-        let (kind, addr) = match bound {
+        let addr = bound.local_addr();
+        let kind = match bound {
             Bound::Tcp(sockets) => {
-                let addr = sockets[0]
-                    .local_addr()
-                    .expect("bound socket has an address");
                 let shared = Arc::new(tcp::Shared {
                     route,
                     metrics,
@@ -82,12 +97,9 @@ impl Running {
                     cx.tracker
                         .spawn(tcp::accept_loop(listener, shared.clone(), stop.clone()));
                 }
-                (Kind::Tcp(shared), addr)
+                Kind::Tcp(shared)
             }
             Bound::Udp(sockets) => {
-                let addr = sockets[0]
-                    .local_addr()
-                    .expect("bound socket has an address");
                 let shared = Arc::new(udp::Shared {
                     route,
                     metrics,
@@ -101,7 +113,7 @@ impl Running {
                     cx.tracker
                         .spawn(udp::recv_loop(socket, shared.clone(), stop.clone()));
                 }
-                (Kind::Udp(shared), addr)
+                Kind::Udp(shared)
             }
         };
         tracing::info!(listener = %config.name, protocol = config.protocol.as_str(), %addr, pool = %config.pool, "listening");
@@ -124,37 +136,43 @@ pub fn bind(l: &ListenerConfig) -> Result<Bound, Error> {
         cause,
     };
     match l.protocol {
-        Protocol::Tcp => {
-            let first = net::tcp_listener(l.bind, l.backlog, l.reuse_port).map_err(err)?;
-            let mut sockets = vec![first];
-            if l.reuse_port {
-                let addr = sockets[0].local_addr().map_err(err)?;
-                let workers = tokio::runtime::Handle::current().metrics().num_workers();
-                for _ in 1..workers {
-                    sockets.push(net::tcp_listener(addr, l.backlog, true).map_err(err)?);
-                }
-            }
-            Ok(Bound::Tcp(sockets))
-        }
-        Protocol::Udp => {
-            let first = net::udp_socket(l.bind, l.reuse_port).map_err(err)?;
-            let mut sockets = vec![first];
-            if l.reuse_port {
-                let addr = sockets[0].local_addr().map_err(err)?;
-                let workers = tokio::runtime::Handle::current().metrics().num_workers();
-                for _ in 1..workers {
-                    sockets.push(net::udp_socket(addr, true).map_err(err)?);
-                }
-            }
-            Ok(Bound::Udp(sockets))
+        Protocol::Tcp => group(
+            l,
+            |addr, reuse| net::tcp_listener(addr, l.backlog, reuse),
+            |s| s.local_addr(),
+        )
+        .map(Bound::Tcp)
+        .map_err(err),
+        Protocol::Udp => group(l, net::udp_socket, |s| s.local_addr())
+            .map(Bound::Udp)
+            .map_err(err),
+    }
+}
+
+/// One socket on the listener's address or, with `reuse_port`, one per
+/// worker thread, the rest on the address the first was given (so port 0
+/// works).
+fn group<S>(
+    l: &ListenerConfig,
+    open: impl Fn(SocketAddr, bool) -> std::io::Result<S>,
+    local_addr: impl Fn(&S) -> std::io::Result<SocketAddr>,
+) -> std::io::Result<Vec<S>> {
+    let first = open(l.bind, l.reuse_port)?;
+    let addr = local_addr(&first)?;
+    let mut sockets = vec![first];
+    if l.reuse_port {
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        for _ in 1..workers {
+            sockets.push(open(addr, true)?);
         }
     }
+    Ok(sockets)
 }
 
 impl Running {
     /// Points a kept listener (same socket) at its new pool and settings.
     pub fn reroute(mut self, l: &ListenerConfig, pool: Arc<Pool>) -> Running {
-        let route = Arc::new(tcp::Route {
+        let route = Arc::new(Route {
             config: l.clone(),
             pool,
         });

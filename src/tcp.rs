@@ -16,17 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::ActiveGuard;
-use crate::config::ListenerConfig;
+use crate::listener::Route;
 use crate::metrics::ListenerMetrics;
 use crate::net::is_resource_exhaustion;
-use crate::pool::Pool;
 use crate::relay::{self, Meter};
-
-/// Where a listener sends traffic; swapped whole on reload.
-pub struct Route {
-    pub config: ListenerConfig,
-    pub pool: Arc<Pool>,
-}
 
 /// State shared by a listener's accept tasks and its connections.
 pub struct Shared {

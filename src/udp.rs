@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{now_ms, ActiveGuard, Backend};
+use crate::listener::Route;
 use crate::metrics::ListenerMetrics;
-use crate::tcp::Route;
 
 /// The largest UDP payload; one buffer per worker thread, never per session.
 const MAX_DATAGRAM: usize = 65_535;
