@@ -17,6 +17,15 @@ const DURATION_BUCKETS: &[f64] = &[
     0.000_1, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
 ];
 
+// Label values, named once: series are created from these and forgotten
+// (when a listener or backend leaves) from the same lists.
+const DIRECTIONS: [&str; 2] = ["in", "out"];
+const REJECT_REASONS: [&str; 2] = ["denied", "limit"];
+const UDP_DROP_REASONS: [&str; 3] = ["table_full", "no_backend", "send_error"];
+const CONNECT_FAILURES: [&str; 3] = ["refused", "timeout", "error"];
+const CHECK_RESULTS: [&str; 2] = ["success", "failure"];
+const TRANSITIONS: [&str; 2] = ["up", "down"];
+
 /// Every metric switchyard exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -293,6 +302,9 @@ impl Metrics {
     pub fn listener(&self, name: &str, protocol: Protocol) -> ListenerMetrics {
         let l = [name];
         let tcp = protocol == Protocol::Tcp;
+        let [inward, outward] = DIRECTIONS;
+        let [denied, limit] = REJECT_REASONS;
+        let [full, no_backend, send_error] = UDP_DROP_REASONS;
         let c = |v: &IntCounterVec, labels: &[&str], wanted: bool| {
             if wanted {
                 v.with_label_values(labels)
@@ -310,11 +322,11 @@ impl Metrics {
         ListenerMetrics {
             connections: c(&self.listener_connections, &l, tcp),
             active: g(&self.listener_active, tcp),
-            bytes_in: c(&self.listener_bytes, &[name, "in"], true),
-            bytes_out: c(&self.listener_bytes, &[name, "out"], true),
+            bytes_in: c(&self.listener_bytes, &[name, inward], true),
+            bytes_out: c(&self.listener_bytes, &[name, outward], true),
             no_backend: c(&self.listener_no_backend, &l, tcp),
-            rejected_denied: c(&self.listener_rejected, &[name, "denied"], true),
-            rejected_limit: c(&self.listener_rejected, &[name, "limit"], tcp),
+            rejected_denied: c(&self.listener_rejected, &[name, denied], true),
+            rejected_limit: c(&self.listener_rejected, &[name, limit], tcp),
             accept_errors: c(&self.accept_errors, &l, tcp),
             zero_copy: c(&self.zero_copy, &l, tcp),
             duration: if tcp {
@@ -324,11 +336,11 @@ impl Metrics {
             },
             udp_sessions: g(&self.udp_sessions, !tcp),
             udp_sessions_total: c(&self.udp_sessions_total, &l, !tcp),
-            udp_in: c(&self.udp_datagrams, &[name, "in"], !tcp),
-            udp_out: c(&self.udp_datagrams, &[name, "out"], !tcp),
-            udp_dropped_full: c(&self.udp_dropped, &[name, "table_full"], !tcp),
-            udp_dropped_no_backend: c(&self.udp_dropped, &[name, "no_backend"], !tcp),
-            udp_dropped_send: c(&self.udp_dropped, &[name, "send_error"], !tcp),
+            udp_in: c(&self.udp_datagrams, &[name, inward], !tcp),
+            udp_out: c(&self.udp_datagrams, &[name, outward], !tcp),
+            udp_dropped_full: c(&self.udp_dropped, &[name, full], !tcp),
+            udp_dropped_no_backend: c(&self.udp_dropped, &[name, no_backend], !tcp),
+            udp_dropped_send: c(&self.udp_dropped, &[name, send_error], !tcp),
         }
     }
 
@@ -344,13 +356,10 @@ impl Metrics {
         let _ = self.udp_sessions.remove_label_values(&l);
         let _ = self.udp_sessions_total.remove_label_values(&l);
         for (v, xs) in [
-            (&self.listener_bytes, &["in", "out"][..]),
-            (&self.listener_rejected, &["denied", "limit"][..]),
-            (&self.udp_datagrams, &["in", "out"][..]),
-            (
-                &self.udp_dropped,
-                &["table_full", "no_backend", "send_error"][..],
-            ),
+            (&self.listener_bytes, &DIRECTIONS[..]),
+            (&self.listener_rejected, &REJECT_REASONS[..]),
+            (&self.udp_datagrams, &DIRECTIONS[..]),
+            (&self.udp_dropped, &UDP_DROP_REASONS[..]),
         ] {
             for x in xs {
                 // Series of the other protocol were never created.
@@ -362,21 +371,25 @@ impl Metrics {
     pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
         let pb = [pool, backend];
         let with = |v: &IntCounterVec, x: &str| v.with_label_values(&[pool, backend, x]);
+        let [refused, timeout, error] = CONNECT_FAILURES;
+        let [inward, outward] = DIRECTIONS;
+        let [success, failure] = CHECK_RESULTS;
+        let [up, down] = TRANSITIONS;
         BackendMetrics {
             up: self.backend_up.with_label_values(&pb),
             draining: self.backend_draining.with_label_values(&pb),
             weight: self.backend_weight.with_label_values(&pb),
             active: self.backend_active.with_label_values(&pb),
             connections: self.backend_connections.with_label_values(&pb),
-            fail_refused: with(&self.backend_connect_failures, "refused"),
-            fail_timeout: with(&self.backend_connect_failures, "timeout"),
-            fail_other: with(&self.backend_connect_failures, "error"),
-            bytes_out: with(&self.backend_bytes, "out"),
-            bytes_in: with(&self.backend_bytes, "in"),
-            checks_ok: with(&self.backend_checks, "success"),
-            checks_failed: with(&self.backend_checks, "failure"),
-            to_up: with(&self.backend_transitions, "up"),
-            to_down: with(&self.backend_transitions, "down"),
+            fail_refused: with(&self.backend_connect_failures, refused),
+            fail_timeout: with(&self.backend_connect_failures, timeout),
+            fail_other: with(&self.backend_connect_failures, error),
+            bytes_out: with(&self.backend_bytes, outward),
+            bytes_in: with(&self.backend_bytes, inward),
+            checks_ok: with(&self.backend_checks, success),
+            checks_failed: with(&self.backend_checks, failure),
+            to_up: with(&self.backend_transitions, up),
+            to_down: with(&self.backend_transitions, down),
             connect_duration: self.connect_duration.with_label_values(&pb),
         }
     }
@@ -395,13 +408,10 @@ impl Metrics {
         let _ = self.backend_connections.remove_label_values(&pb);
         let _ = self.connect_duration.remove_label_values(&pb);
         for (v, xs) in [
-            (
-                &self.backend_connect_failures,
-                &["refused", "timeout", "error"][..],
-            ),
-            (&self.backend_bytes, &["in", "out"][..]),
-            (&self.backend_checks, &["success", "failure"][..]),
-            (&self.backend_transitions, &["up", "down"][..]),
+            (&self.backend_connect_failures, &CONNECT_FAILURES[..]),
+            (&self.backend_bytes, &DIRECTIONS[..]),
+            (&self.backend_checks, &CHECK_RESULTS[..]),
+            (&self.backend_transitions, &TRANSITIONS[..]),
         ] {
             for x in xs {
                 // A series that was never created is not an error worth reporting.
