@@ -88,12 +88,12 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
         .unwrap();
     assert_eq!(&buf[..n], b"a: hi");
 
-    wait_for("connections to finish", Duration::from_secs(5), || {
-        value(
-            &server,
-            "switchyard_listener_active_connections{listener=\"front\"}",
-        ) == 0.0
-    })
+    wait_metric(
+        &server,
+        "switchyard_listener_active_connections{listener=\"front\"}",
+        0.0,
+        Duration::from_secs(5),
+    )
     .await;
     let (status, text) = get(admin, "/metrics").await;
     assert_eq!(status, 200);

@@ -66,10 +66,7 @@ async fn a_dead_backend_is_never_noticed_and_comes_back() {
 
     b.stop();
     let killed = Instant::now();
-    wait_for("b to be marked down", Duration::from_secs(5), || {
-        value(&server, &up_series(b_addr)) == 0.0
-    })
-    .await;
+    wait_metric(&server, &up_series(b_addr), 0.0, Duration::from_secs(5)).await;
     let marked_down = Instant::now();
     let detected = killed.elapsed();
     // fall × interval + timeout = 300ms; a check may have just run, so allow one more interval and scheduling slack.
@@ -94,10 +91,7 @@ async fn a_dead_backend_is_never_noticed_and_comes_back() {
     // Bring it back: it takes traffic again after rise × interval.
     let b2 = Backend::start_at("b", b_addr).await;
     let revived = Instant::now();
-    wait_for("b to be marked up", Duration::from_secs(5), || {
-        value(&server, &up_series(b_addr)) == 1.0
-    })
-    .await;
+    wait_metric(&server, &up_series(b_addr), 1.0, Duration::from_secs(5)).await;
     assert!(
         revived.elapsed() < Duration::from_millis(900),
         "took {:?} to come back",
@@ -182,12 +176,7 @@ async fn a_hung_backend_fails_the_send_expect_check() {
     let hung = mute_backend().await;
     let health = "[pools.p.health]\nkind = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"100ms\"\nfall = 2\nsend = \"PING\\r\\n\"\nexpect = \"+PONG\"\n";
     let server = start(&pool_toml("round_robin", &[hung], health)).await;
-    wait_for(
-        "the hung backend to go down",
-        Duration::from_secs(5),
-        || value(&server, &up_series(hung)) == 0.0,
-    )
-    .await;
+    wait_metric(&server, &up_series(hung), 0.0, Duration::from_secs(5)).await;
     let snap = server.view().pools["p"].snapshot();
     let last = snap.members[0].backend.last_check().unwrap();
     assert!(!last.ok && last.detail.contains("no answer"), "{last:?}");
@@ -219,10 +208,7 @@ async fn send_expect_passes_on_the_right_reply_and_fails_on_a_wrong_one() {
     let bad = pong(b"-ERR\r\n").await;
     let health = "[pools.p.health]\nkind = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"500ms\"\nfall = 1\nsend = \"PING\\r\\n\"\nexpect = \"+PONG\"\n";
     let server = start(&pool_toml("round_robin", &[good, bad], health)).await;
-    wait_for("the wrong reply to fail", Duration::from_secs(5), || {
-        value(&server, &up_series(bad)) == 0.0
-    })
-    .await;
+    wait_metric(&server, &up_series(bad), 0.0, Duration::from_secs(5)).await;
     let passes = format!("switchyard_backend_health_checks_total{{backend=\"{good}\",pool=\"p\",result=\"success\"}}");
     wait_for("checks of the good one", Duration::from_secs(5), || {
         value(&server, &passes) >= 3.0
@@ -266,20 +252,14 @@ async fn an_http_check_follows_the_status_code() {
     });
     let health = "[pools.p.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval = \"50ms\"\ntimeout = \"500ms\"\nfall = 1\nrise = 1\n";
     let server = start(&pool_toml("round_robin", &[addr], health)).await;
-    wait_for("503 to mark it down", Duration::from_secs(5), || {
-        value(&server, &up_series(addr)) == 0.0
-    })
-    .await;
+    wait_metric(&server, &up_series(addr), 0.0, Duration::from_secs(5)).await;
     let snap = server.view().pools["p"].snapshot();
     assert_eq!(
         snap.members[0].backend.last_check().unwrap().detail,
         "status 503"
     );
     healthy.store(true, Ordering::SeqCst);
-    wait_for("200 to mark it up", Duration::from_secs(5), || {
-        value(&server, &up_series(addr)) == 1.0
-    })
-    .await;
+    wait_metric(&server, &up_series(addr), 1.0, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
@@ -288,10 +268,7 @@ async fn a_udp_check_against_a_closed_port_marks_the_backend_down() {
     let live = Backend::start("live").await;
     let health = "[pools.p.health]\nkind = \"udp\"\nsend = \"ping\"\ninterval = \"50ms\"\ntimeout = \"300ms\"\nfall = 2\n";
     let server = start(&pool_toml("round_robin", &[closed, live.addr], health)).await;
-    wait_for("the closed port to go down", Duration::from_secs(5), || {
-        value(&server, &up_series(closed)) == 0.0
-    })
-    .await;
+    wait_metric(&server, &up_series(closed), 0.0, Duration::from_secs(5)).await;
     let passes = format!(
         "switchyard_backend_health_checks_total{{backend=\"{}\",pool=\"p\",result=\"success\"}}",
         live.addr
@@ -319,10 +296,7 @@ async fn initial_down_waits_for_rise_passes() {
         "[pools.p.health]\nkind = \"tcp\"\ninterval = \"50ms\"\nrise = 2\ninitial = \"down\"\n";
     let server = start(&pool_toml("round_robin", &[a.addr], health)).await;
     assert_eq!(value(&server, &up_series(a.addr)), 0.0);
-    wait_for("rise passes", Duration::from_secs(5), || {
-        value(&server, &up_series(a.addr)) == 1.0
-    })
-    .await;
+    wait_metric(&server, &up_series(a.addr), 1.0, Duration::from_secs(5)).await;
     assert_eq!(ask(server.local_addr("front").unwrap()).await, "a");
 }
 
@@ -396,15 +370,15 @@ async fn a_full_backend_is_skipped() {
         assert_eq!(ask(front).await, "b", "a full backend must be skipped");
     }
     drop(held);
-    wait_for("a's connection to close", Duration::from_secs(5), || {
-        value(
-            &server,
-            &format!(
-                "switchyard_backend_active_connections{{backend=\"{}\",pool=\"p\"}}",
-                a.addr
-            ),
-        ) == 0.0
-    })
+    wait_metric(
+        &server,
+        &format!(
+            "switchyard_backend_active_connections{{backend=\"{}\",pool=\"p\"}}",
+            a.addr
+        ),
+        0.0,
+        Duration::from_secs(5),
+    )
     .await;
     let names: Vec<String> = futures_collect(front, 4).await;
     assert!(names.contains(&"a".to_string()), "{names:?}");
@@ -474,10 +448,7 @@ async fn least_conn_sends_new_work_to_the_idle_backend() {
         "switchyard_backend_active_connections{{backend=\"{}\",pool=\"p\"}}",
         b.addr
     );
-    wait_for("b to be idle", Duration::from_secs(5), || {
-        value(&server, &b_active) == 0.0
-    })
-    .await;
+    wait_metric(&server, &b_active, 0.0, Duration::from_secs(5)).await;
     for _ in 0..20 {
         assert_eq!(ask(front).await, "b");
     }

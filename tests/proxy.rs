@@ -150,12 +150,12 @@ async fn sixty_four_mib(zero_copy: bool) {
         hash.finalize(),
         "the echoed bytes differ from those sent"
     );
-    wait_for("byte counters", Duration::from_secs(5), || {
-        value(
-            &server,
-            "switchyard_listener_bytes_total{direction=\"out\",listener=\"front\"}",
-        ) == TOTAL as f64
-    })
+    wait_metric(
+        &server,
+        "switchyard_listener_bytes_total{direction=\"out\",listener=\"front\"}",
+        TOTAL as f64,
+        Duration::from_secs(5),
+    )
     .await;
     assert_eq!(
         value(
@@ -324,12 +324,12 @@ async fn udp_session_table_stays_within_max_sessions() {
         s.send_to(b"hello", front).unwrap();
         sockets.push(s);
     }
-    wait_for("3000 datagrams in", Duration::from_secs(20), || {
-        value(
-            &server,
-            "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}",
-        ) == 3000.0
-    })
+    wait_metric(
+        &server,
+        "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}",
+        3000.0,
+        Duration::from_secs(20),
+    )
     .await;
     assert_eq!(
         value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
@@ -359,9 +359,12 @@ async fn udp_sessions_expire_when_idle() {
         value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
         1.0
     );
-    wait_for("the session to expire", Duration::from_secs(5), || {
-        value(&server, "switchyard_udp_sessions{listener=\"u\"}") == 0.0
-    })
+    wait_metric(
+        &server,
+        "switchyard_udp_sessions{listener=\"u\"}",
+        0.0,
+        Duration::from_secs(5),
+    )
     .await;
     // A new session is a new pick: round robin moves on to the next backend.
     let second = udp_ask(&s, front, "two").await;
@@ -401,10 +404,7 @@ async fn a_dead_udp_backend_is_taken_out_and_its_clients_move() {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     s.send_to(b"lost", front).await.unwrap();
     let refused = format!("switchyard_backend_connect_failures_total{{backend=\"{dead}\",pool=\"p\",reason=\"refused\"}}");
-    wait_for("the ICMP error to count", Duration::from_secs(5), || {
-        value(&server, &refused) == 1.0
-    })
-    .await;
+    wait_metric(&server, &refused, 1.0, Duration::from_secs(5)).await;
     // Its next datagram starts a new session on the live backend.
     assert_eq!(udp_ask(&s, front, "again").await, "live: again");
 }

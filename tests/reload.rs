@@ -141,22 +141,19 @@ async fn udp_datagrams_with_every_backend_down_are_dropped_and_counted() {
         "switchyard_backend_up{{backend=\"{}\",pool=\"p\"}}",
         server.view().pools["p"].snapshot().members[0].backend.addr
     );
-    wait_for("the backend to go down", Duration::from_secs(5), || {
-        value(&server, &series) == 0.0
-    })
-    .await;
+    wait_metric(&server, &series, 0.0, Duration::from_secs(5)).await;
     let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for _ in 0..5 {
         client
             .send_to(b"x", server.local_addr("u").unwrap())
             .unwrap();
     }
-    wait_for("the drops to count", Duration::from_secs(5), || {
-        value(
-            &server,
-            "switchyard_udp_dropped_total{listener=\"u\",reason=\"no_backend\"}",
-        ) == 5.0
-    })
+    wait_metric(
+        &server,
+        "switchyard_udp_dropped_total{listener=\"u\",reason=\"no_backend\"}",
+        5.0,
+        Duration::from_secs(5),
+    )
     .await;
     assert_eq!(
         value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
@@ -188,12 +185,12 @@ async fn lowering_max_connections_holds_once_busy_connections_close() {
         .await
         .unwrap();
     drop(held);
-    wait_for("the connections to close", Duration::from_secs(5), || {
-        value(
-            &server,
-            "switchyard_listener_active_connections{listener=\"t\"}",
-        ) == 0.0
-    })
+    wait_metric(
+        &server,
+        "switchyard_listener_active_connections{listener=\"t\"}",
+        0.0,
+        Duration::from_secs(5),
+    )
     .await;
     let mut first = BufReader::new(TcpStream::connect(front).await.unwrap());
     assert_eq!(line(&mut first, "x").await, "a: x\n");

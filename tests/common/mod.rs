@@ -199,6 +199,22 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
     }
 }
 
+/// Waits until the daemon's `series` reaches `want`, failing after `limit`.
+pub async fn wait_metric(server: &Server, series: &str, want: f64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let got = value(server, series);
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {series} to reach {want} (it is {got})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The value of one sample in Prometheus text, e.g.
 /// `metric(&text, "switchyard_udp_sessions{listener=\"u\"}")`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
