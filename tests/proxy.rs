@@ -28,6 +28,16 @@ fn tcp_config(strategy: &str, backends: &[Backend], weights: Option<&[u32]>) -> 
     )
 }
 
+/// A TCP listener `front` on port 0, with `listener_extra` keys, in front
+/// of pool `p` (round robin over `backends`).
+fn front(backends: &[std::net::SocketAddr], listener_extra: &str) -> String {
+    format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n{listener_extra}\n\
+         [pools.p]\nbackends = {}\n",
+        backends_toml(backends, None)
+    )
+}
+
 async fn count_picks(
     front: std::net::SocketAddr,
     n: usize,
@@ -101,10 +111,7 @@ async fn sixty_four_mib_each_way_arrive_byte_exact_by_copy() {
 
 async fn sixty_four_mib(zero_copy: bool) {
     let echo = echo_raw().await;
-    let server = start(&format!(
-        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nzero_copy = {zero_copy}\n[pools.p]\nbackends = [{{ addr = \"{echo}\" }}]\n"
-    ))
-    .await;
+    let server = start(&front(&[echo], &format!("zero_copy = {zero_copy}"))).await;
     let front = server.local_addr("front").unwrap();
     let stream = TcpStream::connect(front).await.unwrap();
     let (mut r, mut w) = stream.into_split();
@@ -199,10 +206,7 @@ async fn half_close(size: usize) {
             .unwrap();
         s.shutdown().await.unwrap();
     });
-    let server = start(&format!(
-        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{addr}\" }}]\n"
-    ))
-    .await;
+    let server = start(&front(&[addr], "")).await;
     let mut s = TcpStream::connect(server.local_addr("front").unwrap())
         .await
         .unwrap();
@@ -220,10 +224,7 @@ async fn half_close(size: usize) {
 async fn a_failed_connect_closes_the_client_and_is_counted() {
     // A port that was just free: nothing listens there.
     let dead = dead_addr();
-    let server = start(&format!(
-        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{dead}\" }}]\n"
-    ))
-    .await;
+    let server = start(&front(&[dead], "")).await;
     let mut s = TcpStream::connect(server.local_addr("front").unwrap())
         .await
         .unwrap();
@@ -436,11 +437,7 @@ async fn ipv6_loopback_works_end_to_end() {
 async fn failed_connects_are_not_counted_as_connections() {
     let a = Backend::start("a").await;
     let dead = dead_addr();
-    let server = start(&format!(
-        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{dead}\" }}, {{ addr = \"{}\" }}]\n",
-        a.addr
-    ))
-    .await;
+    let server = start(&front(&[dead, a.addr], "")).await;
     assert_eq!(ask(server.local_addr("front").unwrap()).await, "a");
     let total = |b: std::net::SocketAddr| {
         value(
