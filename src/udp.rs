@@ -99,7 +99,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             sessions.remove(&peer);
             shared.sessions.fetch_sub(1, Ordering::Relaxed);
         }
-        let route = shared.route.load_full();
+        // The same snapshot, now kept for the session's lifetime.
+        let route = arc_swap::Guard::into_inner(route);
         // Claim a place first: receive loops of one listener share the bound.
         if shared.sessions.fetch_add(1, Ordering::Relaxed) >= route.config.max_sessions.get() {
             shared.sessions.fetch_sub(1, Ordering::Relaxed);
