@@ -72,11 +72,9 @@ async fn watch(backend: Arc<Backend>, cfg: HealthConfig, stop: CancellationToken
                 backend.record_check(true, detail);
                 passes += 1;
                 fails = 0;
-                if !backend.is_up() && passes >= cfg.rise {
+                // Up already: this still ends a passive ejection early.
+                if backend.is_up() || passes >= cfg.rise {
                     backend.set_up(true, &format!("{passes} checks passed"));
-                } else if backend.is_up() {
-                    // Clears a passive ejection early.
-                    backend.set_up(true, "check passed");
                 }
             }
             Err(reason) => {
