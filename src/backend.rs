@@ -148,6 +148,17 @@ impl Backend {
         })
     }
 
+    /// Counts a failed connect (or an error on a UDP session) under its
+    /// `reason` label: refused, timeout or error.
+    pub fn count_failure(&self, e: &std::io::Error) {
+        let m = &self.metrics;
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => m.fail_refused.inc(),
+            std::io::ErrorKind::TimedOut => m.fail_timeout.inc(),
+            _ => m.fail_other.inc(),
+        }
+    }
+
     /// Passive health: a connect to this backend failed.
     pub fn connect_failed(&self, max_fails: u32, fail_timeout: Duration) {
         if max_fails == 0 {

@@ -134,15 +134,6 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cance
     }
 }
 
-/// Why connecting to a backend failed, as the metric's `reason` label.
-fn failure_reason(e: &io::Error) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => "refused",
-        io::ErrorKind::TimedOut => "timeout",
-        _ => "error",
-    }
-}
-
 /// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting.
 ///
 /// The outcome is read from the readiness the connect raises (writable, or
@@ -203,12 +194,7 @@ async fn connect(
                 return Some((stream, guard.established()));
             }
             Err(e) => {
-                let reason = failure_reason(&e);
-                match reason {
-                    "refused" => backend.metrics.fail_refused.inc(),
-                    "timeout" => backend.metrics.fail_timeout.inc(),
-                    _ => backend.metrics.fail_other.inc(),
-                }
+                backend.count_failure(&e);
                 backend.connect_failed(cfg.max_fails, cfg.fail_timeout);
                 tracing::warn!(listener, %client, backend = %backend.addr, error = %e, "connect to backend failed");
             }

@@ -119,7 +119,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: Cancel
             Err(e) => {
                 shared.sessions.fetch_sub(1, Ordering::Relaxed);
                 m.udp_dropped_send.inc();
-                backend.metrics.fail_other.inc();
+                backend.count_failure(&e);
                 tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket");
                 continue;
             }
@@ -186,7 +186,7 @@ fn forward(s: &Session, data: &[u8], m: &ListenerMetrics) {
             // comes first, this send or the reply task's receive; either way
             // it counts against the backend.
             if e.kind() == io::ErrorKind::ConnectionRefused {
-                s.backend.metrics.fail_refused.inc();
+                s.backend.count_failure(&e);
                 s.backend.connect_failed(s.max_fails, s.fail_timeout);
             }
             tracing::debug!(backend = %s.backend.addr, error = %e, "udp send to backend failed");
@@ -283,11 +283,9 @@ async fn replies(t: ReplyTask) {
             // like a refused TCP connect, so a dead backend is taken out and
             // the client's next datagram is re-picked elsewhere.
             Got::BackendError(e) => {
+                backend.count_failure(&e);
                 if e.kind() == io::ErrorKind::ConnectionRefused {
-                    backend.metrics.fail_refused.inc();
                     backend.connect_failed(t.max_fails, t.fail_timeout);
-                } else {
-                    backend.metrics.fail_other.inc();
                 }
                 tracing::debug!(backend = %backend.addr, error = %e, "udp session socket error");
             }
