@@ -102,6 +102,17 @@ pub struct BackendMetrics {
     pub connect_duration: Histogram,
 }
 
+/// Removes the series `labels` + each of `last`. One that was never created
+/// (the other protocol's, a reason that never happened) is no error worth
+/// reporting.
+fn forget_each(v: &IntCounterVec, labels: &[&str], last: &[&str]) {
+    for x in last {
+        let mut all = labels.to_vec();
+        all.push(x);
+        let _ = v.remove_label_values(&all);
+    }
+}
+
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
@@ -355,17 +366,10 @@ impl Metrics {
         let _ = self.connection_duration.remove_label_values(&l);
         let _ = self.udp_sessions.remove_label_values(&l);
         let _ = self.udp_sessions_total.remove_label_values(&l);
-        for (v, xs) in [
-            (&self.listener_bytes, &DIRECTIONS[..]),
-            (&self.listener_rejected, &REJECT_REASONS[..]),
-            (&self.udp_datagrams, &DIRECTIONS[..]),
-            (&self.udp_dropped, &UDP_DROP_REASONS[..]),
-        ] {
-            for x in xs {
-                // Series of the other protocol were never created.
-                let _ = v.remove_label_values(&[name, x]);
-            }
-        }
+        forget_each(&self.listener_bytes, &l, &DIRECTIONS);
+        forget_each(&self.listener_rejected, &l, &REJECT_REASONS);
+        forget_each(&self.udp_datagrams, &l, &DIRECTIONS);
+        forget_each(&self.udp_dropped, &l, &UDP_DROP_REASONS);
     }
 
     pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
@@ -407,17 +411,10 @@ impl Metrics {
         }
         let _ = self.backend_connections.remove_label_values(&pb);
         let _ = self.connect_duration.remove_label_values(&pb);
-        for (v, xs) in [
-            (&self.backend_connect_failures, &CONNECT_FAILURES[..]),
-            (&self.backend_bytes, &DIRECTIONS[..]),
-            (&self.backend_checks, &CHECK_RESULTS[..]),
-            (&self.backend_transitions, &TRANSITIONS[..]),
-        ] {
-            for x in xs {
-                // A series that was never created is not an error worth reporting.
-                let _ = v.remove_label_values(&[pool, backend, x]);
-            }
-        }
+        forget_each(&self.backend_connect_failures, &pb, &CONNECT_FAILURES);
+        forget_each(&self.backend_bytes, &pb, &DIRECTIONS);
+        forget_each(&self.backend_checks, &pb, &CHECK_RESULTS);
+        forget_each(&self.backend_transitions, &pb, &TRANSITIONS);
     }
 
     /// The Prometheus text exposition of every metric.
