@@ -4,24 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clock::now_ms;
 use crate::metrics::BackendMetrics;
 
 /// Passive ejections double `fail_timeout` each time, up to this factor.
 const MAX_EJECTION_FACTOR: u32 = 16;
-
-/// Milliseconds on tokio's clock since the first call (so paused-clock tests work).
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
-    // Offset by one so that 0 can mean "never".
-    tokio::time::Instant::now()
-        .duration_since(epoch)
-        .as_millis() as u64
-        + 1
-}
 
 /// The last active check of a backend, for the admin API.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod backend;
 pub mod balance;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod health;

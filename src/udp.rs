@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{now_ms, ActiveGuard, Backend};
+use crate::backend::{ActiveGuard, Backend};
+use crate::clock::now_ms;
 use crate::listener::Route;
 use crate::metrics::ListenerMetrics;
 

@@ -24,7 +24,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::now_ms;
+use crate::clock::now_ms;
 
 /// 64 KiB matches the largest read a loopback socket usually returns and is
 /// allocated once per worker thread, not per connection.
