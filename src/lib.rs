@@ -36,8 +36,6 @@ pub mod notify;
 pub mod pool;
 pub mod relay;
 pub mod server;
-pub mod tcp;
-pub mod udp;
 
 pub use config::Config;
 pub use server::Server;

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin;
 use crate::config::{Config, ConfigError};
 use crate::health::Checks;
-use crate::listener::{self, Bound, Context, Running};
+use crate::listener::{self, Bound, Listener, Tasks};
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::pool::Pool;
@@ -25,13 +25,8 @@ use crate::pool::Pool;
 pub enum Error {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("listener `{listener}`: cannot bind {protocol} {addr}: {cause}")]
-    Bind {
-        listener: String,
-        protocol: &'static str,
-        addr: SocketAddr,
-        cause: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] listener::BindError),
     #[error("admin: cannot bind {addr}: {cause}")]
     AdminBind {
         addr: SocketAddr,
@@ -66,7 +61,7 @@ struct PoolEntry {
 }
 
 struct State {
-    listeners: HashMap<String, Running>,
+    listeners: HashMap<String, Listener>,
     pools: HashMap<String, PoolEntry>,
     admin: Option<admin::Running>,
 }
@@ -261,7 +256,7 @@ impl Server {
                         }
                         old.retire(grace);
                     }
-                    Running::launch(l.clone(), bound, pool, &self.context())
+                    Listener::launch(l.clone(), bound, pool, &self.tasks())
                 }
                 None => {
                     let old = old.expect("kept listeners are running");
@@ -319,9 +314,9 @@ impl Server {
         Ok(())
     }
 
-    fn context(&self) -> Context<'_> {
+    fn tasks(&self) -> Tasks<'_> {
         let inner = &self.inner;
-        Context {
+        Tasks {
             metrics: &inner.metrics,
             accept_stop: &inner.accept_stop,
             hard_stop: &inner.hard_stop,

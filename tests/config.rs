@@ -170,7 +170,7 @@ async fn a_port_in_use_names_the_listener_and_address() {
         .await
         .err()
         .expect("bind must fail");
-    assert!(matches!(err, Error::Bind { .. }));
+    assert!(matches!(err, Error::Bind(_)));
     let msg = err.to_string();
     assert!(
         msg.contains("listener `front`") && msg.contains(&addr.to_string()),

@@ -1,5 +1,9 @@
 //! One listener's sockets and tasks: bind (all that can fail, done first on
-//! start and reload), launch, re-point at a new pool, retire.
+//! start and reload), launch, re-point at a new pool, retire. The protocols
+//! live beside it: [`tcp`] (accept, connect, relay) and [`udp`] (sessions).
+
+pub(crate) mod tcp;
+pub(crate) mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::metrics::Metrics;
+use crate::net;
 use crate::pool::Pool;
-use crate::server::Error;
-use crate::{net, tcp, udp};
 
 /// Where a listener sends traffic; swapped whole on reload.
 pub struct Route {
@@ -21,8 +24,22 @@ pub struct Route {
     pub pool: Arc<Pool>,
 }
 
+/// A listener's sockets could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("listener `{listener}`: cannot bind {protocol} {addr}: {cause}")]
+pub struct BindError {
+    /// The listener's name.
+    pub listener: String,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// What the kernel said.
+    pub cause: std::io::Error,
+}
+
 /// What a launched listener hangs its tasks and series on.
-pub struct Context<'a> {
+pub struct Tasks<'a> {
     pub metrics: &'a Metrics,
     /// Parent of the listener's `stop`.
     pub accept_stop: &'a CancellationToken,
@@ -32,12 +49,12 @@ pub struct Context<'a> {
 }
 
 enum Kind {
-    Tcp(Arc<tcp::Shared>),
-    Udp(Arc<udp::Shared>),
+    Tcp(Arc<tcp::TcpShared>),
+    Udp(Arc<udp::UdpShared>),
 }
 
 /// A listener that is serving.
-pub struct Running {
+pub struct Listener {
     pub config: ListenerConfig,
     kind: Kind,
     /// Stops accepting (or receiving) on this listener.
@@ -65,14 +82,14 @@ impl Bound {
     }
 }
 
-impl Running {
+impl Listener {
     /// Starts serving on freshly bound sockets.
     pub fn launch(
         config: ListenerConfig,
         bound: Bound,
         pool: Arc<Pool>,
-        cx: &Context<'_>,
-    ) -> Running {
+        cx: &Tasks<'_>,
+    ) -> Listener {
         let stop = cx.accept_stop.child_token();
         let hard_stop = cx.hard_stop.child_token();
         let metrics = cx.metrics.listener(&config.name, config.protocol);
@@ -83,7 +100,7 @@ impl Running {
         let addr = bound.local_addr();
         let kind = match bound {
             Bound::Tcp(sockets) => {
-                let shared = Arc::new(tcp::Shared {
+                let shared = Arc::new(tcp::TcpShared {
                     route,
                     metrics,
                     limit: Arc::new(Semaphore::new(config.max_connections.get())),
@@ -100,7 +117,7 @@ impl Running {
                 Kind::Tcp(shared)
             }
             Bound::Udp(sockets) => {
-                let shared = Arc::new(udp::Shared {
+                let shared = Arc::new(udp::UdpShared {
                     route,
                     metrics,
                     tracker: cx.tracker.clone(),
@@ -117,7 +134,7 @@ impl Running {
             }
         };
         tracing::info!(listener = %config.name, protocol = config.protocol.as_str(), %addr, pool = %config.pool, "listening");
-        Running {
+        Listener {
             config,
             kind,
             stop,
@@ -128,8 +145,8 @@ impl Running {
 }
 
 /// Binds one listener's socket(s): with `reuse_port`, one per worker thread.
-pub fn bind(l: &ListenerConfig) -> Result<Bound, Error> {
-    let err = |cause| Error::Bind {
+pub fn bind(l: &ListenerConfig) -> Result<Bound, BindError> {
+    let err = |cause| BindError {
         listener: l.name.clone(),
         protocol: l.protocol.as_str(),
         addr: l.bind,
@@ -169,9 +186,9 @@ fn group<S>(
     Ok(sockets)
 }
 
-impl Running {
+impl Listener {
     /// Points a kept listener (same socket) at its new pool and settings.
-    pub fn reroute(mut self, l: &ListenerConfig, pool: Arc<Pool>) -> Running {
+    pub fn reroute(mut self, l: &ListenerConfig, pool: Arc<Pool>) -> Listener {
         let route = Arc::new(Route {
             config: l.clone(),
             pool,

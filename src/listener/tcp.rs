@@ -15,14 +15,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Route;
 use crate::backend::ActiveGuard;
-use crate::listener::Route;
 use crate::metrics::ListenerMetrics;
 use crate::net::is_resource_exhaustion;
 use crate::relay::{self, Meter};
 
 /// State shared by a listener's accept tasks and its connections.
-pub struct Shared {
+pub struct TcpShared {
     pub route: ArcSwap<Route>,
     pub metrics: ListenerMetrics,
     /// Permits for `max_connections`; taken before accept so excess clients
@@ -36,7 +36,7 @@ pub struct Shared {
     pub tracker: TaskTracker,
 }
 
-impl Shared {
+impl TcpShared {
     /// Changes the connection limit from `old` to `new`. Free permits are
     /// taken back at once; the rest are owed and taken as connections close.
     pub fn resize_limit(&self, old: usize, new: usize) {
@@ -79,7 +79,7 @@ impl Drop for Slot {
 
 /// Accepts until `stop` fires. Resource-exhaustion errors back off (up to a
 /// second) instead of spinning; they are logged at most once a second.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn accept_loop(listener: TcpListener, shared: Arc<TcpShared>, stop: CancellationToken) {
     let mut backoff = Duration::ZERO;
     let mut last_log: Option<Instant> = None;
     loop {
@@ -204,7 +204,7 @@ async fn connect(
 }
 
 /// One client connection, from accept to close.
-async fn serve(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr, _slot: Slot) {
+async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, _slot: Slot) {
     let m = &shared.metrics;
     let route = shared.route.load_full();
     let name = route.config.name.as_str();

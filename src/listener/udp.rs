@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Route;
 use crate::backend::{ActiveGuard, Backend};
 use crate::clock::now_ms;
-use crate::listener::Route;
 use crate::metrics::ListenerMetrics;
 
 /// The largest UDP payload; one buffer per worker thread, never per session.
@@ -34,7 +34,7 @@ thread_local! {
 }
 
 /// State shared by a UDP listener's tasks.
-pub struct Shared {
+pub struct UdpShared {
     pub route: ArcSwap<Route>,
     pub metrics: ListenerMetrics,
     pub tracker: TaskTracker,
@@ -54,7 +54,7 @@ struct Session {
 }
 
 /// Receives client datagrams until `stop` fires, then ends every session.
-pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: CancellationToken) {
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     // Each session sends its address here once, when it ends: at most
     // `max_sessions` messages are ever outstanding.
@@ -196,7 +196,7 @@ fn forward(s: &Session, data: &[u8], m: &ListenerMetrics) {
 }
 
 struct ReplyTask {
-    shared: Arc<Shared>,
+    shared: Arc<UdpShared>,
     listener: Arc<UdpSocket>,
     upstream: Arc<UdpSocket>,
     peer: SocketAddr,
