@@ -7,10 +7,9 @@ use std::num::NonZeroU32;
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::{error, Body};
+use super::{error, Body, Control};
 use crate::config::MAX_WEIGHT;
 use crate::pool::{Member, Pool};
-use crate::server::Server;
 
 fn state(m: &Member) -> &'static str {
     let b = &m.backend;
@@ -42,7 +41,11 @@ fn backend_json(m: &Member) -> Value {
     })
 }
 
-pub fn pools(server: &Server, writes_need_token: bool, reads_need_token: bool) -> Response<Body> {
+pub fn pools(
+    server: &dyn Control,
+    writes_need_token: bool,
+    reads_need_token: bool,
+) -> Response<Body> {
     let view = server.view();
     let pools: Vec<Value> = view
         .pools
@@ -74,7 +77,7 @@ pub fn pools(server: &Server, writes_need_token: bool, reads_need_token: bool) -
     )
 }
 
-pub fn listeners(server: &Server) -> Response<Body> {
+pub fn listeners(server: &dyn Control) -> Response<Body> {
     super::json(
         StatusCode::OK,
         &json!({ "listeners": server.view().listeners }),
@@ -84,7 +87,7 @@ pub fn listeners(server: &Server) -> Response<Body> {
 // The error is a ready response, built only on the cold path.
 #[allow(clippy::result_large_err)]
 fn find(
-    server: &Server,
+    server: &dyn Control,
     pool: &str,
     addr: &str,
 ) -> Result<(std::sync::Arc<Pool>, SocketAddr), Response<Body>> {
@@ -103,7 +106,12 @@ fn find(
     Ok((pool, addr))
 }
 
-pub fn set_draining(server: &Server, pool: &str, addr: &str, draining: bool) -> Response<Body> {
+pub fn set_draining(
+    server: &dyn Control,
+    pool: &str,
+    addr: &str,
+    draining: bool,
+) -> Response<Body> {
     let (pool, addr) = match find(server, pool, addr) {
         Ok(x) => x,
         Err(r) => return r,
@@ -117,7 +125,7 @@ pub fn set_draining(server: &Server, pool: &str, addr: &str, draining: bool) -> 
     }
 }
 
-pub fn set_weight(server: &Server, pool: &str, addr: &str, body: &[u8]) -> Response<Body> {
+pub fn set_weight(server: &dyn Control, pool: &str, addr: &str, body: &[u8]) -> Response<Body> {
     let (pool, addr) = match find(server, pool, addr) {
         Ok(x) => x,
         Err(r) => return r,

@@ -3,6 +3,9 @@
 //! and snapshots, and changes pools through [`Pool`](crate::pool::Pool)'s door.
 
 mod api;
+mod view;
+
+pub use view::{Control, ListenerView, Pending, View};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +23,30 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::AdminConfig;
-use crate::server::{Error, Server};
+
+/// Why the admin endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Its address could not be bound.
+    #[error("admin: cannot bind {addr}: {cause}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the kernel said.
+        cause: std::io::Error,
+    },
+    /// `token_file` could not be read or is empty.
+    #[error("admin: cannot read token_file {path}: {cause}")]
+    Token {
+        /// The configured path.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        cause: std::io::Error,
+    },
+}
+
+/// The daemon as the endpoint's handlers see it.
+pub type Daemon = Arc<dyn Control>;
 
 /// Request bodies are tiny JSON objects; anything larger is refused.
 const MAX_BODY: usize = 16 * 1024;
@@ -63,7 +89,7 @@ pub fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
 }
 
 /// A bound admin endpoint; stops serving when dropped.
-pub struct Running {
+pub struct Endpoint {
     /// The configured address (what a reload compares).
     pub bind: SocketAddr,
     /// The bound address.
@@ -73,15 +99,15 @@ pub struct Running {
     stop: CancellationToken,
 }
 
-impl Running {
-    pub fn bind(cfg: &AdminConfig, token: Option<String>) -> Result<Running, Error> {
-        let err = |cause| Error::AdminBind {
+impl Endpoint {
+    pub fn bind(cfg: &AdminConfig, token: Option<String>) -> Result<Endpoint, Error> {
+        let err = |cause| Error::Bind {
             addr: cfg.bind,
             cause,
         };
         let listener = crate::net::tcp_listener(cfg.bind, 128, false).map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
-        Ok(Running {
+        Ok(Endpoint {
             bind: cfg.bind,
             addr,
             settings: Arc::new(ArcSwap::from_pointee(Settings::new(cfg, token))),
@@ -91,7 +117,7 @@ impl Running {
     }
 
     /// Starts serving; `parent` cancels it along with the daemon.
-    pub fn spawn(&self, server: Server, parent: &CancellationToken, tracker: &TaskTracker) {
+    pub fn spawn(&self, server: Daemon, parent: &CancellationToken, tracker: &TaskTracker) {
         let Some(listener) = self
             .listener
             .lock()
@@ -105,6 +131,7 @@ impl Running {
         let stop = self.stop.clone();
         let parent = parent.clone();
         let settings = self.settings.clone();
+        let connections = tracker.clone();
         tracing::info!(addr = %self.addr, "admin endpoint listening");
         tracker.spawn(async move {
             loop {
@@ -123,7 +150,7 @@ impl Running {
                 let server = server.clone();
                 let settings = settings.clone();
                 let stop = stop.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let server = server.clone();
                         let settings = settings.load_full();
@@ -143,7 +170,7 @@ impl Running {
     }
 }
 
-impl Drop for Running {
+impl Drop for Endpoint {
     fn drop(&mut self) {
         self.stop.cancel();
     }
@@ -200,7 +227,7 @@ pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> 
     }
 }
 
-async fn route(server: Server, settings: &Settings, req: Request<Incoming>) -> Response<Body> {
+async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     // Clients may percent-encode segments (a backend's `:` as `%3A`).
     let decoded: Vec<String> = path
@@ -234,7 +261,7 @@ async fn route(server: Server, settings: &Settings, req: Request<Incoming>) -> R
         (&Method::GET, [""] | ["status"]) => text("text/html; charset=utf-8", STATUS_PAGE),
         (&Method::GET, ["metrics"]) => text(
             "text/plain; version=0.0.4; charset=utf-8",
-            server.metrics().render(),
+            server.render_metrics(),
         ),
         (&Method::GET, ["healthz"]) => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, ["readyz"]) => {
@@ -247,21 +274,21 @@ async fn route(server: Server, settings: &Settings, req: Request<Incoming>) -> R
             json(status, &serde_json::json!({ "ready": ready }))
         }
         (&Method::GET, ["api", "v1", "pools"]) => {
-            api::pools(&server, writes_need_token, reads_need_token)
+            api::pools(&*server, writes_need_token, reads_need_token)
         }
-        (&Method::GET, ["api", "v1", "listeners"]) => api::listeners(&server),
-        (&Method::POST, ["api", "v1", "reload"]) => match server.reload_file().await {
+        (&Method::GET, ["api", "v1", "listeners"]) => api::listeners(&*server),
+        (&Method::POST, ["api", "v1", "reload"]) => match server.reload().await {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({"reloaded": true})),
             Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         },
         (
             &Method::POST,
             ["api", "v1", "pools", pool, "backends", addr, action @ ("drain" | "enable")],
-        ) => api::set_draining(&server, pool, addr, *action == "drain"),
+        ) => api::set_draining(&*server, pool, addr, *action == "drain"),
         (&Method::PUT, ["api", "v1", "pools", pool, "backends", addr, "weight"]) => {
             let (pool, addr) = (pool.to_string(), addr.to_string());
             match read_body(req).await {
-                Ok(body) => api::set_weight(&server, &pool, &addr, &body),
+                Ok(body) => api::set_weight(&*server, &pool, &addr, &body),
                 Err(r) => r,
             }
         }

@@ -45,7 +45,12 @@ pub struct Tasks<'a> {
     pub accept_stop: &'a CancellationToken,
     /// Parent of the listener's `hard_stop`.
     pub hard_stop: &'a CancellationToken,
+    /// Accept loops and connections.
     pub tracker: &'a TaskTracker,
+    /// Parent of timers that outlive a reload (a retired listener's grace).
+    pub background: &'a CancellationToken,
+    /// Tracks those timers.
+    pub bg_tracker: &'a TaskTracker,
 }
 
 enum Kind {
@@ -206,14 +211,22 @@ impl Listener {
 
     /// Stops a listener that a reload replaced or removed: no new connections;
     /// established ones get `grace` to finish.
-    pub fn retire(self, grace: Duration) {
+    pub fn retire(self, grace: Duration, tasks: &Tasks<'_>) {
         self.stop.cancel();
         let hard = self.hard_stop;
-        tokio::spawn(async move {
+        let daemon_stops = tasks.background.clone();
+        tasks.bg_tracker.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(grace) => hard.cancel(),
                 _ = hard.cancelled() => {}
+                // The daemon's own shutdown ends these connections.
+                _ = daemon_stops.cancelled() => {}
             }
         });
+    }
+
+    /// Drops this listener's series (it is removed, or changes protocol).
+    pub fn forget_metrics(&self, metrics: &Metrics) {
+        metrics.forget_listener(&self.config.name);
     }
 }

@@ -1,6 +1,9 @@
 //! The running daemon: binds listeners, owns pools and their health checks,
-//! applies a new configuration as one difference (reload), and drains on
-//! shutdown. Everything the admin side reads comes from an immutable [`View`].
+//! applies a new configuration as one difference (reload: [`plan`] decides,
+//! [`Server::apply`] carries it out), and drains on shutdown. Everything the
+//! admin side reads comes from an immutable [`View`].
+
+mod plan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -12,47 +15,27 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin;
+use crate::admin::{self, Control, ListenerView, Pending, View};
 use crate::config::{Config, ConfigError};
 use crate::health::Checks;
 use crate::listener::{self, Bound, Listener, Tasks};
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::pool::Pool;
+use plan::{AdminStep, Current, ListenerStep, PoolStep};
 
 /// Why the daemon could not start or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The file is invalid.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// A listener could not bind.
     #[error(transparent)]
     Bind(#[from] listener::BindError),
-    #[error("admin: cannot bind {addr}: {cause}")]
-    AdminBind {
-        addr: SocketAddr,
-        cause: std::io::Error,
-    },
-    #[error("admin: cannot read token_file {path}: {cause}")]
-    Token {
-        path: std::path::PathBuf,
-        cause: std::io::Error,
-    },
-}
-
-/// A listener as the admin side sees it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ListenerView {
-    pub name: String,
-    pub protocol: &'static str,
-    pub addr: SocketAddr,
-    pub pool: String,
-}
-
-/// What is running now; replaced whole after every start and reload.
-pub struct View {
-    pub config: Arc<Config>,
-    pub pools: BTreeMap<String, Arc<Pool>>,
-    pub listeners: Vec<ListenerView>,
+    /// The admin endpoint could not be set up.
+    #[error(transparent)]
+    Admin(#[from] admin::Error),
 }
 
 struct PoolEntry {
@@ -63,7 +46,7 @@ struct PoolEntry {
 struct State {
     listeners: HashMap<String, Listener>,
     pools: HashMap<String, PoolEntry>,
-    admin: Option<admin::Running>,
+    admin: Option<admin::Endpoint>,
 }
 
 struct Inner {
@@ -74,10 +57,11 @@ struct Inner {
     accept_stop: CancellationToken,
     /// Parent of every listener's `hard_stop`.
     hard_stop: CancellationToken,
-    /// Health checks and the admin server.
+    /// Health checks, retire timers and the admin server.
     background: CancellationToken,
     /// Accept loops and connections.
     tracker: TaskTracker,
+    /// Everything under `background`.
     bg_tracker: TaskTracker,
 }
 
@@ -91,9 +75,8 @@ impl Server {
     /// Binds everything in `config` and starts serving. Fails, with nothing
     /// left running, if any listener or the admin endpoint cannot bind.
     pub async fn start(config: Config) -> Result<Server, Error> {
-        let metrics = Arc::new(Metrics::new());
         let inner = Arc::new(Inner {
-            metrics,
+            metrics: Arc::new(Metrics::new()),
             state: Mutex::new(State {
                 listeners: HashMap::new(),
                 pools: HashMap::new(),
@@ -115,6 +98,7 @@ impl Server {
         Ok(server)
     }
 
+    /// Every metric the daemon exports.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
@@ -180,56 +164,63 @@ impl Server {
         result
     }
 
+    /// Plans the change from what runs to `config`, then carries it out:
+    /// everything that can fail (binding, reading the token) first, so a
+    /// failure changes nothing.
     async fn apply(&self, config: Config) -> Result<(), Error> {
         let inner = &self.inner;
         let mut st = inner.state.lock().await;
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
+        let plan = plan::plan(
+            &Current {
+                listeners: st.listeners.values().map(|l| &l.config).collect(),
+                pools: st.pools.keys().map(String::as_str).collect(),
+                admin: st.admin.as_ref().map(|a| a.bind),
+            },
+            &config,
+        );
 
-        // Everything that can fail happens before anything changes.
-        let mut fresh: HashMap<String, Bound> = HashMap::new();
-        for l in &config.listeners {
-            let same = st
-                .listeners
-                .get(&l.name)
-                .is_some_and(|r| r.config.socket_key() == l.socket_key());
-            if !same {
-                fresh.insert(l.name.clone(), listener::bind(l)?);
-            }
+        let by_name: HashMap<&str, &crate::config::ListenerConfig> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l))
+            .collect();
+        let mut fresh: HashMap<&str, Bound> = HashMap::new();
+        for name in plan.to_bind() {
+            fresh.insert(name, listener::bind(by_name[name])?);
         }
-        let admin_next = match &config.admin {
-            Some(a) => {
-                let token = admin::load_token(a)?;
-                match &st.admin {
-                    Some(running) if running.bind == a.bind => {
-                        running
-                            .settings
-                            .store(Arc::new(admin::Settings::new(a, token)));
-                        None
-                    }
-                    _ => Some(admin::Running::bind(a, token)?),
-                }
-            }
+        let token = match &config.admin {
+            Some(a) => admin::load_token(a)?,
             None => None,
         };
-        if config.admin.is_none() {
-            st.admin = None;
+        let new_admin = match (plan.admin, &config.admin) {
+            (AdminStep::Bind, Some(a)) => Some(admin::Endpoint::bind(a, token.clone())?),
+            _ => None,
+        };
+
+        // Nothing fails from here on.
+        match (plan.admin, &config.admin, &st.admin) {
+            (AdminStep::Keep, Some(a), Some(running)) => running
+                .settings
+                .store(Arc::new(admin::Settings::new(a, token))),
+            (AdminStep::Stop, ..) => st.admin = None,
+            _ => {}
         }
-        if let Some(next) = admin_next {
-            next.spawn(self.clone(), &inner.background, &inner.bg_tracker);
+        if let Some(next) = new_admin {
+            let daemon: admin::Daemon = Arc::new(self.clone());
+            next.spawn(daemon, &inner.background, &inner.bg_tracker);
             st.admin = Some(next);
         }
 
-        for (name, cfg) in &config.pools {
-            match st.pools.get_mut(name) {
-                Some(entry) => {
-                    if entry.pool.apply(cfg) {
-                        entry._checks =
-                            Checks::start(&entry.pool, &inner.background, &inner.bg_tracker);
-                    }
+        for (name, step) in &plan.pools {
+            let cfg = &config.pools[name];
+            match step {
+                PoolStep::Update => {
+                    st.pools[name].pool.apply(cfg);
                 }
-                None => {
+                PoolStep::Add => {
                     let pool = Pool::new(cfg, inner.metrics.clone());
                     let checks = Checks::start(&pool, &inner.background, &inner.bg_tracker);
                     st.pools.insert(
@@ -244,58 +235,56 @@ impl Server {
         }
 
         let grace = config.shutdown_grace;
-        let mut listeners = HashMap::new();
-        for l in &config.listeners {
+        let tasks = self.tasks();
+        for (name, step) in &plan.listeners {
+            let l = by_name[name.as_str()];
             let pool = st.pools[&l.pool].pool.clone();
-            let old = st.listeners.remove(&l.name);
-            let running = match fresh.remove(&l.name) {
-                Some(bound) => {
+            let old = st.listeners.remove(name);
+            let running = match (step, fresh.remove(name.as_str()), old) {
+                (ListenerStep::Keep, _, Some(old)) => old.reroute(l, pool),
+                (step, Some(bound), old) => {
                     if let Some(old) = old {
-                        if old.config.protocol != l.protocol {
-                            inner.metrics.forget_listener(&l.name);
+                        if *step
+                            == (ListenerStep::Rebind {
+                                forget_metrics: true,
+                            })
+                        {
+                            old.forget_metrics(&inner.metrics);
                         }
-                        old.retire(grace);
+                        old.retire(grace, &tasks);
                     }
-                    Listener::launch(l.clone(), bound, pool, &self.tasks())
+                    Listener::launch(l.clone(), bound, pool, &tasks)
                 }
-                None => {
-                    let old = old.expect("kept listeners are running");
-                    old.reroute(l, pool)
-                }
+                _ => unreachable!("the plan binds every listener it does not keep"),
             };
-            listeners.insert(l.name.clone(), running);
+            st.listeners.insert(name.clone(), running);
         }
-        for (_, old) in st.listeners.drain() {
-            tracing::info!(listener = %old.config.name, "listener removed; established connections run on");
-            inner.metrics.forget_listener(&old.config.name);
-            old.retire(grace);
+        for name in &plan.retire {
+            if let Some(old) = st.listeners.remove(name) {
+                tracing::info!(listener = %name, "listener removed; established connections run on");
+                old.forget_metrics(&inner.metrics);
+                old.retire(grace, &tasks);
+            }
         }
-        st.listeners = listeners;
-        st.pools.retain(|name, entry| {
-            let keep = config.pools.contains_key(name);
-            if !keep {
+        for name in &plan.drop_pools {
+            if let Some(entry) = st.pools.remove(name) {
                 entry.pool.forget_metrics();
             }
-            keep
-        });
+        }
 
-        let mut views: Vec<ListenerView> = st
-            .listeners
-            .values()
-            .map(|r| ListenerView {
-                name: r.config.name.clone(),
-                protocol: r.config.protocol.as_str(),
-                addr: r.addr,
-                pool: r.config.pool.clone(),
-            })
-            .collect();
-        let order: HashMap<&str, usize> = config
+        let listeners = config
             .listeners
             .iter()
-            .enumerate()
-            .map(|(i, l)| (l.name.as_str(), i))
+            .map(|l| {
+                let r = &st.listeners[&l.name];
+                ListenerView {
+                    name: l.name.clone(),
+                    protocol: l.protocol.as_str(),
+                    addr: r.addr,
+                    pool: l.pool.clone(),
+                }
+            })
             .collect();
-        views.sort_by_key(|v| order[v.name.as_str()]);
         let pools = st
             .pools
             .iter()
@@ -304,7 +293,7 @@ impl Server {
         inner.view.store(Arc::new(View {
             config: Arc::new(config),
             pools,
-            listeners: views,
+            listeners,
         }));
         inner.metrics.reloads_success.inc();
         let now = SystemTime::now()
@@ -321,6 +310,8 @@ impl Server {
             accept_stop: &inner.accept_stop,
             hard_stop: &inner.hard_stop,
             tracker: &inner.tracker,
+            background: &inner.background,
+            bg_tracker: &inner.bg_tracker,
         }
     }
 
@@ -359,5 +350,33 @@ impl Server {
         self.inner.accept_stop.cancel();
         self.inner.hard_stop.cancel();
         self.inner.background.cancel();
+    }
+}
+
+impl Control for Server {
+    fn view(&self) -> Arc<View> {
+        Server::view(self)
+    }
+
+    fn render_metrics(&self) -> String {
+        self.inner.metrics.render()
+    }
+
+    fn ready(&self) -> bool {
+        Server::ready(self)
+    }
+
+    fn reload(&self) -> Pending<'_, Result<(), String>> {
+        let server = self.clone();
+        Box::pin(async move {
+            // On a task of its own: a client that goes away mid-reload must
+            // not cut it short (systemd would be left at RELOADING=1).
+            let done = self
+                .inner
+                .bg_tracker
+                .spawn(async move { server.reload_file().await.map_err(|e| e.to_string()) });
+            done.await
+                .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")))
+        })
     }
 }

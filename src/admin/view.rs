@@ -1,0 +1,51 @@
+//! What the admin side reads and asks of the running daemon: an immutable
+//! [`View`] of what runs, and the small [`Control`] trait the server
+//! implements, so the endpoint can be served (and tested) without knowing
+//! the server's insides.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::pool::Pool;
+
+/// A listener as the admin side sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListenerView {
+    /// Its configured name.
+    pub name: String,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The bound address (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    /// The pool it sends traffic to.
+    pub pool: String,
+}
+
+/// What is running now; replaced whole after every start and reload.
+pub struct View {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// Every pool by name.
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    /// Listeners in file order.
+    pub listeners: Vec<ListenerView>,
+}
+
+/// A boxed future, for the one asynchronous call of [`Control`].
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the admin endpoint needs from the daemon.
+pub trait Control: Send + Sync + 'static {
+    /// What is running now.
+    fn view(&self) -> Arc<View>;
+    /// The Prometheus text exposition of every metric.
+    fn render_metrics(&self) -> String;
+    /// Whether the daemon is serving and every pool has a healthy backend.
+    fn ready(&self) -> bool;
+    /// Re-reads the configuration file and applies it; the error says why not.
+    fn reload(&self) -> Pending<'_, Result<(), String>>;
+}
