@@ -137,7 +137,7 @@ impl Pool {
         let next = build(config, &keep, &self.metrics);
         for m in &old.members {
             if next.find(m.backend.addr).is_none() {
-                self.metrics.forget_backend(&self.name, &m.backend.label);
+                m.backend.metrics.forget();
             }
         }
         self.current.store(Arc::new(next));
@@ -174,7 +174,7 @@ impl Pool {
     /// Removes every series of this pool's backends (the pool is going away).
     pub fn forget_metrics(&self) {
         for m in &self.snapshot().members {
-            self.metrics.forget_backend(&self.name, &m.backend.label);
+            m.backend.metrics.forget();
         }
     }
 }

@@ -97,7 +97,6 @@ impl Listener {
     ) -> Listener {
         let stop = cx.accept_stop.child_token();
         let hard_stop = cx.hard_stop.child_token();
-        let metrics = cx.metrics.listener(&config.name, config.protocol);
         let route = arc_swap::ArcSwap::from_pointee(Route {
             config: config.clone(),
             pool,
@@ -107,7 +106,7 @@ impl Listener {
             Bound::Tcp(sockets) => {
                 let shared = Arc::new(tcp::TcpShared {
                     route,
-                    metrics,
+                    metrics: cx.metrics.tcp_listener(&config.name),
                     limit: Arc::new(Semaphore::new(config.max_connections.get())),
                     owed: Default::default(),
                     hard_stop: hard_stop.clone(),
@@ -124,7 +123,7 @@ impl Listener {
             Bound::Udp(sockets) => {
                 let shared = Arc::new(udp::UdpShared {
                     route,
-                    metrics,
+                    metrics: cx.metrics.udp_listener(&config.name),
                     tracker: cx.tracker.clone(),
                     sessions: Default::default(),
                 });
@@ -226,7 +225,10 @@ impl Listener {
     }
 
     /// Drops this listener's series (it is removed, or changes protocol).
-    pub fn forget_metrics(&self, metrics: &Metrics) {
-        metrics.forget_listener(&self.config.name);
+    pub fn forget_metrics(&self) {
+        match &self.kind {
+            Kind::Tcp(shared) => shared.metrics.forget(),
+            Kind::Udp(shared) => shared.metrics.forget(),
+        }
     }
 }

@@ -17,14 +17,14 @@ use tokio_util::task::TaskTracker;
 
 use super::Route;
 use crate::backend::ActiveGuard;
-use crate::metrics::ListenerMetrics;
+use crate::metrics::TcpListenerMetrics;
 use crate::net::is_resource_exhaustion;
 use crate::relay::{self, Meter};
 
 /// State shared by a listener's accept tasks and its connections.
 pub struct TcpShared {
     pub route: ArcSwap<Route>,
-    pub metrics: ListenerMetrics,
+    pub metrics: TcpListenerMetrics,
     /// Permits for `max_connections`; taken before accept so excess clients
     /// wait in the kernel's backlog.
     pub limit: Arc<Semaphore>,

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use super::Route;
 use crate::backend::{ActiveGuard, Backend};
 use crate::clock::now_ms;
-use crate::metrics::ListenerMetrics;
+use crate::metrics::UdpListenerMetrics;
 
 /// The largest UDP payload; one buffer per worker thread, never per session.
 const MAX_DATAGRAM: usize = 65_535;
@@ -36,7 +36,7 @@ thread_local! {
 /// State shared by a UDP listener's tasks.
 pub struct UdpShared {
     pub route: ArcSwap<Route>,
-    pub metrics: ListenerMetrics,
+    pub metrics: UdpListenerMetrics,
     pub tracker: TaskTracker,
     /// Sessions of all this listener's receive loops, against `max_sessions`.
     pub sessions: AtomicUsize,
@@ -87,7 +87,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             m.rejected_denied.inc();
             continue;
         }
-        m.udp_in.inc();
+        m.datagrams_in.inc();
         m.bytes_in.inc_by(n as u64);
         if let Some(s) = sessions.get(&peer) {
             if s.backend.is_healthy() {
@@ -105,13 +105,13 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         // Claim a place first: receive loops of one listener share the bound.
         if shared.sessions.fetch_add(1, Ordering::Relaxed) >= route.config.max_sessions.get() {
             shared.sessions.fetch_sub(1, Ordering::Relaxed);
-            m.udp_dropped_full.inc();
+            m.dropped_full.inc();
             continue;
         }
         let snap = route.pool.snapshot();
         let Some(i) = snap.pick(&[]) else {
             shared.sessions.fetch_sub(1, Ordering::Relaxed);
-            m.udp_dropped_no_backend.inc();
+            m.dropped_no_backend.inc();
             continue;
         };
         let backend = snap.members[i].backend.clone();
@@ -119,7 +119,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             Ok(u) => Arc::new(u),
             Err(e) => {
                 shared.sessions.fetch_sub(1, Ordering::Relaxed);
-                m.udp_dropped_send.inc();
+                m.dropped_send.inc();
                 backend.count_failure(&e);
                 tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket");
                 continue;
@@ -136,8 +136,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             fail_timeout: snap.config.fail_timeout,
         };
         forward(&session, &buf[..n], m);
-        m.udp_sessions.inc();
-        m.udp_sessions_total.inc();
+        m.sessions.inc();
+        m.sessions_total.inc();
         shared.tracker.spawn(replies(ReplyTask {
             shared: shared.clone(),
             listener: socket.clone(),
@@ -175,14 +175,14 @@ fn open_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Sends one client datagram on its session; a full socket buffer or an
 /// earlier ICMP error drops it (UDP's own semantics) and counts it.
-fn forward(s: &Session, data: &[u8], m: &ListenerMetrics) {
+fn forward(s: &Session, data: &[u8], m: &UdpListenerMetrics) {
     s.last.store(now_ms(), Ordering::Relaxed);
     // A direct send: tokio's try_send reports WouldBlock on a socket the
     // reactor has not yet seen writable, which a fresh session's is.
     match socket2::SockRef::from(&*s.upstream).send(data) {
         Ok(_) => s.backend.metrics.bytes_out.inc_by(data.len() as u64),
         Err(e) => {
-            m.udp_dropped_send.inc();
+            m.dropped_send.inc();
             // An earlier ICMP port-unreachable surfaces on whichever call
             // comes first, this send or the reply task's receive; either way
             // it counts against the backend.
@@ -272,12 +272,12 @@ async fn replies(t: ReplyTask) {
                 t.last.store(now_ms(), Ordering::Relaxed);
                 datagrams_out += 1;
                 bytes_out += n as u64;
-                m.udp_out.inc();
+                m.datagrams_out.inc();
                 m.bytes_out.inc_by(n as u64);
                 backend.metrics.bytes_in.inc_by(n as u64);
             }
             Got::ClientUnreachable(e) => {
-                m.udp_dropped_send.inc();
+                m.dropped_send.inc();
                 tracing::debug!(backend = %backend.addr, error = %e, "udp reply not delivered");
             }
             // ICMP port unreachable from the backend: passive health counts it
@@ -292,7 +292,7 @@ async fn replies(t: ReplyTask) {
             }
         }
     };
-    m.udp_sessions.dec();
+    m.sessions.dec();
     // The receive loop may be gone already (shutdown); then nobody needs telling.
     let _ = t.ended.send((t.peer, t.id));
     if t.access_log {

@@ -249,7 +249,7 @@ impl Server {
                                 forget_metrics: true,
                             })
                         {
-                            old.forget_metrics(&inner.metrics);
+                            old.forget_metrics();
                         }
                         old.retire(grace, &tasks);
                     }
@@ -262,7 +262,7 @@ impl Server {
         for name in &plan.retire {
             if let Some(old) = st.listeners.remove(name) {
                 tracing::info!(listener = %name, "listener removed; established connections run on");
-                old.forget_metrics(&inner.metrics);
+                old.forget_metrics();
                 old.retire(grace, &tasks);
             }
         }

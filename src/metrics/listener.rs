@@ -1,0 +1,196 @@
+//! Per-listener families and the handle sets of TCP and UDP listeners. Each
+//! protocol exports only its own series.
+
+use prometheus::{Histogram, IntCounter, IntGauge};
+
+use super::{Family, Kind, Metrics, Series};
+
+const LISTENER: &[&str] = &["listener"];
+
+/// L4 connections last from a request (milliseconds) to a session (hours).
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_1, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+];
+
+const fn family(name: &'static str, help: &'static str, kind: Kind) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        extra: None,
+    }
+}
+
+const fn by(name: &'static str, help: &'static str, extra: &'static str) -> Family {
+    Family {
+        name,
+        help,
+        kind: Kind::Counter,
+        extra: Some(extra),
+    }
+}
+
+const CONNECTIONS: Family = family(
+    "switchyard_listener_connections_total",
+    "TCP connections accepted.",
+    Kind::Counter,
+);
+const ACTIVE: Family = family(
+    "switchyard_listener_active_connections",
+    "TCP connections open now.",
+    Kind::Gauge,
+);
+const BYTES: Family = by(
+    "switchyard_listener_bytes_total",
+    "Bytes from clients (in) and to clients (out).",
+    "direction",
+);
+const NO_BACKEND: Family = family(
+    "switchyard_listener_no_backend_total",
+    "Connections closed because no backend could take them.",
+    Kind::Counter,
+);
+const REJECTED: Family = by(
+    "switchyard_listener_rejected_total",
+    "Clients refused (denied) or held in the backlog at max_connections (limit).",
+    "reason",
+);
+const ACCEPT_ERRORS: Family = family(
+    "switchyard_accept_errors_total",
+    "Errors from accept().",
+    Kind::Counter,
+);
+const ZERO_COPY: Family = family(
+    "switchyard_listener_zero_copy_total",
+    "TCP connection directions that turned bulk and moved on with splice(2).",
+    Kind::Counter,
+);
+const DURATION: Family = family(
+    "switchyard_connection_duration_seconds",
+    "How long proxied TCP connections lasted.",
+    Kind::Histogram(DURATION_BUCKETS),
+);
+const UDP_SESSIONS: Family = family(
+    "switchyard_udp_sessions",
+    "UDP sessions open now.",
+    Kind::Gauge,
+);
+const UDP_SESSIONS_TOTAL: Family = family(
+    "switchyard_udp_sessions_total",
+    "UDP sessions created.",
+    Kind::Counter,
+);
+const UDP_DATAGRAMS: Family = by(
+    "switchyard_udp_datagrams_total",
+    "Datagrams from clients (in) and to clients (out).",
+    "direction",
+);
+const UDP_DROPPED: Family = by(
+    "switchyard_udp_dropped_total",
+    "Datagrams dropped, by reason.",
+    "reason",
+);
+
+/// Handles of one TCP listener.
+#[derive(Debug)]
+pub struct TcpListenerMetrics {
+    /// Connections accepted and admitted.
+    pub connections: IntCounter,
+    /// Connections open now.
+    pub active: IntGauge,
+    /// Bytes from clients.
+    pub bytes_in: IntCounter,
+    /// Bytes to clients.
+    pub bytes_out: IntCounter,
+    /// Connections closed because no backend could take them.
+    pub no_backend: IntCounter,
+    /// Clients refused by allow/deny.
+    pub rejected_denied: IntCounter,
+    /// Times the listener reached `max_connections` and left clients in the backlog.
+    pub rejected_limit: IntCounter,
+    /// Errors from accept().
+    pub accept_errors: IntCounter,
+    /// Connection directions that turned bulk and moved on with splice(2).
+    pub zero_copy: IntCounter,
+    /// How long connections lasted.
+    pub duration: Histogram,
+    series: Series,
+}
+
+/// Handles of one UDP listener.
+#[derive(Debug)]
+pub struct UdpListenerMetrics {
+    /// Bytes from clients.
+    pub bytes_in: IntCounter,
+    /// Bytes to clients.
+    pub bytes_out: IntCounter,
+    /// Datagrams from clients refused by allow/deny.
+    pub rejected_denied: IntCounter,
+    /// Sessions open now.
+    pub sessions: IntGauge,
+    /// Sessions created.
+    pub sessions_total: IntCounter,
+    /// Datagrams from clients.
+    pub datagrams_in: IntCounter,
+    /// Datagrams to clients.
+    pub datagrams_out: IntCounter,
+    /// Datagrams of new clients dropped at `max_sessions`.
+    pub dropped_full: IntCounter,
+    /// Datagrams dropped because no backend was available.
+    pub dropped_no_backend: IntCounter,
+    /// Datagrams that could not be sent on.
+    pub dropped_send: IntCounter,
+    series: Series,
+}
+
+impl Metrics {
+    /// The handles of TCP listener `name`.
+    pub fn tcp_listener(&self, name: &str) -> TcpListenerMetrics {
+        let mut o = self.owner(LISTENER, &[name]);
+        TcpListenerMetrics {
+            connections: o.counter(&CONNECTIONS, None),
+            active: o.gauge(&ACTIVE),
+            bytes_in: o.counter(&BYTES, Some("in")),
+            bytes_out: o.counter(&BYTES, Some("out")),
+            no_backend: o.counter(&NO_BACKEND, None),
+            rejected_denied: o.counter(&REJECTED, Some("denied")),
+            rejected_limit: o.counter(&REJECTED, Some("limit")),
+            accept_errors: o.counter(&ACCEPT_ERRORS, None),
+            zero_copy: o.counter(&ZERO_COPY, None),
+            duration: o.histogram(&DURATION),
+            series: o.finish(),
+        }
+    }
+
+    /// The handles of UDP listener `name`.
+    pub fn udp_listener(&self, name: &str) -> UdpListenerMetrics {
+        let mut o = self.owner(LISTENER, &[name]);
+        UdpListenerMetrics {
+            bytes_in: o.counter(&BYTES, Some("in")),
+            bytes_out: o.counter(&BYTES, Some("out")),
+            rejected_denied: o.counter(&REJECTED, Some("denied")),
+            sessions: o.gauge(&UDP_SESSIONS),
+            sessions_total: o.counter(&UDP_SESSIONS_TOTAL, None),
+            datagrams_in: o.counter(&UDP_DATAGRAMS, Some("in")),
+            datagrams_out: o.counter(&UDP_DATAGRAMS, Some("out")),
+            dropped_full: o.counter(&UDP_DROPPED, Some("table_full")),
+            dropped_no_backend: o.counter(&UDP_DROPPED, Some("no_backend")),
+            dropped_send: o.counter(&UDP_DROPPED, Some("send_error")),
+            series: o.finish(),
+        }
+    }
+}
+
+impl TcpListenerMetrics {
+    /// Removes this listener's series from scrapes.
+    pub fn forget(&self) {
+        self.series.forget();
+    }
+}
+
+impl UdpListenerMetrics {
+    /// Removes this listener's series from scrapes.
+    pub fn forget(&self) {
+        self.series.forget();
+    }
+}

@@ -1,0 +1,254 @@
+//! Prometheus metrics: one registry, and per-owner handle sets resolved once
+//! so the relay path only touches atomics.
+//!
+//! A family is declared once, as a [`Family`] constant beside the handle set
+//! that uses it ([`listener`], [`backend`]). The registry registers it the
+//! first time an owner asks for it, and an owner's [`Series`] remembers every
+//! series it created, so forgetting an owner (a listener or backend that a
+//! reload removed) removes exactly those. Adding a family means one constant
+//! and one field of its handle set, nothing else.
+
+mod backend;
+mod listener;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub use backend::BackendMetrics;
+pub use listener::{TcpListenerMetrics, UdpListenerMetrics};
+
+/// What kind of series a family holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    /// With these bucket bounds.
+    Histogram(&'static [f64]),
+}
+
+/// One metric family: everything Prometheus needs to know about it but the
+/// owner's labels, which the handle set supplies.
+#[derive(Debug)]
+pub(crate) struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    /// A label of the family's own beyond the owner's (`direction`, `reason`).
+    pub extra: Option<&'static str>,
+}
+
+enum Registered {
+    Counter(IntCounterVec),
+    Gauge(IntGaugeVec),
+    Histogram(HistogramVec),
+}
+
+/// Every metric switchyard exports.
+pub struct Metrics {
+    registry: Registry,
+    families: Mutex<HashMap<&'static str, Registered>>,
+    /// Successful configuration loads (start and reloads).
+    pub reloads_success: IntCounter,
+    /// Refused reloads (invalid file, bind failure).
+    pub reloads_failure: IntCounter,
+    /// Unix time of the last successful load.
+    pub last_reload_success: Gauge,
+}
+
+impl Metrics {
+    /// A registry with the process collector, build info and reload series.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector");
+        let register = |c: Box<dyn Collector>| r.register(c).expect("unique metric");
+        let build = IntGaugeVec::new(
+            Opts::new("switchyard_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        register(Box::new(build.clone()));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Configuration reloads by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        register(Box::new(reloads.clone()));
+        let last_reload_success = Gauge::new(
+            "switchyard_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+        )
+        .expect("valid metric");
+        register(Box::new(last_reload_success.clone()));
+        Metrics {
+            reloads_success: reloads.with_label_values(&["success"]),
+            reloads_failure: reloads.with_label_values(&["failure"]),
+            last_reload_success,
+            families: Mutex::new(HashMap::new()),
+            registry: r,
+        }
+    }
+
+    /// Starts the handle set of one owner, labelled `names` = `values`.
+    pub(crate) fn owner(&self, names: &'static [&'static str], values: &[&str]) -> Owner<'_> {
+        Owner {
+            metrics: self,
+            names,
+            values: values.iter().map(|v| v.to_string()).collect(),
+            series: Series(Vec::new()),
+        }
+    }
+
+    /// The registered vector of `family`, registering it on first use.
+    fn family<T>(
+        &self,
+        family: &Family,
+        owner: &'static [&'static str],
+        get: impl Fn(&Registered) -> Option<T>,
+    ) -> T {
+        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = families.entry(family.name).or_insert_with(|| {
+            let mut labels: Vec<&str> = owner.to_vec();
+            labels.extend(family.extra);
+            let opts = Opts::new(family.name, family.help);
+            let (registered, collector): (Registered, Box<dyn Collector>) = match family.kind {
+                Kind::Counter => {
+                    let v = IntCounterVec::new(opts, &labels).expect("valid metric");
+                    (Registered::Counter(v.clone()), Box::new(v))
+                }
+                Kind::Gauge => {
+                    let v = IntGaugeVec::new(opts, &labels).expect("valid metric");
+                    (Registered::Gauge(v.clone()), Box::new(v))
+                }
+                Kind::Histogram(buckets) => {
+                    let v = HistogramVec::new(
+                        HistogramOpts::from(opts).buckets(buckets.to_vec()),
+                        &labels,
+                    )
+                    .expect("valid metric");
+                    (Registered::Histogram(v.clone()), Box::new(v))
+                }
+            };
+            self.registry.register(collector).expect("unique metric");
+            registered
+        });
+        get(entry).unwrap_or_else(|| panic!("{} is declared with two kinds", family.name))
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Builds one owner's handles, remembering each series it creates.
+pub(crate) struct Owner<'m> {
+    metrics: &'m Metrics,
+    names: &'static [&'static str],
+    values: Vec<String>,
+    series: Series,
+}
+
+impl Owner<'_> {
+    /// The owner's label values, plus `extra`'s value when the family has one.
+    fn labels(&self, family: &Family, extra: Option<&'static str>) -> Vec<String> {
+        assert_eq!(
+            family.extra.is_some(),
+            extra.is_some(),
+            "{}: the extra label's value",
+            family.name
+        );
+        let mut values = self.values.clone();
+        values.extend(extra.map(str::to_string));
+        values
+    }
+
+    /// A counter of `family` (with `extra` as its own label's value).
+    pub fn counter(&mut self, family: &Family, extra: Option<&'static str>) -> IntCounter {
+        let v = self.metrics.family(family, self.names, |r| match r {
+            Registered::Counter(v) => Some(v.clone()),
+            _ => None,
+        });
+        let labels = self.labels(family, extra);
+        let handle = v.with_label_values(&labels);
+        self.series.0.push(Box::new(move || {
+            // Already gone is no error worth reporting.
+            let _ = v.remove_label_values(&labels);
+        }));
+        handle
+    }
+
+    /// A gauge of `family`.
+    pub fn gauge(&mut self, family: &Family) -> IntGauge {
+        let v = self.metrics.family(family, self.names, |r| match r {
+            Registered::Gauge(v) => Some(v.clone()),
+            _ => None,
+        });
+        let labels = self.labels(family, None);
+        let handle = v.with_label_values(&labels);
+        self.series.0.push(Box::new(move || {
+            let _ = v.remove_label_values(&labels);
+        }));
+        handle
+    }
+
+    /// A histogram of `family`.
+    pub fn histogram(&mut self, family: &Family) -> Histogram {
+        let v = self.metrics.family(family, self.names, |r| match r {
+            Registered::Histogram(v) => Some(v.clone()),
+            _ => None,
+        });
+        let labels = self.labels(family, None);
+        let handle = v.with_label_values(&labels);
+        self.series.0.push(Box::new(move || {
+            let _ = v.remove_label_values(&labels);
+        }));
+        handle
+    }
+
+    /// Every series created so far, to forget them together later.
+    pub fn finish(self) -> Series {
+        self.series
+    }
+}
+
+/// The series one owner created; [`Series::forget`] removes them from scrapes.
+pub struct Series(Vec<Box<dyn Fn() + Send + Sync>>);
+
+impl Series {
+    /// Removes every series of the owner (it left the configuration).
+    pub fn forget(&self) {
+        for forget in &self.0 {
+            forget();
+        }
+    }
+}
+
+impl std::fmt::Debug for Series {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Series({})", self.0.len())
+    }
+}
