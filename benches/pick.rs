@@ -1,7 +1,9 @@
 //! One pick per strategy at 3, 100 and 1000 backends, all eligible.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use switchyard::balance::{build, Candidates, StrategyKind};
+use std::net::SocketAddr;
+
+use switchyard::balance::{build, Candidates, Flow, Peer, StrategyKind};
 
 struct Set {
     weights: Vec<u32>,
@@ -30,10 +32,22 @@ fn picks(c: &mut Criterion) {
             weights: (0..n).map(|i| (i % 5 + 1) as u32).collect(),
             active: (0..n).map(|i| (i * 7 % 13) as u64).collect(),
         };
+        let peers: Vec<Peer> = set
+            .weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Peer {
+                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80)),
+                weight,
+            })
+            .collect();
+        let flow = Flow {
+            client: SocketAddr::from(([192, 0, 2, 1], 40000)),
+        };
         for kind in StrategyKind::ALL {
-            let strategy = build(kind, &set.weights);
+            let strategy = build(kind, &peers);
             group.bench_with_input(BenchmarkId::new(kind.name(), n), &set, |b, set| {
-                b.iter(|| std::hint::black_box(strategy.pick(set)))
+                b.iter(|| std::hint::black_box(strategy.pick(&flow, set)))
             });
         }
     }

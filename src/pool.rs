@@ -1,17 +1,22 @@
 //! Pools of backends. A pool's backend set lives in an immutable [`Snapshot`]
-//! behind an atomic swap; [`Pool::apply`] is the one door through which a
-//! reload, the admin API or discovery replaces it. [`Backend`]s (with their
-//! health and load) survive a swap when their address stays.
+//! behind an atomic swap; [`Pool::update`] is the one door through which a
+//! reload, the admin API or discovery changes it: one read-modify-write of
+//! the pool's configuration under one lock, so no change is lost to another.
+//! [`Backend`]s (with their health, drain state and load) are identified by
+//! address and survive a swap when their address stays; whoever follows the
+//! membership (health checks) hears of each swap through [`Pool::changes`].
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::backend::Backend;
-use crate::balance::{self, Candidates, Strategy};
+use crate::balance::{self, Candidates, Flow, Peer, Strategy};
 use crate::config::{BackendConfig, PoolConfig};
 use crate::metrics::Metrics;
 
@@ -64,12 +69,16 @@ impl Candidates for Choice<'_> {
 }
 
 impl Snapshot {
-    /// Picks an available backend not among `tried` (indices into `members`).
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
-        self.strategy.pick(&Choice {
-            members: &self.members,
-            tried,
-        })
+    /// Picks an available backend for `client`, not among `tried` (indices
+    /// into `members`).
+    pub fn pick(&self, client: SocketAddr, tried: &[usize]) -> Option<usize> {
+        self.strategy.pick(
+            &Flow { client },
+            &Choice {
+                members: &self.members,
+                tried,
+            },
+        )
     }
 
     pub fn find(&self, addr: SocketAddr) -> Option<&Member> {
@@ -95,6 +104,7 @@ pub struct Pool {
     current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
     write: Mutex<()>,
+    changed: watch::Sender<()>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -111,7 +121,17 @@ impl Pool {
             current: ArcSwap::from_pointee(snapshot),
             metrics,
             write: Mutex::new(()),
+            changed: watch::Sender::new(()),
         })
+    }
+
+    /// Fires after every change of the snapshot.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current snapshot; hold it for as long as one connection's pick and retries.
@@ -119,49 +139,70 @@ impl Pool {
         self.current.load_full()
     }
 
-    /// Replaces backends, weights, strategy and settings in one swap. Backends
-    /// whose address stays keep their health, drain state and counts; those
-    /// that leave keep serving their established connections. Returns whether
-    /// anything changed.
-    pub fn apply(&self, config: &PoolConfig) -> bool {
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+    /// The one door: `change` edits the pool's current configuration under
+    /// the write lock, and the result replaces backends, weights, strategy
+    /// and settings in one swap. Backends whose address stays keep their
+    /// health, drain state and counts; those that leave keep serving their
+    /// established connections, and their series go. Returns whether
+    /// anything changed; an error from `change` changes nothing.
+    pub fn update<E>(
+        &self,
+        change: impl FnOnce(&mut PoolConfig) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let _w = self.lock();
         let old = self.current.load_full();
-        if old.config == *config {
-            return false;
+        let mut config = old.config.clone();
+        change(&mut config)?;
+        if old.config == config {
+            return Ok(false);
         }
         let keep: HashMap<SocketAddr, Arc<Backend>> = old
             .members
             .iter()
             .map(|m| (m.backend.addr, m.backend.clone()))
             .collect();
-        let next = build(config, &keep, &self.metrics);
+        let next = build(&config, &keep, &self.metrics);
         for m in &old.members {
             if next.find(m.backend.addr).is_none() {
                 m.backend.metrics.forget();
             }
         }
         self.current.store(Arc::new(next));
-        true
+        self.changed.send_replace(());
+        Ok(true)
+    }
+
+    /// Replaces the whole configuration (a reload). Returns whether anything changed.
+    pub fn apply(&self, config: &PoolConfig) -> bool {
+        let Ok(changed) = self.update(|c| {
+            *c = config.clone();
+            Ok::<(), Infallible>(())
+        });
+        changed
     }
 
     /// Changes one backend's weight for new connections (until the next reload).
     pub fn set_weight(&self, addr: SocketAddr, weight: NonZeroU32) -> Result<(), PoolError> {
-        let mut config = self.snapshot().config.clone();
-        let b = config
-            .backends
-            .iter_mut()
-            .find(|b| b.addr == addr)
-            .ok_or_else(|| PoolError::NoSuchBackend {
-                pool: self.name.clone(),
-                addr,
-            })?;
-        b.weight = weight;
-        self.apply(&config);
-        Ok(())
+        self.update(|config| {
+            let b = config
+                .backends
+                .iter_mut()
+                .find(|b| b.addr == addr)
+                .ok_or_else(|| PoolError::NoSuchBackend {
+                    pool: self.name.clone(),
+                    addr,
+                })?;
+            b.weight = weight;
+            Ok(())
+        })
+        .map(|_| ())
     }
 
     /// Drains (true) or re-enables (false) one backend.
     pub fn set_draining(&self, addr: SocketAddr, draining: bool) -> Result<(), PoolError> {
+        // Under the write lock, so a concurrent change cannot swap the
+        // backend out between finding and marking it.
+        let _w = self.lock();
         let snap = self.snapshot();
         let m = snap.find(addr).ok_or_else(|| PoolError::NoSuchBackend {
             pool: self.name.clone(),
@@ -205,10 +246,16 @@ fn build(
             }
         })
         .collect();
-    let weights: Vec<u32> = members.iter().map(|m| m.weight.get()).collect();
+    let peers: Vec<Peer> = members
+        .iter()
+        .map(|m| Peer {
+            addr: m.backend.addr,
+            weight: m.weight.get(),
+        })
+        .collect();
     Snapshot {
         config: config.clone(),
-        strategy: balance::build(config.strategy, &weights),
+        strategy: balance::build(config.strategy, &peers),
         members,
     }
 }
@@ -249,5 +296,79 @@ mod tests {
                 addr: "127.0.0.1:9".parse().unwrap()
             })
         );
+    }
+
+    #[test]
+    fn concurrent_changes_are_never_lost() {
+        let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nstrategy = \"weighted\"\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }, { addr = \"127.0.0.1:3\" }, { addr = \"127.0.0.1:4\" }]\n";
+        let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        for round in 0..50u16 {
+            let base = config.pools["p"].clone();
+            let pool = Pool::new(&base, Arc::new(Metrics::new()));
+            // Four weight changes and a reload that adds a backend, all at once.
+            let mut reloaded = base.clone();
+            reloaded.backends.push(BackendConfig {
+                addr: SocketAddr::from(([127, 0, 0, 1], 100 + round)),
+                weight: NonZeroU32::new(1).unwrap(),
+                max_connections: None,
+            });
+            std::thread::scope(|s| {
+                for port in 1..=4u16 {
+                    let pool = &pool;
+                    s.spawn(move || {
+                        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                        pool.set_weight(addr, NonZeroU32::new(u32::from(port) + 1).unwrap())
+                            .unwrap();
+                    });
+                }
+                s.spawn(|| pool.apply(&reloaded));
+            });
+            let snap = pool.snapshot();
+            assert!(
+                snap.find(SocketAddr::from(([127, 0, 0, 1], 100 + round)))
+                    .is_some(),
+                "round {round}: a weight change undid the reload"
+            );
+            // Each weight change either came after the reload (and holds)
+            // or before it (and the file's weight 1 holds): never a mix
+            // that loses the reload.
+            for port in 1..=4u16 {
+                let w = snap
+                    .find(SocketAddr::from(([127, 0, 0, 1], port)))
+                    .unwrap()
+                    .weight
+                    .get();
+                assert!(
+                    w == 1 || w == u32::from(port) + 1,
+                    "round {round}: weight {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_weight_changes_all_hold() {
+        let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nstrategy = \"weighted\"\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }, { addr = \"127.0.0.1:3\" }, { addr = \"127.0.0.1:4\" }, { addr = \"127.0.0.1:5\" }, { addr = \"127.0.0.1:6\" }]\n";
+        let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        for _ in 0..20 {
+            let pool = Pool::new(&config.pools["p"], Arc::new(Metrics::new()));
+            std::thread::scope(|s| {
+                for port in 1..=6u16 {
+                    let pool = &pool;
+                    s.spawn(move || {
+                        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                        pool.set_weight(addr, NonZeroU32::new(u32::from(port) * 10).unwrap())
+                            .unwrap();
+                    });
+                }
+            });
+            let weights: Vec<u32> = pool
+                .snapshot()
+                .members
+                .iter()
+                .map(|m| m.weight.get())
+                .collect();
+            assert_eq!(weights, [10, 20, 30, 40, 50, 60]);
+        }
     }
 }

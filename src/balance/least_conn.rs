@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{less_loaded, Candidates, Strategy};
+use super::{less_loaded, Candidates, Flow, Strategy};
 
 #[derive(Debug, Default)]
 pub struct LeastConn {
@@ -11,7 +11,7 @@ pub struct LeastConn {
 }
 
 impl Strategy for LeastConn {
-    fn pick(&self, c: &dyn Candidates) -> Option<usize> {
+    fn pick(&self, _flow: &Flow, c: &dyn Candidates) -> Option<usize> {
         let n = c.len();
         if n == 0 {
             return None;
@@ -31,18 +31,18 @@ impl Strategy for LeastConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::testing::Fixed;
+    use crate::balance::testing::{flow, Fixed};
 
     #[test]
     fn prefers_idle_then_rotates_ties() {
         let mut c = Fixed::new(&[1, 1, 1]);
         c.active = vec![5, 0, 5];
         let lc = LeastConn::default();
-        assert!((0..10).all(|_| lc.pick(&c) == Some(1)));
+        assert!((0..10).all(|_| lc.pick(&flow(1), &c) == Some(1)));
         c.active = vec![0, 0, 0];
         let mut seen = [0; 3];
         for _ in 0..30 {
-            seen[lc.pick(&c).unwrap()] += 1;
+            seen[lc.pick(&flow(1), &c).unwrap()] += 1;
         }
         assert_eq!(seen, [10, 10, 10]);
     }
@@ -52,8 +52,8 @@ mod tests {
         let mut c = Fixed::new(&[1, 4]);
         c.active = vec![1, 3];
         // 3/4 < 1/1
-        assert_eq!(LeastConn::default().pick(&c), Some(1));
+        assert_eq!(LeastConn::default().pick(&flow(1), &c), Some(1));
         c.down[1] = true;
-        assert_eq!(LeastConn::default().pick(&c), Some(0));
+        assert_eq!(LeastConn::default().pick(&flow(1), &c), Some(0));
     }
 }

@@ -1,10 +1,14 @@
 //! Load-balancing strategies behind one small trait.
 //!
-//! A strategy is built once from a pool's weights (so weighting costs nothing
-//! per pick) and then hands out indices. It never decides which backends may
-//! take traffic: the caller passes [`Candidates`], whose `eligible` already
-//! folds in health, drain, connection limits and backends already tried.
-//! Adding a strategy means one file here and one arm in [`build`].
+//! A strategy is built once from a pool's backends, each named by its
+//! identity ([`Peer`]: address and weight), so weighting costs nothing per
+//! pick and a strategy that places keys (consistent hashing) can stay stable
+//! when the set changes. It then hands out indices into that list. It never
+//! decides which backends may take traffic: the caller passes
+//! [`Candidates`], whose `eligible` already folds in health, drain,
+//! connection limits and backends already tried. Each pick also sees the
+//! [`Flow`] it is for. Adding a strategy means one file here and one arm in
+//! [`build`].
 
 mod least_conn;
 mod p2c;
@@ -13,6 +17,23 @@ mod round_robin;
 mod weighted;
 
 use std::fmt;
+use std::net::SocketAddr;
+
+/// A backend as a strategy is built from it: who it is and its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The backend's address, its identity.
+    pub addr: SocketAddr,
+    /// Its weight, at least 1.
+    pub weight: u32,
+}
+
+/// What a pick is for: the key a strategy may place by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The client's address (after any unwrapping of a proxy header).
+    pub client: SocketAddr,
+}
 
 /// The backends a pick chooses among, as the strategy sees them.
 pub trait Candidates {
@@ -33,8 +54,8 @@ pub trait Candidates {
 /// Picks one backend per call. Implementations are shared by every worker
 /// thread and must be lock-free.
 pub trait Strategy: Send + Sync + fmt::Debug {
-    /// Index of an eligible backend, or `None` when none is eligible.
-    fn pick(&self, c: &dyn Candidates) -> Option<usize>;
+    /// Index of an eligible backend for `flow`, or `None` when none is eligible.
+    fn pick(&self, flow: &Flow, c: &dyn Candidates) -> Option<usize>;
 }
 
 /// The strategies a pool can name.
@@ -80,15 +101,39 @@ impl StrategyKind {
     }
 }
 
-/// Builds the strategy `kind` for backends with these weights.
-pub fn build(kind: StrategyKind, weights: &[u32]) -> Box<dyn Strategy> {
+/// Builds the strategy `kind` for these backends, in this order (the
+/// indices it hands out).
+pub fn build(kind: StrategyKind, peers: &[Peer]) -> Box<dyn Strategy> {
     match kind {
         StrategyKind::Random => Box::new(random::Random),
-        StrategyKind::RoundRobin => Box::new(round_robin::RoundRobin::default()),
-        StrategyKind::Weighted => Box::new(weighted::Weighted::new(weights)),
+        StrategyKind::RoundRobin => Box::new(round_robin::RoundRobin::new(peers.len())),
+        StrategyKind::Weighted => Box::new(weighted::Weighted::new(
+            &peers.iter().map(|p| p.weight).collect::<Vec<_>>(),
+        )),
         StrategyKind::LeastConn => Box::new(least_conn::LeastConn::default()),
         StrategyKind::P2c => Box::new(p2c::P2c),
     }
+}
+
+/// Walks a fixed cycle (`len` entries) with a shared counter: each
+/// ineligible entry costs a tick of its own, so the picks are exactly the
+/// eligible entries in cycle order and a skipped backend's turns are shared
+/// by all the others, not handed to its neighbour.
+fn next_in_cycle(
+    counter: &std::sync::atomic::AtomicUsize,
+    len: usize,
+    entry: impl Fn(usize) -> usize,
+    c: &dyn Candidates,
+) -> Option<usize> {
+    // One full cycle of ticks visits every entry once.
+    for _ in 0..len {
+        let t = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let i = entry(t % len);
+        if i < c.len() && c.eligible(i) {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// Whether `a` is less loaded than `b`, comparing active/weight without division.
@@ -124,6 +169,17 @@ fn random_eligible(c: &dyn Candidates, rng: &mut impl rand::Rng) -> Option<usize
 pub(crate) mod testing {
     //! A plain in-memory candidate set for strategy tests and benchmarks.
     use super::Candidates;
+
+    use std::net::SocketAddr;
+
+    use super::Flow;
+
+    /// A flow from a client on loopback with this port.
+    pub fn flow(port: u16) -> Flow {
+        Flow {
+            client: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
 
     pub struct Fixed {
         pub weights: Vec<u32>,

@@ -3,13 +3,13 @@
 
 use rand::Rng;
 
-use super::{less_loaded, random_eligible, Candidates, Strategy};
+use super::{less_loaded, random_eligible, Candidates, Flow, Strategy};
 
 #[derive(Debug)]
 pub struct P2c;
 
 impl Strategy for P2c {
-    fn pick(&self, c: &dyn Candidates) -> Option<usize> {
+    fn pick(&self, _flow: &Flow, c: &dyn Candidates) -> Option<usize> {
         let mut rng = rand::rng();
         let a = random_eligible(c, &mut rng)?;
         // A second draw that lands on `a` is simply a one-choice pick, which
@@ -27,7 +27,7 @@ impl Strategy for P2c {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::testing::Fixed;
+    use crate::balance::testing::{flow, Fixed};
 
     #[test]
     fn avoids_the_loaded_backend() {
@@ -35,15 +35,15 @@ mod tests {
         c.active = vec![100, 0];
         let mut loaded = 0;
         for _ in 0..1000 {
-            if P2c.pick(&c) == Some(0) {
+            if P2c.pick(&flow(1), &c) == Some(0) {
                 loaded += 1;
             }
         }
         // Only a draw of (0, 0) picks the loaded one: a quarter of the time.
         assert!((150..350).contains(&loaded), "{loaded}");
         c.down[1] = true;
-        assert_eq!(P2c.pick(&c), Some(0));
+        assert_eq!(P2c.pick(&flow(1), &c), Some(0));
         c.down[0] = true;
-        assert_eq!(P2c.pick(&c), None);
+        assert_eq!(P2c.pick(&flow(1), &c), None);
     }
 }

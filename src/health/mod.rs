@@ -1,10 +1,14 @@
-//! Active health checks: one task per backend of a pool, jittered, with
-//! rise/fall hysteresis, cancelled as a group when the pool changes or the
-//! daemon stops. Passive health (failed connects) lives on
+//! Active health checks: one task per backend, jittered, with rise/fall
+//! hysteresis. A pool's checks follow its membership by difference: a
+//! backend that joins gets a checker, one that leaves loses its own, and
+//! those that stay keep theirs (with their rise/fall progress) unless the
+//! check's settings change. Passive health (failed connects) lives on
 //! [`Backend`] itself.
 
 mod probe;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,25 +18,38 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
 use crate::config::{CheckKind, HealthConfig};
-use crate::pool::Pool;
+use crate::pool::{Pool, Snapshot};
 
-/// The running checks of one pool.
+/// The running checks of one pool; they stop when this is dropped.
 pub struct Checks {
     stop: CancellationToken,
 }
 
 impl Checks {
-    /// Starts checking every backend of `pool`'s current snapshot (nothing
-    /// for `kind = "none"`).
-    pub fn start(pool: &Pool, parent: &CancellationToken, tracker: &TaskTracker) -> Checks {
+    /// Starts checking `pool`'s backends (none for `kind = "none"`), and
+    /// keeps following its changes.
+    pub fn start(pool: &Arc<Pool>, parent: &CancellationToken, tracker: &TaskTracker) -> Checks {
         let stop = parent.child_token();
-        let snap = pool.snapshot();
-        let cfg = &snap.config.health;
-        if cfg.check != CheckKind::None {
-            for m in &snap.members {
-                tracker.spawn(watch(m.backend.clone(), cfg.clone(), stop.clone()));
+        let mut checkers = Checkers {
+            settings: None,
+            running: HashMap::new(),
+            stop: stop.clone(),
+            tracker: tracker.clone(),
+        };
+        // The first set starts at once, so a new pool is checked from the start.
+        let mut changes = pool.changes();
+        changes.mark_unchanged();
+        checkers.follow(&pool.snapshot());
+        let pool = pool.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = checkers.stop.cancelled() => return,
+                }
+                checkers.follow(&pool.snapshot());
             }
-        }
+        });
         Checks { stop }
     }
 }
@@ -40,6 +57,49 @@ impl Checks {
 impl Drop for Checks {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// One pool's checker tasks, by backend.
+struct Checkers {
+    settings: Option<HealthConfig>,
+    running: HashMap<SocketAddr, (Arc<Backend>, CancellationToken)>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Checkers {
+    /// Brings the running checkers in line with `snap`.
+    fn follow(&mut self, snap: &Snapshot) {
+        let cfg = &snap.config.health;
+        if self.settings.as_ref() != Some(cfg) {
+            // New settings: every checker starts over with them.
+            for (_, (_, stop)) in self.running.drain() {
+                stop.cancel();
+            }
+            self.settings = Some(cfg.clone());
+        }
+        self.running.retain(|addr, (backend, stop)| {
+            let stays = snap
+                .find(*addr)
+                .is_some_and(|m| Arc::ptr_eq(&m.backend, backend));
+            if !stays {
+                stop.cancel();
+            }
+            stays
+        });
+        if cfg.check == CheckKind::None {
+            return;
+        }
+        for m in &snap.members {
+            let b = &m.backend;
+            if !self.running.contains_key(&b.addr) {
+                let stop = self.stop.child_token();
+                self.tracker
+                    .spawn(watch(b.clone(), cfg.clone(), stop.clone()));
+                self.running.insert(b.addr, (b.clone(), stop));
+            }
+        }
     }
 }
 
@@ -89,5 +149,65 @@ async fn watch(backend: Arc<Backend>, cfg: HealthConfig, stop: CancellationToken
         if !pause(cfg.interval, &stop).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::num::NonZeroU32;
+
+    fn pool() -> Arc<Pool> {
+        let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }]\n[pools.p.health]\ninterval = \"1h\"\n";
+        let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        Pool::new(&config.pools["p"], Arc::new(Metrics::new()))
+    }
+
+    fn token(c: &Checkers, port: u16) -> Option<CancellationToken> {
+        c.running
+            .get(&SocketAddr::from(([127, 0, 0, 1], port)))
+            .map(|(_, t)| t.clone())
+    }
+
+    #[tokio::test]
+    async fn checkers_follow_membership_by_difference() {
+        let pool = pool();
+        let mut c = Checkers {
+            settings: None,
+            running: HashMap::new(),
+            stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        c.follow(&pool.snapshot());
+        let (one, two) = (token(&c, 1).unwrap(), token(&c, 2).unwrap());
+
+        // A weight change keeps every checker (and its rise/fall progress).
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        pool.set_weight(a, NonZeroU32::new(3).unwrap()).unwrap();
+        c.follow(&pool.snapshot());
+        assert!(!one.is_cancelled() && !two.is_cancelled());
+
+        // A backend joins and one leaves: only those two change.
+        let mut cfg = pool.snapshot().config.clone();
+        cfg.backends.remove(1);
+        let mut three = cfg.backends[0].clone();
+        three.addr = SocketAddr::from(([127, 0, 0, 1], 3));
+        cfg.backends.push(three);
+        pool.apply(&cfg);
+        c.follow(&pool.snapshot());
+        assert!(!one.is_cancelled(), "the staying backend keeps its checker");
+        assert!(two.is_cancelled(), "the leaving backend's checker stops");
+        assert!(token(&c, 2).is_none());
+        assert!(token(&c, 3).is_some(), "the joining backend gets a checker");
+
+        // New check settings restart them all.
+        let mut cfg = pool.snapshot().config.clone();
+        cfg.health.rise = 5;
+        pool.apply(&cfg);
+        c.follow(&pool.snapshot());
+        assert!(one.is_cancelled());
+        assert!(token(&c, 1).is_some_and(|t| !t.is_cancelled()));
+        c.stop.cancel();
     }
 }

@@ -174,7 +174,7 @@ async fn connect(
     let cfg = &snap.config;
     let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
     for _ in 0..=cfg.retries {
-        let i = snap.pick(&tried)?;
+        let i = snap.pick(client, &tried)?;
         tried.push(i);
         let backend = &snap.members[i].backend;
         // Count it before connecting so least_conn sees in-flight connects.

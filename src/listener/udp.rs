@@ -109,7 +109,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             continue;
         }
         let snap = route.pool.snapshot();
-        let Some(i) = snap.pick(&[]) else {
+        let Some(i) = snap.pick(peer, &[]) else {
             shared.sessions.fetch_sub(1, Ordering::Relaxed);
             m.dropped_no_backend.inc();
             continue;
