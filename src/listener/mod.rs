@@ -4,6 +4,7 @@
 
 pub(crate) mod tcp;
 pub(crate) mod udp;
+mod udp_io;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -8,8 +8,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{self, Read};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::udp_io;
 use super::Route;
 use crate::backend::{ActiveGuard, Backend};
 use crate::clock::now_ms;
@@ -42,7 +43,30 @@ pub struct UdpShared {
     pub sessions: AtomicUsize,
 }
 
-struct Session {
+/// A session's place under `max_sessions`, shared by a listener's receive
+/// loops; given back when dropped.
+struct Place<'a>(&'a AtomicUsize);
+
+impl<'a> Place<'a> {
+    /// Claims a place, or `None` when all `max` are taken.
+    fn claim(count: &'a AtomicUsize, max: usize) -> Option<Place<'a>> {
+        count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(count))
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Session<'a> {
+    _place: Place<'a>,
     id: u64,
     upstream: Arc<UdpSocket>,
     backend: Arc<Backend>,
@@ -55,7 +79,7 @@ struct Session {
 
 /// Receives client datagrams until `stop` fires, then ends every session.
 pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: CancellationToken) {
-    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    let mut sessions: HashMap<SocketAddr, Session<'_>> = HashMap::new();
     // Each session sends its address here once, when it ends: at most
     // `max_sessions` messages are ever outstanding.
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
@@ -75,7 +99,6 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             Some((peer, id)) = ended_rx.recv() => {
                 if sessions.get(&peer).is_some_and(|s| s.id == id) {
                     sessions.remove(&peer);
-                    shared.sessions.fetch_sub(1, Ordering::Relaxed);
                 }
                 continue;
             }
@@ -98,27 +121,23 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             // does not notice.
             s.stop.cancel();
             sessions.remove(&peer);
-            shared.sessions.fetch_sub(1, Ordering::Relaxed);
         }
         // The same snapshot, now kept for the session's lifetime.
         let route = arc_swap::Guard::into_inner(route);
         // Claim a place first: receive loops of one listener share the bound.
-        if shared.sessions.fetch_add(1, Ordering::Relaxed) >= route.config.max_sessions.get() {
-            shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        let Some(place) = Place::claim(&shared.sessions, route.config.max_sessions.get()) else {
             m.dropped_full.inc();
             continue;
-        }
+        };
         let snap = route.pool.snapshot();
         let Some(i) = snap.pick(peer, &[]) else {
-            shared.sessions.fetch_sub(1, Ordering::Relaxed);
             m.dropped_no_backend.inc();
             continue;
         };
         let backend = snap.members[i].backend.clone();
-        let upstream = match open_upstream(backend.addr) {
+        let upstream = match udp_io::open_upstream(backend.addr) {
             Ok(u) => Arc::new(u),
             Err(e) => {
-                shared.sessions.fetch_sub(1, Ordering::Relaxed);
                 m.dropped_send.inc();
                 backend.count_failure(&e);
                 tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket");
@@ -127,6 +146,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         };
         next_id += 1;
         let session = Session {
+            _place: place,
             id: next_id,
             upstream: upstream.clone(),
             backend: backend.clone(),
@@ -158,28 +178,13 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
     for s in sessions.values() {
         s.stop.cancel();
     }
-    shared.sessions.fetch_sub(sessions.len(), Ordering::Relaxed);
-}
-
-fn open_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
-    let any: SocketAddr = if backend.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let s = std::net::UdpSocket::bind(any)?;
-    s.connect(backend)?;
-    s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
 }
 
 /// Sends one client datagram on its session; a full socket buffer or an
 /// earlier ICMP error drops it (UDP's own semantics) and counts it.
 fn forward(s: &Session, data: &[u8], m: &UdpListenerMetrics) {
     s.last.store(now_ms(), Ordering::Relaxed);
-    // A direct send: tokio's try_send reports WouldBlock on a socket the
-    // reactor has not yet seen writable, which a fresh session's is.
-    match socket2::SockRef::from(&*s.upstream).send(data) {
+    match udp_io::send(&s.upstream, data) {
         Ok(_) => s.backend.metrics.bytes_out.inc_by(data.len() as u64),
         Err(e) => {
             m.dropped_send.inc();
@@ -244,25 +249,12 @@ async fn replies(t: ReplyTask) {
         }
         let got = DGRAM_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            // A direct recv: it also collects a pending socket error, which
-            // tokio's try_recv (waiting for READABLE) would never attempt.
-            match (&*socket2::SockRef::from(&*t.upstream)).read(&mut buf) {
-                Ok(n) => {
-                    match socket2::SockRef::from(&*t.listener).send_to(&buf[..n], &t.peer.into()) {
-                        Ok(_) => Got::Relayed(n),
-                        Err(e) => Got::ClientUnreachable(e),
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    for interest in [Interest::READABLE, Interest::ERROR] {
-                        // Clears tokio's readiness so the next wait sleeps;
-                        // the WouldBlock is the point, not an error.
-                        let _ = t
-                            .upstream
-                            .try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
-                    }
-                    Got::Nothing
-                }
+            match udp_io::recv(&t.upstream, &mut buf) {
+                Ok(n) => match udp_io::reply(&t.listener, &buf[..n], t.peer) {
+                    Ok(_) => Got::Relayed(n),
+                    Err(e) => Got::ClientUnreachable(e),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
                 Err(e) => Got::BackendError(e),
             }
         });
