@@ -16,7 +16,9 @@ const MAX_EJECTION_FACTOR: u32 = 16;
 /// The last active check of a backend, for the admin API.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CheckResult {
+    /// Whether it passed.
     pub ok: bool,
+    /// What it saw, or why it failed.
     pub detail: String,
     /// Milliseconds since the check, filled in when read.
     pub at_ms: u64,
@@ -24,9 +26,11 @@ pub struct CheckResult {
 
 /// One backend of one pool, with its live state.
 pub struct Backend {
+    /// Its address, its identity within the pool.
     pub addr: SocketAddr,
     /// The address as text, the `backend` label of its metrics.
     pub label: String,
+    /// The pool it belongs to.
     pub pool: String,
     up: AtomicBool,
     draining: AtomicBool,
@@ -35,6 +39,7 @@ pub struct Backend {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     last_check: Mutex<Option<CheckResult>>,
+    /// Its series.
     pub metrics: BackendMetrics,
 }
 
@@ -81,10 +86,12 @@ impl Backend {
         self.is_up() && !self.is_ejected()
     }
 
+    /// Whether an operator drained it.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Connections and sessions open to it now.
     pub fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }
@@ -116,6 +123,7 @@ impl Backend {
         true
     }
 
+    /// Records an active check's result (for the API) and counts it.
     pub fn record_check(&self, ok: bool, detail: String) {
         if ok {
             self.metrics.checks_ok.inc();
@@ -130,6 +138,7 @@ impl Backend {
         });
     }
 
+    /// The last active check, with its age.
     pub fn last_check(&self) -> Option<CheckResult> {
         let last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
         last.clone().map(|mut c| {
@@ -201,6 +210,7 @@ impl ActiveGuard {
         self
     }
 
+    /// The backend it counts on.
     pub fn backend(&self) -> &Arc<Backend> {
         &self.0
     }

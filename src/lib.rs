@@ -1,40 +1,56 @@
 //! switchyard: a layer-4 (TCP and UDP) load balancer.
 //!
-//! The map, from the outside in:
-//! - [`config`]: the TOML file, parsed into raw types and validated into
-//!   [`config::Config`], with every problem located by file, line and column.
-//! - [`server`]: the running daemon: binds listeners, owns pools, applies a
-//!   reload as one difference, drains on shutdown.
-//! - [`listener`]: one listener's sockets: bind, launch, re-point, retire.
-//! - [`tcp`]: TCP listeners: the accept loop, connect with retries, relay.
-//! - [`udp`]: UDP listeners: per-client sessions, bounded, expiring when idle.
-//! - [`relay`]: the byte relay between two TCP sockets (the seam for zero-copy).
-//! - [`pool`]: pools: an immutable snapshot per pool behind an atomic swap,
-//!   replaced through one door (`Pool::apply`).
-//! - [`backend`]: one backend's live state: health (active verdict, passive
-//!   ejection), drain, open connections, as atomics.
-//! - [`balance`]: the strategies (`random`, `round_robin`, `weighted`,
-//!   `least_conn`, `p2c`) behind one small trait.
-//! - [`health`]: active health checks (`tcp`, `http`, `udp`) with rise/fall.
-//! - [`metrics`]: the Prometheus registry and pre-resolved handles.
-//! - [`admin`]: `/metrics`, the JSON API, `/healthz`, `/readyz` and the status page.
-//! - [`net`]: listening sockets with the options a proxy needs.
-//! - [`notify`]: systemd's `sd_notify` protocol.
-//! - [`demo`]: echo backends and a generated config for `switchyard demo`.
+//! The map, in layers; each imports only from the layers below it
+//! (`ARCHITECTURE.md` tells the life of a connection, a datagram and a reload):
+//!
+//! - **leaves**
+//!   - [`config`]: the TOML file, parsed into raw types and validated into
+//!     [`config::Config`], with every problem located by file, line and column.
+//!   - [`metrics`]: the Prometheus registry; each family declared once beside
+//!     its owner's handle set (listener, backend).
+//!   - [`balance`]: the strategies (`random`, `round_robin`, `weighted`,
+//!     `least_conn`, `p2c`) behind one small trait, built from the backends'
+//!     identities and told the flow each pick is for.
+//!   - `clock`: the coarse millisecond clock deadlines use.
+//!   - [`notify`]: systemd's `sd_notify` protocol.
+//! - **model**
+//!   - [`backend`]: one backend's live state: health (active verdict, passive
+//!     ejection), drain, open connections, as atomics.
+//!   - [`pool`]: pools: an immutable snapshot per pool behind an atomic swap,
+//!     changed through one door (`Pool::update`) under one lock.
+//! - **data plane**
+//!   - `net`: listening sockets with the options a proxy needs.
+//!   - `relay`: the TCP byte relay (half-close exact, splice for bulk).
+//!   - [`listener`]: one listener's sockets: bind, launch, re-point, retire;
+//!     `listener::tcp` (accept, connect with retries, relay) and
+//!     `listener::udp` (per-client sessions, bounded, expiring when idle;
+//!     the socket calls in `listener::udp_io`).
+//! - **control**
+//!   - `health`: active checks (`tcp`, `http`, `udp`) with rise/fall,
+//!     following each pool's membership by difference.
+//!   - [`admin`]: `/metrics`, the JSON API, `/healthz`, `/readyz` and the
+//!     status page, over the small [`admin::Control`] trait.
+//!   - [`server`]: the running daemon: a reload is planned as data
+//!     (`server::plan`) and then carried out in one step; drains on shutdown.
+//!   - [`demo`]: echo backends and a generated config for `switchyard demo`.
+//!
+//! `main.rs` parses arguments, sets up logging and signals, and calls [`Server`].
+
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod backend;
 pub mod balance;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
 pub mod demo;
-pub mod health;
+pub(crate) mod health;
 pub mod listener;
 pub mod metrics;
-pub mod net;
+pub(crate) mod net;
 pub mod notify;
 pub mod pool;
-pub mod relay;
+pub(crate) mod relay;
 pub mod server;
 
 pub use config::Config;

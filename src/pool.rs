@@ -23,8 +23,11 @@ use crate::metrics::Metrics;
 /// A backend as placed in one snapshot of a pool.
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// The backend and its live state.
     pub backend: Arc<Backend>,
+    /// Its weight in this snapshot.
     pub weight: NonZeroU32,
+    /// Its connection limit, if any.
     pub max_connections: Option<NonZeroU32>,
 }
 
@@ -43,7 +46,9 @@ impl Member {
 /// An immutable view of a pool: what one connection's pick works from.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The pool's configuration as this snapshot applies it.
     pub config: PoolConfig,
+    /// Its backends, in configuration order (the strategy's indices).
     pub members: Vec<Member>,
     strategy: Box<dyn Strategy>,
 }
@@ -81,6 +86,7 @@ impl Snapshot {
         )
     }
 
+    /// The member at `addr`, if it is in this snapshot.
     pub fn find(&self, addr: SocketAddr) -> Option<&Member> {
         self.members.iter().find(|m| m.backend.addr == addr)
     }
@@ -94,12 +100,19 @@ impl Snapshot {
 /// Why a change through the admin API was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
+    /// The backend named is not in the pool.
     #[error("pool `{pool}` has no backend {addr}")]
-    NoSuchBackend { pool: String, addr: SocketAddr },
+    NoSuchBackend {
+        /// The pool's name.
+        pool: String,
+        /// The address asked for.
+        addr: SocketAddr,
+    },
 }
 
 /// A named pool. Cheap to read (`snapshot`), serialised to write.
 pub struct Pool {
+    /// Its configured name.
     pub name: String,
     current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
@@ -114,6 +127,7 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
+    /// A pool with `config`'s backends, each new (health by `initial`).
     pub fn new(config: &PoolConfig, metrics: Arc<Metrics>) -> Arc<Pool> {
         let snapshot = build(config, &HashMap::new(), &metrics);
         Arc::new(Pool {

@@ -52,10 +52,10 @@ pub type Daemon = Arc<dyn Control>;
 const MAX_BODY: usize = 16 * 1024;
 const STATUS_PAGE: &str = include_str!("status.html");
 
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Who may do what.
-pub struct Settings {
+pub(crate) struct Settings {
     token: Option<String>,
     protect_reads: bool,
 }
@@ -70,7 +70,7 @@ impl Settings {
 }
 
 /// Reads `token_file` (surrounding whitespace trimmed).
-pub fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
+pub(crate) fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
     let Some(path) = &cfg.token_file else {
         return Ok(None);
     };
@@ -89,7 +89,7 @@ pub fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
 }
 
 /// A bound admin endpoint; stops serving when dropped.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The configured address (what a reload compares).
     pub bind: SocketAddr,
     /// The bound address.
@@ -177,7 +177,7 @@ impl Drop for Endpoint {
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
     *r.status_mut() = status;
     r.headers_mut()
@@ -188,7 +188,7 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 }
 
 /// A JSON error: `{"error": "..."}`.
-pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
     json(status, &serde_json::json!({ "error": message.to_string() }))
 }
 
@@ -217,7 +217,7 @@ fn authorized(settings: &Settings, req: &Request<Incoming>) -> bool {
 }
 
 /// Reads a small request body, refusing oversized ones.
-pub async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) => Err(error(

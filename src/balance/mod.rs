@@ -61,14 +61,20 @@ pub trait Strategy: Send + Sync + fmt::Debug {
 /// The strategies a pool can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StrategyKind {
+    /// `random`: uniform.
     Random,
+    /// `round_robin`: strict rotation.
     RoundRobin,
+    /// `weighted`: smooth weighted round robin.
     Weighted,
+    /// `least_conn`: fewest active per unit of weight.
     LeastConn,
+    /// `p2c`: the less loaded of two random choices.
     P2c,
 }
 
 impl StrategyKind {
+    /// Every strategy, in the order the docs list them.
     pub const ALL: [StrategyKind; 5] = [
         StrategyKind::Random,
         StrategyKind::RoundRobin,
@@ -88,6 +94,7 @@ impl StrategyKind {
         }
     }
 
+    /// The strategy a config file names, if any.
     pub fn from_name(name: &str) -> Option<StrategyKind> {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }

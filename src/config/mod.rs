@@ -62,11 +62,14 @@ pub struct AdminConfig {
 /// `"tcp"` or `"udp"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
+    /// `tcp`
     Tcp,
+    /// `udp`
     Udp,
 }
 
 impl Protocol {
+    /// The name used in the config file and in metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
@@ -78,9 +81,11 @@ impl Protocol {
 /// One `[[listeners]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
+    /// `name`: unique; the `listener` label of metrics.
     pub name: String,
     /// `protocol`, default `"tcp"`.
     pub protocol: Protocol,
+    /// `bind`: the address to listen on.
     pub bind: SocketAddr,
     /// Name of the pool traffic goes to (checked to exist).
     pub pool: String,
@@ -125,9 +130,11 @@ impl ListenerConfig {
 /// One `[pools.NAME]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
+    /// The table's name.
     pub name: String,
     /// `strategy`, default `"round_robin"`.
     pub strategy: StrategyKind,
+    /// `backends`, in file order.
     pub backends: Vec<BackendConfig>,
     /// `retries`, default 2: other backends tried after a failed connect.
     pub retries: u32,
@@ -137,12 +144,14 @@ pub struct PoolConfig {
     pub max_fails: u32,
     /// `fail_timeout`, default 10s: how long it stays out (doubling on repeat, capped at 16x).
     pub fail_timeout: Duration,
+    /// `[pools.NAME.health]`.
     pub health: HealthConfig,
 }
 
 /// One backend of a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
+    /// `addr`, resolved when the file is read.
     pub addr: SocketAddr,
     /// `weight`, 1 to 256, default 1.
     pub weight: NonZeroU32,
@@ -153,6 +162,7 @@ pub struct BackendConfig {
 /// `[pools.NAME.health]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthConfig {
+    /// `kind` and its settings, default none.
     pub check: CheckKind,
     /// `interval`, default 2s.
     pub interval: Duration,
@@ -189,24 +199,32 @@ pub enum CheckKind {
     None,
     /// Connect; optionally send bytes and require the reply to start with `expect`.
     Tcp {
+        /// `send`: bytes written after connecting.
         send: Option<Vec<u8>>,
+        /// `expect`: the reply's first bytes.
         expect: Option<Vec<u8>>,
     },
     /// `GET path` over HTTP/1.1; the status must be `expect_status`.
     Http {
+        /// `path`, default `/`.
         path: String,
+        /// `expect_status`, default 200.
         expect_status: u16,
+        /// `host`: the `Host` header, default the backend's address.
         host: Option<String>,
     },
     /// Send a datagram; with `expect`, the reply must start with it, and
     /// without, any reply (or silence) but an ICMP error passes.
     Udp {
+        /// `send`: the datagram (required).
         send: Vec<u8>,
+        /// `expect`: the reply's first bytes.
         expect: Option<Vec<u8>>,
     },
 }
 
 impl CheckKind {
+    /// The `kind` as written in the config file.
     pub fn name(&self) -> &'static str {
         match self {
             CheckKind::None => "none",

@@ -1,6 +1,6 @@
 //! One listener's sockets and tasks: bind (all that can fail, done first on
 //! start and reload), launch, re-point at a new pool, retire. The protocols
-//! live beside it: [`tcp`] (accept, connect, relay) and [`udp`] (sessions).
+//! live beside it: `tcp` (accept, connect, relay) and `udp` (sessions).
 
 pub(crate) mod tcp;
 pub(crate) mod udp;
@@ -20,7 +20,7 @@ use crate::net;
 use crate::pool::Pool;
 
 /// Where a listener sends traffic; swapped whole on reload.
-pub struct Route {
+pub(crate) struct Route {
     pub config: ListenerConfig,
     pub pool: Arc<Pool>,
 }
@@ -40,7 +40,7 @@ pub struct BindError {
 }
 
 /// What a launched listener hangs its tasks and series on.
-pub struct Tasks<'a> {
+pub(crate) struct Tasks<'a> {
     pub metrics: &'a Metrics,
     /// Parent of the listener's `stop`.
     pub accept_stop: &'a CancellationToken,
@@ -60,7 +60,7 @@ enum Kind {
 }
 
 /// A listener that is serving.
-pub struct Listener {
+pub(crate) struct Listener {
     pub config: ListenerConfig,
     kind: Kind,
     /// Stops accepting (or receiving) on this listener.
@@ -72,7 +72,7 @@ pub struct Listener {
 }
 
 /// A listener's sockets, bound but not yet served.
-pub enum Bound {
+pub(crate) enum Bound {
     Tcp(Vec<std::net::TcpListener>),
     Udp(Vec<std::net::UdpSocket>),
 }
@@ -150,7 +150,7 @@ impl Listener {
 }
 
 /// Binds one listener's socket(s): with `reuse_port`, one per worker thread.
-pub fn bind(l: &ListenerConfig) -> Result<Bound, BindError> {
+pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound, BindError> {
     let err = |cause| BindError {
         listener: l.name.clone(),
         protocol: l.protocol.as_str(),

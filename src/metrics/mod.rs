@@ -1,8 +1,8 @@
 //! Prometheus metrics: one registry, and per-owner handle sets resolved once
 //! so the relay path only touches atomics.
 //!
-//! A family is declared once, as a [`Family`] constant beside the handle set
-//! that uses it ([`listener`], [`backend`]). The registry registers it the
+//! A family is declared once, as a `Family` constant beside the handle set
+//! that uses it (`listener.rs`, `backend.rs`). The registry registers it the
 //! first time an owner asks for it, and an owner's [`Series`] remembers every
 //! series it created, so forgetting an owner (a listener or backend that a
 //! reload removed) removes exactly those. Adding a family means one constant
