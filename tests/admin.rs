@@ -71,6 +71,9 @@ fn backend(pools: &Value, addr: SocketAddr) -> &Value {
 
 #[tokio::test]
 async fn metrics_move_with_traffic_and_pass_promtool() {
+    if !common::installed("promtool", "prometheus") {
+        return;
+    }
     let a = Backend::start("a").await;
     let (server, admin) = with_admin(&[a.addr], "", "round_robin").await;
     let front = server.local_addr("front").unwrap();

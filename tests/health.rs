@@ -458,6 +458,9 @@ async fn least_conn_sends_new_work_to_the_idle_backend() {
 /// connections, and checks it neither dies nor spins, then serves again.
 #[test]
 fn descriptor_exhaustion_is_survived() {
+    if !common::installed("prlimit", "util-linux") {
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let backend = rt.block_on(Backend::start("a"));
     let text = format!(

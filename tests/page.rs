@@ -165,6 +165,9 @@ impl Page {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_renders_backends_and_drains_on_click() {
+    if !common::installed("chromium", "chromium") {
+        return;
+    }
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let text = format!(

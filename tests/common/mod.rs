@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod tools;
+
+pub use tools::installed;
 
 use std::net::SocketAddr;
 use std::path::Path;
