@@ -301,3 +301,85 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The endpoint over a stand-in daemon: no listeners, pools or server.
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Fake;
+
+    impl Control for Fake {
+        fn view(&self) -> Arc<View> {
+            let config = crate::Config::parse(
+                "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n",
+                Path::new("fake.toml"),
+            )
+            .unwrap();
+            Arc::new(View {
+                config: Arc::new(config),
+                pools: BTreeMap::new(),
+                listeners: vec![ListenerView {
+                    name: "l".into(),
+                    protocol: "tcp",
+                    addr: "127.0.0.1:7000".parse().unwrap(),
+                    pool: "p".into(),
+                }],
+            })
+        }
+        fn render_metrics(&self) -> String {
+            "fake_metric 1\n".into()
+        }
+        fn ready(&self) -> bool {
+            false
+        }
+        fn reload(&self) -> Pending<'_, Result<(), String>> {
+            Box::pin(async { Err("fake.toml:1:1: no".to_string()) })
+        }
+    }
+
+    async fn call(addr: SocketAddr, request: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_any_control() {
+        let cfg = AdminConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            token_file: None,
+            protect_reads: false,
+        };
+        let endpoint = Endpoint::bind(&cfg, None).unwrap();
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        endpoint.spawn(Arc::new(Fake), &stop, &tracker);
+        let get =
+            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let metrics = call(endpoint.addr, &get("/metrics")).await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.ends_with("fake_metric 1\n"), "{metrics}");
+        let ready = call(endpoint.addr, &get("/readyz")).await;
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        let listeners = call(endpoint.addr, &get("/api/v1/listeners")).await;
+        assert!(
+            listeners.contains("\"addr\":\"127.0.0.1:7000\""),
+            "{listeners}"
+        );
+        let reload = call(
+            endpoint.addr,
+            "POST /api/v1/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(reload.starts_with("HTTP/1.1 422"), "{reload}");
+        assert!(reload.contains("fake.toml:1:1: no"), "{reload}");
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}

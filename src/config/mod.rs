@@ -2,10 +2,10 @@
 //! the validated form with real types (socket addresses, durations, non-zero
 //! weights) that the rest of the daemon consumes without further checks.
 
+mod check;
 mod error;
 mod escape;
 mod fields;
-mod health;
 mod raw;
 mod validate;
 
