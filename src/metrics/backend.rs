@@ -12,66 +12,56 @@ const CONNECT_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-const fn gauge(name: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Gauge,
-        extra: None,
-    }
-}
-
-const fn by(name: &'static str, help: &'static str, extra: &'static str) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Counter,
-        extra: Some(extra),
-    }
-}
-
-const UP: Family = gauge("switchyard_backend_up", "1 when the backend is healthy.");
-const DRAINING: Family = gauge(
+const UP: Family = Family::new(
+    "switchyard_backend_up",
+    "1 when the backend is healthy.",
+    Kind::Gauge,
+);
+const DRAINING: Family = Family::new(
     "switchyard_backend_draining",
     "1 when an operator drains the backend.",
+    Kind::Gauge,
 );
-const WEIGHT: Family = gauge("switchyard_backend_weight", "The backend's current weight.");
-const ACTIVE: Family = gauge(
+const WEIGHT: Family = Family::new(
+    "switchyard_backend_weight",
+    "The backend's current weight.",
+    Kind::Gauge,
+);
+const ACTIVE: Family = Family::new(
     "switchyard_backend_active_connections",
     "Connections and UDP sessions open to the backend now.",
+    Kind::Gauge,
 );
-const CONNECTIONS: Family = Family {
-    name: "switchyard_backend_connections_total",
-    help: "Connections and UDP sessions established to the backend.",
-    kind: Kind::Counter,
-    extra: None,
-};
-const CONNECT_FAILURES: Family = by(
+const CONNECTIONS: Family = Family::new(
+    "switchyard_backend_connections_total",
+    "Connections and UDP sessions established to the backend.",
+    Kind::Counter,
+);
+const CONNECT_FAILURES: Family = Family::by(
     "switchyard_backend_connect_failures_total",
     "Failed connects to the backend, by reason.",
     "reason",
 );
-const BYTES: Family = by(
+const BYTES: Family = Family::by(
     "switchyard_backend_bytes_total",
     "Bytes received from (in) and sent to (out) the backend.",
     "direction",
 );
-const CHECKS: Family = by(
+const CHECKS: Family = Family::by(
     "switchyard_backend_health_checks_total",
     "Active health checks, by result.",
     "result",
 );
-const TRANSITIONS: Family = by(
+const TRANSITIONS: Family = Family::by(
     "switchyard_backend_transitions_total",
     "Health state changes, by the state entered.",
     "to",
 );
-const CONNECT_DURATION: Family = Family {
-    name: "switchyard_backend_connect_duration_seconds",
-    help: "Time to establish a TCP connection to the backend.",
-    kind: Kind::Histogram(CONNECT_BUCKETS),
-    extra: None,
-};
+const CONNECT_DURATION: Family = Family::new(
+    "switchyard_backend_connect_duration_seconds",
+    "Time to establish a TCP connection to the backend.",
+    Kind::Histogram(CONNECT_BUCKETS),
+);
 
 /// Handles of one backend of one pool.
 #[derive(Debug)]

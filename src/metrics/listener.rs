@@ -12,80 +12,62 @@ const DURATION_BUCKETS: &[f64] = &[
     0.000_1, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
 ];
 
-const fn family(name: &'static str, help: &'static str, kind: Kind) -> Family {
-    Family {
-        name,
-        help,
-        kind,
-        extra: None,
-    }
-}
-
-const fn by(name: &'static str, help: &'static str, extra: &'static str) -> Family {
-    Family {
-        name,
-        help,
-        kind: Kind::Counter,
-        extra: Some(extra),
-    }
-}
-
-const CONNECTIONS: Family = family(
+const CONNECTIONS: Family = Family::new(
     "switchyard_listener_connections_total",
     "TCP connections accepted.",
     Kind::Counter,
 );
-const ACTIVE: Family = family(
+const ACTIVE: Family = Family::new(
     "switchyard_listener_active_connections",
     "TCP connections open now.",
     Kind::Gauge,
 );
-const BYTES: Family = by(
+const BYTES: Family = Family::by(
     "switchyard_listener_bytes_total",
     "Bytes from clients (in) and to clients (out).",
     "direction",
 );
-const NO_BACKEND: Family = family(
+const NO_BACKEND: Family = Family::new(
     "switchyard_listener_no_backend_total",
     "Connections closed because no backend could take them.",
     Kind::Counter,
 );
-const REJECTED: Family = by(
+const REJECTED: Family = Family::by(
     "switchyard_listener_rejected_total",
     "Clients refused (denied) or held in the backlog at max_connections (limit).",
     "reason",
 );
-const ACCEPT_ERRORS: Family = family(
+const ACCEPT_ERRORS: Family = Family::new(
     "switchyard_accept_errors_total",
     "Errors from accept().",
     Kind::Counter,
 );
-const ZERO_COPY: Family = family(
+const ZERO_COPY: Family = Family::new(
     "switchyard_listener_zero_copy_total",
     "TCP connection directions that turned bulk and moved on with splice(2).",
     Kind::Counter,
 );
-const DURATION: Family = family(
+const DURATION: Family = Family::new(
     "switchyard_connection_duration_seconds",
     "How long proxied TCP connections lasted.",
     Kind::Histogram(DURATION_BUCKETS),
 );
-const UDP_SESSIONS: Family = family(
+const UDP_SESSIONS: Family = Family::new(
     "switchyard_udp_sessions",
     "UDP sessions open now.",
     Kind::Gauge,
 );
-const UDP_SESSIONS_TOTAL: Family = family(
+const UDP_SESSIONS_TOTAL: Family = Family::new(
     "switchyard_udp_sessions_total",
     "UDP sessions created.",
     Kind::Counter,
 );
-const UDP_DATAGRAMS: Family = by(
+const UDP_DATAGRAMS: Family = Family::by(
     "switchyard_udp_datagrams_total",
     "Datagrams from clients (in) and to clients (out).",
     "direction",
 );
-const UDP_DROPPED: Family = by(
+const UDP_DROPPED: Family = Family::by(
     "switchyard_udp_dropped_total",
     "Datagrams dropped, by reason.",
     "reason",

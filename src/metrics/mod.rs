@@ -14,7 +14,7 @@ mod listener;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -41,6 +41,28 @@ pub(crate) struct Family {
     pub kind: Kind,
     /// A label of the family's own beyond the owner's (`direction`, `reason`).
     pub extra: Option<&'static str>,
+}
+
+impl Family {
+    /// A family whose series are labelled by their owner alone.
+    pub const fn new(name: &'static str, help: &'static str, kind: Kind) -> Family {
+        Family {
+            name,
+            help,
+            kind,
+            extra: None,
+        }
+    }
+
+    /// A family of counters with a label of its own (`direction`, `reason`).
+    pub const fn by(name: &'static str, help: &'static str, extra: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            kind: Kind::Counter,
+            extra: Some(extra),
+        }
+    }
 }
 
 enum Registered {
@@ -192,13 +214,7 @@ impl Owner<'_> {
             Registered::Counter(v) => Some(v.clone()),
             _ => None,
         });
-        let labels = self.labels(family, extra);
-        let handle = v.with_label_values(&labels);
-        self.series.0.push(Box::new(move || {
-            // Already gone is no error worth reporting.
-            let _ = v.remove_label_values(&labels);
-        }));
-        handle
+        self.series(v, self.labels(family, extra))
     }
 
     /// A gauge of `family`.
@@ -207,12 +223,7 @@ impl Owner<'_> {
             Registered::Gauge(v) => Some(v.clone()),
             _ => None,
         });
-        let labels = self.labels(family, None);
-        let handle = v.with_label_values(&labels);
-        self.series.0.push(Box::new(move || {
-            let _ = v.remove_label_values(&labels);
-        }));
-        handle
+        self.series(v, self.labels(family, None))
     }
 
     /// A histogram of `family`.
@@ -221,9 +232,18 @@ impl Owner<'_> {
             Registered::Histogram(v) => Some(v.clone()),
             _ => None,
         });
-        let labels = self.labels(family, None);
+        self.series(v, self.labels(family, None))
+    }
+
+    /// The series `labels` of `v`, remembered for forgetting.
+    fn series<T: MetricVecBuilder + 'static>(
+        &mut self,
+        v: MetricVec<T>,
+        labels: Vec<String>,
+    ) -> T::M {
         let handle = v.with_label_values(&labels);
         self.series.0.push(Box::new(move || {
+            // Already gone is no error worth reporting.
             let _ = v.remove_label_values(&labels);
         }));
         handle
@@ -250,5 +270,36 @@ impl Series {
 impl std::fmt::Debug for Series {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Series({})", self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_forgets_exactly_its_own_series() {
+        let m = Metrics::new();
+        let a = m.tcp_listener("a");
+        let b = m.udp_listener("b");
+        let c = m.backend("p", "127.0.0.1:1");
+        a.connections.inc();
+        b.datagrams_in.inc();
+        c.bytes_in.inc_by(5);
+        let text = m.render();
+        assert!(text.contains("switchyard_listener_connections_total{listener=\"a\"} 1"));
+        assert!(text.contains("switchyard_udp_datagrams_total{direction=\"in\",listener=\"b\"} 1"));
+        assert!(text.contains(
+            "switchyard_backend_bytes_total{backend=\"127.0.0.1:1\",direction=\"in\",pool=\"p\"} 5"
+        ));
+        // Each protocol exports only its own series.
+        assert!(!text.contains("switchyard_listener_connections_total{listener=\"b\"}"));
+        assert!(!text.contains("switchyard_udp_sessions{listener=\"a\"}"));
+        a.forget();
+        let text = m.render();
+        assert!(!text.contains("listener=\"a\""), "{text}");
+        assert!(text.contains("switchyard_listener_bytes_total{direction=\"in\",listener=\"b\"} 0"));
+        c.forget();
+        assert!(!m.render().contains("pool=\"p\""));
     }
 }

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod tools;
 
+#[allow(unused_imports)]
 pub use tools::installed;
 
 use std::net::SocketAddr;
