@@ -89,11 +89,6 @@ async fn http(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("http handshake failed: {e}"))?;
-    let driver = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "health check connection ended with an error");
-        }
-    });
     let authority = host.map(str::to_string).unwrap_or_else(|| addr.to_string());
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
@@ -104,8 +99,21 @@ async fn http(
         .header(hyper::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("bad request: {e}"))?;
-    let result = sender.send_request(req).await;
-    driver.abort();
+    // The connection is driven inside this future (no task of its own), so
+    // a check that times out leaves nothing running.
+    let response = sender.send_request(req);
+    tokio::pin!(response, conn);
+    let result = tokio::select! {
+        biased;
+        r = &mut response => r,
+        r = &mut conn => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "health check connection ended with an error");
+            }
+            // The response, if one came, was handed over before the end.
+            response.await
+        }
+    };
     let status = result
         .map_err(|e| format!("http request failed: {e}"))?
         .status();
