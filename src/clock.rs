@@ -1,6 +1,7 @@
 //! The daemon's coarse clock: milliseconds on tokio's clock, cheap to read
 //! and compare, so paused-clock tests drive every deadline.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// Milliseconds on tokio's clock since the first call, plus one, so that 0
@@ -12,4 +13,34 @@ pub fn now_ms() -> u64 {
         .duration_since(epoch)
         .as_millis() as u64
         + 1
+}
+
+/// Lets an event through at most once per period: for log lines that would
+/// otherwise flood (one per failed accept, per dropped datagram).
+#[derive(Debug)]
+pub(crate) struct Every {
+    period_ms: u64,
+    last: AtomicU64,
+}
+
+impl Every {
+    /// At most once per `period_ms` milliseconds.
+    pub const fn ms(period_ms: u64) -> Every {
+        Every {
+            period_ms,
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the event may happen now (and, if so, it counts as happened).
+    pub fn ready(&self) -> bool {
+        let now = now_ms();
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now < last.saturating_add(self.period_ms) {
+            return false;
+        }
+        self.last
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
 }

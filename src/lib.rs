@@ -44,6 +44,7 @@ pub mod balance;
 pub(crate) mod clock;
 pub mod config;
 pub mod demo;
+pub mod fds;
 pub(crate) mod health;
 pub mod listener;
 pub mod metrics;

@@ -58,6 +58,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Flushes buffered log lines when main returns.
     let _log_guard = init_logging(cli.log_format);
+    if !matches!(cli.command, Command::Check { .. }) {
+        // Before anything reads the descriptor budget.
+        match switchyard::fds::raise_soft_limit() {
+            Ok(limit) => tracing::debug!(limit, "descriptor limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+        }
+    }
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config } => Config::load(&config)

@@ -56,6 +56,19 @@ pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::Ud
     Ok(s.into())
 }
 
+/// Whether `e` is the proxy's own shortage, not the peer's doing, and which:
+/// `descriptors` (EMFILE, ENFILE), `buffers` (ENOBUFS, ENOMEM) or `ports`
+/// (EADDRNOTAVAIL: the ephemeral ports are spent). Such an error says nothing
+/// about a backend and is never counted against one.
+pub(crate) fn local_cause(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE => Some("descriptors"),
+        libc::ENOBUFS | libc::ENOMEM => Some("buffers"),
+        libc::EADDRNOTAVAIL => Some("ports"),
+        _ => None,
+    }
+}
+
 /// Whether an accept error means the process or system is out of descriptors
 /// or buffers, which only time (connections closing) can cure.
 pub fn is_resource_exhaustion(e: &io::Error) -> bool {

@@ -454,23 +454,38 @@ async fn least_conn_sends_new_work_to_the_idle_backend() {
     }
 }
 
-/// Runs the real binary with 64 descriptors, exhausts them with held client
-/// connections, and checks it neither dies nor spins, then serves again.
+/// Runs the real binary with 64 descriptors and exhausts them with held
+/// client connections. Running out is the proxy's own shortage: clients wait
+/// in the backlog, the admin endpoint keeps answering from its reserve, the
+/// daemon does not spin, no backend is blamed (no failure counted, never
+/// marked down), and service resumes as soon as descriptors are free.
 #[test]
-fn descriptor_exhaustion_is_survived() {
+fn descriptor_exhaustion_is_the_proxys_own_and_never_a_backends() {
     if !common::installed("prlimit", "util-linux") {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let backend = rt.block_on(Backend::start("a"));
+    // Default passive health (max_fails = 3) and a fast active check: either
+    // would take the backend out if the proxy's shortage were blamed on it.
     let text = format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
-         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\nmax_fails = 0\n",
+         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n[pools.p.health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 1\n",
         backend.addr
     );
     let daemon = Daemon::start(&text, &["prlimit", "--nofile=64:64", "--"], &[]);
     let front = daemon.listeners()["front"];
     let admin = daemon.admin();
+    let metrics = || {
+        let (status, body) = http(admin, "GET", "/metrics", &[], "");
+        assert_eq!(
+            status, 200,
+            "the admin endpoint answers while the proxy is starved"
+        );
+        body
+    };
+    let series =
+        |body: &str, name: &str| metric(body, name).unwrap_or_else(|| panic!("no series {name}"));
     let cpu_before = cpu_ticks(daemon.child.id());
     let wall = Instant::now();
 
@@ -482,16 +497,15 @@ fn descriptor_exhaustion_is_survived() {
             Err(_) => break,
         }
     }
-    let metric = |name: &str| {
-        let (_, body) = http(admin, "GET", "/metrics", &[], "");
-        metric(&body, name).unwrap_or(0.0)
-    };
-    // Exhaustion shows up in the log as accept errors (EMFILE) or as
-    // backend connects that cannot get a socket. The admin endpoint is
-    // starved too, so the log is the witness here.
-    daemon.wait_log("descriptor exhaustion", Duration::from_secs(10), |v| {
-        v["message"] == "accept failed" || v["message"] == "connect to backend failed"
-    });
+    let starved = "switchyard_listener_rejected_total{listener=\"front\",reason=\"descriptors\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while series(&metrics(), starved) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the descriptor budget never ran out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Stay exhausted for a second: a spinning accept loop would burn a core.
     std::thread::sleep(Duration::from_secs(1));
     let cpu = cpu_ticks(daemon.child.id()) - cpu_before;
@@ -500,9 +514,12 @@ fn descriptor_exhaustion_is_survived() {
         (cpu as f64) < ticks * 0.5,
         "daemon used {cpu} of {ticks:.0} ticks while out of descriptors"
     );
+    let (status, _) = http(admin, "GET", "/healthz", &[], "");
+    assert_eq!(status, 200);
     drop(held);
 
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Served again at once, not after a fail_timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match rt.block_on(try_ask(front)) {
             Ok(name) => {
@@ -513,20 +530,32 @@ fn descriptor_exhaustion_is_survived() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Both show in /metrics once the admin endpoint can accept again.
-    let accept_errors = metric("switchyard_accept_errors_total{listener=\"front\"}");
-    let unserved = metric("switchyard_listener_no_backend_total{listener=\"front\"}");
-    let logged = daemon.count_log(|v| v["message"] == "accept failed");
-    assert!(
-        accept_errors + unserved > 0.0,
-        "exhaustion left no trace in /metrics"
+    let body = metrics();
+    let b = &backend.addr;
+    for reason in ["refused", "timeout", "error"] {
+        let name = format!(
+            "switchyard_backend_connect_failures_total{{backend=\"{b}\",pool=\"p\",reason=\"{reason}\"}}"
+        );
+        assert_eq!(series(&body, &name), 0.0, "{name}: the backend was blamed");
+    }
+    let down =
+        format!("switchyard_backend_transitions_total{{backend=\"{b}\",pool=\"p\",to=\"down\"}}");
+    assert_eq!(series(&body, &down), 0.0, "the backend was marked down");
+    assert_eq!(
+        series(
+            &body,
+            &format!("switchyard_backend_up{{backend=\"{b}\",pool=\"p\"}}")
+        ),
+        1.0
     );
+    let accept_errors = series(&body, "switchyard_accept_errors_total{listener=\"front\"}");
+    let logged = daemon.count_log(|v| v["message"] == "accept failed");
     assert!(
         logged == 0 || accept_errors > 0.0,
         "accept errors were logged but not counted"
     );
     assert!(
-        daemon.count_log(|v| v["message"] == "accept failed") <= 12,
+        logged <= 12,
         "accept errors must be logged at most once a second"
     );
 }

@@ -17,8 +17,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,6 +49,9 @@ pub enum Error {
 /// The daemon as the endpoint's handlers see it.
 pub type Daemon = Arc<dyn Control>;
 
+/// How long a client may take to send a request's head, and how long a
+/// kept-alive connection may sit idle: the status page asks every 2 s.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Request bodies are tiny JSON objects; anything larger is refused.
 const MAX_BODY: usize = 16 * 1024;
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -134,12 +138,23 @@ impl Endpoint {
         let connections = tracker.clone();
         tracing::info!(addr = %self.addr, "admin endpoint listening");
         tracker.spawn(async move {
+            // Excess clients wait in the backlog: a slow or hostile client
+            // cannot take the descriptors the proxy needs.
+            let open = Arc::new(Semaphore::new(crate::fds::admin_connections()));
+            let failures = crate::clock::Every::ms(1000);
             loop {
+                let permit = tokio::select! {
+                    p = open.clone().acquire_owned() => p.expect("never closed"),
+                    _ = stop.cancelled() => return,
+                    _ = parent.cancelled() => return,
+                };
                 let (stream, _) = tokio::select! {
                     r = listener.accept() => match r {
                         Ok(x) => x,
                         Err(e) => {
-                            tracing::warn!(error = %e, "admin accept failed");
+                            if failures.ready() {
+                                tracing::warn!(error = %e, "admin accept failed (logged at most once a second)");
+                            }
                             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                             continue;
                         }
@@ -151,12 +166,17 @@ impl Endpoint {
                 let settings = settings.clone();
                 let stop = stop.clone();
                 connections.spawn(async move {
+                    let _permit = permit;
                     let service = hyper::service::service_fn(move |req| {
                         let server = server.clone();
                         let settings = settings.load_full();
                         async move { Ok::<_, Infallible>(route(server, &settings, req).await) }
                     });
+                    // A request's head must arrive within HEADER_TIMEOUT,
+                    // and so must the next one on a kept-alive connection.
                     let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         r = conn => if let Err(e) = r {

@@ -7,6 +7,11 @@
 
 mod probe;
 
+use probe::Fault;
+
+/// Paces the warning for checks the proxy could not run.
+static LOCAL_LOG: crate::clock::Every = crate::clock::Every::ms(1000);
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -123,7 +128,7 @@ async fn watch(backend: Arc<Backend>, cfg: HealthConfig, stop: CancellationToken
         let result = tokio::select! {
             r = tokio::time::timeout(cfg.timeout, probe::run(&cfg, backend.addr)) => match r {
                 Ok(r) => r,
-                Err(_) => Err(format!("no answer within {}", humantime::format_duration(cfg.timeout))),
+                Err(_) => Err(Fault::Backend(format!("no answer within {}", humantime::format_duration(cfg.timeout)))),
             },
             _ = stop.cancelled() => return,
         };
@@ -137,7 +142,13 @@ async fn watch(backend: Arc<Backend>, cfg: HealthConfig, stop: CancellationToken
                     backend.set_up(true, &format!("{passes} checks passed"));
                 }
             }
-            Err(reason) => {
+            // The proxy could not even try: no verdict on the backend either way.
+            Err(Fault::Local(reason)) => {
+                if LOCAL_LOG.ready() {
+                    tracing::warn!(pool = %backend.pool, backend = %backend.addr, reason, "health check not run: the proxy is out of its own resources (logged at most once a second)");
+                }
+            }
+            Err(Fault::Backend(reason)) => {
                 backend.record_check(false, reason.clone());
                 fails += 1;
                 passes = 0;

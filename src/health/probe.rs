@@ -11,7 +11,31 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use crate::config::{CheckKind, HealthConfig};
 
-pub async fn run(cfg: &HealthConfig, addr: SocketAddr) -> Result<String, String> {
+/// Why a probe did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The backend failed it (refused, silent, wrong reply).
+    Backend(String),
+    /// The proxy could not even try (out of descriptors, buffers or local
+    /// ports): it says nothing about the backend.
+    Local(String),
+}
+
+impl From<String> for Fault {
+    fn from(s: String) -> Fault {
+        Fault::Backend(s)
+    }
+}
+
+/// A socket call's failure: the proxy's own shortage, or the backend's doing.
+fn fault(what: &str, e: std::io::Error) -> Fault {
+    match crate::net::local_cause(&e) {
+        Some(reason) => Fault::Local(format!("{what}: out of {reason}: {e}")),
+        None => Fault::Backend(format!("{what}: {e}")),
+    }
+}
+
+pub async fn run(cfg: &HealthConfig, addr: SocketAddr) -> Result<String, Fault> {
     let mut target = addr;
     if let Some(port) = cfg.port {
         target.set_port(port);
@@ -28,10 +52,10 @@ pub async fn run(cfg: &HealthConfig, addr: SocketAddr) -> Result<String, String>
     }
 }
 
-fn connect_error(e: std::io::Error) -> String {
+fn connect_error(e: std::io::Error) -> Fault {
     match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
-        _ => format!("connect failed: {e}"),
+        std::io::ErrorKind::ConnectionRefused => Fault::Backend("connection refused".into()),
+        _ => fault("connect failed", e),
     }
 }
 
@@ -44,7 +68,7 @@ async fn tcp(
     addr: SocketAddr,
     send: Option<&[u8]>,
     expect: Option<&[u8]>,
-) -> Result<String, String> {
+) -> Result<String, Fault> {
     let mut s = TcpStream::connect(addr).await.map_err(connect_error)?;
     if let Some(send) = send {
         s.write_all(send)
@@ -62,10 +86,10 @@ async fn tcp(
             .await
             .map_err(|e| format!("read failed: {e}"))?;
         if n == 0 {
-            return Err(format!(
+            return Err(Fault::Backend(format!(
                 "connection closed after {} byte(s) of reply",
                 got.len()
-            ));
+            )));
         }
         got.extend_from_slice(&buf[..n]);
         if !expect.starts_with(&got[..got.len().min(expect.len())]) {
@@ -75,7 +99,7 @@ async fn tcp(
     if got.starts_with(expect) {
         Ok(format!("replied \"{}\"", shown(&got)))
     } else {
-        Err(format!("wrong reply \"{}\"", shown(&got)))
+        Err(Fault::Backend(format!("wrong reply \"{}\"", shown(&got))))
     }
 }
 
@@ -84,7 +108,7 @@ async fn http(
     path: &str,
     expect_status: u16,
     host: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, Fault> {
     let stream = TcpStream::connect(addr).await.map_err(connect_error)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -120,11 +144,11 @@ async fn http(
     if status.as_u16() == expect_status {
         Ok(format!("status {}", status.as_u16()))
     } else {
-        Err(format!("status {}", status.as_u16()))
+        Err(Fault::Backend(format!("status {}", status.as_u16())))
     }
 }
 
-async fn udp(addr: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<String, String> {
+async fn udp(addr: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<String, Fault> {
     let local: SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
@@ -132,10 +156,10 @@ async fn udp(addr: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<Str
     };
     let s = UdpSocket::bind(local)
         .await
-        .map_err(|e| format!("cannot bind: {e}"))?;
+        .map_err(|e| fault("cannot bind", e))?;
     s.connect(addr)
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|e| fault("cannot connect", e))?;
     s.send(send)
         .await
         .map_err(|e| format!("send failed: {e}"))?;
@@ -145,9 +169,10 @@ async fn udp(addr: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<Str
         _ => format!("receive failed: {e}"),
     })?;
     match expect {
-        Some(expect) if !buf[..n].starts_with(expect) => {
-            Err(format!("wrong reply \"{}\"", shown(&buf[..n])))
-        }
+        Some(expect) if !buf[..n].starts_with(expect) => Err(Fault::Backend(format!(
+            "wrong reply \"{}\"",
+            shown(&buf[..n])
+        ))),
         _ => Ok(format!("replied {n} byte(s)")),
     }
 }

@@ -112,6 +112,7 @@ impl Listener {
                     owed: Default::default(),
                     hard_stop: hard_stop.clone(),
                     tracker: cx.tracker.clone(),
+                    local_log: crate::clock::Every::ms(1000),
                 });
                 for s in sockets {
                     let listener =
@@ -127,6 +128,7 @@ impl Listener {
                     metrics: cx.metrics.udp_listener(&config.name),
                     tracker: cx.tracker.clone(),
                     sessions: Default::default(),
+                    warn_log: crate::clock::Every::ms(1000),
                 });
                 for s in sockets {
                     let socket = Arc::new(

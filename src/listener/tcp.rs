@@ -17,8 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use super::Route;
 use crate::backend::ActiveGuard;
+use crate::clock::Every;
+use crate::fds::{self, Held};
 use crate::metrics::TcpListenerMetrics;
-use crate::net::is_resource_exhaustion;
+use crate::net::{is_resource_exhaustion, local_cause};
 use crate::relay::{self, Meter};
 
 /// State shared by a listener's accept tasks and its connections.
@@ -34,6 +36,9 @@ pub struct TcpShared {
     /// Ends established connections (shutdown grace over).
     pub hard_stop: CancellationToken,
     pub tracker: TaskTracker,
+    /// Paces the log line for connections the proxy could not serve for
+    /// want of its own resources.
+    pub local_log: Every,
 }
 
 impl TcpShared {
@@ -64,6 +69,8 @@ impl TcpShared {
 pub struct Slot {
     permit: Option<OwnedSemaphorePermit>,
     owed: Arc<AtomicUsize>,
+    /// The client's and the backend's descriptors.
+    _fds: Held,
 }
 
 impl Drop for Slot {
@@ -97,6 +104,18 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<TcpShared>, stop: Ca
                 }
             }
         };
+        // A client and its backend connection: two descriptors. With none
+        // left, clients wait in the backlog, as at max_connections.
+        let fds = match fds::try_take(2) {
+            Some(h) => h,
+            None => {
+                shared.metrics.rejected_descriptors.inc();
+                tokio::select! {
+                    h = fds::take(2) => h,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.cancelled() => return,
@@ -108,11 +127,12 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<TcpShared>, stop: Ca
                 let slot = Slot {
                     permit: Some(permit),
                     owed: shared.owed.clone(),
+                    _fds: fds,
                 };
                 shared.tracker.spawn(serve(shared2, stream, peer, slot));
             }
             Err(e) => {
-                drop(permit);
+                drop((permit, fds));
                 shared.metrics.accept_errors.inc();
                 let now = Instant::now();
                 if last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
@@ -164,17 +184,26 @@ async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Why a client could not be given a backend.
+enum Unserved {
+    /// Every backend tried failed, or none was available.
+    NoBackend,
+    /// The proxy itself ran short (`descriptors`, `buffers`, `ports`):
+    /// no backend is to blame, and trying others would not help.
+    Local(&'static str, io::Error),
+}
+
 /// Connects to an available backend, trying others on failure.
 async fn connect(
     route: &Route,
     client: SocketAddr,
     listener: &str,
-) -> Option<(TcpStream, ActiveGuard)> {
+) -> Result<(TcpStream, ActiveGuard), Unserved> {
     let snap = route.pool.snapshot();
     let cfg = &snap.config;
     let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
     for _ in 0..=cfg.retries {
-        let i = snap.pick(client, &tried)?;
+        let i = snap.pick(client, &tried).ok_or(Unserved::NoBackend)?;
         tried.push(i);
         let backend = &snap.members[i].backend;
         // Count it before connecting so least_conn sees in-flight connects.
@@ -191,7 +220,10 @@ async fn connect(
                     .connect_duration
                     .observe(started.elapsed().as_secs_f64());
                 backend.connect_succeeded();
-                return Some((stream, guard.established()));
+                return Ok((stream, guard.established()));
+            }
+            Err(e) if local_cause(&e).is_some() => {
+                return Err(Unserved::Local(local_cause(&e).unwrap_or("buffers"), e));
             }
             Err(e) => {
                 backend.count_failure(&e);
@@ -200,7 +232,7 @@ async fn connect(
             }
         }
     }
-    None
+    Err(Unserved::NoBackend)
 }
 
 /// One client connection, from accept to close.
@@ -218,13 +250,24 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
     let started = tokio::time::Instant::now();
     let connected = tokio::select! {
         c = connect(&route, peer, name) => c,
-        _ = shared.hard_stop.cancelled() => None,
+        _ = shared.hard_stop.cancelled() => Err(Unserved::NoBackend),
     };
-    let Some((mut backend, guard)) = connected else {
-        m.no_backend.inc();
-        m.active.dec();
-        tracing::warn!(listener = name, client = %peer, "no backend could take the connection; closing it");
-        return;
+    let (mut backend, guard) = match connected {
+        Ok(c) => c,
+        Err(Unserved::NoBackend) => {
+            m.no_backend.inc();
+            m.active.dec();
+            tracing::warn!(listener = name, client = %peer, "no backend could take the connection; closing it");
+            return;
+        }
+        Err(Unserved::Local(reason, e)) => {
+            m.local.count(reason);
+            m.active.dec();
+            if shared.local_log.ready() {
+                tracing::error!(listener = name, reason, error = %e, "the proxy is out of its own resources; closing connections it cannot serve (logged at most once a second)");
+            }
+            return;
+        }
     };
     let b = guard.backend();
     let outcome = relay::relay(

@@ -24,8 +24,10 @@ use tokio_util::task::TaskTracker;
 use super::udp_io;
 use super::Route;
 use crate::backend::{ActiveGuard, Backend};
-use crate::clock::now_ms;
+use crate::clock::{now_ms, Every};
+use crate::fds::{self, Held};
 use crate::metrics::UdpListenerMetrics;
+use crate::net::local_cause;
 
 /// The largest UDP payload; one buffer per worker thread, never per session.
 const MAX_DATAGRAM: usize = 65_535;
@@ -41,6 +43,20 @@ pub struct UdpShared {
     pub tracker: TaskTracker,
     /// Sessions of all this listener's receive loops, against `max_sessions`.
     pub sessions: AtomicUsize,
+    /// Paces warnings that a flood of datagrams could repeat.
+    pub warn_log: Every,
+}
+
+/// A datagram dropped for want of the proxy's own resources: counted by
+/// reason, logged at most once a second, never blamed on a backend.
+fn local_drop(shared: &UdpShared, reason: &'static str, e: Option<&io::Error>) {
+    shared.metrics.local.count(reason);
+    if shared.warn_log.ready() {
+        let error = e
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "the descriptor budget is spent".into());
+        tracing::error!(listener = %shared.route.load().config.name, reason, error, "the proxy is out of its own resources; dropping datagrams of new clients (logged at most once a second)");
+    }
 }
 
 /// A session's place under `max_sessions`, shared by a listener's receive
@@ -67,6 +83,8 @@ impl Drop for Place<'_> {
 
 struct Session<'a> {
     _place: Place<'a>,
+    /// The session socket's descriptor, in the data plane's budget.
+    _fds: Held,
     id: u64,
     upstream: Arc<UdpSocket>,
     backend: Arc<Backend>,
@@ -135,18 +153,31 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             continue;
         };
         let backend = snap.members[i].backend.clone();
+        let Some(fds) = fds::try_take(1) else {
+            local_drop(&shared, "descriptors", None);
+            continue;
+        };
         let upstream = match udp_io::open_upstream(backend.addr) {
             Ok(u) => Arc::new(u),
             Err(e) => {
-                m.dropped_send.inc();
-                backend.count_failure(&e);
-                tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket");
+                match local_cause(&e) {
+                    // The proxy's own shortage: no backend is to blame.
+                    Some(reason) => local_drop(&shared, reason, Some(&e)),
+                    None => {
+                        m.dropped_send.inc();
+                        backend.count_failure(&e);
+                        if shared.warn_log.ready() {
+                            tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket (logged at most once a second)");
+                        }
+                    }
+                }
                 continue;
             }
         };
         next_id += 1;
         let session = Session {
             _place: place,
+            _fds: fds,
             id: next_id,
             upstream: upstream.clone(),
             backend: backend.clone(),

@@ -37,6 +37,11 @@ const REJECTED: Family = Family::by(
     "Clients refused (denied) or held in the backlog at max_connections (limit).",
     "reason",
 );
+const LOCAL_ERRORS: Family = Family::by(
+    "switchyard_listener_local_errors_total",
+    "Connections or datagrams not served for want of the proxy's own resources (descriptors, buffers, local ports), by reason; never counted against a backend.",
+    "reason",
+);
 const ACCEPT_ERRORS: Family = Family::new(
     "switchyard_accept_errors_total",
     "Errors from accept().",
@@ -73,6 +78,36 @@ const UDP_DROPPED: Family = Family::by(
     "reason",
 );
 
+/// Counts of clients not served for want of the proxy's own resources.
+#[derive(Debug)]
+pub struct LocalErrors {
+    /// Out of descriptors (EMFILE, ENFILE, or the data plane's budget).
+    pub descriptors: IntCounter,
+    /// Out of kernel buffers or memory (ENOBUFS, ENOMEM).
+    pub buffers: IntCounter,
+    /// Out of local ports (EADDRNOTAVAIL).
+    pub ports: IntCounter,
+}
+
+impl LocalErrors {
+    fn new(o: &mut super::Owner<'_>) -> LocalErrors {
+        LocalErrors {
+            descriptors: o.counter(&LOCAL_ERRORS, Some("descriptors")),
+            buffers: o.counter(&LOCAL_ERRORS, Some("buffers")),
+            ports: o.counter(&LOCAL_ERRORS, Some("ports")),
+        }
+    }
+
+    /// Counts one under `reason` (`descriptors`, `buffers` or `ports`).
+    pub fn count(&self, reason: &str) {
+        match reason {
+            "descriptors" => self.descriptors.inc(),
+            "ports" => self.ports.inc(),
+            _ => self.buffers.inc(),
+        }
+    }
+}
+
 /// Handles of one TCP listener.
 #[derive(Debug)]
 pub struct TcpListenerMetrics {
@@ -90,6 +125,11 @@ pub struct TcpListenerMetrics {
     pub rejected_denied: IntCounter,
     /// Times the listener reached `max_connections` and left clients in the backlog.
     pub rejected_limit: IntCounter,
+    /// Times the data plane's descriptor budget was spent and clients were
+    /// left in the backlog.
+    pub rejected_descriptors: IntCounter,
+    /// Connections closed for want of the proxy's own resources.
+    pub local: LocalErrors,
     /// Errors from accept().
     pub accept_errors: IntCounter,
     /// Connection directions that turned bulk and moved on with splice(2).
@@ -122,6 +162,8 @@ pub struct UdpListenerMetrics {
     pub dropped_no_backend: IntCounter,
     /// Datagrams that could not be sent on.
     pub dropped_send: IntCounter,
+    /// Datagrams dropped for want of the proxy's own resources.
+    pub local: LocalErrors,
     series: Series,
 }
 
@@ -137,6 +179,8 @@ impl Metrics {
             no_backend: o.counter(&NO_BACKEND, None),
             rejected_denied: o.counter(&REJECTED, Some("denied")),
             rejected_limit: o.counter(&REJECTED, Some("limit")),
+            rejected_descriptors: o.counter(&REJECTED, Some("descriptors")),
+            local: LocalErrors::new(&mut o),
             accept_errors: o.counter(&ACCEPT_ERRORS, None),
             zero_copy: o.counter(&ZERO_COPY, None),
             duration: o.histogram(&DURATION),
@@ -158,6 +202,7 @@ impl Metrics {
             dropped_full: o.counter(&UDP_DROPPED, Some("table_full")),
             dropped_no_backend: o.counter(&UDP_DROPPED, Some("no_backend")),
             dropped_send: o.counter(&UDP_DROPPED, Some("send_error")),
+            local: LocalErrors::new(&mut o),
             series: o.finish(),
         }
     }

@@ -21,7 +21,7 @@ use prometheus::{
 };
 
 pub use backend::BackendMetrics;
-pub use listener::{TcpListenerMetrics, UdpListenerMetrics};
+pub use listener::{LocalErrors, TcpListenerMetrics, UdpListenerMetrics};
 
 /// What kind of series a family holds.
 #[derive(Debug, Clone, Copy, PartialEq)]

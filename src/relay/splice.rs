@@ -27,10 +27,16 @@ pub struct Pipe {
     write: OwnedFd,
     /// Bytes in the pipe now.
     held: usize,
+    /// The pipe's two descriptors, in the data plane's budget.
+    _fds: crate::fds::Held,
 }
 
 impl Pipe {
+    /// A new pipe, or an error when the descriptor budget or the kernel
+    /// has none to spare (the caller then copies instead).
     pub fn new() -> io::Result<Pipe> {
+        let budget = crate::fds::try_take(2)
+            .ok_or_else(|| io::Error::other("the descriptor budget has no room for a pipe"))?;
         let mut fds = [0 as RawFd; 2];
         // SAFETY: pipe2 writes two descriptors into the array we own.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -39,10 +45,19 @@ impl Pipe {
         }
         // SAFETY: both descriptors are new, open, and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_SETPIPE_SZ on the pipe we own; it only resizes its buffer.
+        let rc =
+            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
+        if rc < 0 {
+            // Above /proc/sys/fs/pipe-max-size or the user's pipe quota: the
+            // default 64 KiB still works, with more calls per MiB.
+            tracing::debug!(error = %io::Error::last_os_error(), "cannot enlarge a splice pipe");
+        }
         Ok(Pipe {
             read,
             write,
             held: 0,
+            _fds: budget,
         })
     }
 }

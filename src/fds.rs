@@ -1,0 +1,153 @@
+//! The descriptor budget. The data plane (client and backend sockets, splice
+//! pipes, UDP session sockets) may hold all of the process's descriptors but
+//! a reserve, so that `/metrics`, `/healthz`, health checks and the log keep
+//! working while the proxy is starved, and so that running out is a wait (a
+//! client left in the kernel's backlog), not a failure blamed on a backend.
+//!
+//! The budget counts what the data plane holds, taken before a descriptor is
+//! made and given back when its holder ([`Held`]) drops: two atomics per
+//! connection, and a wake-up only when someone is waiting.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use tokio::sync::Notify;
+
+/// Descriptors kept out of the data plane's reach: a sixteenth of the limit,
+/// at least 16 (admin connections, checks, the log, /proc reads for the
+/// process metrics) and at most 1024 (plenty for all of them).
+pub(crate) fn reserve_for(limit: usize) -> usize {
+    (limit / 16).clamp(16, 1024)
+}
+
+/// How many admin connections may be open at once: half the reserve, at
+/// most 64 (a scraper, a few browsers and scripts).
+pub(crate) fn admin_connections() -> usize {
+    (reserve_for(soft_limit()) / 2).min(64)
+}
+
+struct Budget {
+    /// What the data plane may hold.
+    share: usize,
+    used: AtomicUsize,
+    waiting: AtomicUsize,
+    freed: Notify,
+}
+
+fn budget() -> &'static Budget {
+    static BUDGET: OnceLock<Budget> = OnceLock::new();
+    BUDGET.get_or_init(|| {
+        let limit = soft_limit();
+        Budget {
+            share: limit.saturating_sub(reserve_for(limit)),
+            used: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    })
+}
+
+/// The soft `RLIMIT_NOFILE`.
+pub(crate) fn soft_limit() -> usize {
+    rlimit().map(|l| l.rlim_cur as usize).unwrap_or(1024)
+}
+
+fn rlimit() -> Option<libc::rlimit> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0).then_some(l)
+}
+
+/// Raises the soft descriptor limit to the hard one (systemd's
+/// `LimitNOFILE=` sets both; a shell's `ulimit -n` often only the hard).
+/// Returns the limit in force. Call it before anything reads the budget.
+pub fn raise_soft_limit() -> std::io::Result<u64> {
+    let Some(mut l) = rlimit() else {
+        return Err(std::io::Error::last_os_error());
+    };
+    if l.rlim_cur < l.rlim_max {
+        l.rlim_cur = l.rlim_max;
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(l.rlim_cur as u64)
+}
+
+/// Descriptors the data plane holds; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Held(usize);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let b = budget();
+        b.used.fetch_sub(self.0, Ordering::AcqRel);
+        if b.waiting.load(Ordering::Acquire) > 0 {
+            b.freed.notify_waiters();
+        }
+    }
+}
+
+/// Takes `n` descriptors from the budget, or `None` when it has no room.
+pub(crate) fn try_take(n: usize) -> Option<Held> {
+    let b = budget();
+    b.used
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used + n <= b.share).then_some(used + n)
+        })
+        .ok()
+        .map(|_| Held(n))
+}
+
+/// Takes `n` descriptors, waiting for others to be given back.
+pub(crate) async fn take(n: usize) -> Held {
+    let b = budget();
+    loop {
+        let freed = b.freed.notified();
+        tokio::pin!(freed);
+        // Registered before the check, so a release in between is not missed.
+        freed.as_mut().enable();
+        b.waiting.fetch_add(1, Ordering::AcqRel);
+        let got = try_take(n);
+        if got.is_none() {
+            freed.await;
+        }
+        b.waiting.fetch_sub(1, Ordering::AcqRel);
+        if let Some(h) = got {
+            return h;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_scales_within_bounds() {
+        assert_eq!(reserve_for(64), 16);
+        assert_eq!(reserve_for(20_000), 1_250.min(1024));
+        assert_eq!(reserve_for(1_048_576), 1024);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_when_descriptors_come_back() {
+        let b = budget();
+        // Take everything that is left, then wait for two.
+        let all = try_take(b.share - b.used.load(Ordering::Acquire));
+        assert!(all.is_some());
+        assert!(try_take(2).is_none());
+        let waiter = tokio::spawn(take(2));
+        tokio::task::yield_now().await;
+        drop(all);
+        let held = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(held.0, 2);
+    }
+}
