@@ -34,6 +34,8 @@ pub struct Backend {
     pub pool: String,
     up: AtomicBool,
     draining: AtomicBool,
+    /// Left its pool (a reload or discovery removed it).
+    retired: AtomicBool,
     active: AtomicU64,
     passive_fails: AtomicU32,
     ejected_until: AtomicU64,
@@ -62,6 +64,7 @@ impl Backend {
             pool: pool.to_string(),
             up: AtomicBool::new(up),
             draining: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             active: AtomicU64::new(0),
             passive_fails: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -84,6 +87,18 @@ impl Backend {
     /// Whether health (active and passive) lets it take traffic.
     pub fn is_healthy(&self) -> bool {
         self.is_up() && !self.is_ejected()
+    }
+
+    /// Whether it has left its pool: established connections run on, but
+    /// a UDP session on it re-picks on the client's next datagram.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// It left its pool: its series go, and no new traffic comes its way.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.metrics.forget();
     }
 
     /// Whether an operator drained it.
@@ -170,9 +185,11 @@ impl Backend {
         self.passive_fails.store(0, Ordering::Relaxed);
         let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(4);
         let factor = (1u32 << n).min(MAX_EJECTION_FACTOR);
-        let out_for = fail_timeout * factor;
+        // Saturating: a fail_timeout of years must not overflow into a panic.
+        let out_for = fail_timeout.saturating_mul(factor);
+        let out_ms = u64::try_from(out_for.as_millis()).unwrap_or(u64::MAX);
         self.ejected_until
-            .store(now_ms() + out_for.as_millis() as u64, Ordering::Relaxed);
+            .store(now_ms().saturating_add(out_ms), Ordering::Relaxed);
         self.metrics.to_down.inc();
         tracing::warn!(
             pool = %self.pool, backend = %self.addr, consecutive_failures = fails,
@@ -277,6 +294,17 @@ mod tests {
         assert!(!b.is_healthy());
         assert!(!b.set_up(true, "check passed"), "already up: no transition");
         assert!(b.is_healthy());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_fail_timeout_saturates_instead_of_panicking() {
+        let b = backend();
+        for _ in 0..20 {
+            b.connect_failed(1, Duration::MAX / 2);
+        }
+        assert!(!b.is_healthy());
+        tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+        assert!(!b.is_healthy(), "still out a year later");
     }
 
     #[test]

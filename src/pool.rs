@@ -178,7 +178,7 @@ impl Pool {
         let next = build(&config, &keep, &self.metrics);
         for m in &old.members {
             if next.find(m.backend.addr).is_none() {
-                m.backend.metrics.forget();
+                m.backend.retire();
             }
         }
         self.current.store(Arc::new(next));
@@ -226,10 +226,10 @@ impl Pool {
         Ok(())
     }
 
-    /// Removes every series of this pool's backends (the pool is going away).
-    pub fn forget_metrics(&self) {
+    /// The pool is going away: every backend is retired (its series go).
+    pub fn close(&self) {
         for m in &self.snapshot().members {
-            m.backend.metrics.forget();
+            m.backend.retire();
         }
     }
 }

@@ -447,3 +447,75 @@ async fn failed_connects_are_not_counted_as_connections() {
     };
     assert_eq!((total(dead), total(a.addr)), (0.0, 1.0));
 }
+
+/// Reads until EOF or an error; returns the bytes and whether a reset ended it.
+fn read_to_end_or_reset(s: &mut std::net::TcpStream) -> (usize, bool) {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut total, mut buf) = (0, [0u8; 16384]);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (total, false),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (total, true),
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+/// Closes with a reset (`SO_LINGER {1, 0}`), as a crashing or aborting peer does.
+fn reset(s: std::net::TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+#[test]
+fn a_backend_reset_reaches_the_client_as_a_reset() {
+    use std::io::Write;
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = backend.accept().unwrap();
+        s.write_all(&[7u8; 16]).unwrap();
+        reset(s);
+    });
+    let daemon = daemon::Daemon::start(&front(&[addr], ""), &[], &[]);
+    let mut client = std::net::TcpStream::connect(daemon.listeners()["front"]).unwrap();
+    let (bytes, was_reset) = read_to_end_or_reset(&mut client);
+    assert_eq!(bytes, 16, "the bytes before the reset arrive");
+    assert!(
+        was_reset,
+        "a clean EOF would tell the client the reply was complete"
+    );
+    daemon.wait_log("access line", Duration::from_secs(5), |v| {
+        v["message"] == "tcp connection" && v["end"] == "backend_reset"
+    });
+}
+
+#[test]
+fn a_client_reset_reaches_the_backend_as_a_reset() {
+    use std::io::Write;
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = backend.accept().unwrap();
+        tx.send(read_to_end_or_reset(&mut s)).unwrap();
+    });
+    let daemon = daemon::Daemon::start(&front(&[addr], ""), &[], &[]);
+    let mut client = std::net::TcpStream::connect(daemon.listeners()["front"]).unwrap();
+    // Past the 64 KiB that switches a direction to splice, so both paths count.
+    client.write_all(&vec![1u8; 100_000]).unwrap();
+    reset(client);
+    let (bytes, was_reset) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(bytes <= 100_000);
+    assert!(
+        was_reset,
+        "an aborted upload must not look complete to the backend ({bytes} bytes then EOF)"
+    );
+    daemon.wait_log("access line", Duration::from_secs(5), |v| {
+        v["message"] == "tcp connection" && v["end"] == "client_reset"
+    });
+}

@@ -40,7 +40,7 @@ async fn line(r: &mut BufReader<TcpStream>, w_msg: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_reload_keeps_udp_sessions_and_connections_on_removed_listeners_and_backends() {
+async fn a_reload_keeps_connections_on_removed_listeners_and_backends_and_moves_udp_sessions() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -91,18 +91,44 @@ async fn a_reload_keeps_udp_sessions_and_connections_on_removed_listeners_and_ba
     )
     .await;
 
-    // The UDP session survived the reload: same backend, no new session.
+    // The UDP session was on the removed backend: the client's next
+    // datagram re-picks, onto `b`, as a new session.
     client.send_to(b"two", u).await.unwrap();
-    let n = client.recv(&mut buf).await.unwrap();
-    assert_eq!(&buf[..n], b"a: two");
+    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"b: two");
     assert_eq!(
         value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"),
-        1.0
+        2.0
     );
-    // Series of the removed listener and backend are gone from /metrics.
+    // The removed backend's series are gone from /metrics.
+    assert!(!server
+        .metrics()
+        .render()
+        .contains(&format!("backend=\"{}\"", a.addr)));
+    // A reload that keeps its backend keeps the session: same backend, no new one.
+    server
+        .reload(config(
+            &[("t", "tcp", any), ("u", "udp", any)],
+            &[b.addr, a.addr],
+        ))
+        .await
+        .unwrap();
+    client.send_to(b"three", u).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"b: three");
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions_total{listener=\"u\"}"),
+        2.0
+    );
+    // Series of the removed listener are gone from /metrics.
     let text = server.metrics().render();
     assert!(!text.contains("listener=\"old\""));
-    assert!(!text.contains(&format!("backend=\"{}\"", a.addr)));
 }
 
 #[tokio::test]

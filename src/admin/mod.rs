@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
@@ -62,6 +62,7 @@ pub(crate) type Body = Full<Bytes>;
 pub(crate) struct Settings {
     token: Option<String>,
     protect_reads: bool,
+    hosts: Vec<String>,
 }
 
 impl Settings {
@@ -69,6 +70,7 @@ impl Settings {
         Settings {
             token,
             protect_reads: cfg.protect_reads,
+            hosts: cfg.hosts.clone(),
         }
     }
 }
@@ -221,6 +223,65 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+/// Whether `Host` names this endpoint: an IP literal, `localhost`, or a
+/// configured name. A DNS-rebinding page reaches us under its own domain
+/// name, so refusing unknown names keeps it from reading the API.
+fn known_host(settings: &Settings, req: &Request<Incoming>) -> bool {
+    let Some(host) = req.headers().get(HOST).and_then(|h| h.to_str().ok()) else {
+        // HTTP/1.0 without Host: no browser sends that.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || settings.hosts.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Why a mutating request is refused as possibly cross-site, if it is: a
+/// browser sends a JSON content type only after a CORS preflight (which we
+/// never grant), and an `Origin` must be our own.
+fn cross_site(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
+    let json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return Some((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a changing request needs `Content-Type: application/json`",
+        ));
+    }
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    if let Some(origin) = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()) {
+        let own = host.is_some_and(|h| {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .is_some_and(|o| o.eq_ignore_ascii_case(h))
+        });
+        if !own {
+            return Some((
+                StatusCode::FORBIDDEN,
+                "a request from another origin may not change anything",
+            ));
+        }
+    }
+    None
+}
+
 fn authorized(settings: &Settings, req: &Request<Incoming>) -> bool {
     let Some(token) = &settings.token else {
         return true;
@@ -266,6 +327,18 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
         segments.as_slice(),
         ["healthz"] | ["readyz"] | [""] | ["status"]
     );
+    let probe = matches!(segments.as_slice(), ["healthz"] | ["readyz"]);
+    if !probe && !known_host(settings, &req) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the Host header names no address of this endpoint; list extra names in [admin] hosts",
+        );
+    }
+    if mutating {
+        if let Some((status, why)) = cross_site(&req) {
+            return error(status, why);
+        }
+    }
     if (mutating || (settings.protect_reads && !open)) && !authorized(settings, &req) {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
@@ -375,12 +448,14 @@ mod tests {
             bind: "127.0.0.1:0".parse().unwrap(),
             token_file: None,
             protect_reads: false,
+            hosts: Vec::new(),
         };
         let endpoint = Endpoint::bind(&cfg, None).unwrap();
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
         endpoint.spawn(Arc::new(Fake), &stop, &tracker);
-        let get =
-            |path: &str| format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let get = |path: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: localhost:9901\r\nConnection: close\r\n\r\n")
+        };
         let metrics = call(endpoint.addr, &get("/metrics")).await;
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
         assert!(metrics.ends_with("fake_metric 1\n"), "{metrics}");
@@ -393,11 +468,68 @@ mod tests {
         );
         let reload = call(
             endpoint.addr,
-            "POST /api/v1/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "POST /api/v1/reload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         )
         .await;
         assert!(reload.starts_with("HTTP/1.1 422"), "{reload}");
         assert!(reload.contains("fake.toml:1:1: no"), "{reload}");
+    }
+
+    #[tokio::test]
+    async fn cross_site_requests_are_refused() {
+        let cfg = AdminConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            token_file: None,
+            protect_reads: false,
+            hosts: vec!["lb.example".into()],
+        };
+        let endpoint = Endpoint::bind(&cfg, None).unwrap();
+        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
+        endpoint.spawn(Arc::new(Fake), &stop, &tracker);
+        let request = |method: &str, path: &str, host: &str, extra: &str| {
+            format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        };
+        let status = |r: String| r.split_whitespace().nth(1).unwrap_or("").to_string();
+        let a = endpoint.addr;
+        let reload = "/api/v1/reload";
+        let json = "Content-Type: application/json\r\n";
+        // A plain form post (what any page can send) changes nothing.
+        let plain = request(
+            "POST",
+            reload,
+            "127.0.0.1:9901",
+            "Content-Type: text/plain\r\n",
+        );
+        assert_eq!(status(call(a, &plain).await), "415");
+        // A JSON post from another page's origin is refused.
+        let foreign = request(
+            "POST",
+            reload,
+            "127.0.0.1:9901",
+            &format!("{json}Origin: http://evil.example\r\n"),
+        );
+        assert_eq!(status(call(a, &foreign).await), "403");
+        // The same from our own origin goes through (the fake reload fails: 422).
+        let own = request(
+            "POST",
+            reload,
+            "127.0.0.1:9901",
+            &format!("{json}Origin: http://127.0.0.1:9901\r\n"),
+        );
+        assert_eq!(status(call(a, &own).await), "422");
+        // DNS rebinding: a page reaching us under its own name reads nothing.
+        let rebound = request("GET", "/api/v1/listeners", "evil.example:9901", "");
+        assert_eq!(status(call(a, &rebound).await), "403");
+        for host in ["localhost:9901", "[::1]:9901", "10.1.2.3", "LB.example:80"] {
+            let ok = request("GET", "/api/v1/listeners", host, "");
+            assert_eq!(status(call(a, &ok).await), "200", "Host {host}");
+        }
+        // Probes answer whatever the Host.
+        let probe = request("GET", "/healthz", "anything.example", "");
+        assert_eq!(status(call(a, &probe).await), "200");
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
         stop.cancel();
         tracker.close();
         tracker.wait().await;

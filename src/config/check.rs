@@ -9,10 +9,10 @@ impl Validator<'_> {
         let h = h.into_inner();
         let d = HealthConfig::default();
         let interval = self
-            .duration(h.interval.as_ref(), &format!("{key}.interval"))
+            .positive_duration(h.interval.as_ref(), &format!("{key}.interval"))
             .unwrap_or(d.interval);
         let timeout = self
-            .duration(h.timeout.as_ref(), &format!("{key}.timeout"))
+            .positive_duration(h.timeout.as_ref(), &format!("{key}.timeout"))
             .unwrap_or(d.timeout);
         let rise = self.count(h.rise.as_ref(), &format!("{key}.rise"), 1, 1000, 2) as u32;
         let fall = self.count(h.fall.as_ref(), &format!("{key}.fall"), 1, 1000, 3) as u32;

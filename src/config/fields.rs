@@ -83,6 +83,48 @@ impl Validator<'_> {
         }
     }
 
+    /// A duration that must be above zero (a zero timeout or interval would
+    /// end everything at once, or spin).
+    pub(super) fn positive_duration(
+        &mut self,
+        v: Option<&S<String>>,
+        key: &str,
+    ) -> Option<Duration> {
+        let d = self.duration(v, key)?;
+        if d.is_zero() {
+            self.p.push(
+                v.map(|v| v.span()).unwrap_or_default(),
+                key,
+                "must be above zero",
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// A backend's address: one a connection can be made to.
+    pub(super) fn backend_addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
+        let a = self.addr(v, key)?;
+        let ip = a.ip();
+        let why = if ip.is_unspecified() {
+            Some("an unspecified address (0.0.0.0 or ::) names no backend")
+        } else if ip.is_multicast() || ip == std::net::IpAddr::from([255, 255, 255, 255]) {
+            Some("a broadcast or multicast address names no single backend")
+        } else if a.port() == 0 {
+            Some("port 0 names no backend port")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => {
+                self.p
+                    .push(v.span(), key, format!("`{}`: {why}", v.get_ref()));
+                None
+            }
+            None => Some(a),
+        }
+    }
+
     pub(super) fn count(
         &mut self,
         v: Option<&S<i64>>,

@@ -57,6 +57,9 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// `protect_reads` (default false): reads need the token too.
     pub protect_reads: bool,
+    /// `hosts`: host names (beside IP literals and `localhost`, always
+    /// accepted) that requests may carry in `Host`; default none.
+    pub hosts: Vec<String>,
 }
 
 /// `"tcp"` or `"udp"`.

@@ -26,6 +26,7 @@ pub struct RawAdmin {
     pub bind: Option<S<String>>,
     pub token_file: Option<S<String>>,
     pub protect_reads: Option<bool>,
+    pub hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

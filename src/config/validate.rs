@@ -81,6 +81,12 @@ impl Validator<'_> {
                     t.into_inner().into()
                 }),
                 protect_reads: a.protect_reads.unwrap_or(false),
+                hosts: a
+                    .hosts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
             }
         });
         let shutdown_grace = self
@@ -154,6 +160,23 @@ impl Validator<'_> {
         let bind = self.addr(&l.bind, &format!("{key}.bind"));
         // Port 0 asks the system for a fresh port each time, so it never clashes.
         if let Some(bind) = bind.filter(|b| b.port() != 0) {
+            // TCP: a wildcard address and a specific one of the same family
+            // cannot both listen on one port (the kernel refuses the second).
+            let overlap = binds.iter().find(|((p, other), _)| {
+                *p == Protocol::Tcp
+                    && protocol == Protocol::Tcp
+                    && other.port() == bind.port()
+                    && other.is_ipv4() == bind.is_ipv4()
+                    && *other != bind
+                    && (other.ip().is_unspecified() || bind.ip().is_unspecified())
+            });
+            if let Some(((_, addr), other)) = overlap {
+                self.p.push(
+                    l.bind.span(),
+                    format!("{key}.bind"),
+                    format!("tcp {bind} overlaps {addr} of listener `{other}`: a wildcard address and another on the same port cannot both listen"),
+                );
+            }
             if let Some(other) = binds.insert((protocol, bind), name.clone()) {
                 self.p.push(
                     l.bind.span(),
@@ -181,7 +204,7 @@ impl Validator<'_> {
             Protocol::Udp => Duration::from_secs(30),
         };
         let idle_timeout = self
-            .duration(l.idle_timeout.as_ref(), &format!("{key}.idle_timeout"))
+            .positive_duration(l.idle_timeout.as_ref(), &format!("{key}.idle_timeout"))
             .unwrap_or(default_idle);
         let max_sessions = self.count(
             l.max_sessions.as_ref(),
@@ -284,7 +307,7 @@ impl Validator<'_> {
         let retries =
             self.count(pool.retries.as_ref(), &format!("{key}.retries"), 0, 100, 2) as u32;
         let connect_timeout = self
-            .duration(
+            .positive_duration(
                 pool.connect_timeout.as_ref(),
                 &format!("{key}.connect_timeout"),
             )
@@ -297,7 +320,7 @@ impl Validator<'_> {
             3,
         ) as u32;
         let fail_timeout = self
-            .duration(pool.fail_timeout.as_ref(), &format!("{key}.fail_timeout"))
+            .positive_duration(pool.fail_timeout.as_ref(), &format!("{key}.fail_timeout"))
             .unwrap_or(Duration::from_secs(10));
         let health = match pool.health {
             Some(h) => self.health(&format!("{key}.health"), h),
@@ -321,7 +344,7 @@ impl Validator<'_> {
         b: RawBackend,
         strategy: StrategyKind,
     ) -> Option<BackendConfig> {
-        let addr = self.addr(&b.addr, &format!("{key}.addr"));
+        let addr = self.backend_addr(&b.addr, &format!("{key}.addr"));
         let weight = match &b.weight {
             None => 1,
             Some(w) => {

@@ -174,6 +174,13 @@ async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::from_std(socket.into())?;
     let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
     if ready.is_error() || ready.is_write_closed() {
+        // Bytes waiting mean the connection was made, even if the backend
+        // has reset it since: those bytes and the reset are the relay's to
+        // pass on (SO_ERROR would swallow the reset). A peek leaves both.
+        let mut first = [std::mem::MaybeUninit::<u8>::uninit()];
+        if matches!(socket2::SockRef::from(&stream).peek(&mut first), Ok(n) if n > 0) {
+            return Ok(stream);
+        }
         return Err(stream.take_error()?.unwrap_or_else(|| {
             io::Error::new(
                 io::ErrorKind::ConnectionRefused,

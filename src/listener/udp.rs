@@ -131,12 +131,12 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         m.datagrams_in.inc();
         m.bytes_in.inc_by(n as u64);
         if let Some(s) = sessions.get(&peer) {
-            if s.backend.is_healthy() {
+            if s.backend.is_healthy() && !s.backend.is_retired() {
                 forward(s, &buf[..n], m);
                 continue;
             }
-            // Its backend died: end the session and pick again, so the client
-            // does not notice.
+            // Its backend died or left the pool: end the session and pick
+            // again, so the client does not notice.
             s.stop.cancel();
             sessions.remove(&peer);
         }

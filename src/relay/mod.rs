@@ -7,6 +7,11 @@
 //! own, freed as soon as they are written. A direction whose read fills the
 //! whole scratch buffer is a bulk flow: with `zero_copy`, it switches to
 //! `splice(2)` for the rest of its life.
+//!
+//! An abortive close stays abortive: when one side resets (or a socket call
+//! on it fails), the other side is closed with `SO_LINGER {1, 0}`, so it sees
+//! a reset too, never a clean end that would make a cut-off transfer look
+//! complete.
 
 mod splice;
 
@@ -49,17 +54,78 @@ pub enum End {
     Idle,
     /// The daemon's shutdown grace ran out.
     Shutdown,
-    /// A socket error (reset, broken pipe) ended it.
-    Error,
+    /// This side reset the connection (or went away mid-write); the other
+    /// side was reset in turn.
+    Reset(Side),
+    /// Another socket error on this side; the other side was reset.
+    Error(Side),
+}
+
+/// One of a relay's two sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client's connection.
+    Client,
+    /// The backend's connection.
+    Backend,
 }
 
 impl End {
+    /// The `end` field of the access log.
     pub fn as_str(self) -> &'static str {
         match self {
             End::Closed => "closed",
             End::Idle => "idle_timeout",
             End::Shutdown => "shutdown",
-            End::Error => "error",
+            End::Reset(Side::Client) => "client_reset",
+            End::Reset(Side::Backend) => "backend_reset",
+            End::Error(Side::Client) => "client_error",
+            End::Error(Side::Backend) => "backend_error",
+        }
+    }
+}
+
+/// Which socket of one direction a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// The socket read from.
+    Read,
+    /// The socket written to.
+    Write,
+}
+
+/// A direction that ended in a socket error.
+#[derive(Debug)]
+struct Broken {
+    at: At,
+    error: io::Error,
+}
+
+impl Broken {
+    fn read(error: io::Error) -> Broken {
+        Broken {
+            at: At::Read,
+            error,
+        }
+    }
+
+    fn write(error: io::Error) -> Broken {
+        Broken {
+            at: At::Write,
+            error,
+        }
+    }
+
+    /// How the relay ends, given which side this direction reads from.
+    fn end(&self, reads_from: Side) -> End {
+        let side = match (self.at, reads_from) {
+            (At::Read, s) => s,
+            (At::Write, Side::Client) => Side::Backend,
+            (At::Write, Side::Backend) => Side::Client,
+        };
+        match self.error.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => End::Reset(side),
+            _ => End::Error(side),
         }
     }
 }
@@ -71,6 +137,7 @@ pub struct Outcome {
     pub up: u64,
     /// Bytes from the backend to the client.
     pub down: u64,
+    /// How it ended.
     pub end: End,
 }
 
@@ -85,44 +152,65 @@ pub async fn relay(
     up_meter: Meter<'_>,
     down_meter: Meter<'_>,
 ) -> Outcome {
-    let last = AtomicU64::new(now_ms());
-    let ended = AtomicU8::new(0);
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
+    let progress = Progress {
+        last: AtomicU64::new(now_ms()),
+        ended: AtomicU8::new(0),
+        up: AtomicU64::new(0),
+        down: AtomicU64::new(0),
+    };
     let (client_read, client_write) = client.split();
     let (backend_read, backend_write) = backend.split();
     let both = async {
         tokio::try_join!(
             pump(
-                client_read,
+                (client_read, Side::Client),
                 backend_write,
-                &last,
-                &ended,
-                &up,
+                &progress,
                 up_meter,
-                zero_copy
+                zero_copy,
             ),
             pump(
-                backend_read,
+                (backend_read, Side::Backend),
                 client_write,
-                &last,
-                &ended,
-                &down,
+                &progress,
                 down_meter,
-                zero_copy
+                zero_copy,
             )
         )
     };
     let end = tokio::select! {
-        r = both => if r.is_ok() { End::Closed } else { End::Error },
-        _ = idle_watch(&last, idle) => End::Idle,
+        r = both => r.err().unwrap_or(End::Closed),
+        _ = idle_watch(&progress.last, idle) => End::Idle,
         _ = stop.cancelled() => End::Shutdown,
     };
+    if let End::Reset(side) | End::Error(side) = end {
+        // The other side learns of the abort as an abort: a reset on close.
+        let other = match side {
+            Side::Client => &*backend,
+            Side::Backend => &*client,
+        };
+        if let Err(e) = socket2::SockRef::from(other).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(error = %e, "cannot set SO_LINGER for an abortive close");
+        }
+    }
     Outcome {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
+        up: progress.up.load(Ordering::Relaxed),
+        down: progress.down.load(Ordering::Relaxed),
         end,
     }
+}
+
+/// What both directions of one relay share: one reference per direction
+/// instead of four keeps every connection's task small.
+struct Progress {
+    /// When a byte last moved either way.
+    last: AtomicU64,
+    /// Directions that reached EOF.
+    ended: AtomicU8,
+    /// Bytes from the client.
+    up: AtomicU64,
+    /// Bytes from the backend.
+    down: AtomicU64,
 }
 
 /// Resolves once `idle` has passed since the last recorded activity.
@@ -188,14 +276,17 @@ enum Step {
 /// per-thread scratch buffer borrowed only inside it; tokio's own read path
 /// is used so that a short read clears readiness without an extra syscall.
 async fn pump(
-    mut from: ReadHalf<'_>,
+    (mut from, side): (ReadHalf<'_>, Side),
     mut to: WriteHalf<'_>,
-    last: &AtomicU64,
-    ended: &AtomicU8,
-    total: &AtomicU64,
+    progress: &Progress,
     meter: Meter<'_>,
     zero_copy: Option<&IntCounter>,
-) -> io::Result<()> {
+) -> Result<(), End> {
+    let (last, ended) = (&progress.last, &progress.ended);
+    let total = match side {
+        Side::Client => &progress.up,
+        Side::Backend => &progress.down,
+    };
     let mut tally = Tally {
         meter,
         read: 0,
@@ -210,7 +301,7 @@ async fn pump(
                 let mut rb = ReadBuf::new(&mut buf[..]);
                 match Pin::new(&mut from).poll_read(cx, &mut rb) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Broken::read(e))),
                     Poll::Ready(Ok(())) => {}
                 }
                 let n = rb.filled().len();
@@ -220,7 +311,7 @@ async fn pump(
                 let written = match Pin::new(&mut to).poll_write(cx, &buf[..n]) {
                     Poll::Ready(Ok(w)) => w,
                     Poll::Pending => 0,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Broken::write(e))),
                 };
                 if written < n {
                     pending.extend_from_slice(&buf[written..n]);
@@ -228,7 +319,8 @@ async fn pump(
                 Poll::Ready(Ok(Step::Moved { read: n, written }))
             })
         })
-        .await?;
+        .await
+        .map_err(|b: Broken| b.end(side))?;
         let now = now_ms();
         let read = match step {
             Step::Eof => break,
@@ -240,7 +332,10 @@ async fn pump(
             }
         };
         while !pending.is_empty() {
-            let w = to.write(&pending).await?;
+            let w = to
+                .write(&pending)
+                .await
+                .map_err(|e| Broken::write(e).end(side))?;
             pending.drain(..w);
             let now = now_ms();
             tally.add(0, w, now);
@@ -266,7 +361,8 @@ async fn pump(
                             last.store(now, Ordering::Relaxed);
                         },
                     ))
-                    .await?;
+                    .await
+                    .map_err(|b| b.end(side))?;
                     break;
                 }
                 // Out of descriptors: copying still works.
@@ -312,6 +408,7 @@ mod tests {
             meter(),
         );
         let size = std::mem::size_of_val(&f);
+        eprintln!("RELAYSIZE {size}");
         assert!(size <= 1024, "the relay future grew to {size} bytes");
     }
 }

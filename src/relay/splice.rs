@@ -15,6 +15,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::Broken;
+
 /// Pipe capacity asked for, and how much one splice call moves at most:
 /// four times Linux's default, so a bulk flow needs a quarter of the calls.
 /// Unprivileged processes may raise a pipe up to /proc/sys/fs/pipe-max-size
@@ -88,18 +90,18 @@ pub async fn forward(
     to: &TcpStream,
     pipe: &mut Pipe,
     mut moved: impl FnMut(usize, usize),
-) -> io::Result<()> {
+) -> Result<(), Broken> {
     let (pipe_in, pipe_out) = (pipe.write.as_raw_fd(), pipe.read.as_raw_fd());
     loop {
         // The pipe is empty here, so WouldBlock can only mean the socket has nothing.
         let n = loop {
-            from.readable().await?;
+            from.readable().await.map_err(Broken::read)?;
             match from.try_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), pipe_in, CHUNK)
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(Broken::read(e)),
             }
         };
         if n == 0 {
@@ -108,7 +110,7 @@ pub async fn forward(
         pipe.held += n;
         moved(n, 0);
         while pipe.held > 0 {
-            to.writable().await?;
+            to.writable().await.map_err(Broken::write)?;
             match to.try_io(Interest::WRITABLE, || {
                 splice(pipe_out, to.as_raw_fd(), pipe.held)
             }) {
@@ -117,7 +119,7 @@ pub async fn forward(
                     moved(0, m);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(Broken::write(e)),
             }
         }
     }

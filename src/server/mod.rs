@@ -268,7 +268,7 @@ impl Server {
         }
         for name in &plan.drop_pools {
             if let Some(entry) = st.pools.remove(name) {
-                entry.pool.forget_metrics();
+                entry.pool.close();
             }
         }
 
