@@ -1,4 +1,5 @@
-//! One pick per strategy at 3, 100 and 1000 backends, all eligible.
+//! One pick per strategy at 3, 100 and 1000 backends, all eligible; and
+//! building each strategy at 1,000 and 10,000 backends.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::net::SocketAddr;
@@ -54,5 +55,26 @@ fn picks(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, picks);
+/// Building each strategy for a pool (what a reload or a weight change
+/// costs), at 1,000 and 10,000 backends with weights 1 to 256.
+fn builds(c: &mut Criterion) {
+    let mut group = c.benchmark_group("build");
+    group.sample_size(10);
+    for n in [1000usize, 10_000] {
+        let peers: Vec<Peer> = (0..n)
+            .map(|i| Peer {
+                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80)),
+                weight: (i * 7919 % 256 + 1) as u32,
+            })
+            .collect();
+        for kind in StrategyKind::ALL {
+            group.bench_with_input(BenchmarkId::new(kind.name(), n), &peers, |b, peers| {
+                b.iter(|| std::hint::black_box(build(kind, peers)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, picks, builds);
 criterion_main!(benches);

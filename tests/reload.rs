@@ -245,3 +245,50 @@ async fn lowering_max_connections_holds_once_busy_connections_close() {
     assert_eq!(line(&mut one, "1").await, "a: 1\n");
     assert_eq!(line(&mut two, "2").await, "a: 2\n");
 }
+
+/// Reading the file of a reload may block (a slow disk, a hung network
+/// mount, a host name whose resolver is silent). It must not stall a single
+/// connection, even with one runtime worker: here the file is a FIFO that
+/// blocks the read until the test writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_reload_that_blocks_stalls_no_connection() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("switchyard.toml");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let text = format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        a.addr
+    );
+    let server = Server::start(Config::parse(&text, &fifo).unwrap())
+        .await
+        .unwrap();
+    let front = server.local_addr("front").unwrap();
+    let reloading = tokio::spawn({
+        let server = server.clone();
+        async move { server.reload_file().await }
+    });
+    // The file arrives in 3 s whatever happens, so a stalled runtime shows
+    // as slow answers below rather than as a hung test.
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        std::fs::write(&fifo, text).unwrap();
+    });
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        assert_eq!(ask(front).await, "a");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a connection stalled {:?} behind a blocked reload",
+            started.elapsed()
+        );
+    }
+    assert!(
+        !reloading.is_finished(),
+        "the reload is still waiting for its file"
+    );
+    reloading.await.unwrap().unwrap();
+    writer.join().unwrap();
+}

@@ -125,7 +125,12 @@ pub fn set_draining(
     }
 }
 
-pub fn set_weight(server: &dyn Control, pool: &str, addr: &str, body: &[u8]) -> Response<Body> {
+pub async fn set_weight(
+    server: &dyn Control,
+    pool: &str,
+    addr: &str,
+    body: &[u8],
+) -> Response<Body> {
     let (pool, addr) = match find(server, pool, addr) {
         Ok(x) => x,
         Err(r) => return r,
@@ -152,7 +157,13 @@ pub fn set_weight(server: &dyn Control, pool: &str, addr: &str, body: &[u8]) -> 
             )
         }
     };
-    match pool.set_weight(addr, weight) {
+    // A weighted pool rebuilds its schedule (tens of milliseconds for
+    // thousands of backends): off the runtime's worker threads.
+    let changing = pool.clone();
+    let changed = tokio::task::spawn_blocking(move || changing.set_weight(addr, weight))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    match changed {
         Ok(()) => {
             tracing::info!(pool = %pool.name, backend = %addr, weight = weight.get(), "backend weight changed by the admin API");
             describe(&pool, addr)

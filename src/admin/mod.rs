@@ -381,7 +381,7 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
         (&Method::PUT, ["api", "v1", "pools", pool, "backends", addr, "weight"]) => {
             let (pool, addr) = (pool.to_string(), addr.to_string());
             match read_body(req).await {
-                Ok(body) => api::set_weight(&*server, &pool, &addr, &body),
+                Ok(body) => api::set_weight(&*server, &pool, &addr, &body).await,
                 Err(r) => r,
             }
         }

@@ -1,10 +1,19 @@
-//! `weighted`: nginx's smooth weighted round robin. The schedule for one
-//! cycle of sum(weights) picks is computed once at build time; picks walk it
-//! with an atomic counter, so every backend gets exactly its weight per
-//! cycle, interleaved, without a lock. An unavailable backend's entries are
+//! `weighted`: smooth weighted round robin. The schedule for one cycle of
+//! sum(weights) picks is computed once at build time; picks walk it with an
+//! atomic counter, so every backend gets exactly its weight per cycle,
+//! interleaved, without a lock.
+//!
+//! A backend's picks sit at evenly spaced points of the cycle: its k-th pick
+//! is due at the middle of its k-th share, (2k + 1) · T / (2w) for weight w
+//! and cycle length T, and the schedule is the picks in order of due time
+//! (ties to the backend listed first). Building it takes a heap of one entry
+//! per backend: O(T · log n), where nginx's scan is O(T · n) (3,000
+//! backends took seconds that way). An unavailable backend's entries are
 //! skipped tick by tick, so the others keep their shares in proportion to
-//! their weights (as nginx does when a peer is down).
+//! their weights, as nginx does when a peer is down.
 
+use std::cmp::Ordering as Order;
+use std::collections::BinaryHeap;
 use std::sync::atomic::AtomicUsize;
 
 use super::{next_in_cycle, Candidates, Flow, Strategy};
@@ -15,25 +24,54 @@ pub struct Weighted {
     next: AtomicUsize,
 }
 
+/// Backend `i`'s pick number `k` (from 0), weight `w`.
+#[derive(Debug, PartialEq, Eq)]
+struct Due {
+    k: u64,
+    w: u64,
+    i: u32,
+}
+
+impl Ord for Due {
+    /// Earlier due time first (the heap is a max-heap, so reversed), then
+    /// the backend listed first. (2a+1)/(2wa) against (2b+1)/(2wb) compares
+    /// without division as (2a+1)·wb against (2b+1)·wa.
+    fn cmp(&self, other: &Self) -> Order {
+        let mine = u128::from(2 * self.k + 1) * u128::from(other.w);
+        let theirs = u128::from(2 * other.k + 1) * u128::from(self.w);
+        theirs.cmp(&mine).then(other.i.cmp(&self.i))
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Weighted {
     pub fn new(weights: &[u32]) -> Weighted {
         // Dividing by the common factor keeps the schedule short: 2/4/6
         // interleaves exactly like 1/2/3.
         let g = weights.iter().copied().fold(0, gcd).max(1);
-        let w: Vec<i64> = weights.iter().map(|&x| i64::from(x.max(1) / g)).collect();
-        let total: i64 = w.iter().sum();
-        let mut current = vec![0i64; w.len()];
+        let w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1) / g)).collect();
+        let total: u64 = w.iter().sum();
+        let mut due: BinaryHeap<Due> = w
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Due {
+                k: 0,
+                w,
+                i: i as u32,
+            })
+            .collect();
         let mut schedule = Vec::with_capacity(total as usize);
-        for _ in 0..total {
-            let mut best = 0;
-            for i in 0..w.len() {
-                current[i] += w[i];
-                if current[i] > current[best] {
-                    best = i;
-                }
+        while let Some(mut d) = due.pop() {
+            schedule.push(d.i);
+            d.k += 1;
+            if d.k < d.w {
+                due.push(d);
             }
-            current[best] -= total;
-            schedule.push(best as u32);
         }
         Weighted {
             schedule,
@@ -67,12 +105,43 @@ mod tests {
     use crate::balance::testing::{flow, Fixed};
 
     #[test]
-    fn nginx_sequence_for_5_1_1() {
+    fn picks_sit_at_evenly_spaced_points() {
         let c = Fixed::new(&[5, 1, 1]);
         let w = Weighted::new(&c.weights);
         let picks: Vec<usize> = (0..7).map(|_| w.pick(&flow(1), &c).unwrap()).collect();
-        // The sequence nginx documents for weights 5, 1, 1.
-        assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
+        // a due at 0.7, 2.1, 3.5, 4.9, 6.3; b and c at 3.5 (ties to the first listed).
+        assert_eq!(picks, [0, 0, 0, 1, 2, 0, 0]);
+        let c = Fixed::new(&[1, 2, 3]);
+        let w = Weighted::new(&c.weights);
+        let picks: Vec<usize> = (0..6).map(|_| w.pick(&flow(1), &c).unwrap()).collect();
+        assert_eq!(picks, [2, 1, 0, 2, 1, 2]);
+    }
+
+    #[test]
+    fn every_backend_gets_its_weight_spread_over_a_large_cycle() {
+        // 3,000 backends, weights 1 to 256: exact shares, and no backend
+        // waits more than twice its spacing (T / w) between two picks
+        // (1.49 times at most here).
+        let weights: Vec<u32> = (0..3000u32).map(|i| i * 7919 % 256 + 1).collect();
+        let w = Weighted::new(&weights);
+        let total: usize = weights.iter().map(|&x| x as usize).sum();
+        assert_eq!(w.schedule.len(), total);
+        let mut last = vec![None::<usize>; weights.len()];
+        let mut seen = vec![0u32; weights.len()];
+        for (t, &i) in w.schedule.iter().enumerate() {
+            let i = i as usize;
+            seen[i] += 1;
+            if let Some(prev) = last[i] {
+                let spacing = total / weights[i] as usize;
+                assert!(
+                    t - prev <= 2 * spacing,
+                    "backend {i}: gap {} > 2 × {spacing}",
+                    t - prev
+                );
+            }
+            last[i] = Some(t);
+        }
+        assert_eq!(seen, weights);
     }
 
     #[test]

@@ -133,7 +133,9 @@ impl Server {
     pub async fn reload_file(&self) -> Result<(), Error> {
         notify::reloading();
         let path = self.view().config.source.clone();
-        let result = match Config::load(&path) {
+        // Reading the file may block (a slow disk, a FIFO) and host names
+        // resolve with the system's blocking resolver: off the runtime.
+        let result = match off_runtime(move || Config::load(&path)).await {
             Ok(config) => self.reload(config).await,
             Err(e) => {
                 self.inner.metrics.reloads_failure.inc();
@@ -215,13 +217,15 @@ impl Server {
         }
 
         for (name, step) in &plan.pools {
-            let cfg = &config.pools[name];
+            let cfg = config.pools[name].clone();
             match step {
                 PoolStep::Update => {
-                    st.pools[name].pool.apply(cfg);
+                    let pool = st.pools[name].pool.clone();
+                    off_runtime(move || pool.apply(&cfg)).await;
                 }
                 PoolStep::Add => {
-                    let pool = Pool::new(cfg, inner.metrics.clone());
+                    let metrics = inner.metrics.clone();
+                    let pool = off_runtime(move || Pool::new(&cfg, metrics)).await;
                     let checks = Checks::start(&pool, &inner.background, &inner.bg_tracker);
                     st.pools.insert(
                         name.clone(),
@@ -351,6 +355,15 @@ impl Server {
         self.inner.hard_stop.cancel();
         self.inner.background.cancel();
     }
+}
+
+/// Runs `f` on the blocking pool: building a pool's strategy can take tens of
+/// milliseconds for thousands of backends, too long for a runtime worker
+/// that also carries connections.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 impl Control for Server {
