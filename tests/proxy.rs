@@ -384,9 +384,78 @@ async fn reuse_port_runs_one_socket_per_worker_and_serves() {
     let server = start(&text).await;
     let front = server.local_addr("front").unwrap();
     assert_ne!(front.port(), 0);
+    assert_eq!(
+        listening_sockets(front.port()),
+        2,
+        "one socket per worker thread"
+    );
     let (_, counts) = count_picks(front, 60).await;
-    assert_eq!(counts.values().sum::<usize>(), 60);
+    assert_eq!(counts.len(), 3, "{counts:?}");
     assert!(counts.values().all(|&c| c == 20), "{counts:?}");
+}
+
+/// TCP sockets listening on `port` in this network namespace.
+fn listening_sockets(port: u16) -> usize {
+    let local = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address is field 1, state 0A is LISTEN.
+            f.len() > 3 && format!("{} ", &f[1][f[1].len() - 5..]) == local && f[3] == "0A"
+        })
+        .count()
+}
+
+/// With `reuse_port` each socket has its own queue, and `max_connections`
+/// bounds them together: a client is served whichever socket the kernel
+/// puts it on, and the limit is counted only when a client really waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_and_max_connections_serve_every_socket() {
+    let b = three().await;
+    let text = tcp_config("round_robin", &b, None).replace(
+        "access_log = false",
+        "reuse_port = true\nmax_connections = 1",
+    );
+    let server = start(&text).await;
+    let front = server.local_addr("front").unwrap();
+    assert_eq!(listening_sockets(front.port()), 2);
+    let limit = "switchyard_listener_rejected_total{listener=\"front\",reason=\"limit\"}";
+    // One client at a time, each on a fresh source port (so on either socket).
+    for i in 0..20 {
+        let name = tokio::time::timeout(Duration::from_secs(5), ask(front))
+            .await
+            .unwrap_or_else(|_| panic!("client {i} waited while the listener was under its limit"));
+        assert!(!name.is_empty());
+        wait_metric(
+            &server,
+            "switchyard_listener_active_connections{listener=\"front\"}",
+            0.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    assert_eq!(
+        value(&server, limit),
+        0.0,
+        "nobody ever waited at the limit"
+    );
+    // Now one is held open and a second must wait: that is counted.
+    let mut held = TcpStream::connect(front).await.unwrap();
+    held.write_all(b"who\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = held.read(&mut buf).await.unwrap();
+    let second = tokio::spawn(ask(front));
+    wait_metric(&server, limit, 1.0, Duration::from_secs(5)).await;
+    assert!(!second.is_finished());
+    drop(held);
+    let name = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served once the first closed")
+        .unwrap();
+    assert!(!name.is_empty());
 }
 
 #[tokio::test]

@@ -115,8 +115,7 @@ impl Listener {
                     local_log: crate::clock::Every::ms(1000),
                 });
                 for s in sockets {
-                    let listener =
-                        tokio::net::TcpListener::from_std(s).expect("tokio runtime is running");
+                    let listener = net::watch_listener(s).expect("tokio runtime is running");
                     cx.tracker
                         .spawn(tcp::accept_loop(listener, shared.clone(), stop.clone()));
                 }

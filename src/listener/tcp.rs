@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +21,7 @@ use crate::backend::ActiveGuard;
 use crate::clock::Every;
 use crate::fds::{self, Held};
 use crate::metrics::TcpListenerMetrics;
-use crate::net::{is_resource_exhaustion, local_cause};
+use crate::net::{self, is_resource_exhaustion, local_cause};
 use crate::relay::{self, Meter};
 
 /// State shared by a listener's accept tasks and its connections.
@@ -84,16 +85,44 @@ impl Drop for Slot {
     }
 }
 
-/// Accepts until `stop` fires. Resource-exhaustion errors back off (up to a
-/// second) instead of spinning; they are logged at most once a second.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<TcpShared>, stop: CancellationToken) {
+/// Accepts until `stop` fires.
+///
+/// A place under `max_connections` (and two descriptors of the budget) is
+/// taken only once a client is waiting on this socket: with `reuse_port`,
+/// each socket of the group has its own queue, and a loop holding a place
+/// while its own queue is empty could leave a client waiting on another
+/// socket while the listener is under its limit. Past the limit, clients
+/// wait in the backlog and each time one is found waiting it is counted.
+/// Resource-exhaustion errors back off (up to a second) instead of spinning;
+/// they are logged at most once a second.
+pub async fn accept_loop(
+    listener: AsyncFd<std::net::TcpListener>,
+    shared: Arc<TcpShared>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::ZERO;
     let mut last_log: Option<Instant> = None;
     loop {
+        let mut waiting = tokio::select! {
+            r = listener.readable() => match r {
+                Ok(guard) => guard,
+                Err(e) => {
+                    tracing::error!(listener = %shared.route.load().config.name, error = %e, "cannot wait for clients; the listener stops");
+                    return;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
         let permit = match shared.limit.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // At max_connections: the next clients wait in the backlog.
+                // Readiness may be stale (left over from the client just
+                // accepted): ask the socket before counting anyone as waiting.
+                if !net::client_waiting(waiting.get_ref().get_ref()) {
+                    waiting.clear_ready();
+                    continue;
+                }
+                // At max_connections: the client waits in the backlog.
                 shared.metrics.rejected_limit.inc();
                 tokio::select! {
                     p = shared.limit.clone().acquire_owned() => match p {
@@ -109,6 +138,10 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<TcpShared>, stop: Ca
         let fds = match fds::try_take(2) {
             Some(h) => h,
             None => {
+                if !net::client_waiting(waiting.get_ref().get_ref()) {
+                    waiting.clear_ready();
+                    continue;
+                }
                 shared.metrics.rejected_descriptors.inc();
                 tokio::select! {
                     h = fds::take(2) => h,
@@ -116,9 +149,10 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<TcpShared>, stop: Ca
                 }
             }
         };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.cancelled() => return,
+        let accepted = match waiting.try_io(|l| net::accept(l.get_ref())) {
+            Ok(r) => r.and_then(|(s, peer)| Ok((TcpStream::from_std(s)?, peer))),
+            // Nobody after all (readiness was stale): wait again.
+            Err(_would_block) => continue,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -242,8 +276,17 @@ async fn connect(
     Err(Unserved::NoBackend)
 }
 
+/// Counts a connection as open until dropped.
+struct Open<'a>(&'a prometheus::IntGauge);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// One client connection, from accept to close.
-async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, _slot: Slot) {
+async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, slot: Slot) {
     let m = &shared.metrics;
     let route = shared.route.load_full();
     let name = route.config.name.as_str();
@@ -254,6 +297,10 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
     }
     m.connections.inc();
     m.active.inc();
+    // Declared in this order so the slot goes back before the gauge drops:
+    // a scrape never shows a free place that is not yet free.
+    let _open = Open(&m.active);
+    let _slot = slot;
     let started = tokio::time::Instant::now();
     let connected = tokio::select! {
         c = connect(&route, peer, name) => c,
@@ -263,13 +310,11 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         Ok(c) => c,
         Err(Unserved::NoBackend) => {
             m.no_backend.inc();
-            m.active.dec();
             tracing::warn!(listener = name, client = %peer, "no backend could take the connection; closing it");
             return;
         }
         Err(Unserved::Local(reason, e)) => {
             m.local.count(reason);
-            m.active.dec();
             if shared.local_log.ready() {
                 tracing::error!(listener = name, reason, error = %e, "the proxy is out of its own resources; closing connections it cannot serve (logged at most once a second)");
             }
@@ -295,7 +340,6 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
     .await;
     let elapsed = started.elapsed();
     m.duration.observe(elapsed.as_secs_f64());
-    m.active.dec();
     if route.config.access_log {
         tracing::info!(
             target: "switchyard::access",
