@@ -103,6 +103,20 @@ pub(crate) fn try_take(n: usize) -> Option<Held> {
         .map(|_| Held(n))
 }
 
+/// Takes `n` descriptors only while a quarter of the budget stays free:
+/// for UDP sessions, which a flood of source ports could otherwise spend to
+/// the last descriptor, leaving TCP clients none.
+pub(crate) fn try_take_sparingly(n: usize) -> Option<Held> {
+    let b = budget();
+    let cap = b.share - b.share / 4;
+    b.used
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used + n <= cap).then_some(used + n)
+        })
+        .ok()
+        .map(|_| Held(n))
+}
+
 /// Takes `n` descriptors, waiting for others to be given back.
 pub(crate) async fn take(n: usize) -> Held {
     let b = budget();

@@ -317,7 +317,13 @@ async fn udp_sessions_are_sticky_and_spread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_session_table_stays_within_max_sessions() {
     let b = three().await;
-    let server = start(&udp_config(&b, "max_sessions = 100")).await;
+    // Every client here is 127.0.0.1: the per-address bound is lifted to the
+    // table's, so this is the table bound alone.
+    let server = start(&udp_config(
+        &b,
+        "max_sessions = 100\nmax_sessions_per_ip = 100",
+    ))
+    .await;
     let front = server.local_addr("u").unwrap();
     let mut sockets = Vec::new();
     for _ in 0..3000 {
@@ -346,6 +352,38 @@ async fn udp_session_table_stays_within_max_sessions() {
             "switchyard_udp_dropped_total{listener=\"u\",reason=\"table_full\"}"
         ),
         2900.0
+    );
+}
+
+/// One host with many source ports cannot take every session: by default it
+/// may hold a quarter of `max_sessions`, and other hosts are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_cannot_take_every_udp_session() {
+    let b = three().await;
+    let server = start(&udp_config(&b, "max_sessions = 100")).await;
+    let front = server.local_addr("u").unwrap();
+    let mut sockets = Vec::new();
+    for _ in 0..100 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.send_to(b"hello", front).unwrap();
+        sockets.push(s);
+    }
+    let dropped = "switchyard_udp_dropped_total{listener=\"u\",reason=\"ip_limit\"}";
+    wait_metric(&server, dropped, 75.0, Duration::from_secs(10)).await;
+    assert_eq!(
+        value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
+        25.0
+    );
+    // Another host gets a session at once.
+    let other = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let reply = udp_ask(&other, front, "me too").await;
+    assert!(reply.ends_with(": me too"), "{reply}");
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_udp_dropped_total{listener=\"u\",reason=\"table_full\"}"
+        ),
+        0.0
     );
 }
 

@@ -97,6 +97,9 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     /// `max_sessions` (UDP), default 65536.
     pub max_sessions: NonZeroUsize,
+    /// `max_sessions_per_ip` (UDP): sessions one client address may hold,
+    /// default a quarter of `max_sessions`, so one host cannot take them all.
+    pub max_sessions_per_ip: NonZeroUsize,
     /// `max_connections` (TCP), default 65536; beyond it connections wait in the backlog.
     pub max_connections: NonZeroUsize,
     /// `access_log`, default true.

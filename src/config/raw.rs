@@ -38,6 +38,7 @@ pub struct RawListener {
     pub pool: S<String>,
     pub idle_timeout: Option<S<String>>,
     pub max_sessions: Option<S<i64>>,
+    pub max_sessions_per_ip: Option<S<i64>>,
     pub max_connections: Option<S<i64>>,
     pub access_log: Option<bool>,
     pub backlog: Option<S<i64>>,

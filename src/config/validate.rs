@@ -213,6 +213,13 @@ impl Validator<'_> {
             1 << 24,
             65536,
         );
+        let max_sessions_per_ip = self.count(
+            l.max_sessions_per_ip.as_ref(),
+            &format!("{key}.max_sessions_per_ip"),
+            1,
+            1 << 24,
+            (max_sessions / 4).max(1),
+        );
         let max_connections = self.count(
             l.max_connections.as_ref(),
             &format!("{key}.max_connections"),
@@ -246,6 +253,7 @@ impl Validator<'_> {
             pool: l.pool.into_inner(),
             idle_timeout,
             max_sessions: NonZeroUsize::new(max_sessions as usize)?,
+            max_sessions_per_ip: NonZeroUsize::new(max_sessions_per_ip as usize)?,
             max_connections: NonZeroUsize::new(max_connections as usize)?,
             access_log: l.access_log.unwrap_or(true),
             backlog: backlog as u32,

@@ -127,6 +127,7 @@ impl Listener {
                     metrics: cx.metrics.udp_listener(&config.name),
                     tracker: cx.tracker.clone(),
                     sessions: Default::default(),
+                    per_ip: Default::default(),
                     warn_log: crate::clock::Every::ms(1000),
                 });
                 for s in sockets {

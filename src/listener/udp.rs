@@ -9,9 +9,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -25,6 +25,7 @@ use super::udp_io;
 use super::Route;
 use crate::backend::{ActiveGuard, Backend};
 use crate::clock::{now_ms, Every};
+use crate::config::ListenerConfig;
 use crate::fds::{self, Held};
 use crate::metrics::UdpListenerMetrics;
 use crate::net::local_cause;
@@ -43,6 +44,8 @@ pub struct UdpShared {
     pub tracker: TaskTracker,
     /// Sessions of all this listener's receive loops, against `max_sessions`.
     pub sessions: AtomicUsize,
+    /// Sessions per client address, against `max_sessions_per_ip`.
+    pub per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// Paces warnings that a flood of datagrams could repeat.
     pub warn_log: Every,
 }
@@ -59,25 +62,53 @@ fn local_drop(shared: &UdpShared, reason: &'static str, e: Option<&io::Error>) {
     }
 }
 
-/// A session's place under `max_sessions`, shared by a listener's receive
-/// loops; given back when dropped.
-struct Place<'a>(&'a AtomicUsize);
+/// A session's place under `max_sessions` and `max_sessions_per_ip`,
+/// shared by a listener's receive loops; given back when dropped.
+struct Place<'a> {
+    shared: &'a UdpShared,
+    ip: IpAddr,
+}
+
+/// Why a new client got no session.
+enum Full {
+    /// `max_sessions` are open.
+    Table,
+    /// Its address holds `max_sessions_per_ip` already.
+    Ip,
+}
 
 impl<'a> Place<'a> {
-    /// Claims a place, or `None` when all `max` are taken.
-    fn claim(count: &'a AtomicUsize, max: usize) -> Option<Place<'a>> {
-        count
+    /// Claims a place for a client at `ip`.
+    fn claim(shared: &'a UdpShared, ip: IpAddr, cfg: &ListenerConfig) -> Result<Place<'a>, Full> {
+        shared
+            .sessions
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
+                (n < cfg.max_sessions.get()).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Place(count))
+            .map_err(|_| Full::Table)?;
+        // Taken at session start and end only, never per datagram.
+        let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let held = per_ip.entry(ip).or_insert(0);
+        if *held as usize >= cfg.max_sessions_per_ip.get() {
+            drop(per_ip);
+            shared.sessions.fetch_sub(1, Ordering::Relaxed);
+            return Err(Full::Ip);
+        }
+        *held += 1;
+        Ok(Place { shared, ip })
     }
 }
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = per_ip.get_mut(&self.ip) {
+            *held -= 1;
+            if *held == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -143,9 +174,16 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         // The same snapshot, now kept for the session's lifetime.
         let route = arc_swap::Guard::into_inner(route);
         // Claim a place first: receive loops of one listener share the bound.
-        let Some(place) = Place::claim(&shared.sessions, route.config.max_sessions.get()) else {
-            m.dropped_full.inc();
-            continue;
+        let place = match Place::claim(&shared, peer.ip(), &route.config) {
+            Ok(p) => p,
+            Err(Full::Table) => {
+                m.dropped_full.inc();
+                continue;
+            }
+            Err(Full::Ip) => {
+                m.dropped_ip_limit.inc();
+                continue;
+            }
         };
         let snap = route.pool.snapshot();
         let Some(i) = snap.pick(peer, &[]) else {
@@ -153,7 +191,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             continue;
         };
         let backend = snap.members[i].backend.clone();
-        let Some(fds) = fds::try_take(1) else {
+        let Some(fds) = fds::try_take_sparingly(1) else {
             local_drop(&shared, "descriptors", None);
             continue;
         };

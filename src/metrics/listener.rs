@@ -162,6 +162,8 @@ pub struct UdpListenerMetrics {
     pub dropped_no_backend: IntCounter,
     /// Datagrams that could not be sent on.
     pub dropped_send: IntCounter,
+    /// Datagrams of new clients whose address holds `max_sessions_per_ip`.
+    pub dropped_ip_limit: IntCounter,
     /// Datagrams dropped for want of the proxy's own resources.
     pub local: LocalErrors,
     series: Series,
@@ -202,6 +204,7 @@ impl Metrics {
             dropped_full: o.counter(&UDP_DROPPED, Some("table_full")),
             dropped_no_backend: o.counter(&UDP_DROPPED, Some("no_backend")),
             dropped_send: o.counter(&UDP_DROPPED, Some("send_error")),
+            dropped_ip_limit: o.counter(&UDP_DROPPED, Some("ip_limit")),
             local: LocalErrors::new(&mut o),
             series: o.finish(),
         }
