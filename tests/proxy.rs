@@ -626,3 +626,27 @@ fn a_client_reset_reaches_the_backend_as_a_reset() {
         v["message"] == "tcp connection" && v["end"] == "client_reset"
     });
 }
+
+/// A UDP listener on a wildcard address replies from the address each
+/// client sent to: a client that connected its socket to 127.0.0.3 (as most
+/// DNS stubs connect to their server) only accepts replies from there.
+/// (Only loopback traffic reaches the listener here: the clients send to
+/// 127.0.0.0/8 alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_replies_leave_from_the_address_the_client_sent_to() {
+    let b = three().await;
+    let text = udp_config(&b, "").replace("127.0.0.1:0", "0.0.0.0:0");
+    let server = start(&text).await;
+    let port = server.local_addr("u").unwrap().port();
+    for (i, dst) in ["127.0.0.3", "127.0.0.1", "127.0.0.9"].iter().enumerate() {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.connect((*dst, port)).await.unwrap();
+        s.send(format!("hello {i}").as_bytes()).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no reply from {dst}: it left from another address"))
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with(&format!(": hello {i}")));
+    }
+}

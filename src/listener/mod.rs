@@ -128,9 +128,15 @@ impl Listener {
                     tracker: cx.tracker.clone(),
                     sessions: Default::default(),
                     per_ip: Default::default(),
+                    wildcard: config.bind.ip().is_unspecified(),
                     warn_log: crate::clock::Every::ms(1000),
                 });
                 for s in sockets {
+                    if config.bind.ip().is_unspecified() {
+                        if let Err(e) = udp_io::want_destination(&s, config.bind.is_ipv6()) {
+                            tracing::warn!(listener = %config.name, error = %e, "cannot learn datagrams' destination addresses; replies leave from the kernel's choice");
+                        }
+                    }
                     let socket = Arc::new(
                         tokio::net::UdpSocket::from_std(s).expect("tokio runtime is running"),
                     );

@@ -48,6 +48,25 @@ pub struct UdpShared {
     pub per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// Paces warnings that a flood of datagrams could repeat.
     pub warn_log: Every,
+    /// Bound to a wildcard address: replies must name their source.
+    pub wildcard: bool,
+}
+
+/// One client datagram: its length, sender, and (on a wildcard listener)
+/// the local address it was sent to.
+async fn receive(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    wildcard: bool,
+) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    if wildcard {
+        socket
+            .async_io(Interest::READABLE, || udp_io::recv_from_to(socket, buf))
+            .await
+    } else {
+        let (n, peer) = socket.recv_from(buf).await?;
+        Ok((n, peer, None))
+    }
 }
 
 /// A datagram dropped for want of the proxy's own resources: counted by
@@ -135,8 +154,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
     let mut next_id = 0u64;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let (n, peer) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
+        let (n, peer, local) = tokio::select! {
+            r = receive(&socket, &mut buf, shared.wildcard) => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // ICMP errors from earlier replies surface here on some
@@ -232,6 +251,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             listener: socket.clone(),
             upstream,
             peer,
+            local,
             id: next_id,
             last: session.last.clone(),
             idle: route.config.idle_timeout,
@@ -274,6 +294,8 @@ struct ReplyTask {
     listener: Arc<UdpSocket>,
     upstream: Arc<UdpSocket>,
     peer: SocketAddr,
+    /// The address the client sent its first datagram to (wildcard listeners).
+    local: Option<IpAddr>,
     id: u64,
     last: Arc<AtomicU64>,
     idle: Duration,
@@ -319,7 +341,7 @@ async fn replies(t: ReplyTask) {
         let got = DGRAM_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match udp_io::recv(&t.upstream, &mut buf) {
-                Ok(n) => match udp_io::reply(&t.listener, &buf[..n], t.peer) {
+                Ok(n) => match udp_io::reply(&t.listener, &buf[..n], t.peer, t.local) {
                     Ok(_) => Got::Relayed(n),
                     Err(e) => Got::ClientUnreachable(e),
                 },
