@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
 
@@ -17,11 +18,33 @@ use socket2::{Domain, Protocol as SockProto, Socket, Type};
 /// datagrams while the relay task is busy.
 const UDP_RCVBUF: usize = 4 << 20;
 
-/// A non-blocking TCP listener with SO_REUSEADDR (and SO_REUSEPORT when asked).
+/// Keepalive probes are sent this often once they start (or as often as the
+/// idle time, if shorter) ...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ... and this many unanswered ones end the connection: a vanished peer is
+/// found a minute after the idle time.
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Turns TCP keepalive on with probes after `idle` of silence, or off.
+pub(crate) fn keepalive(socket: socket2::SockRef<'_>, idle: Option<Duration>) -> io::Result<()> {
+    match idle {
+        Some(idle) => socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(KEEPALIVE_INTERVAL.min(idle))
+                .with_retries(KEEPALIVE_PROBES),
+        ),
+        None => socket.set_keepalive(false),
+    }
+}
+
+/// A non-blocking TCP listener with SO_REUSEADDR (and SO_REUSEPORT when
+/// asked), and the keepalive its accepted sockets inherit.
 pub fn tcp_listener(
     addr: SocketAddr,
     backlog: u32,
     reuse_port: bool,
+    tcp_keepalive: Option<Duration>,
 ) -> io::Result<std::net::TcpListener> {
     let s = Socket::new(
         Domain::for_address(addr),
@@ -38,6 +61,10 @@ pub fn tcp_listener(
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux, which
     // saves a setsockopt per client connection.
     s.set_tcp_nodelay(true)?;
+    // Inherited too: no syscall per connection for the client side.
+    if tcp_keepalive.is_some() {
+        keepalive(socket2::SockRef::from(&s), tcp_keepalive)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(backlog as i32)?;
@@ -150,11 +177,17 @@ mod tests {
 
     #[test]
     fn accepted_sockets_inherit_tcp_nodelay() {
-        let l = tcp_listener("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
+        let idle = Duration::from_secs(30);
+        let l = tcp_listener("127.0.0.1:0".parse().unwrap(), 16, false, Some(idle)).unwrap();
         let addr = l.local_addr().unwrap();
         let _client = std::net::TcpStream::connect(addr).unwrap();
         l.set_nonblocking(false).unwrap();
         let (accepted, _) = l.accept().unwrap();
         assert!(accepted.nodelay().unwrap());
+        let s = socket2::SockRef::from(&accepted);
+        assert!(s.keepalive().unwrap(), "keepalive is inherited too");
+        assert_eq!(s.tcp_keepalive_time().unwrap(), idle);
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
     }
 }

@@ -650,3 +650,56 @@ async fn udp_replies_leave_from_the_address_the_client_sent_to() {
         assert!(String::from_utf8_lossy(&buf[..n]).ends_with(&format!(": hello {i}")));
     }
 }
+
+/// The kernel's timer field (`tr` in /proc/net/tcp: 2 is keepalive) of the
+/// TCP socket from `local` port to `remote` port, if there is one.
+fn tcp_timer(local: u16, remote: u16) -> Option<String> {
+    let t = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    t.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(&a[a.len() - 4..], 16).unwrap();
+        (port(f[1]) == local && port(f[2]) == remote).then(|| f[5][..2].to_string())
+    })
+}
+
+/// A vanished peer must not hold its descriptors for the whole idle timeout:
+/// keepalive is on, by default, on both sides of a proxied connection.
+#[tokio::test]
+async fn keepalive_is_on_both_sides_and_can_be_turned_off() {
+    let a = Backend::start("a").await;
+    let text = format!(
+        "[[listeners]]\nname = \"ka\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\ntcp_keepalive = \"30s\"\n\
+         [[listeners]]\nname = \"off\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\ntcp_keepalive = \"0s\"\n\
+         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        a.addr
+    );
+    let server = start(&text).await;
+    for (listener, want) in [("ka", "02"), ("off", "00")] {
+        let front = server.local_addr(listener).unwrap();
+        let mut c = TcpStream::connect(front).await.unwrap();
+        c.write_all(b"who\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = c.read(&mut buf).await.unwrap();
+        let client_port = c.local_addr().unwrap().port();
+        assert_eq!(
+            tcp_timer(front.port(), client_port).as_deref(),
+            Some(want),
+            "{listener}: the proxy's client-side socket"
+        );
+        // The proxy's socket to the backend: keepalive by the pool's default.
+        let ports: Vec<u16> = std::fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let port = |x: &str| u16::from_str_radix(&x[x.len() - 4..], 16).unwrap();
+                (port(f[2]) == a.addr.port() && f[5].starts_with("02")).then(|| port(f[1]))
+            })
+            .collect();
+        assert!(
+            !ports.is_empty(),
+            "{listener}: no backend-side socket with keepalive"
+        );
+    }
+}

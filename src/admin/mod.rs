@@ -111,7 +111,7 @@ impl Endpoint {
             addr: cfg.bind,
             cause,
         };
-        let listener = crate::net::tcp_listener(cfg.bind, 128, false).map_err(err)?;
+        let listener = crate::net::tcp_listener(cfg.bind, 128, false, None).map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
         Ok(Endpoint {
             bind: cfg.bind,

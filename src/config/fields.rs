@@ -102,6 +102,15 @@ impl Validator<'_> {
         Some(d)
     }
 
+    /// `tcp_keepalive`: the silence before probes start, default 60s;
+    /// `"0s"` turns keepalive off (`None`).
+    pub(super) fn keepalive(&mut self, v: Option<&S<String>>, key: &str) -> Option<Duration> {
+        match v {
+            None => Some(Duration::from_secs(60)),
+            Some(_) => self.duration(v, key).filter(|d| !d.is_zero()),
+        }
+    }
+
     /// A backend's address: one a connection can be made to.
     pub(super) fn backend_addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
         let a = self.addr(v, key)?;

@@ -113,6 +113,10 @@ pub struct ListenerConfig {
     /// `zero_copy`, default true: a TCP direction that turns out to be bulk
     /// (a read fills the 64 KiB buffer) moves on with splice(2).
     pub zero_copy: bool,
+    /// `tcp_keepalive` (TCP), default 60s: keepalive probes start after this
+    /// long without a byte from the client, so a vanished client frees its
+    /// connection; `None` (`"0s"`) turns them off.
+    pub tcp_keepalive: Option<Duration>,
     /// `allow`: when non-empty, only clients in these networks are served.
     pub allow: Vec<IpNet>,
     /// `deny`: clients in these networks are refused (deny wins over allow).
@@ -150,6 +154,8 @@ pub struct PoolConfig {
     pub max_fails: u32,
     /// `fail_timeout`, default 10s: how long it stays out (doubling on repeat, capped at 16x).
     pub fail_timeout: Duration,
+    /// `tcp_keepalive`, default 60s: the same for connections to backends.
+    pub tcp_keepalive: Option<Duration>,
     /// `[pools.NAME.health]`.
     pub health: HealthConfig,
 }

@@ -44,6 +44,7 @@ pub struct RawListener {
     pub backlog: Option<S<i64>>,
     pub reuse_port: Option<bool>,
     pub zero_copy: Option<bool>,
+    pub tcp_keepalive: Option<S<String>>,
     pub allow: Option<Vec<S<String>>>,
     pub deny: Option<Vec<S<String>>>,
 }
@@ -57,6 +58,7 @@ pub struct RawPool {
     pub connect_timeout: Option<S<String>>,
     pub max_fails: Option<S<i64>>,
     pub fail_timeout: Option<S<String>>,
+    pub tcp_keepalive: Option<S<String>>,
     pub health: Option<S<RawHealth>>,
 }
 

@@ -260,6 +260,8 @@ impl Validator<'_> {
             // UDP: one receive loop per worker thread unless told otherwise.
             reuse_port: l.reuse_port.unwrap_or(protocol == Protocol::Udp),
             zero_copy: l.zero_copy.unwrap_or(true),
+            tcp_keepalive: self
+                .keepalive(l.tcp_keepalive.as_ref(), &format!("{key}.tcp_keepalive")),
             allow: self.networks(l.allow.as_deref(), &format!("{key}.allow")),
             deny: self.networks(l.deny.as_deref(), &format!("{key}.deny")),
         })
@@ -342,6 +344,8 @@ impl Validator<'_> {
             connect_timeout,
             max_fails,
             fail_timeout,
+            tcp_keepalive: self
+                .keepalive(pool.tcp_keepalive.as_ref(), &format!("{key}.tcp_keepalive")),
             health,
         }
     }

@@ -7,9 +7,10 @@ pub(crate) mod udp;
 mod udp_io;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,7 +56,12 @@ pub(crate) struct Tasks<'a> {
 }
 
 enum Kind {
-    Tcp(Arc<tcp::TcpShared>),
+    /// With its listening sockets, weakly: the accept loops own them, so
+    /// they close as soon as the listener stops accepting.
+    Tcp(
+        Arc<tcp::TcpShared>,
+        Vec<Weak<AsyncFd<std::net::TcpListener>>>,
+    ),
     Udp(Arc<udp::UdpShared>),
 }
 
@@ -114,12 +120,15 @@ impl Listener {
                     tracker: cx.tracker.clone(),
                     local_log: crate::clock::Every::ms(1000),
                 });
+                let mut watched = Vec::new();
                 for s in sockets {
-                    let listener = net::watch_listener(s).expect("tokio runtime is running");
+                    let listener =
+                        Arc::new(net::watch_listener(s).expect("tokio runtime is running"));
+                    watched.push(Arc::downgrade(&listener));
                     cx.tracker
                         .spawn(tcp::accept_loop(listener, shared.clone(), stop.clone()));
                 }
-                Kind::Tcp(shared)
+                Kind::Tcp(shared, watched)
             }
             Bound::Udp(sockets) => {
                 let shared = Arc::new(udp::UdpShared {
@@ -168,7 +177,7 @@ pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound, BindError> {
     match l.protocol {
         Protocol::Tcp => group(
             l,
-            |addr, reuse| net::tcp_listener(addr, l.backlog, reuse),
+            |addr, reuse| net::tcp_listener(addr, l.backlog, reuse, l.tcp_keepalive),
             |s| s.local_addr(),
         )
         .map(Bound::Tcp)
@@ -207,8 +216,18 @@ impl Listener {
             pool,
         });
         match &self.kind {
-            Kind::Tcp(shared) => {
+            Kind::Tcp(shared, sockets) => {
                 shared.resize_limit(self.config.max_connections.get(), l.max_connections.get());
+                if l.tcp_keepalive != self.config.tcp_keepalive {
+                    // Accepted sockets inherit it from the listening ones.
+                    for s in sockets.iter().filter_map(Weak::upgrade) {
+                        if let Err(e) =
+                            net::keepalive(socket2::SockRef::from(s.get_ref()), l.tcp_keepalive)
+                        {
+                            tracing::warn!(listener = %l.name, error = %e, "cannot change tcp_keepalive");
+                        }
+                    }
+                }
                 shared.route.store(route);
             }
             Kind::Udp(shared) => shared.route.store(route),
@@ -236,7 +255,7 @@ impl Listener {
     /// Drops this listener's series (it is removed, or changes protocol).
     pub fn forget_metrics(&self) {
         match &self.kind {
-            Kind::Tcp(shared) => shared.metrics.forget(),
+            Kind::Tcp(shared, _) => shared.metrics.forget(),
             Kind::Udp(shared) => shared.metrics.forget(),
         }
     }

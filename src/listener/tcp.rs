@@ -96,7 +96,7 @@ impl Drop for Slot {
 /// Resource-exhaustion errors back off (up to a second) instead of spinning;
 /// they are logged at most once a second.
 pub async fn accept_loop(
-    listener: AsyncFd<std::net::TcpListener>,
+    listener: Arc<AsyncFd<std::net::TcpListener>>,
     shared: Arc<TcpShared>,
     stop: CancellationToken,
 ) {
@@ -193,13 +193,16 @@ pub async fn accept_loop(
 /// The outcome is read from the readiness the connect raises (writable, or
 /// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
 /// that is asked only to name a failure.
-async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
+async fn dial(addr: SocketAddr, keepalive: Option<Duration>) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
+    if keepalive.is_some() {
+        net::keepalive(socket2::SockRef::from(&socket), keepalive)?;
+    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -250,10 +253,13 @@ async fn connect(
         // Count it before connecting so least_conn sees in-flight connects.
         let guard = backend.open();
         let started = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(cfg.connect_timeout, dial(backend.addr)).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-        };
+        let result =
+            match tokio::time::timeout(cfg.connect_timeout, dial(backend.addr, cfg.tcp_keepalive))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            };
         match result {
             Ok(stream) => {
                 backend
