@@ -36,6 +36,9 @@ pub struct Backend {
     draining: AtomicBool,
     /// Left its pool (a reload or discovery removed it).
     retired: AtomicBool,
+    /// When it last came back (an up transition, the end of an ejection),
+    /// for `slow_start`; 0 once it has warmed up.
+    back_at: AtomicU64,
     active: AtomicU64,
     passive_fails: AtomicU32,
     ejected_until: AtomicU64,
@@ -65,6 +68,7 @@ impl Backend {
             up: AtomicBool::new(up),
             draining: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            back_at: AtomicU64::new(0),
             active: AtomicU64::new(0),
             passive_fails: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -101,6 +105,30 @@ impl Backend {
         self.metrics.forget();
     }
 
+    /// Slow start: whether this pick may go to it. For `slow_start` after
+    /// it came back, a pick is let through with a chance that grows from 0
+    /// to 1 with the time since, so its share of new traffic ramps up
+    /// instead of jumping to its full weight (or, under `least_conn`, to
+    /// everything, since it starts with no connections).
+    pub fn warm_enough(&self, slow_start: Duration) -> bool {
+        let back = self.back_at.load(Ordering::Relaxed);
+        if back == 0 || slow_start.is_zero() {
+            return true;
+        }
+        let now = now_ms();
+        if now < back {
+            // Still ejected: health decides, not the ramp.
+            return true;
+        }
+        let ramp = slow_start.as_millis() as u64;
+        let since = now - back;
+        if since >= ramp {
+            self.back_at.store(0, Ordering::Relaxed);
+            return true;
+        }
+        rand::random_range(0..ramp) < since
+    }
+
     /// Whether an operator drained it.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
@@ -121,7 +149,9 @@ impl Backend {
     pub fn set_up(&self, up: bool, reason: &str) -> bool {
         if up {
             // A passing active check ends a passive ejection early.
-            self.ejected_until.store(0, Ordering::Relaxed);
+            if self.ejected_until.swap(0, Ordering::Relaxed) > now_ms() {
+                self.back_at.store(now_ms(), Ordering::Relaxed);
+            }
             self.passive_fails.store(0, Ordering::Relaxed);
         }
         if self.up.swap(up, Ordering::Relaxed) == up {
@@ -129,6 +159,7 @@ impl Backend {
         }
         self.metrics.up.set(up as i64);
         if up {
+            self.back_at.store(now_ms(), Ordering::Relaxed);
             self.metrics.to_up.inc();
             tracing::info!(pool = %self.pool, backend = %self.addr, reason, "backend is up");
         } else {
@@ -188,8 +219,9 @@ impl Backend {
         // Saturating: a fail_timeout of years must not overflow into a panic.
         let out_for = fail_timeout.saturating_mul(factor);
         let out_ms = u64::try_from(out_for.as_millis()).unwrap_or(u64::MAX);
-        self.ejected_until
-            .store(now_ms().saturating_add(out_ms), Ordering::Relaxed);
+        let back = now_ms().saturating_add(out_ms);
+        self.ejected_until.store(back, Ordering::Relaxed);
+        self.back_at.store(back, Ordering::Relaxed);
         self.metrics.to_down.inc();
         tracing::warn!(
             pool = %self.pool, backend = %self.addr, consecutive_failures = fails,

@@ -56,6 +56,9 @@ pub struct Snapshot {
 struct Choice<'a> {
     members: &'a [Member],
     tried: &'a [usize],
+    /// The pool's `slow_start`, or zero to let warming backends take their
+    /// full share (the fallback when only warming ones are available).
+    slow_start: std::time::Duration,
 }
 
 impl Candidates for Choice<'_> {
@@ -63,7 +66,9 @@ impl Candidates for Choice<'_> {
         self.members.len()
     }
     fn eligible(&self, i: usize) -> bool {
-        !self.tried.contains(&i) && self.members[i].available()
+        !self.tried.contains(&i)
+            && self.members[i].available()
+            && self.members[i].backend.warm_enough(self.slow_start)
     }
     fn weight(&self, i: usize) -> u32 {
         self.members[i].weight.get()
@@ -77,13 +82,22 @@ impl Snapshot {
     /// Picks an available backend for `client`, not among `tried` (indices
     /// into `members`).
     pub fn pick(&self, client: SocketAddr, tried: &[usize]) -> Option<usize> {
-        self.strategy.pick(
-            &Flow { client },
-            &Choice {
-                members: &self.members,
-                tried,
-            },
-        )
+        let flow = Flow { client };
+        let choice = |slow_start| Choice {
+            members: &self.members,
+            tried,
+            slow_start,
+        };
+        let slow_start = self.config.slow_start;
+        self.strategy.pick(&flow, &choice(slow_start)).or_else(|| {
+            // Only warming backends are available: better them than none.
+            (!slow_start.is_zero())
+                .then(|| {
+                    self.strategy
+                        .pick(&flow, &choice(std::time::Duration::ZERO))
+                })
+                .flatten()
+        })
     }
 
     /// The member at `addr`, if it is in this snapshot.
@@ -278,6 +292,7 @@ fn build(
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn apply_keeps_state_of_backends_that_stay() {
@@ -384,5 +399,39 @@ mod tests {
                 .collect();
             assert_eq!(weights, [10, 20, 30, 40, 50, 60]);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
+        let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nslow_start = \"10s\"\nbackends = [{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }]\n";
+        let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let pool = Pool::new(&config.pools["p"], Arc::new(Metrics::new()));
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let b = pool.snapshot().members[1].backend.clone();
+        let share = || {
+            let snap = pool.snapshot();
+            (0..2000)
+                .filter(|_| snap.pick(client, &[]) == Some(1))
+                .count() as f64
+                / 2000.0
+        };
+        assert_eq!(share(), 0.5, "from the start, both are warm");
+        b.set_up(false, "test");
+        b.set_up(true, "test");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let early = share();
+        assert!((0.03..0.18).contains(&early), "1 s of 10: {early}");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let half = share();
+        assert!((0.22..0.44).contains(&half), "5 s of 10: {half}");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(share(), 0.5, "warm again after slow_start");
+        // With only a warming backend available, it still takes the traffic.
+        b.set_up(false, "test");
+        b.set_up(true, "test");
+        pool.set_draining("127.0.0.1:1".parse().unwrap(), true)
+            .unwrap();
+        let snap = pool.snapshot();
+        assert!((0..100).all(|_| snap.pick(client, &[]) == Some(1)));
     }
 }

@@ -567,3 +567,46 @@ fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+/// A backend that accepts and closes at once passes a TCP check, and under
+/// `least_conn` (it never holds a connection) would take nearly every
+/// client. Each such connection counts as a failed connect, so passive
+/// health takes it out after `max_fails`.
+#[tokio::test]
+async fn a_black_hole_backend_is_taken_out() {
+    let good = Backend::start("good").await;
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let swallowed = Arc::new(AtomicUsize::new(0));
+    let count = swallowed.clone();
+    std::thread::spawn(move || {
+        for s in hole.incoming() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let text = format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [pools.p]\nstrategy = \"least_conn\"\nbackends = [{{ addr = \"{hole_addr}\" }}, {{ addr = \"{}\" }}]\n\
+         [pools.p.health]\nkind = \"tcp\"\ninterval = \"1h\"\n",
+        good.addr
+    );
+    let server = start(&text).await;
+    let front = server.local_addr("front").unwrap();
+    let mut answered = 0;
+    for _ in 0..50 {
+        if try_ask(front).await.is_ok_and(|n| n == "good") {
+            answered += 1;
+        }
+    }
+    let lost = swallowed.load(Ordering::SeqCst);
+    assert!(
+        lost <= 3,
+        "the black hole took {lost} of 50 connections (max_fails = 3)"
+    );
+    assert_eq!(answered + lost, 50);
+    let closed = format!(
+        "switchyard_backend_connect_failures_total{{backend=\"{hole_addr}\",pool=\"p\",reason=\"closed\"}}"
+    );
+    assert_eq!(value(&server, &closed), lost as f64);
+}

@@ -156,6 +156,9 @@ pub struct PoolConfig {
     pub fail_timeout: Duration,
     /// `tcp_keepalive`, default 60s: the same for connections to backends.
     pub tcp_keepalive: Option<Duration>,
+    /// `slow_start`, default 0 (off): a backend that comes back (up again,
+    /// or back from an ejection) ramps up to its full share over this long.
+    pub slow_start: Duration,
     /// `[pools.NAME.health]`.
     pub health: HealthConfig,
 }

@@ -58,6 +58,7 @@ pub struct RawPool {
     pub connect_timeout: Option<S<String>>,
     pub max_fails: Option<S<i64>>,
     pub fail_timeout: Option<S<String>>,
+    pub slow_start: Option<S<String>>,
     pub tcp_keepalive: Option<S<String>>,
     pub health: Option<S<RawHealth>>,
 }

@@ -346,6 +346,9 @@ impl Validator<'_> {
             fail_timeout,
             tcp_keepalive: self
                 .keepalive(pool.tcp_keepalive.as_ref(), &format!("{key}.tcp_keepalive")),
+            slow_start: self
+                .duration(pool.slow_start.as_ref(), &format!("{key}.slow_start"))
+                .unwrap_or(Duration::ZERO),
             health,
         }
     }

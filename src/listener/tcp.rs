@@ -22,7 +22,7 @@ use crate::clock::Every;
 use crate::fds::{self, Held};
 use crate::metrics::TcpListenerMetrics;
 use crate::net::{self, is_resource_exhaustion, local_cause};
-use crate::relay::{self, Meter};
+use crate::relay::{self, End, Meter, Side};
 
 /// State shared by a listener's accept tasks and its connections.
 pub struct TcpShared {
@@ -266,7 +266,9 @@ async fn connect(
                     .metrics
                     .connect_duration
                     .observe(started.elapsed().as_secs_f64());
-                backend.connect_succeeded();
+                // Passive health hears of the success when the connection
+                // ends: one the backend ends at once, without a byte, is
+                // no success (see EARLY_CLOSE).
                 return Ok((stream, guard.established()));
             }
             Err(e) if local_cause(&e).is_some() => {
@@ -280,6 +282,20 @@ async fn connect(
         }
     }
     Err(Unserved::NoBackend)
+}
+
+/// A backend that ends a connection within this long of taking it, without
+/// sending a byte, failed it: long enough for a crashing or refusing
+/// service, far shorter than a real exchange that ends in silence.
+const EARLY_CLOSE: Duration = Duration::from_secs(1);
+
+/// Whether the backend, not the client, ended the relay.
+fn backend_ended_it(o: &relay::Outcome) -> bool {
+    match o.end {
+        End::Reset(Side::Backend) | End::Error(Side::Backend) => true,
+        End::Closed => o.first_eof == Some(Side::Backend),
+        _ => false,
+    }
 }
 
 /// Counts a connection as open until dropped.
@@ -346,6 +362,16 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
     .await;
     let elapsed = started.elapsed();
     m.duration.observe(elapsed.as_secs_f64());
+    if outcome.down == 0 && elapsed < EARLY_CLOSE && backend_ended_it(&outcome) {
+        // It took the connection and ended it without a byte: a black hole
+        // that a plain TCP check passes. Passive health counts it as a
+        // failed connect, or least_conn would feed it every client.
+        b.metrics.fail_closed.inc();
+        let cfg = &route.pool.snapshot().config;
+        b.connect_failed(cfg.max_fails, cfg.fail_timeout);
+    } else {
+        b.connect_succeeded();
+    }
     if route.config.access_log {
         tracing::info!(
             target: "switchyard::access",

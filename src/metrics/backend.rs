@@ -82,6 +82,8 @@ pub struct BackendMetrics {
     pub fail_timeout: IntCounter,
     /// Connects failed otherwise.
     pub fail_other: IntCounter,
+    /// Connections the backend took and ended at once, without a byte.
+    pub fail_closed: IntCounter,
     /// Bytes sent to the backend.
     pub bytes_out: IntCounter,
     /// Bytes received from the backend.
@@ -112,6 +114,7 @@ impl Metrics {
             fail_refused: o.counter(&CONNECT_FAILURES, Some("refused")),
             fail_timeout: o.counter(&CONNECT_FAILURES, Some("timeout")),
             fail_other: o.counter(&CONNECT_FAILURES, Some("error")),
+            fail_closed: o.counter(&CONNECT_FAILURES, Some("closed")),
             bytes_out: o.counter(&BYTES, Some("out")),
             bytes_in: o.counter(&BYTES, Some("in")),
             checks_ok: o.counter(&CHECKS, Some("success")),

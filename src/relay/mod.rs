@@ -139,6 +139,8 @@ pub struct Outcome {
     pub down: u64,
     /// How it ended.
     pub end: End,
+    /// Whose EOF came first, if either side closed.
+    pub first_eof: Option<Side>,
 }
 
 /// Relays between `client` and `backend` until both directions end, `idle`
@@ -194,6 +196,11 @@ pub async fn relay(
         }
     }
     Outcome {
+        first_eof: match progress.ended.load(Ordering::Relaxed) {
+            1 => Some(Side::Client),
+            2 => Some(Side::Backend),
+            _ => None,
+        },
         up: progress.up.load(Ordering::Relaxed),
         down: progress.down.load(Ordering::Relaxed),
         end,
@@ -205,7 +212,7 @@ pub async fn relay(
 struct Progress {
     /// When a byte last moved either way.
     last: AtomicU64,
-    /// Directions that reached EOF.
+    /// Which side's EOF came first: 0 none yet, 1 the client's, 2 the backend's.
     ended: AtomicU8,
     /// Bytes from the client.
     up: AtomicU64,
@@ -372,7 +379,16 @@ async fn pump(
     }
     // EOF from `from`. When the other direction has ended too, both sockets
     // are closed right after this, and a shutdown first would be a wasted syscall.
-    if ended.fetch_add(1, Ordering::Relaxed) == 0 {
+    // The first direction to end records its side (1: the client's EOF came
+    // first, 2: the backend's).
+    let code = match side {
+        Side::Client => 1,
+        Side::Backend => 2,
+    };
+    if ended
+        .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+    {
         if let Err(e) = to.shutdown().await {
             // The peer may already be gone; that ends the other direction anyway.
             tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
