@@ -55,6 +55,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything else: the binary on disk may be replaced later, and a
+    // binary upgrade starts whatever is at this path then.
+    switchyard::server::upgrade::remember_origin();
     let cli = Cli::parse();
     // Flushes buffered log lines when main returns.
     let _log_guard = init_logging(cli.log_format);
@@ -128,29 +131,51 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Serves until SIGTERM or SIGINT; SIGHUP reloads. A second stop signal
-/// during the drain ends every connection at once.
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads; SIGUSR2 upgrades the
+/// binary (a new process takes over the listening sockets, this one drains).
+/// A second stop signal during the drain ends every connection at once.
 async fn serve(config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot listen for SIGUSR2")?;
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let summary = config.summary();
     let server = Server::start(config).await?;
     tracing::info!("{summary}");
     notify::notify("READY=1");
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "switchyard is ready");
-    loop {
+    // When started by an upgrade: the old process may stop accepting now.
+    switchyard::server::upgrade::tell_ready();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+        "switchyard is ready"
+    );
+    let replaced = loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 // The outcome is logged and counted by the server itself.
                 let _ = server.reload_file().await;
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading the binary");
+                match server.upgrade().await {
+                    Ok(pid) => {
+                        // systemd follows the new process from here on.
+                        notify::notify(&format!("MAINPID={pid}\nREADY=1"));
+                        tracing::info!(successor = pid, "upgrade: the new process serves; this one stops accepting and drains its connections");
+                        break true;
+                    }
+                    Err(e) => tracing::error!(error = %e, "upgrade failed; this process serves on"),
+                }
+            }
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
         }
+    };
+    if !replaced {
+        notify::notify("STOPPING=1");
     }
-    notify::notify("STOPPING=1");
     tokio::select! {
         _ = server.shutdown() => tracing::info!("stopped"),
         _ = term.recv() => { server.abort(); tracing::warn!("second signal: stopped at once"); }

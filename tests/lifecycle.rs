@@ -555,3 +555,210 @@ fn the_access_log_has_one_structured_line_per_connection_and_session() {
         "access_log = false"
     );
 }
+
+/// Waits for process `pid` (ours, or handed to us as its reaper) to exit;
+/// returns its exit code.
+fn wait_pid(pid: u32, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes one int we own.
+        let rc = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        if rc == pid as i32 {
+            return libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+        }
+        assert!(
+            rc == 0,
+            "waitpid({pid}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal_pid(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill sends a signal to a process we started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
+}
+
+/// `kill -USR2` three times in a row under continuous new TCP connections
+/// and UDP queries: nothing fails, an established connection works on to
+/// its end on the process it began on, and every old process exits 0.
+#[test]
+fn three_binary_upgrades_in_a_row_drop_nothing() {
+    // The old processes' successors are their children: once an old one
+    // exits, its child comes to us (as to systemd), so we can reap it.
+    // SAFETY: prctl on this process only.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(Backend::start("a"));
+    let text = format!(
+        "shutdown_grace = \"30s\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [[listeners]]\nname = \"dns\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        backend.addr
+    );
+    let mut daemon = Daemon::start(&text, &[], &[]);
+    let (front, dns) = (daemon.listeners()["front"], daemon.listeners()["dns"]);
+    let admin = daemon.admin();
+    let mut held = echoing(front);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tcp_ok, tcp_failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (udp_ok, udp_failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (stop, ok, failed) = (stop.clone(), tcp_ok.clone(), tcp_failed.clone());
+        load.push(std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                match blocking_ask(front) {
+                    Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        eprintln!("tcp client failed: {e}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        }));
+    }
+    {
+        let (stop, ok, failed) = (stop.clone(), udp_ok.clone(), udp_failed.clone());
+        load.push(std::thread::spawn(move || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let started = Instant::now();
+            let mut buf = [0u8; 128];
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                i += 1;
+                let q = format!("q{i}");
+                s.send_to(q.as_bytes(), dns).unwrap();
+                match s.recv(&mut buf) {
+                    Ok(n) if buf[..n].ends_with(q.as_bytes()) => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("udp query {q} not answered: {other:?}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }));
+    }
+
+    let served = |n: &Arc<AtomicUsize>| n.load(Ordering::SeqCst);
+    let mut pids = vec![daemon.child.id()];
+    for round in 1..=3 {
+        // Traffic flows before each upgrade.
+        let (t, u) = (served(&tcp_ok), served(&udp_ok));
+        wait_until("traffic", Duration::from_secs(10), || {
+            served(&tcp_ok) > t + 50 && served(&udp_ok) > u + 20
+        });
+        signal_pid(*pids.last().unwrap(), libc::SIGUSR2);
+        let said =
+            "upgrade: the new process serves; this one stops accepting and drains its connections";
+        wait_until("the new process to serve", Duration::from_secs(30), || {
+            daemon.count_log(|v| v["message"] == said) == round
+        });
+        let successor = daemon
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"] == said)
+            .last()
+            .unwrap()["successor"]
+            .as_u64()
+            .unwrap() as u32;
+        pids.push(successor);
+        // The established connection goes on, on the process it began on.
+        held.write_all(b"still\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&held).read_line(&mut line).unwrap();
+        assert_eq!(line, "a: still\n", "round {round}");
+    }
+    // The newest process serves on its own.
+    let (t, u) = (served(&tcp_ok), served(&udp_ok));
+    wait_until(
+        "traffic after the last upgrade",
+        Duration::from_secs(10),
+        || served(&tcp_ok) > t + 100 && served(&udp_ok) > u + 50,
+    );
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        served(&tcp_failed),
+        0,
+        "TCP clients failed ({} served)",
+        served(&tcp_ok)
+    );
+    assert_eq!(
+        served(&udp_failed),
+        0,
+        "UDP queries unanswered ({} answered)",
+        served(&udp_ok)
+    );
+
+    // The held connection ends; then every old process has drained and exits 0.
+    drop(held);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "the first process"
+    );
+    for &pid in &pids[1..3] {
+        assert_eq!(
+            wait_pid(pid, Duration::from_secs(20)),
+            Some(0),
+            "old process {pid}"
+        );
+    }
+    let newest = pids[3];
+    assert_eq!(
+        http(admin, "GET", "/healthz", &[], "").0,
+        200,
+        "the newest process serves the admin endpoint on the same address"
+    );
+    signal_pid(newest, libc::SIGTERM);
+    assert_eq!(wait_pid(newest, Duration::from_secs(20)), Some(0));
+}
+
+/// An upgrade whose new process cannot start (here: the file became
+/// invalid) changes nothing: the old process says why and serves on.
+#[test]
+fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(Backend::start("a"));
+    let mut daemon = Daemon::start(&config(true, &[backend.addr], false, "1s"), &[], &[]);
+    let front = daemon.listeners()["front"];
+    let mut held = echoing(front);
+    std::fs::write(daemon.path(), "this is not toml [").unwrap();
+    daemon.signal("USR2");
+    let failed = daemon.wait_log("the upgrade to fail", Duration::from_secs(30), |v| {
+        v["message"] == "upgrade failed; this process serves on"
+    });
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited before it was ready"),
+        "{failed}"
+    );
+    assert_eq!(blocking_ask(front).unwrap(), "a");
+    held.write_all(b"y\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&held).read_line(&mut line).unwrap();
+    assert_eq!(line, "a: y\n");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+}

@@ -102,6 +102,8 @@ pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     pub settings: Arc<ArcSwap<Settings>>,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    /// The listening socket's descriptor, to hand to a new process.
+    pub fd: std::os::fd::RawFd,
     stop: CancellationToken,
 }
 
@@ -112,12 +114,28 @@ impl Endpoint {
             cause,
         };
         let listener = crate::net::tcp_listener(cfg.bind, 128, false, None).map_err(err)?;
+        Endpoint::serve_on(cfg, token, listener)
+    }
+
+    /// An endpoint on a listening socket already bound (handed over by the
+    /// process this one replaces).
+    pub fn serve_on(
+        cfg: &AdminConfig,
+        token: Option<String>,
+        listener: std::net::TcpListener,
+    ) -> Result<Endpoint, Error> {
+        let err = |cause| Error::Bind {
+            addr: cfg.bind,
+            cause,
+        };
         let addr = listener.local_addr().map_err(err)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         Ok(Endpoint {
             bind: cfg.bind,
             addr,
             settings: Arc::new(ArcSwap::from_pointee(Settings::new(cfg, token))),
             listener: std::sync::Mutex::new(Some(listener)),
+            fd,
             stop: CancellationToken::new(),
         })
     }

@@ -7,6 +7,7 @@ pub(crate) mod udp;
 mod udp_io;
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -62,7 +63,8 @@ enum Kind {
         Arc<tcp::TcpShared>,
         Vec<Weak<AsyncFd<std::net::TcpListener>>>,
     ),
-    Udp(Arc<udp::UdpShared>),
+    /// With its sockets, weakly, likewise.
+    Udp(Arc<udp::UdpShared>, Vec<Weak<tokio::net::UdpSocket>>),
 }
 
 /// A listener that is serving.
@@ -84,6 +86,15 @@ pub(crate) enum Bound {
 }
 
 impl Bound {
+    /// Sockets handed over by the process this one replaces (a binary
+    /// upgrade), already bound and, for TCP, listening.
+    pub(crate) fn inherit(protocol: Protocol, fds: Vec<OwnedFd>) -> Bound {
+        match protocol {
+            Protocol::Tcp => Bound::Tcp(fds.into_iter().map(Into::into).collect()),
+            Protocol::Udp => Bound::Udp(fds.into_iter().map(Into::into).collect()),
+        }
+    }
+
     /// The address the sockets were given (the real port when bound to port 0).
     fn local_addr(&self) -> SocketAddr {
         match self {
@@ -139,7 +150,9 @@ impl Listener {
                     per_ip: Default::default(),
                     wildcard: config.bind.ip().is_unspecified(),
                     warn_log: crate::clock::Every::ms(1000),
+                    hard_stop: hard_stop.clone(),
                 });
+                let mut watched = Vec::new();
                 for s in sockets {
                     if config.bind.ip().is_unspecified() {
                         if let Err(e) = udp_io::want_destination(&s, config.bind.is_ipv6()) {
@@ -149,10 +162,11 @@ impl Listener {
                     let socket = Arc::new(
                         tokio::net::UdpSocket::from_std(s).expect("tokio runtime is running"),
                     );
+                    watched.push(Arc::downgrade(&socket));
                     cx.tracker
                         .spawn(udp::recv_loop(socket, shared.clone(), stop.clone()));
                 }
-                Kind::Udp(shared)
+                Kind::Udp(shared, watched)
             }
         };
         tracing::info!(listener = %config.name, protocol = config.protocol.as_str(), %addr, pool = %config.pool, "listening");
@@ -230,7 +244,7 @@ impl Listener {
                 }
                 shared.route.store(route);
             }
-            Kind::Udp(shared) => shared.route.store(route),
+            Kind::Udp(shared, _) => shared.route.store(route),
         }
         self.config = l.clone();
         self
@@ -252,11 +266,28 @@ impl Listener {
         });
     }
 
+    /// The listening sockets' descriptors, to hand to a new process (valid
+    /// while this listener serves).
+    pub fn listening_fds(&self) -> Vec<RawFd> {
+        match &self.kind {
+            Kind::Tcp(_, s) => s
+                .iter()
+                .filter_map(Weak::upgrade)
+                .map(|s| s.get_ref().as_raw_fd())
+                .collect(),
+            Kind::Udp(_, s) => s
+                .iter()
+                .filter_map(Weak::upgrade)
+                .map(|s| s.as_raw_fd())
+                .collect(),
+        }
+    }
+
     /// Drops this listener's series (it is removed, or changes protocol).
     pub fn forget_metrics(&self) {
         match &self.kind {
             Kind::Tcp(shared, _) => shared.metrics.forget(),
-            Kind::Udp(shared) => shared.metrics.forget(),
+            Kind::Udp(shared, _) => shared.metrics.forget(),
         }
     }
 }

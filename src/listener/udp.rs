@@ -30,6 +30,10 @@ use crate::fds::{self, Held};
 use crate::metrics::UdpListenerMetrics;
 use crate::net::local_cause;
 
+/// Once its listener stops, a session waits this long after its last
+/// datagram for replies still on their way, then ends.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// The largest UDP payload; one buffer per worker thread, never per session.
 const MAX_DATAGRAM: usize = 65_535;
 
@@ -48,6 +52,8 @@ pub struct UdpShared {
     pub per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// Paces warnings that a flood of datagrams could repeat.
     pub warn_log: Every,
+    /// Ends every session (the listener's grace is over).
+    pub hard_stop: CancellationToken,
     /// Bound to a wildcard address: replies must name their source.
     pub wildcard: bool,
 }
@@ -145,7 +151,9 @@ struct Session<'a> {
     fail_timeout: Duration,
 }
 
-/// Receives client datagrams until `stop` fires, then ends every session.
+/// Receives client datagrams until `stop` fires. Sessions then run on for
+/// the replies still on their way (see `DRAIN_IDLE`), until the listener's
+/// hard stop.
 pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: CancellationToken) {
     let mut sessions: HashMap<SocketAddr, Session<'_>> = HashMap::new();
     // Each session sends its address here once, when it ends: at most
@@ -239,7 +247,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             upstream: upstream.clone(),
             backend: backend.clone(),
             last: Arc::new(AtomicU64::new(now_ms())),
-            stop: stop.child_token(),
+            stop: CancellationToken::new(),
             max_fails: snap.config.max_fails,
             fail_timeout: snap.config.fail_timeout,
         };
@@ -257,6 +265,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             idle: route.config.idle_timeout,
             access_log: route.config.access_log,
             stop: session.stop.clone(),
+            listener_stop: stop.clone(),
             ended: ended_tx.clone(),
             guard: backend.open().established(),
             max_fails: session.max_fails,
@@ -264,9 +273,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         }));
         sessions.insert(peer, session);
     }
-    for s in sessions.values() {
-        s.stop.cancel();
-    }
+    // Sessions are not ended here: each drains on its own (replies to
+    // datagrams already forwarded still reach their clients).
 }
 
 /// Sends one client datagram on its session; a full socket buffer or an
@@ -300,7 +308,10 @@ struct ReplyTask {
     last: Arc<AtomicU64>,
     idle: Duration,
     access_log: bool,
+    /// Ends the session at once (its backend went away: the client re-picks).
     stop: CancellationToken,
+    /// The receive loop's stop: the session then drains.
+    listener_stop: CancellationToken,
     ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
     guard: ActiveGuard,
     max_fails: u32,
@@ -320,7 +331,8 @@ async fn replies(t: ReplyTask) {
     let backend = t.guard.backend();
     let started = tokio::time::Instant::now();
     let (mut datagrams_out, mut bytes_out) = (0u64, 0u64);
-    let idle_ms = t.idle.as_millis() as u64;
+    let mut idle_ms = t.idle.as_millis() as u64;
+    let mut draining = false;
     let end = loop {
         let deadline = t.last.load(Ordering::Relaxed).saturating_add(idle_ms);
         let now = now_ms();
@@ -337,6 +349,14 @@ async fn replies(t: ReplyTask) {
             }
             _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => continue,
             _ = t.stop.cancelled() => break "stopped",
+            _ = t.shared.hard_stop.cancelled() => break "shutdown",
+            _ = t.listener_stop.cancelled(), if !draining => {
+                // The listener stopped (shutdown, reload, upgrade): no new
+                // datagrams come this way; wait for replies a short while.
+                draining = true;
+                idle_ms = idle_ms.min(DRAIN_IDLE.as_millis() as u64);
+                continue;
+            }
         }
         let got = DGRAM_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();

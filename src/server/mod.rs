@@ -4,6 +4,7 @@
 //! admin side reads comes from an immutable [`View`].
 
 mod plan;
+pub mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::notify;
 use crate::pool::Pool;
 use plan::{AdminStep, Current, ListenerStep, PoolStep};
+use upgrade::{Handed, HandedListener, Inherited, UpgradeError};
 
 /// Why the daemon could not start or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,9 @@ struct State {
     listeners: HashMap<String, Listener>,
     pools: HashMap<String, PoolEntry>,
     admin: Option<admin::Endpoint>,
+    /// Sockets handed over by the process this one replaced, taken by the
+    /// first configuration applied.
+    inherited: Inherited,
 }
 
 struct Inner {
@@ -63,6 +68,8 @@ struct Inner {
     tracker: TaskTracker,
     /// Everything under `background`.
     bg_tracker: TaskTracker,
+    /// An upgrade is under way.
+    upgrading: std::sync::atomic::AtomicBool,
 }
 
 /// A handle to the running daemon; clones share it.
@@ -81,6 +88,7 @@ impl Server {
                 listeners: HashMap::new(),
                 pools: HashMap::new(),
                 admin: None,
+                inherited: Inherited::from_env(),
             }),
             view: ArcSwap::from_pointee(View {
                 config: Arc::new(config.clone()),
@@ -92,6 +100,7 @@ impl Server {
             background: CancellationToken::new(),
             tracker: TaskTracker::new(),
             bg_tracker: TaskTracker::new(),
+            upgrading: Default::default(),
         });
         let server = Server { inner };
         server.apply(config).await?;
@@ -191,16 +200,31 @@ impl Server {
             .collect();
         let mut fresh: HashMap<&str, Bound> = HashMap::new();
         for name in plan.to_bind() {
-            fresh.insert(name, listener::bind(by_name[name])?);
+            let l = by_name[name];
+            let bound = match st.inherited.take_listener(l) {
+                Some(fds) => {
+                    tracing::info!(listener = %name, "listening on the socket the previous process handed over");
+                    Bound::inherit(l.protocol, fds)
+                }
+                None => listener::bind(l)?,
+            };
+            fresh.insert(name, bound);
         }
         let token = match &config.admin {
             Some(a) => admin::load_token(a)?,
             None => None,
         };
         let new_admin = match (plan.admin, &config.admin) {
-            (AdminStep::Bind, Some(a)) => Some(admin::Endpoint::bind(a, token.clone())?),
+            (AdminStep::Bind, Some(a)) => Some(match st.inherited.take_admin(a.bind) {
+                Some(socket) => admin::Endpoint::serve_on(a, token.clone(), socket)?,
+                None => admin::Endpoint::bind(a, token.clone())?,
+            }),
             _ => None,
         };
+        if !st.inherited.is_empty() {
+            tracing::info!("upgrade: sockets of listeners the new configuration lacks are closed");
+        }
+        st.inherited = Inherited::default();
 
         // Nothing fails from here on.
         match (plan.admin, &config.admin, &st.admin) {
@@ -317,6 +341,40 @@ impl Server {
             background: &inner.background,
             bg_tracker: &inner.bg_tracker,
         }
+    }
+
+    /// Starts the binary anew from the same path and arguments, hands it
+    /// every listening socket, and waits until it serves. On success this
+    /// process should stop accepting and drain ([`Server::shutdown`]); on
+    /// failure it serves on, untouched. Returns the new process's id.
+    pub async fn upgrade(&self) -> Result<u32, UpgradeError> {
+        use std::sync::atomic::Ordering;
+        if self.inner.upgrading.swap(true, Ordering::SeqCst) {
+            return Err(UpgradeError::Busy);
+        }
+        // The state stays locked until the new process has its copies, so
+        // no reload closes a socket (and frees its number) in between.
+        let st = self.inner.state.lock().await;
+        let handed = Handed {
+            listeners: st
+                .listeners
+                .values()
+                .map(|l| HandedListener {
+                    name: l.config.name.clone(),
+                    protocol: l.config.protocol.as_str().to_string(),
+                    bind: l.config.bind,
+                    reuse_port: l.config.reuse_port,
+                    fds: l.listening_fds(),
+                })
+                .collect(),
+            admin: st.admin.as_ref().map(|a| (a.bind, a.fd)),
+        };
+        let result = upgrade::start_successor(&handed).await;
+        drop(st);
+        if result.is_err() {
+            self.inner.upgrading.store(false, Ordering::SeqCst);
+        }
+        result
     }
 
     /// Stops accepting everywhere, lets connections finish for up to the

@@ -1,0 +1,307 @@
+//! Binary upgrade: start the binary again from the same path and arguments,
+//! hand it every listening socket (TCP, UDP and the admin endpoint), and wait
+//! until it says it serves. Nothing is closed or re-bound on the way, so no
+//! client is refused: until the new process accepts, clients wait in the
+//! same kernel queues.
+//!
+//! The sockets travel by inheritance: their descriptors lose close-on-exec
+//! in the child only (between fork and exec), and the child learns which is
+//! which from one environment variable, [`SOCKETS_ENV`], a JSON list naming
+//! each listener as the configuration does. A second variable names one end
+//! of a socket pair, [`CHANNEL_ENV`], on which the child says `ready` once it
+//! serves; if it exits or stays silent instead, the old process serves on
+//! and says why.
+//!
+//! Safety: the child-side hook only calls `fcntl(F_SETFD)` on descriptors the
+//! parent keeps open across the spawn (async-signal-safe, as `pre_exec`
+//! requires). Inherited descriptors are checked to be open sockets of the
+//! right kind before they are wrapped, and each is wrapped once.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::config::{ListenerConfig, Protocol};
+
+/// The listening sockets a new process inherits, as JSON.
+pub const SOCKETS_ENV: &str = "SWITCHYARD_INHERITED_SOCKETS";
+/// The descriptor on which a new process says it is ready.
+pub const CHANNEL_ENV: &str = "SWITCHYARD_UPGRADE_CHANNEL";
+
+/// How long a new process may take to start serving before the old one
+/// gives up on it (it loads and validates the file, binds nothing new).
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// One listener's sockets, named as the configuration names the listener.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct HandedListener {
+    pub name: String,
+    pub protocol: String,
+    /// The configured address (a port-0 listener keeps its real port).
+    pub bind: SocketAddr,
+    pub reuse_port: bool,
+    pub fds: Vec<RawFd>,
+}
+
+/// Everything handed to a new process.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Handed {
+    pub listeners: Vec<HandedListener>,
+    /// The admin endpoint's configured address and socket.
+    pub admin: Option<(SocketAddr, RawFd)>,
+}
+
+impl Handed {
+    fn fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.listeners.iter().flat_map(|l| l.fds.clone()).collect();
+        fds.extend(self.admin.map(|(_, fd)| fd));
+        fds
+    }
+}
+
+/// The path and arguments this process was started with, read at start (the
+/// file at that path may be replaced by then: that is the point).
+struct Origin {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+fn origin() -> &'static OnceLock<Origin> {
+    static ORIGIN: OnceLock<Origin> = OnceLock::new();
+    &ORIGIN
+}
+
+/// Remembers how this process was started, for a later upgrade. Call it
+/// early in `main`, before the binary on disk can change.
+pub fn remember_origin() {
+    let exe = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .filter(|p| p.components().count() > 1)
+        .or_else(|| std::env::current_exe().ok())
+        .unwrap_or_else(|| PathBuf::from("switchyard"));
+    let exe = std::fs::canonicalize(&exe).unwrap_or(exe);
+    let _ = origin().set(Origin {
+        exe,
+        args: std::env::args_os().skip(1).collect(),
+    });
+}
+
+/// Why an upgrade did not happen; the old process serves on.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// An upgrade needs `remember_origin` at start (the `switchyard run` command).
+    #[error("this process cannot be upgraded: it was not started as `switchyard run`")]
+    NoOrigin,
+    /// The new binary could not be started.
+    #[error("cannot start {path}: {cause}")]
+    Spawn {
+        /// The binary's path.
+        path: PathBuf,
+        /// What exec said.
+        cause: io::Error,
+    },
+    /// It started but exited before serving (a bad file, a bad binary).
+    #[error("the new process exited before it was ready ({0}); its log says why")]
+    Exited(std::process::ExitStatus),
+    /// It neither served nor exited in time.
+    #[error("the new process was not ready within {}s and was stopped", READY_WITHIN.as_secs())]
+    Timeout,
+    /// The channel to it failed.
+    #[error("the channel to the new process failed: {0}")]
+    Channel(io::Error),
+    /// Another upgrade is under way.
+    #[error("an upgrade is already under way")]
+    Busy,
+}
+
+/// Starts the new process with `handed`'s sockets and waits until it
+/// serves. Returns its process id.
+pub(crate) async fn start_successor(handed: &Handed) -> Result<u32, UpgradeError> {
+    let origin = origin().get().ok_or(UpgradeError::NoOrigin)?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(UpgradeError::Channel)?;
+    let mut inherit = handed.fds();
+    inherit.push(theirs.as_raw_fd());
+    let json = serde_json::to_string(handed).expect("plain data serializes");
+    let mut cmd = tokio::process::Command::new(&origin.exe);
+    cmd.args(&origin.args)
+        .env(SOCKETS_ENV, json)
+        .env(CHANNEL_ENV, theirs.as_raw_fd().to_string())
+        .kill_on_drop(false);
+    // SAFETY: see the module documentation; the closure only calls fcntl.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|cause| UpgradeError::Spawn {
+        path: origin.exe.clone(),
+        cause,
+    })?;
+    drop(theirs);
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(pid, path = %origin.exe.display(), "upgrade: started the new process; waiting for it to serve");
+    ours.set_nonblocking(true).map_err(UpgradeError::Channel)?;
+    let mut channel = tokio::net::UnixStream::from_std(ours).map_err(UpgradeError::Channel)?;
+    let mut said = Vec::new();
+    let outcome = tokio::time::timeout(READY_WITHIN, async {
+        tokio::select! {
+            r = channel.read_to_end(&mut said) => r.map(|_| None),
+            status = child.wait() => status.map(Some),
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(None)) if said.starts_with(b"ready") => Ok(pid),
+        // The channel closed without a word: the child is going down.
+        Ok(Ok(None)) => Err(UpgradeError::Exited(
+            child.wait().await.map_err(UpgradeError::Channel)?,
+        )),
+        Ok(Ok(Some(status))) => Err(UpgradeError::Exited(status)),
+        Ok(Err(e)) => Err(UpgradeError::Channel(e)),
+        Err(_) => {
+            if let Err(e) = child.kill().await {
+                tracing::warn!(pid, error = %e, "upgrade: cannot stop the new process");
+            }
+            Err(UpgradeError::Timeout)
+        }
+    }
+}
+
+/// In a new process: tells the old one that this one serves.
+pub fn tell_ready() {
+    let Some(fd) = std::env::var(CHANNEL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    else {
+        return;
+    };
+    // Once: the variable stays in the environment (changing it while other
+    // threads run is unsafe), and a later upgrade sets its own.
+    static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TOLD.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    if !is_socket(fd, libc::SOCK_STREAM) {
+        tracing::warn!(
+            fd,
+            "upgrade: the channel descriptor is not a socket; not answering"
+        );
+        return;
+    }
+    // SAFETY: an open socket, handed to this process for this use alone.
+    let channel = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    let mut channel = std::io::BufWriter::new(channel);
+    if let Err(e) = std::io::Write::write_all(&mut channel, b"ready\n") {
+        tracing::warn!(error = %e, "upgrade: cannot tell the old process this one serves");
+    }
+}
+
+/// Whether `fd` is an open socket of `kind` (`SOCK_STREAM`, `SOCK_DGRAM`).
+fn is_socket(fd: RawFd, kind: libc::c_int) -> bool {
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int into memory we own, of the size we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && got == kind
+}
+
+/// Sockets handed over by the process this one replaces, taken as the
+/// configuration asks for them; those never asked for close at the end.
+#[derive(Default)]
+pub(crate) struct Inherited {
+    listeners: HashMap<(String, Protocol, SocketAddr, bool), Vec<OwnedFd>>,
+    admin: Option<(SocketAddr, OwnedFd)>,
+}
+
+impl Inherited {
+    /// Reads [`SOCKETS_ENV`], once per process (the variable stays in the
+    /// environment: changing it while other threads run is unsafe). A
+    /// malformed list or a descriptor that is not an open socket of the
+    /// right kind is left alone and said.
+    pub fn from_env() -> Inherited {
+        static READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let Ok(json) = std::env::var(SOCKETS_ENV) else {
+            return Inherited::default();
+        };
+        if READ.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Inherited::default();
+        }
+        let handed: Handed = match serde_json::from_str(&json) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade: cannot read the inherited sockets; binding anew");
+                return Inherited::default();
+            }
+        };
+        let mut out = Inherited::default();
+        for l in handed.listeners {
+            let (protocol, kind) = match l.protocol.as_str() {
+                "tcp" => (Protocol::Tcp, libc::SOCK_STREAM),
+                "udp" => (Protocol::Udp, libc::SOCK_DGRAM),
+                _ => continue,
+            };
+            if l.fds.is_empty() || !l.fds.iter().all(|&fd| is_socket(fd, kind)) {
+                tracing::warn!(listener = %l.name, "upgrade: an inherited descriptor is not a socket; binding anew");
+                continue;
+            }
+            // SAFETY: checked open sockets, handed to this process to own.
+            let fds = l
+                .fds
+                .iter()
+                .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+                .collect();
+            out.listeners
+                .insert((l.name, protocol, l.bind, l.reuse_port), fds);
+        }
+        if let Some((bind, fd)) = handed.admin {
+            if is_socket(fd, libc::SOCK_STREAM) {
+                // SAFETY: as above.
+                out.admin = Some((bind, unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        out
+    }
+
+    /// The sockets of the listener `l` names, if they were handed over.
+    pub fn take_listener(&mut self, l: &ListenerConfig) -> Option<Vec<OwnedFd>> {
+        self.listeners
+            .remove(&(l.name.clone(), l.protocol, l.bind, l.reuse_port))
+    }
+
+    /// The admin endpoint's socket, if it was handed over for `bind`.
+    pub fn take_admin(&mut self, bind: SocketAddr) -> Option<std::net::TcpListener> {
+        match self.admin.take() {
+            Some((b, fd)) if b == bind => Some(fd.into()),
+            other => {
+                self.admin = other;
+                None
+            }
+        }
+    }
+
+    /// Whether anything is left over (closed when this is dropped).
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty() && self.admin.is_none()
+    }
+}
