@@ -673,8 +673,7 @@ fn three_binary_upgrades_in_a_row_drop_nothing() {
             .lock()
             .unwrap()
             .iter()
-            .filter(|v| v["message"] == said)
-            .last()
+            .rfind(|v| v["message"] == said)
             .unwrap()["successor"]
             .as_u64()
             .unwrap() as u32;
