@@ -177,3 +177,133 @@ async fn a_port_in_use_names_the_listener_and_address() {
         "{msg}"
     );
 }
+
+/// Whether a quoted string in `text` would make the loader resolve a host
+/// name: this test must send nothing to any DNS server, so such inputs are
+/// left out (only `localhost`, answered from /etc/hosts, is kept).
+fn would_resolve(text: &str) -> bool {
+    text.split('"').skip(1).step_by(2).any(|s| {
+        s.parse::<std::net::SocketAddr>().is_err()
+            && s.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok() && host != "localhost"
+            })
+    })
+}
+
+/// Any text fed to the loader gives a configuration or problems that each
+/// name a line and column: never a panic. Inputs are the shipped examples
+/// and the invalid cases, cut, spliced and sprinkled with TOML's own
+/// characters by a seeded generator (the seed is printed on failure; set
+/// SWITCHYARD_FUZZ_CASES for a longer local run).
+#[test]
+fn any_text_loads_or_fails_with_located_problems() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("SWITCHYARD_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let cases: usize = std::env::var("SWITCHYARD_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut corpus: Vec<String> = files("config")
+        .into_iter()
+        .chain(files("tests/invalid"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    corpus.push(String::new());
+    const PIECES: &[&str] = &[
+        "\"",
+        "[",
+        "]",
+        "[[",
+        "]]",
+        "=",
+        ",",
+        "{",
+        "}",
+        "\n",
+        "#",
+        ".",
+        "-",
+        "0",
+        "65536",
+        "-1",
+        "9999999999999999999999",
+        "\"0s\"",
+        "\"1h\"",
+        "true",
+        "\\",
+        "\\u",
+        "\"\"\"",
+        "[pools.p]",
+        "[[listeners]]",
+        "backends = [",
+        "addr = ",
+        "weight = ",
+        "bind = ",
+        "\"127.0.0.1:0\"",
+        "\"[::1]:80\"",
+        "\"0.0.0.0:0\"",
+        "nan",
+        "inf",
+        "é",
+        "\u{0}",
+    ];
+    let (mut tried, mut valid) = (0, 0);
+    while tried < cases {
+        let mut text = corpus[rng.random_range(0..corpus.len())].clone();
+        for _ in 0..rng.random_range(1..6) {
+            let at = (0..=text.len())
+                .filter(|&i| text.is_char_boundary(i))
+                .nth(rng.random_range(0..=text.chars().count()))
+                .unwrap_or(text.len());
+            match rng.random_range(0..4) {
+                0 => text.insert_str(at, PIECES[rng.random_range(0..PIECES.len())]),
+                1 => {
+                    let end = (at + rng.random_range(1..40)).min(text.len());
+                    let end = (end..=text.len())
+                        .find(|&i| text.is_char_boundary(i))
+                        .unwrap();
+                    text.replace_range(at..end, "");
+                }
+                2 => {
+                    let other = &corpus[rng.random_range(0..corpus.len())];
+                    let cut = (0..=other.len())
+                        .filter(|&i| other.is_char_boundary(i))
+                        .nth(rng.random_range(0..=other.chars().count()))
+                        .unwrap_or(other.len());
+                    text.insert_str(at, &other[cut..]);
+                }
+                _ => text.truncate(at),
+            }
+        }
+        if would_resolve(&text) {
+            continue;
+        }
+        tried += 1;
+        let result = std::panic::catch_unwind(|| Config::parse(&text, Path::new("fuzz.toml")));
+        match result {
+            Err(_) => panic!("seed {seed}: the loader panicked on:\n{text}"),
+            Ok(Ok(_)) => valid += 1,
+            Ok(Err(e)) => {
+                assert!(
+                    !e.problems.is_empty(),
+                    "seed {seed}: an error without problems:\n{text}"
+                );
+                for p in &e.problems {
+                    assert!(
+                        p.line >= 1 && p.col >= 1,
+                        "seed {seed}: a problem without a position ({p:?}) for:\n{text}"
+                    );
+                }
+            }
+        }
+    }
+    // The generator must reach both outcomes, or it tests nothing.
+    assert!(
+        valid > 0 && valid < tried,
+        "seed {seed}: {valid} of {tried} valid"
+    );
+}
