@@ -222,7 +222,10 @@ async fn drain_enable_and_weight_change_traffic_and_metrics() {
     let mut held = TcpStream::connect(front).await.unwrap();
     held.write_all(b"1\n").await.unwrap();
     let mut buf = [0u8; 5];
-    held.read_exact(&mut buf).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), held.read_exact(&mut buf))
+        .await
+        .expect("a reply in time")
+        .unwrap();
     assert_eq!(&buf, b"a: 1\n");
 
     let drain = format!("/api/v1/pools/p/backends/{}/drain", a.addr);
@@ -243,7 +246,10 @@ async fn drain_enable_and_weight_change_traffic_and_metrics() {
         assert_eq!(ask(front).await, "b");
     }
     held.write_all(b"2\n").await.unwrap();
-    held.read_exact(&mut buf).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), held.read_exact(&mut buf))
+        .await
+        .expect("a reply in time")
+        .unwrap();
     assert_eq!(
         &buf, b"a: 2\n",
         "the drained backend's established connection runs on"
@@ -408,6 +414,21 @@ async fn readyz_follows_backend_health() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "readyz never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And back: once the backend answers (rise = 2 checks), ready again.
+    let _back = Backend::start_at("a", dead).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = get(admin, "/readyz").await;
+        if status == 200 {
+            assert!(body.contains("\"ready\":true"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never recovered"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -31,9 +31,29 @@ async fn a_dead_backend_is_never_noticed_and_comes_back() {
     let mut b = Backend::start("b").await;
     let c = Backend::start("c").await;
     let b_addr = b.addr;
-    // interval 100ms, timeout 100ms, fall 2, rise 2.
-    let health = "[pools.p.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 2\n";
-    let server = start(&pool_toml("round_robin", &[a.addr, b.addr, c.addr], health)).await;
+    let (interval, timeout, fall, rise) = (
+        Duration::from_millis(100),
+        Duration::from_millis(100),
+        2u32,
+        2u32,
+    );
+    let health = format!(
+        "[pools.p.health]\nkind = \"tcp\"\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nfall = {fall}\nrise = {rise}\n",
+        interval.as_millis(),
+        timeout.as_millis()
+    );
+    // The worst case by the configuration: a check may have just run, so one
+    // interval more than fall × interval + timeout (rise × interval back up);
+    // four times that leaves room for a busy machine and is still far from
+    // what passive health alone would take (fail_timeout, 10 s).
+    let down_within = (interval * (fall + 1) + timeout) * 4;
+    let up_within = (interval * (rise + 1) + timeout) * 4;
+    let server = start(&pool_toml(
+        "round_robin",
+        &[a.addr, b.addr, c.addr],
+        &health,
+    ))
+    .await;
     let front = server.local_addr("front").unwrap();
 
     // Steady load: four clients asking in a loop, bounded in count and time.
@@ -69,10 +89,9 @@ async fn a_dead_backend_is_never_noticed_and_comes_back() {
     wait_metric(&server, &up_series(b_addr), 0.0, Duration::from_secs(5)).await;
     let marked_down = Instant::now();
     let detected = killed.elapsed();
-    // fall × interval + timeout = 300ms; a check may have just run, so allow one more interval and scheduling slack.
     assert!(
-        detected < Duration::from_millis(900),
-        "took {detected:?} to notice"
+        detected < down_within,
+        "took {detected:?} to notice (bound {down_within:?})"
     );
 
     let refused = format!("switchyard_backend_connect_failures_total{{backend=\"{b_addr}\",pool=\"p\",reason=\"refused\"}}");
@@ -93,8 +112,8 @@ async fn a_dead_backend_is_never_noticed_and_comes_back() {
     let revived = Instant::now();
     wait_metric(&server, &up_series(b_addr), 1.0, Duration::from_secs(5)).await;
     assert!(
-        revived.elapsed() < Duration::from_millis(900),
-        "took {:?} to come back",
+        revived.elapsed() < up_within,
+        "took {:?} to come back (bound {up_within:?})",
         revived.elapsed()
     );
     wait_for("b to get connections", Duration::from_secs(10), || {
@@ -317,12 +336,24 @@ async fn listener_max_connections_leaves_the_excess_in_the_backlog() {
         assert!(s.read(&mut buf).await.unwrap() > 0);
         held.push(s);
     }
-    // The third connects (the kernel's backlog takes it) but is not served.
+    // The third connects (the kernel's backlog takes it) but is not served:
+    // the listener finds it waiting at the limit, and counts that.
     let third = tokio::spawn(async move { ask(front).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_metric(
+        &server,
+        "switchyard_listener_rejected_total{listener=\"front\",reason=\"limit\"}",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(
         !third.is_finished(),
         "a third connection was served beyond max_connections"
+    );
+    assert_eq!(
+        a.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the backend saw a third connection"
     );
     assert_eq!(
         value(
@@ -364,7 +395,10 @@ async fn a_full_backend_is_skipped() {
     let mut held = TcpStream::connect(front).await.unwrap();
     held.write_all(b"x\n").await.unwrap();
     let mut buf = [0u8; 8];
-    held.read_exact(&mut buf[..3]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), held.read_exact(&mut buf[..3]))
+        .await
+        .expect("a reply in time")
+        .unwrap();
     assert_eq!(&buf[..3], b"a: ");
     for _ in 0..10 {
         assert_eq!(ask(front).await, "b", "a full backend must be skipped");
@@ -395,8 +429,10 @@ async fn futures_collect(front: SocketAddr, n: usize) -> Vec<String> {
 #[tokio::test]
 async fn an_idle_connection_is_closed_after_idle_timeout() {
     let a = Backend::start("a").await;
+    // Gaps of a quarter of the timeout keep it open with room to spare on a
+    // busy machine; the close is awaited with a wide window.
     let text = pool_toml("round_robin", &[a.addr], "")
-        .replace("access_log = false", "idle_timeout = \"300ms\"");
+        .replace("access_log = false", "idle_timeout = \"1s\"");
     let server = start(&text).await;
     let mut s = TcpStream::connect(server.local_addr("front").unwrap())
         .await
@@ -405,11 +441,14 @@ async fn an_idle_connection_is_closed_after_idle_timeout() {
     let mut last = Instant::now();
     for i in 0..4 {
         if i > 0 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         s.write_all(b"x\n").await.unwrap();
         let mut buf = [0u8; 5];
-        s.read_exact(&mut buf).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+            .await
+            .expect("a reply in time")
+            .unwrap();
         last = Instant::now();
     }
     // ...silence closes it.
@@ -421,7 +460,7 @@ async fn an_idle_connection_is_closed_after_idle_timeout() {
     assert!(matches!(n, Ok(0) | Err(_)));
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
         "{waited:?}"
     );
 }
@@ -437,7 +476,10 @@ async fn least_conn_sends_new_work_to_the_idle_backend() {
         let mut s = TcpStream::connect(front).await.unwrap();
         s.write_all(b"x\n").await.unwrap();
         let mut name = [0u8; 1];
-        s.read_exact(&mut name).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut name))
+            .await
+            .expect("a reply in time")
+            .unwrap();
         long.push((name[0], s));
     }
     let on_a = long.iter().filter(|(n, _)| *n == b'a').count();
@@ -473,6 +515,7 @@ fn descriptor_exhaustion_is_the_proxys_own_and_never_a_backends() {
          [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n[pools.p.health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 1\n",
         backend.addr
     );
+    let daemon_started = Instant::now();
     let daemon = Daemon::start(&text, &["prlimit", "--nofile=64:64", "--"], &[]);
     let front = daemon.listeners()["front"];
     let admin = daemon.admin();
@@ -554,9 +597,11 @@ fn descriptor_exhaustion_is_the_proxys_own_and_never_a_backends() {
         logged == 0 || accept_errors > 0.0,
         "accept errors were logged but not counted"
     );
+    // At most once a second since the daemon started (plus the first).
+    let seconds = daemon_started.elapsed().as_secs() as usize;
     assert!(
-        logged <= 12,
-        "accept errors must be logged at most once a second"
+        logged <= seconds + 1,
+        "accept errors were logged {logged} times in {seconds} s: at most once a second"
     );
 }
 

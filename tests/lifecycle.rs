@@ -31,6 +31,8 @@ fn blocking_ask(addr: SocketAddr) -> Result<String, String> {
 /// A connection through the daemon that has carried one line each way.
 fn echoing(front: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(front).unwrap();
+    // Every read on it fails instead of hanging.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"x\n").unwrap();
     let mut buf = [0u8; 5];
     s.read_exact(&mut buf).unwrap();
@@ -522,6 +524,8 @@ fn the_access_log_has_one_structured_line_per_connection_and_session() {
     let client = echoing(l["logged"]);
     let client_addr = client.local_addr().unwrap().to_string();
     drop(client);
+    drop(echoing(l["logged"]));
+    drop(echoing(l["logged"]));
     drop(echoing(l["quiet"]));
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -542,6 +546,10 @@ fn the_access_log_has_one_structured_line_per_connection_and_session() {
     );
     assert_eq!(tcp["end"], "closed");
     assert!(tcp["duration_ms"].is_u64());
+    // One line per connection: three connections, three lines.
+    wait_until("three access lines", Duration::from_secs(5), || {
+        daemon.count_log(|v| is_access(v) && v["listener"] == "logged") >= 3
+    });
 
     let session = daemon.wait_log("udp access line", Duration::from_secs(5), |v| {
         is_access(v) && v["listener"] == "dns"
@@ -549,6 +557,11 @@ fn the_access_log_has_one_structured_line_per_connection_and_session() {
     assert_eq!(session["message"], "udp session");
     assert_eq!(session["end"], "idle_timeout");
     assert_eq!(session["datagrams_out"].as_u64(), Some(1));
+    assert_eq!(
+        daemon.count_log(|v| is_access(v) && v["listener"] == "logged"),
+        3,
+        "exactly one line per connection"
+    );
     assert_eq!(
         daemon.count_log(|v| is_access(v) && v["listener"] == "quiet"),
         0,

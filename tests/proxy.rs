@@ -218,6 +218,24 @@ async fn half_close(size: usize) {
         .unwrap()
         .unwrap();
     assert_eq!(reply, format!("got {size} bytes"));
+    // The path this test names was the one taken: splice for a bulk upload
+    // (its 64 KiB reads fill the buffer), copying for a short one.
+    wait_metric(
+        &server,
+        "switchyard_listener_active_connections{listener=\"front\"}",
+        0.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let spliced = value(
+        &server,
+        "switchyard_listener_zero_copy_total{listener=\"front\"}",
+    );
+    if size >= 1 << 20 {
+        assert_eq!(spliced, 1.0, "the upload moved by splice");
+    } else {
+        assert_eq!(spliced, 0.0, "a short upload never pays for a pipe");
+    }
 }
 
 #[tokio::test]
@@ -291,13 +309,9 @@ async fn udp_sessions_are_sticky_and_spread() {
         *per_backend.entry(names[0].clone()).or_insert(0) += 1;
     }
     assert_eq!(
-        per_backend
-            .values()
-            .copied()
-            .collect::<Vec<_>>()
-            .iter()
-            .sum::<usize>(),
-        30
+        per_backend.len(),
+        3,
+        "every backend got clients: {per_backend:?}"
     );
     assert!(per_backend.values().all(|&n| n == 10), "{per_backend:?}");
     assert_eq!(
@@ -326,18 +340,22 @@ async fn udp_session_table_stays_within_max_sessions() {
     .await;
     let front = server.local_addr("u").unwrap();
     let mut sockets = Vec::new();
-    for _ in 0..3000 {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.send_to(b"hello", front).unwrap();
-        sockets.push(s);
+    // Paced in batches of 100, each received before the next is sent, so no
+    // datagram is lost to a full socket buffer on a busy machine.
+    for batch in 1..=30 {
+        for _ in 0..100 {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.send_to(b"hello", front).unwrap();
+            sockets.push(s);
+        }
+        wait_metric(
+            &server,
+            "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}",
+            (batch * 100) as f64,
+            Duration::from_secs(10),
+        )
+        .await;
     }
-    wait_metric(
-        &server,
-        "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}",
-        3000.0,
-        Duration::from_secs(20),
-    )
-    .await;
     assert_eq!(
         value(&server, "switchyard_udp_sessions{listener=\"u\"}"),
         100.0
@@ -536,7 +554,10 @@ async fn ipv6_loopback_works_end_to_end() {
     assert!(front.is_ipv6());
     let mut s = TcpStream::connect(front).await.unwrap();
     let mut reply = String::new();
-    s.read_to_string(&mut reply).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
+        .await
+        .expect("a reply in time")
+        .unwrap();
     assert_eq!(reply, "hello ::1\n");
 }
 

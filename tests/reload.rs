@@ -60,7 +60,10 @@ async fn a_reload_keeps_connections_on_removed_listeners_and_backends_and_moves_
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.send_to(b"one", u).await.unwrap();
     let mut buf = [0u8; 64];
-    let n = client.recv(&mut buf).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+        .await
+        .expect("a reply in time")
+        .unwrap();
     assert_eq!(&buf[..n], b"a: one");
     let mut on_old = BufReader::new(TcpStream::connect(old).await.unwrap());
     assert_eq!(line(&mut on_old, "x").await, "a: x\n");
@@ -220,8 +223,19 @@ async fn lowering_max_connections_holds_once_busy_connections_close() {
     .await;
     let mut first = BufReader::new(TcpStream::connect(front).await.unwrap());
     assert_eq!(line(&mut first, "x").await, "a: x\n");
+    let limited = value(
+        &server,
+        "switchyard_listener_rejected_total{listener=\"t\",reason=\"limit\"}",
+    );
     let second = tokio::spawn(async move { ask(front).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The listener finds the second client waiting at the limit.
+    wait_metric(
+        &server,
+        "switchyard_listener_rejected_total{listener=\"t\",reason=\"limit\"}",
+        limited + 1.0,
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(
         !second.is_finished(),
         "the lowered limit of 1 let a second connection in"

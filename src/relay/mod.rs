@@ -150,7 +150,8 @@ pub async fn relay(
     backend: &mut TcpStream,
     idle: Duration,
     stop: &CancellationToken,
-    zero_copy: Option<&IntCounter>,
+    zero_copy: bool,
+    switched: &IntCounter,
     up_meter: Meter<'_>,
     down_meter: Meter<'_>,
 ) -> Outcome {
@@ -159,6 +160,10 @@ pub async fn relay(
         ended: AtomicU8::new(0),
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
+    };
+    let splice = Splice {
+        on: zero_copy,
+        switched,
     };
     let (client_read, client_write) = client.split();
     let (backend_read, backend_write) = backend.split();
@@ -169,14 +174,14 @@ pub async fn relay(
                 backend_write,
                 &progress,
                 up_meter,
-                zero_copy,
+                &splice,
             ),
             pump(
                 (backend_read, Side::Backend),
                 client_write,
                 &progress,
                 down_meter,
-                zero_copy,
+                &splice,
             )
         )
     };
@@ -205,6 +210,13 @@ pub async fn relay(
         down: progress.down.load(Ordering::Relaxed),
         end,
     }
+}
+
+/// Whether bulk directions may switch to splice(2), and where each switch
+/// is counted.
+struct Splice<'a> {
+    on: bool,
+    switched: &'a IntCounter,
 }
 
 /// What both directions of one relay share: one reference per direction
@@ -287,7 +299,7 @@ async fn pump(
     mut to: WriteHalf<'_>,
     progress: &Progress,
     meter: Meter<'_>,
-    zero_copy: Option<&IntCounter>,
+    splice: &Splice<'_>,
 ) -> Result<(), End> {
     let (last, ended) = (&progress.last, &progress.ended);
     let total = match side {
@@ -352,7 +364,8 @@ async fn pump(
             pending = Vec::new();
         }
         // A read that filled the whole scratch buffer marks a bulk flow.
-        if let Some(switched) = zero_copy.filter(|_| read == SCRATCH) {
+        if splice.on && read == SCRATCH {
+            let switched = splice.switched;
             match splice::Pipe::new() {
                 Ok(mut pipe) => {
                     switched.inc();
@@ -419,12 +432,12 @@ mod tests {
             &mut b,
             Duration::from_secs(1),
             &stop,
-            Some(&c),
+            true,
+            &c,
             meter(),
             meter(),
         );
         let size = std::mem::size_of_val(&f);
-        eprintln!("RELAYSIZE {size}");
         assert!(size <= 1024, "the relay future grew to {size} bytes");
     }
 }

@@ -231,8 +231,11 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 }
 
 /// The daemon's current value for a series (0 when absent).
+/// Panics when the series is not exported: a misspelled or missing series
+/// must fail a test, not read as 0.
 pub fn value(server: &Server, series: &str) -> f64 {
-    metric(&server.metrics().render(), series).unwrap_or(0.0)
+    let text = server.metrics().render();
+    metric(&text, series).unwrap_or_else(|| panic!("no series {series} in /metrics"))
 }
 
 /// A TOML backend list for these addresses, with optional weights.
