@@ -349,8 +349,10 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         &mut backend,
         route.config.idle_timeout,
         &shared.hard_stop,
-        route.config.zero_copy,
-        &m.zero_copy,
+        relay::Splice {
+            on: route.config.zero_copy,
+            switched: &m.zero_copy,
+        },
         Meter {
             read: &m.bytes_in,
             written: &b.metrics.bytes_out,

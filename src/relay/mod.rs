@@ -150,8 +150,7 @@ pub async fn relay(
     backend: &mut TcpStream,
     idle: Duration,
     stop: &CancellationToken,
-    zero_copy: bool,
-    switched: &IntCounter,
+    splice: Splice<'_>,
     up_meter: Meter<'_>,
     down_meter: Meter<'_>,
 ) -> Outcome {
@@ -160,10 +159,6 @@ pub async fn relay(
         ended: AtomicU8::new(0),
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
-    };
-    let splice = Splice {
-        on: zero_copy,
-        switched,
     };
     let (client_read, client_write) = client.split();
     let (backend_read, backend_write) = backend.split();
@@ -212,11 +207,13 @@ pub async fn relay(
     }
 }
 
-/// Whether bulk directions may switch to splice(2), and where each switch
-/// is counted.
-struct Splice<'a> {
-    on: bool,
-    switched: &'a IntCounter,
+/// Whether bulk directions may switch to splice(2) (`zero_copy`), and where
+/// each switch is counted.
+pub struct Splice<'a> {
+    /// Bulk directions may switch.
+    pub on: bool,
+    /// Counts the directions that did.
+    pub switched: &'a IntCounter,
 }
 
 /// What both directions of one relay share: one reference per direction
@@ -432,8 +429,10 @@ mod tests {
             &mut b,
             Duration::from_secs(1),
             &stop,
-            true,
-            &c,
+            Splice {
+                on: true,
+                switched: &c,
+            },
             meter(),
             meter(),
         );
