@@ -454,3 +454,55 @@ async fn allow_and_deny_lists_refuse_and_count() {
     );
     assert_eq!(ask(server.local_addr("open").unwrap()).await, "a");
 }
+
+/// Clients that send a request head slowly (or never finish it) are closed
+/// after `header_timeout`, at most 64 are served at once (the rest wait in
+/// the backlog, holding no descriptor of the daemon's), and the proxy is
+/// never starved by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_admin_clients_are_closed_and_capped() {
+    let a = Backend::start("a").await;
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\nheader_timeout = \"500ms\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        a.addr
+    );
+    let server = start(&text).await;
+    let admin = server.admin_addr().await.unwrap();
+    let front = server.local_addr("front").unwrap();
+    // 80 clients start a request and never finish it: more than the 64
+    // served at once, so a second wave waits in the backlog.
+    let mut slow = Vec::new();
+    for _ in 0..80 {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // The proxy serves on.
+    for _ in 0..10 {
+        assert_eq!(ask(front).await, "a");
+    }
+    // Every one of them is closed: the first 64 after 500 ms, the rest
+    // after they are accepted in turn; none gets an answer.
+    let started = std::time::Instant::now();
+    for mut s in slow {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a slow client held its connection past header_timeout");
+        if let Ok(n) = n {
+            // hyper may answer 408 before closing; never a real response.
+            let head = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "80 slow clients were closed in {:?}: more than 64 were served at once",
+        started.elapsed()
+    );
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+}

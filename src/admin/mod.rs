@@ -49,9 +49,6 @@ pub enum Error {
 /// The daemon as the endpoint's handlers see it.
 pub type Daemon = Arc<dyn Control>;
 
-/// How long a client may take to send a request's head, and how long a
-/// kept-alive connection may sit idle: the status page asks every 2 s.
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Request bodies are tiny JSON objects; anything larger is refused.
 const MAX_BODY: usize = 16 * 1024;
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -104,6 +101,7 @@ pub(crate) struct Endpoint {
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     /// The listening socket's descriptor, to hand to a new process.
     pub fd: std::os::fd::RawFd,
+    header_timeout: std::time::Duration,
     stop: CancellationToken,
 }
 
@@ -136,6 +134,7 @@ impl Endpoint {
             settings: Arc::new(ArcSwap::from_pointee(Settings::new(cfg, token))),
             listener: std::sync::Mutex::new(Some(listener)),
             fd,
+            header_timeout: cfg.header_timeout,
             stop: CancellationToken::new(),
         })
     }
@@ -155,6 +154,7 @@ impl Endpoint {
         let stop = self.stop.clone();
         let parent = parent.clone();
         let settings = self.settings.clone();
+        let header_timeout = self.header_timeout;
         let connections = tracker.clone();
         tracing::info!(addr = %self.addr, "admin endpoint listening");
         tracker.spawn(async move {
@@ -192,11 +192,12 @@ impl Endpoint {
                         let settings = settings.load_full();
                         async move { Ok::<_, Infallible>(route(server, &settings, req).await) }
                     });
-                    // A request's head must arrive within HEADER_TIMEOUT,
-                    // and so must the next one on a kept-alive connection.
+                    // A request's head must arrive within header_timeout,
+                    // and so must the next one on a kept-alive connection
+                    // (the status page asks every 2 s).
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT)
+                        .header_read_timeout(header_timeout)
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         r = conn => if let Err(e) = r {
@@ -419,6 +420,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use std::path::Path;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     struct Fake;
@@ -467,6 +469,7 @@ mod tests {
             token_file: None,
             protect_reads: false,
             hosts: Vec::new(),
+            header_timeout: Duration::from_secs(10),
         };
         let endpoint = Endpoint::bind(&cfg, None).unwrap();
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
@@ -500,6 +503,7 @@ mod tests {
             token_file: None,
             protect_reads: false,
             hosts: vec!["lb.example".into()],
+            header_timeout: Duration::from_secs(10),
         };
         let endpoint = Endpoint::bind(&cfg, None).unwrap();
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());

@@ -60,6 +60,9 @@ pub struct AdminConfig {
     /// `hosts`: host names (beside IP literals and `localhost`, always
     /// accepted) that requests may carry in `Host`; default none.
     pub hosts: Vec<String>,
+    /// `header_timeout`, default 10s: a request's head must arrive within
+    /// it, and a kept-alive connection may idle no longer.
+    pub header_timeout: Duration,
 }
 
 /// `"tcp"` or `"udp"`.

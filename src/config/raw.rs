@@ -27,6 +27,7 @@ pub struct RawAdmin {
     pub token_file: Option<S<String>>,
     pub protect_reads: Option<bool>,
     pub hosts: Option<Vec<String>>,
+    pub header_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

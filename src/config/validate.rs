@@ -87,6 +87,9 @@ impl Validator<'_> {
                     .into_iter()
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
+                header_timeout: self
+                    .positive_duration(a.header_timeout.as_ref(), "admin.header_timeout")
+                    .unwrap_or(Duration::from_secs(10)),
             }
         });
         let shutdown_grace = self
