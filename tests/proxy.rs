@@ -724,3 +724,99 @@ async fn keepalive_is_on_both_sides_and_can_be_turned_off() {
         );
     }
 }
+
+/// Connects to `front` from the local address `from` (127.0.0.0/8 is all ours).
+async fn connect_from(from: &str, front: std::net::SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(front).await.unwrap()
+}
+
+/// Sends a line and reads the answer; `None` when the proxy closed instead.
+async fn answer(s: &mut TcpStream) -> Option<String> {
+    s.write_all(b"who\n").await.ok()?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer or a close in time")
+        .ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+#[tokio::test]
+async fn per_address_limits_refuse_one_client_and_serve_the_others() {
+    let b = three().await;
+    let text = tcp_config("round_robin", &b, None)
+        .replace("access_log = false", "max_connections_per_ip = 2")
+        + &tcp_config("round_robin", &b, None)
+            .replace("name = \"front\"", "name = \"paced\"")
+            .replace(
+                "access_log = false",
+                "connection_rate_per_ip = 0.5\nconnection_burst_per_ip = 3",
+            )
+            .split("[pools.p]")
+            .next()
+            .unwrap()
+            .to_string();
+    let server = start(&text).await;
+    let (front, paced) = (
+        server.local_addr("front").unwrap(),
+        server.local_addr("paced").unwrap(),
+    );
+    // Two open from one address; its third is refused, another address is served.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.5", front).await;
+        assert!(answer(&mut s).await.is_some());
+        held.push(s);
+    }
+    let mut third = connect_from("127.0.0.5", front).await;
+    assert_eq!(
+        answer(&mut third).await,
+        None,
+        "a third connection from one address"
+    );
+    let mut other = connect_from("127.0.0.6", front).await;
+    assert!(
+        answer(&mut other).await.is_some(),
+        "another address is served"
+    );
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_listener_rejected_total{listener=\"front\",reason=\"ip_limit\"}"
+        ),
+        1.0
+    );
+    drop(held.pop());
+    wait_metric(
+        &server,
+        "switchyard_listener_active_connections{listener=\"front\"}",
+        2.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut again = connect_from("127.0.0.5", front).await;
+    assert!(
+        answer(&mut again).await.is_some(),
+        "a closed connection frees a place"
+    );
+
+    // A burst of three from one address, then refused until tokens come back
+    // (one per 2 s); another address has its own bucket.
+    for i in 0..3 {
+        let mut s = connect_from("127.0.0.7", paced).await;
+        assert!(answer(&mut s).await.is_some(), "burst connection {i}");
+    }
+    let mut fourth = connect_from("127.0.0.7", paced).await;
+    assert_eq!(answer(&mut fourth).await, None, "past the burst");
+    let mut other = connect_from("127.0.0.8", paced).await;
+    assert!(answer(&mut other).await.is_some());
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_listener_rejected_total{listener=\"paced\",reason=\"ip_rate\"}"
+        ),
+        1.0
+    );
+}

@@ -111,6 +111,49 @@ impl Validator<'_> {
         }
     }
 
+    /// `connection_rate_per_ip` and `connection_burst_per_ip`: a positive
+    /// rate per second, and a burst of at least 1 (default the rate).
+    pub(super) fn rate(
+        &mut self,
+        rate: Option<&S<f64>>,
+        burst: Option<&S<f64>>,
+        key: &str,
+    ) -> Option<(f64, f64)> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if let Some(b) = burst {
+            if rate.is_none() {
+                self.p.push(
+                    b.span(),
+                    format!("{key}.connection_burst_per_ip"),
+                    "needs connection_rate_per_ip",
+                );
+            } else if !(b.get_ref().is_finite() && *b.get_ref() >= 1.0) {
+                self.p.push(
+                    b.span(),
+                    format!("{key}.connection_burst_per_ip"),
+                    format!("must be at least 1, not {}", b.get_ref()),
+                );
+            }
+        }
+        let r = rate?;
+        if !positive(*r.get_ref()) {
+            self.p.push(
+                r.span(),
+                format!("{key}.connection_rate_per_ip"),
+                format!(
+                    "must be a number of connections per second above zero, not {}",
+                    r.get_ref()
+                ),
+            );
+            return None;
+        }
+        let burst = burst
+            .map(|b| *b.get_ref())
+            .filter(|b| b.is_finite() && *b >= 1.0)
+            .unwrap_or_else(|| r.get_ref().max(1.0));
+        Some((*r.get_ref(), burst))
+    }
+
     /// A backend's address: one a connection can be made to.
     pub(super) fn backend_addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
         let a = self.addr(v, key)?;

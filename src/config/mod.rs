@@ -85,7 +85,7 @@ impl Protocol {
 }
 
 /// One `[[listeners]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// `name`: unique; the `listener` label of metrics.
     pub name: String,
@@ -105,6 +105,13 @@ pub struct ListenerConfig {
     pub max_sessions_per_ip: NonZeroUsize,
     /// `max_connections` (TCP), default 65536; beyond it connections wait in the backlog.
     pub max_connections: NonZeroUsize,
+    /// `max_connections_per_ip` (TCP): connections one client address may
+    /// have open; beyond it new ones are refused. Default unlimited.
+    pub max_connections_per_ip: Option<NonZeroU32>,
+    /// `connection_rate_per_ip` (TCP): new connections per second one client
+    /// address may open, with `connection_burst_per_ip` (default the rate,
+    /// at least 1) above it. Default unlimited.
+    pub connection_rate_per_ip: Option<(f64, f64)>,
     /// `access_log`, default true.
     pub access_log: bool,
     /// `backlog` (TCP accept queue), default 1024.

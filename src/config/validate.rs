@@ -230,6 +230,20 @@ impl Validator<'_> {
             1 << 24,
             65536,
         );
+        let max_connections_per_ip = l.max_connections_per_ip.as_ref().map(|m| {
+            self.count(
+                Some(m),
+                &format!("{key}.max_connections_per_ip"),
+                1,
+                1 << 24,
+                1,
+            ) as u32
+        });
+        let connection_rate_per_ip = self.rate(
+            l.connection_rate_per_ip.as_ref(),
+            l.connection_burst_per_ip.as_ref(),
+            key,
+        );
         let backlog = self.count(
             l.backlog.as_ref(),
             &format!("{key}.backlog"),
@@ -258,6 +272,8 @@ impl Validator<'_> {
             max_sessions: NonZeroUsize::new(max_sessions as usize)?,
             max_sessions_per_ip: NonZeroUsize::new(max_sessions_per_ip as usize)?,
             max_connections: NonZeroUsize::new(max_connections as usize)?,
+            max_connections_per_ip: max_connections_per_ip.and_then(NonZeroU32::new),
+            connection_rate_per_ip,
             access_log: l.access_log.unwrap_or(true),
             backlog: backlog as u32,
             // UDP: one receive loop per worker thread unless told otherwise.

@@ -2,6 +2,7 @@
 //! start and reload), launch, re-point at a new pool, retire. The protocols
 //! live beside it: `tcp` (accept, connect, relay) and `udp` (sessions).
 
+mod clients;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 mod udp_io;
@@ -130,6 +131,7 @@ impl Listener {
                     hard_stop: hard_stop.clone(),
                     tracker: cx.tracker.clone(),
                     local_log: crate::clock::Every::ms(1000),
+                    clients: Default::default(),
                 });
                 let mut watched = Vec::new();
                 for s in sockets {

@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::clients::{Clients, Limits, Refusal};
 use super::Route;
 use crate::backend::ActiveGuard;
 use crate::clock::Every;
@@ -40,6 +41,9 @@ pub struct TcpShared {
     /// Paces the log line for connections the proxy could not serve for
     /// want of its own resources.
     pub local_log: Every,
+    /// Per-client-address counts, for `max_connections_per_ip` and
+    /// `connection_rate_per_ip`.
+    pub clients: Arc<Clients>,
 }
 
 impl TcpShared {
@@ -317,6 +321,25 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         tracing::debug!(listener = name, client = %peer, "client refused by allow/deny");
         return;
     }
+    let limits = Limits {
+        open: route.config.max_connections_per_ip.map(|n| n.get()),
+        rate: route.config.connection_rate_per_ip,
+    };
+    let _client = if limits.any() {
+        match shared.clients.admit(peer.ip(), &limits) {
+            Ok(admitted) => Some(admitted),
+            Err(refusal) => {
+                match refusal {
+                    Refusal::Open => m.rejected_ip_limit.inc(),
+                    Refusal::Rate => m.rejected_ip_rate.inc(),
+                }
+                tracing::debug!(listener = name, client = %peer, ?refusal, "client refused by its per-address limit");
+                return;
+            }
+        }
+    } else {
+        None
+    };
     m.connections.inc();
     m.active.inc();
     // Declared in this order so the slot goes back before the gauge drops:

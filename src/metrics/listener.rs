@@ -125,6 +125,10 @@ pub struct TcpListenerMetrics {
     pub rejected_denied: IntCounter,
     /// Times the listener reached `max_connections` and left clients in the backlog.
     pub rejected_limit: IntCounter,
+    /// Clients refused at `max_connections_per_ip`.
+    pub rejected_ip_limit: IntCounter,
+    /// Clients refused past `connection_rate_per_ip`.
+    pub rejected_ip_rate: IntCounter,
     /// Times the data plane's descriptor budget was spent and clients were
     /// left in the backlog.
     pub rejected_descriptors: IntCounter,
@@ -182,6 +186,8 @@ impl Metrics {
             rejected_denied: o.counter(&REJECTED, Some("denied")),
             rejected_limit: o.counter(&REJECTED, Some("limit")),
             rejected_descriptors: o.counter(&REJECTED, Some("descriptors")),
+            rejected_ip_limit: o.counter(&REJECTED, Some("ip_limit")),
+            rejected_ip_rate: o.counter(&REJECTED, Some("ip_rate")),
             local: LocalErrors::new(&mut o),
             accept_errors: o.counter(&ACCEPT_ERRORS, None),
             zero_copy: o.counter(&ZERO_COPY, None),

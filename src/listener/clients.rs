@@ -1,0 +1,204 @@
+//! Per-client-address limits on a TCP listener: connections open at once
+//! (`max_connections_per_ip`) and new connections per second with a burst
+//! (`connection_rate_per_ip`, a token bucket). The table behind them is
+//! sharded (a lock per shard, taken once when a connection opens and once
+//! when it closes) and bounded: an address with nothing open and a full
+//! bucket is forgotten, and a full shard sweeps such entries out first.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::clock::now_ms;
+
+/// Shards of the table: enough that two cores rarely meet on one lock.
+const SHARDS: usize = 16;
+/// Addresses one shard remembers at most (65,536 in all): past that, an
+/// address that cannot be remembered is let through rather than refused.
+const SHARD_CAPACITY: usize = 4096;
+
+/// What a listener allows one client address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Limits {
+    /// Connections open at once, if limited.
+    pub open: Option<u32>,
+    /// New connections per second and the burst allowed above it, if limited.
+    pub rate: Option<(f64, f64)>,
+}
+
+impl Limits {
+    /// Whether anything is limited (if not, the table is never touched).
+    pub fn any(&self) -> bool {
+        self.open.is_some() || self.rate.is_some()
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    open: u32,
+    tokens: f64,
+    at_ms: u64,
+}
+
+/// Why a client was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// It has `max_connections_per_ip` open.
+    Open,
+    /// It opened connections faster than `connection_rate_per_ip` allows.
+    Rate,
+}
+
+/// The per-address table of one listener.
+pub(crate) struct Clients {
+    shards: Vec<Mutex<HashMap<IpAddr, Entry>>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+/// A client's place in the table while its connection is open.
+pub(crate) struct Admitted {
+    clients: Arc<Clients>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut shard = self.clients.shard(self.ip);
+        if let Some(e) = shard.get_mut(&self.ip) {
+            e.open = e.open.saturating_sub(1);
+        }
+    }
+}
+
+impl Clients {
+    fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
+        let mut h = self.hasher.build_hasher();
+        ip.hash(&mut h);
+        self.shards[h.finish() as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a new connection from `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Admitted, Refusal> {
+        let now = now_ms();
+        let mut shard = self.shard(ip);
+        if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&ip) {
+            shard.retain(|_, e| e.open > 0 || !full(e, limits, now));
+            if shard.len() >= SHARD_CAPACITY {
+                drop(shard);
+                return Ok(Admitted {
+                    clients: self.clone(),
+                    ip,
+                });
+            }
+        }
+        let burst = limits.rate.map_or(0.0, |(_, b)| b);
+        let e = shard.entry(ip).or_insert(Entry {
+            open: 0,
+            tokens: burst,
+            at_ms: now,
+        });
+        if let Some(max) = limits.open {
+            if e.open >= max {
+                return Err(Refusal::Open);
+            }
+        }
+        if let Some((rate, burst)) = limits.rate {
+            let elapsed = now.saturating_sub(e.at_ms) as f64 / 1000.0;
+            e.tokens = (e.tokens + elapsed * rate).min(burst);
+            e.at_ms = now;
+            if e.tokens < 1.0 {
+                return Err(Refusal::Rate);
+            }
+            e.tokens -= 1.0;
+        }
+        e.open += 1;
+        Ok(Admitted {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Whether an entry's bucket has refilled: forgetting it changes nothing.
+fn full(e: &Entry, limits: &Limits, now: u64) -> bool {
+    match limits.rate {
+        None => true,
+        Some((rate, burst)) => {
+            e.tokens + now.saturating_sub(e.at_ms) as f64 / 1000.0 * rate >= burst
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn open_and_rate_limits_per_address() {
+        let clients = Arc::new(Clients::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let open = Limits {
+            open: Some(2),
+            rate: None,
+        };
+        let one = clients.admit(a, &open).unwrap();
+        let _two = clients.admit(a, &open).unwrap();
+        assert_eq!(clients.admit(a, &open).err(), Some(Refusal::Open));
+        assert!(
+            clients.admit(b, &open).is_ok(),
+            "another address is not limited"
+        );
+        drop(one);
+        assert!(
+            clients.admit(a, &open).is_ok(),
+            "a closed connection frees a place"
+        );
+
+        // 2 per second with a burst of 3.
+        let rate = Limits {
+            open: None,
+            rate: Some((2.0, 3.0)),
+        };
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        for _ in 0..3 {
+            assert!(clients.admit(c, &rate).is_ok());
+        }
+        assert_eq!(clients.admit(c, &rate).err(), Some(Refusal::Rate));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(
+            clients.admit(c, &rate).is_ok(),
+            "one token back after 0.5 s"
+        );
+        assert_eq!(clients.admit(c, &rate).err(), Some(Refusal::Rate));
+    }
+
+    #[test]
+    fn the_table_stays_bounded() {
+        let clients = Arc::new(Clients::default());
+        let limits = Limits {
+            open: Some(1),
+            rate: None,
+        };
+        // Far more addresses than the table holds, each closed at once.
+        for i in 0..200_000u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            drop(clients.admit(ip, &limits).unwrap());
+        }
+        let held: usize = clients.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= SHARDS * SHARD_CAPACITY, "{held} entries");
+    }
+}
