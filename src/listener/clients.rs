@@ -6,7 +6,7 @@
 //! bucket is forgotten, and a full shard sweeps such entries out first.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -82,9 +82,7 @@ impl Drop for Admitted {
 
 impl Clients {
     fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        ip.hash(&mut h);
-        self.shards[h.finish() as usize % SHARDS]
+        self.shards[self.hasher.hash_one(ip) as usize % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
