@@ -746,18 +746,15 @@ async fn answer(s: &mut TcpStream) -> Option<String> {
 #[tokio::test]
 async fn per_address_limits_refuse_one_client_and_serve_the_others() {
     let b = three().await;
+    let paced_listener = tcp_config("round_robin", &b, None)
+        .replace("name = \"front\"", "name = \"paced\"")
+        .replace(
+            "access_log = false",
+            "connection_rate_per_ip = 0.5\nconnection_burst_per_ip = 3",
+        );
     let text = tcp_config("round_robin", &b, None)
         .replace("access_log = false", "max_connections_per_ip = 2")
-        + &tcp_config("round_robin", &b, None)
-            .replace("name = \"front\"", "name = \"paced\"")
-            .replace(
-                "access_log = false",
-                "connection_rate_per_ip = 0.5\nconnection_burst_per_ip = 3",
-            )
-            .split("[pools.p]")
-            .next()
-            .unwrap()
-            .to_string();
+        + paced_listener.split("[pools.p]").next().unwrap();
     let server = start(&text).await;
     let (front, paced) = (
         server.local_addr("front").unwrap(),
