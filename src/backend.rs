@@ -10,6 +10,9 @@ use std::time::Duration;
 use crate::clock::now_ms;
 use crate::metrics::BackendMetrics;
 
+/// `on_down` when established connections are kept (the default).
+const KEEP: u64 = u64::MAX;
+
 /// Passive ejections double `fail_timeout` each time, up to this factor.
 const MAX_EJECTION_FACTOR: u32 = 16;
 
@@ -36,6 +39,12 @@ pub struct Backend {
     draining: AtomicBool,
     /// Left its pool (a reload or discovery removed it).
     retired: AtomicBool,
+    /// What happens to its established connections when it goes down or
+    /// leaves its pool: `None` keeps them, `Some(grace)` closes them after
+    /// `grace` (the pool's `on_backend_down`), set by each snapshot.
+    on_down: AtomicU64,
+    /// Fires when it goes down or leaves its pool; replaced when it comes back.
+    down: Mutex<tokio_util::sync::CancellationToken>,
     /// When it last came back (an up transition, the end of an ejection),
     /// for `slow_start`; 0 once it has warmed up.
     back_at: AtomicU64,
@@ -69,6 +78,8 @@ impl Backend {
             draining: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             back_at: AtomicU64::new(0),
+            on_down: AtomicU64::new(KEEP),
+            down: Mutex::new(tokio_util::sync::CancellationToken::new()),
             active: AtomicU64::new(0),
             passive_fails: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -102,7 +113,32 @@ impl Backend {
     /// It left its pool: its series go, and no new traffic comes its way.
     pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
+        self.fire_down();
         self.metrics.forget();
+    }
+
+    /// Sets what happens to established connections when it goes down.
+    pub(crate) fn set_on_down(&self, on_down: Option<Duration>) {
+        let ms = on_down.map_or(KEEP, |d| (d.as_millis() as u64).min(KEEP - 1));
+        self.on_down.store(ms, Ordering::Relaxed);
+    }
+
+    /// For a new connection: when its pool closes connections of a backend
+    /// that goes down, the grace and the signal to watch.
+    pub fn down_watch(&self) -> Option<(Duration, tokio_util::sync::CancellationToken)> {
+        let ms = self.on_down.load(Ordering::Relaxed);
+        if ms == KEEP {
+            return None;
+        }
+        let grace = Duration::from_millis(ms);
+        Some((
+            grace,
+            self.down.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        ))
+    }
+
+    fn fire_down(&self) {
+        self.down.lock().unwrap_or_else(|e| e.into_inner()).cancel();
     }
 
     /// Slow start: whether this pick may go to it. For `slow_start` after
@@ -158,6 +194,13 @@ impl Backend {
             return false;
         }
         self.metrics.up.set(up as i64);
+        if !up {
+            self.fire_down();
+        } else {
+            // A fresh signal for the connections made from now on.
+            *self.down.lock().unwrap_or_else(|e| e.into_inner()) =
+                tokio_util::sync::CancellationToken::new();
+        }
         if up {
             self.back_at.store(now_ms(), Ordering::Relaxed);
             self.metrics.to_up.inc();

@@ -267,6 +267,7 @@ fn build(
                 ))
             });
             backend.metrics.weight.set(i64::from(b.weight.get()));
+            backend.set_on_down(config.on_backend_down);
             Member {
                 backend,
                 weight: b.weight,

@@ -655,3 +655,89 @@ async fn a_black_hole_backend_is_taken_out() {
     );
     assert_eq!(value(&server, &closed), lost as f64);
 }
+
+/// `on_backend_down = "close"`: established connections to a backend that
+/// goes down (its check fails) or leaves the pool (a reload) are closed and
+/// counted; by default ("keep") they run on.
+#[tokio::test]
+async fn on_backend_down_close_ends_established_connections() {
+    let mut a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let text = |policy: &str, backends: &[SocketAddr]| {
+        format!(
+            "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+             [pools.p]\nbackends = {}\non_backend_down = \"{policy}\"\n\
+             [pools.p.health]\nkind = \"tcp\"\ninterval = \"100ms\"\nfall = 1\n",
+            backends_toml(backends, None)
+        )
+    };
+    let server = start(&text("close", &[a.addr])).await;
+    let front = server.local_addr("front").unwrap();
+    let mut held = TcpStream::connect(front).await.unwrap();
+    held.write_all(b"x\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"a: x\n");
+    // The backend stops accepting (its established connection would run on):
+    // its check fails, it goes down, and the proxy closes the connection.
+    a.stop();
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .expect("the connection was closed when its backend went down");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let closed = format!(
+        "switchyard_backend_connections_closed_total{{backend=\"{}\",pool=\"p\"}}",
+        a.addr
+    );
+    assert_eq!(value(&server, &closed), 1.0);
+
+    // Leaving the pool by a reload closes its connections too.
+    let server = start(&text("close", &[b.addr])).await;
+    let front = server.local_addr("front").unwrap();
+    let mut held = TcpStream::connect(front).await.unwrap();
+    held.write_all(b"y\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"b: y\n");
+    let c = Backend::start("c").await;
+    server
+        .reload(
+            switchyard::Config::parse(&text("close", &[c.addr]), std::path::Path::new("t.toml"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .expect("the connection was closed when its backend left the pool");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+
+    // "keep": the same removal leaves the connection running.
+    let server = start(&text("keep", &[b.addr])).await;
+    let front = server.local_addr("front").unwrap();
+    let mut held = TcpStream::connect(front).await.unwrap();
+    held.write_all(b"z\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"b: z\n");
+    server
+        .reload(
+            switchyard::Config::parse(&text("keep", &[c.addr]), std::path::Path::new("t.toml"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    held.write_all(b"w\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"b: w\n", "kept");
+}

@@ -169,6 +169,10 @@ pub struct PoolConfig {
     /// `slow_start`, default 0 (off): a backend that comes back (up again,
     /// or back from an ejection) ramps up to its full share over this long.
     pub slow_start: Duration,
+    /// `on_backend_down`: `"keep"` (default: `None`) lets established
+    /// connections to a backend that goes down or leaves the pool run on;
+    /// `"close"` closes them after `on_backend_down_grace` (default 0s).
+    pub on_backend_down: Option<Duration>,
     /// `[pools.NAME.health]`.
     pub health: HealthConfig,
 }

@@ -355,6 +355,29 @@ impl Validator<'_> {
             Some(h) => self.health(&format!("{key}.health"), h),
             None => HealthConfig::default(),
         };
+        let grace = self
+            .duration(
+                pool.on_backend_down_grace.as_ref(),
+                &format!("{key}.on_backend_down_grace"),
+            )
+            .unwrap_or(Duration::ZERO);
+        let on_backend_down = match pool.on_backend_down.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("keep") => None,
+            Some("close") => Some(grace),
+            Some(other) => {
+                let span = pool
+                    .on_backend_down
+                    .as_ref()
+                    .map(|v| v.span())
+                    .unwrap_or_default();
+                self.p.push(
+                    span,
+                    format!("{key}.on_backend_down"),
+                    format!("`{other}` is not a choice; expected \"keep\" or \"close\""),
+                );
+                None
+            }
+        };
         PoolConfig {
             name: name.to_string(),
             strategy,
@@ -368,6 +391,7 @@ impl Validator<'_> {
             slow_start: self
                 .duration(pool.slow_start.as_ref(), &format!("{key}.slow_start"))
                 .unwrap_or(Duration::ZERO),
+            on_backend_down,
             health,
         }
     }

@@ -367,11 +367,26 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         }
     };
     let b = guard.backend();
-    let outcome = relay::relay(
+    // With on_backend_down = "close", a connection of its own to stop when
+    // the backend goes down (plus the grace); otherwise the listener's.
+    let down = b.down_watch();
+    let own_stop = down.as_ref().map(|_| shared.hard_stop.child_token());
+    let stop = own_stop.as_ref().unwrap_or(&shared.hard_stop);
+    let closes_when_down = async {
+        match (&down, &own_stop) {
+            (Some((grace, signal)), Some(own)) => {
+                signal.cancelled().await;
+                tokio::time::sleep(*grace).await;
+                own.cancel();
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let relaying = relay::relay(
         &mut client,
         &mut backend,
         route.config.idle_timeout,
-        &shared.hard_stop,
+        stop,
         relay::Splice {
             on: route.config.zero_copy,
             switched: &m.zero_copy,
@@ -384,8 +399,20 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
             read: &b.metrics.bytes_in,
             written: &m.bytes_out,
         },
-    )
-    .await;
+    );
+    let (outcome, closed_as_down) = if own_stop.is_none() {
+        (relaying.await, false)
+    } else {
+        tokio::pin!(relaying);
+        tokio::select! {
+            o = &mut relaying => (o, false),
+            // Its own stop has fired: the relay ends at once.
+            _ = closes_when_down => (relaying.await, true),
+        }
+    };
+    if closed_as_down {
+        b.metrics.closed_on_down.inc();
+    }
     let elapsed = started.elapsed();
     m.duration.observe(elapsed.as_secs_f64());
     if outcome.down == 0 && elapsed < EARLY_CLOSE && backend_ended_it(&outcome) {
@@ -407,7 +434,7 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
             bytes_in = outcome.up,
             bytes_out = outcome.down,
             duration_ms = elapsed.as_millis() as u64,
-            end = outcome.end.as_str(),
+            end = if closed_as_down { "backend_down" } else { outcome.end.as_str() },
             "tcp connection"
         );
     }

@@ -57,6 +57,11 @@ const TRANSITIONS: Family = Family::by(
     "Health state changes, by the state entered.",
     "to",
 );
+const CLOSED_ON_DOWN: Family = Family::new(
+    "switchyard_backend_connections_closed_total",
+    "Established connections closed because their backend went down or left its pool (on_backend_down = \"close\").",
+    Kind::Counter,
+);
 const CONNECT_DURATION: Family = Family::new(
     "switchyard_backend_connect_duration_seconds",
     "Time to establish a TCP connection to the backend.",
@@ -98,6 +103,8 @@ pub struct BackendMetrics {
     pub to_down: IntCounter,
     /// Time to connect.
     pub connect_duration: Histogram,
+    /// Established connections closed because it went down or left.
+    pub closed_on_down: IntCounter,
     series: Series,
 }
 
@@ -122,6 +129,7 @@ impl Metrics {
             to_up: o.counter(&TRANSITIONS, Some("up")),
             to_down: o.counter(&TRANSITIONS, Some("down")),
             connect_duration: o.histogram(&CONNECT_DURATION),
+            closed_on_down: o.counter(&CLOSED_ON_DOWN, None),
             series: o.finish(),
         }
     }
