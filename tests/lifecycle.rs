@@ -356,7 +356,7 @@ fn systemd_is_told_ready_reloading_stopping_in_order() {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut daemon = Daemon::start(
-        &config(false, &[a.addr], false, "1s"),
+        &config(true, &[a.addr], false, "1s"),
         &[],
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
     );
@@ -372,6 +372,18 @@ fn systemd_is_told_ready_reloading_stopping_in_order() {
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
         "{reloading}"
     );
+    assert_eq!(next(), "READY=1");
+    // A reload through the API whose client goes away at once still ends
+    // with READY=1: systemd is never left at RELOADING=1.
+    let admin = daemon.admin();
+    let mut c = TcpStream::connect(admin).unwrap();
+    c.write_all(
+        b"POST /api/v1/reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    c.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(c);
+    assert!(next().starts_with("RELOADING=1\n"));
     assert_eq!(next(), "READY=1");
     daemon.signal("TERM");
     assert_eq!(next(), "STOPPING=1");
