@@ -306,3 +306,67 @@ async fn a_reload_that_blocks_stalls_no_connection() {
     reloading.await.unwrap().unwrap();
     writer.join().unwrap();
 }
+
+/// Renaming a listener, or turning `reuse_port` on or off, hands its sockets
+/// over: the reload succeeds (the address is never free, so it cannot be
+/// lost), clients keep being served throughout, and a connection on the old
+/// listener runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_listener_or_changing_reuse_port_hands_its_sockets_over() {
+    let a = Backend::start("a").await;
+    // A fixed port: a listener on port 0 has nothing to hand over.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = |name: &str, reuse_port: bool| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\npool = \"p\"\nreuse_port = {reuse_port}\n\
+             [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+            a.addr
+        )
+    };
+    let parse = |t: String| Config::parse(&t, Path::new("reload.toml")).unwrap();
+    let server = Server::start(parse(text("old", false))).await.unwrap();
+    let front = server.local_addr("old").unwrap();
+    let mut held = BufReader::new(TcpStream::connect(front).await.unwrap());
+    assert_eq!(line(&mut held, "1").await, "a: 1\n");
+
+    // Clients throughout, bounded in count and time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut served, mut failed) = (0, 0);
+            let started = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && started.elapsed() < Duration::from_secs(30)
+                && served + failed < 100_000
+            {
+                match try_ask(front).await {
+                    Ok(_) => served += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (served, failed)
+        }
+    });
+    for (name, reuse_port) in [("new", true), ("new", false), ("newer", true)] {
+        server
+            .reload(parse(text(name, reuse_port)))
+            .await
+            .unwrap_or_else(|e| panic!("renaming to {name} with reuse_port = {reuse_port}: {e}"));
+        assert_eq!(server.local_addr(name), Some(front), "{name}: same address");
+        assert_eq!(ask(front).await, "a");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (served, failed) = client.await.unwrap();
+    assert!(served > 0);
+    assert_eq!(
+        failed, 0,
+        "{failed} clients failed across the reloads ({served} served)"
+    );
+    // The connection made on the first listener runs on.
+    assert_eq!(line(&mut held, "2").await, "a: 2\n");
+}

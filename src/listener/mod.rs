@@ -206,22 +206,81 @@ pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound, BindError> {
 
 /// One socket on the listener's address or, with `reuse_port`, one per
 /// worker thread, the rest on the address the first was given (so port 0
-/// works).
+/// works). Every socket has SO_REUSEPORT, whatever `reuse_port` says (it
+/// only says how many sockets): a later reload can then add sockets to the
+/// group, or a renamed listener take them over, without the address ever
+/// being free (as HAProxy does). The kernel lets only sockets of the same
+/// user join a group.
 fn group<S>(
     l: &ListenerConfig,
     open: impl Fn(SocketAddr, bool) -> std::io::Result<S>,
     local_addr: impl Fn(&S) -> std::io::Result<SocketAddr>,
 ) -> std::io::Result<Vec<S>> {
-    let first = open(l.bind, l.reuse_port)?;
+    let first = open(l.bind, true)?;
     let addr = local_addr(&first)?;
     let mut sockets = vec![first];
+    grow(l, addr, &mut sockets, open)?;
+    Ok(sockets)
+}
+
+/// With `reuse_port`, adds sockets on `addr` until there is one per worker.
+fn grow<S>(
+    l: &ListenerConfig,
+    addr: SocketAddr,
+    sockets: &mut Vec<S>,
+    open: impl Fn(SocketAddr, bool) -> std::io::Result<S>,
+) -> std::io::Result<()> {
     if l.reuse_port {
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        for _ in 1..workers {
+        while sockets.len() < workers {
             sockets.push(open(addr, true)?);
         }
     }
-    Ok(sockets)
+    Ok(())
+}
+
+/// The sockets for `l`, taken over from `from`, a running listener on the
+/// same protocol and address (renamed, or `reuse_port` changed): copies of
+/// its descriptors (it keeps its own until it retires), one for a single
+/// socket, or grown to one per worker with `reuse_port`.
+pub(crate) fn take_over(from: &Listener, l: &ListenerConfig) -> Result<Bound, BindError> {
+    let err = |cause| BindError {
+        listener: l.name.clone(),
+        protocol: l.protocol.as_str(),
+        addr: l.bind,
+        cause,
+    };
+    let mut fds = Vec::new();
+    for fd in from.listening_fds() {
+        // SAFETY: the descriptor is open while `from` serves, and it does
+        // until after this returns; the copy is a new descriptor we own.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        fds.push(borrowed.try_clone_to_owned().map_err(err)?);
+        if !l.reuse_port {
+            break;
+        }
+    }
+    if fds.is_empty() {
+        return Err(err(std::io::Error::other(
+            "the listener to take over has no socket",
+        )));
+    }
+    let addr = from.addr;
+    match l.protocol {
+        Protocol::Tcp => {
+            let mut sockets: Vec<std::net::TcpListener> = fds.into_iter().map(Into::into).collect();
+            grow(l, addr, &mut sockets, |addr, reuse| {
+                net::tcp_listener(addr, l.backlog, reuse, l.tcp_keepalive)
+            })
+            .map_err(err)?;
+            Ok(Bound::Tcp(sockets))
+        }
+        Protocol::Udp => {
+            let mut sockets: Vec<std::net::UdpSocket> = fds.into_iter().map(Into::into).collect();
+            grow(l, addr, &mut sockets, net::udp_socket).map_err(err)?;
+            Ok(Bound::Udp(sockets))
+        }
+    }
 }
 
 impl Listener {

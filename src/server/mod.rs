@@ -201,12 +201,21 @@ impl Server {
         let mut fresh: HashMap<&str, Bound> = HashMap::new();
         for name in plan.to_bind() {
             let l = by_name[name];
-            let bound = match st.inherited.take_listener(l) {
-                Some(fds) => {
+            let inherited = st.inherited.take_listener(l);
+            let taking_over = plan.listeners.iter().find_map(|(n, step)| match step {
+                ListenerStep::TakeOver { from } if n == name => st.listeners.get(from),
+                _ => None,
+            });
+            let bound = match (inherited, taking_over) {
+                (Some(fds), _) => {
                     tracing::info!(listener = %name, "listening on the socket the previous process handed over");
                     Bound::inherit(l.protocol, fds)
                 }
-                None => listener::bind(l)?,
+                (None, Some(from)) => {
+                    tracing::info!(listener = %name, from = %from.config.name, "taking over the sockets of a listener on the same address");
+                    listener::take_over(from, l)?
+                }
+                (None, None) => listener::bind(l)?,
             };
             fresh.insert(name, bound);
         }

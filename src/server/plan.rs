@@ -19,7 +19,7 @@ pub(crate) struct Current<'a> {
 }
 
 /// What happens to one listener of the new configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ListenerStep {
     /// New: bind it and start serving.
     Bind,
@@ -32,6 +32,13 @@ pub(crate) enum ListenerStep {
     },
     /// Same socket: keep it (no accept gap) and re-point it.
     Keep,
+    /// Another running listener on the same protocol and address (renamed,
+    /// or `reuse_port` turned on or off) hands its sockets over: nothing is
+    /// bound anew, so the address is never free and no client is refused.
+    TakeOver {
+        /// The running listener whose sockets it takes.
+        from: String,
+    },
 }
 
 /// What happens to one pool of the new configuration.
@@ -89,21 +96,45 @@ pub(crate) fn plan(current: &Current<'_>, next: &Config) -> Plan {
         .iter()
         .map(|l| (l.name.as_str(), *l))
         .collect();
+    let wanted: BTreeSet<&str> = next.listeners.iter().map(|l| l.name.as_str()).collect();
+    // Running listeners whose sockets a new one may take: on the same
+    // protocol and a fixed address, and either gone from the new file
+    // (renamed) or changing `reuse_port`. Each is taken once.
+    let mut givers: Vec<&ListenerConfig> = current
+        .listeners
+        .iter()
+        .copied()
+        .filter(|o| o.bind.port() != 0)
+        .filter(|o| {
+            !wanted.contains(o.name.as_str())
+                || next
+                    .listeners
+                    .iter()
+                    .any(|l| l.name == o.name && l.socket_key() != o.socket_key())
+        })
+        .collect();
     let listeners = next
         .listeners
         .iter()
         .map(|l| {
+            let same = |o: &&ListenerConfig| o.protocol == l.protocol && o.bind == l.bind;
             let step = match running.get(l.name.as_str()) {
-                None => ListenerStep::Bind,
                 Some(old) if old.socket_key() == l.socket_key() => ListenerStep::Keep,
-                Some(old) => ListenerStep::Rebind {
-                    forget_metrics: old.protocol != l.protocol,
+                _ => match givers.iter().position(same) {
+                    Some(i) => ListenerStep::TakeOver {
+                        from: givers.remove(i).name.clone(),
+                    },
+                    None => match running.get(l.name.as_str()) {
+                        None => ListenerStep::Bind,
+                        Some(old) => ListenerStep::Rebind {
+                            forget_metrics: old.protocol != l.protocol,
+                        },
+                    },
                 },
             };
             (l.name.clone(), step)
         })
         .collect();
-    let wanted: BTreeSet<&str> = next.listeners.iter().map(|l| l.name.as_str()).collect();
     let retire = current
         .listeners
         .iter()
@@ -243,24 +274,38 @@ mod tests {
     }
 
     #[test]
-    fn reuse_port_changes_the_socket() {
+    fn reuse_port_changes_and_renames_hand_the_sockets_over() {
         let old = config(&format!(
-            "{}{POOLS}",
-            listener("a", "udp", "127.0.0.1:7000", "p")
+            "{}{}{}{POOLS}",
+            listener("a", "udp", "127.0.0.1:7000", "p"),
+            listener("old-name", "tcp", "127.0.0.1:7001", "p"),
+            listener("anywhere", "tcp", "127.0.0.1:0", "p"),
         ));
         let next = config(&format!(
-            "{}reuse_port = false\n{POOLS}",
-            listener("a", "udp", "127.0.0.1:7000", "p")
+            "{}reuse_port = false\n{}{}{POOLS}",
+            listener("a", "udp", "127.0.0.1:7000", "p"),
+            listener("new-name", "tcp", "127.0.0.1:7001", "p"),
+            listener("elsewhere", "tcp", "127.0.0.1:0", "p"),
         ));
         let p = plan(&current(&old), &next);
         assert_eq!(
             p.listeners,
-            [(
-                "a".to_string(),
-                ListenerStep::Rebind {
-                    forget_metrics: false
-                }
-            )]
+            [
+                ("a".to_string(), ListenerStep::TakeOver { from: "a".into() }),
+                (
+                    "new-name".to_string(),
+                    ListenerStep::TakeOver {
+                        from: "old-name".into()
+                    }
+                ),
+                // Port 0 means a fresh port: nothing to hand over.
+                ("elsewhere".to_string(), ListenerStep::Bind),
+            ]
+        );
+        assert_eq!(
+            p.retire,
+            ["old-name", "anywhere"],
+            "the old ones still drain their connections"
         );
     }
 
