@@ -3,27 +3,24 @@
 //! and snapshots, and changes pools through [`Pool`](crate::pool::Pool)'s door.
 
 mod api;
+mod endpoint;
+mod guard;
 mod view;
+
+pub(crate) use endpoint::{load_token, Endpoint, Settings};
 
 pub use view::{Control, ListenerView, Pending, View};
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::AdminConfig;
+use guard::{authorized, cross_site, known_host};
 
 /// Why the admin endpoint could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -55,168 +52,6 @@ const STATUS_PAGE: &str = include_str!("status.html");
 
 pub(crate) type Body = Full<Bytes>;
 
-/// Who may do what.
-pub(crate) struct Settings {
-    token: Option<String>,
-    protect_reads: bool,
-    hosts: Vec<String>,
-}
-
-impl Settings {
-    pub fn new(cfg: &AdminConfig, token: Option<String>) -> Settings {
-        Settings {
-            token,
-            protect_reads: cfg.protect_reads,
-            hosts: cfg.hosts.clone(),
-        }
-    }
-}
-
-/// Reads `token_file` (surrounding whitespace trimmed).
-pub(crate) fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
-    let Some(path) = &cfg.token_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|cause| Error::Token {
-        path: path.clone(),
-        cause,
-    })?;
-    let token = text.trim().to_string();
-    if token.is_empty() {
-        return Err(Error::Token {
-            path: path.clone(),
-            cause: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
-        });
-    }
-    Ok(Some(token))
-}
-
-/// A bound admin endpoint; stops serving when dropped.
-pub(crate) struct Endpoint {
-    /// The configured address (what a reload compares).
-    pub bind: SocketAddr,
-    /// The bound address.
-    pub addr: SocketAddr,
-    pub settings: Arc<ArcSwap<Settings>>,
-    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
-    /// The listening socket's descriptor, to hand to a new process.
-    pub fd: std::os::fd::RawFd,
-    header_timeout: std::time::Duration,
-    stop: CancellationToken,
-}
-
-impl Endpoint {
-    pub fn bind(cfg: &AdminConfig, token: Option<String>) -> Result<Endpoint, Error> {
-        let err = |cause| Error::Bind {
-            addr: cfg.bind,
-            cause,
-        };
-        let listener = crate::net::tcp_listener(cfg.bind, 128, false, None).map_err(err)?;
-        Endpoint::serve_on(cfg, token, listener)
-    }
-
-    /// An endpoint on a listening socket already bound (handed over by the
-    /// process this one replaces).
-    pub fn serve_on(
-        cfg: &AdminConfig,
-        token: Option<String>,
-        listener: std::net::TcpListener,
-    ) -> Result<Endpoint, Error> {
-        let err = |cause| Error::Bind {
-            addr: cfg.bind,
-            cause,
-        };
-        let addr = listener.local_addr().map_err(err)?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-        Ok(Endpoint {
-            bind: cfg.bind,
-            addr,
-            settings: Arc::new(ArcSwap::from_pointee(Settings::new(cfg, token))),
-            listener: std::sync::Mutex::new(Some(listener)),
-            fd,
-            header_timeout: cfg.header_timeout,
-            stop: CancellationToken::new(),
-        })
-    }
-
-    /// Starts serving; `parent` cancels it along with the daemon.
-    pub fn spawn(&self, server: Daemon, parent: &CancellationToken, tracker: &TaskTracker) {
-        let Some(listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
-            return;
-        };
-        let listener =
-            tokio::net::TcpListener::from_std(listener).expect("tokio runtime is running");
-        let stop = self.stop.clone();
-        let parent = parent.clone();
-        let settings = self.settings.clone();
-        let header_timeout = self.header_timeout;
-        let connections = tracker.clone();
-        tracing::info!(addr = %self.addr, "admin endpoint listening");
-        tracker.spawn(async move {
-            // Excess clients wait in the backlog: a slow or hostile client
-            // cannot take the descriptors the proxy needs.
-            let open = Arc::new(Semaphore::new(crate::fds::admin_connections()));
-            let failures = crate::clock::Every::ms(1000);
-            loop {
-                let permit = tokio::select! {
-                    p = open.clone().acquire_owned() => p.expect("never closed"),
-                    _ = stop.cancelled() => return,
-                    _ = parent.cancelled() => return,
-                };
-                let (stream, _) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            if failures.ready() {
-                                tracing::warn!(error = %e, "admin accept failed (logged at most once a second)");
-                            }
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    _ = stop.cancelled() => return,
-                    _ = parent.cancelled() => return,
-                };
-                let server = server.clone();
-                let settings = settings.clone();
-                let stop = stop.clone();
-                connections.spawn(async move {
-                    let _permit = permit;
-                    let service = hyper::service::service_fn(move |req| {
-                        let server = server.clone();
-                        let settings = settings.load_full();
-                        async move { Ok::<_, Infallible>(route(server, &settings, req).await) }
-                    });
-                    // A request's head must arrive within header_timeout,
-                    // and so must the next one on a kept-alive connection
-                    // (the status page asks every 2 s).
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        r = conn => if let Err(e) = r {
-                            tracing::debug!(error = %e, "admin connection ended with an error");
-                        },
-                        _ = stop.cancelled() => {}
-                    }
-                });
-            }
-        });
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
@@ -240,80 +75,6 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
-}
-
-/// Whether `Host` names this endpoint: an IP literal, `localhost`, or a
-/// configured name. A DNS-rebinding page reaches us under its own domain
-/// name, so refusing unknown names keeps it from reading the API.
-fn known_host(settings: &Settings, req: &Request<Incoming>) -> bool {
-    let Some(host) = req.headers().get(HOST).and_then(|h| h.to_str().ok()) else {
-        // HTTP/1.0 without Host: no browser sends that.
-        return true;
-    };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => {
-            return v6
-                .split(']')
-                .next()
-                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
-        }
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name.parse::<std::net::Ipv4Addr>().is_ok()
-        || name.eq_ignore_ascii_case("localhost")
-        || settings.hosts.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
-
-/// Why a mutating request is refused as possibly cross-site, if it is: a
-/// browser sends a JSON content type only after a CORS preflight (which we
-/// never grant), and an `Origin` must be our own.
-fn cross_site(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
-    let json = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !json {
-        return Some((
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "a changing request needs `Content-Type: application/json`",
-        ));
-    }
-    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
-    if let Some(origin) = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()) {
-        let own = host.is_some_and(|h| {
-            origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .is_some_and(|o| o.eq_ignore_ascii_case(h))
-        });
-        if !own {
-            return Some((
-                StatusCode::FORBIDDEN,
-                "a request from another origin may not change anything",
-            ));
-        }
-    }
-    None
-}
-
-fn authorized(settings: &Settings, req: &Request<Incoming>) -> bool {
-    let Some(token) = &settings.token else {
-        return true;
-    };
-    let Some(given) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    given.trim().as_bytes().ct_eq(token.as_bytes()).into()
 }
 
 /// Reads a small request body, refusing oversized ones.
@@ -418,10 +179,13 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
 mod tests {
     //! The endpoint over a stand-in daemon: no listeners, pools or server.
     use super::*;
+    use crate::config::AdminConfig;
     use std::collections::BTreeMap;
     use std::path::Path;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
 
     struct Fake;
 

@@ -6,6 +6,7 @@ mod check;
 mod error;
 mod escape;
 mod fields;
+mod listener;
 mod raw;
 mod validate;
 

@@ -2,13 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
 use super::error::{line_col, Problems};
-use super::raw::{RawBackend, RawConfig, RawListener, RawPool, S};
+use super::raw::{RawBackend, RawConfig, RawPool, S};
 use super::*;
 
 const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
@@ -47,7 +47,7 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn warn(&mut self, span: Range<usize>, key: &str, message: &str) {
+    pub(super) fn warn(&mut self, span: Range<usize>, key: &str, message: &str) {
         let (line, col) = line_col(self.source, span.start);
         self.warnings.push(format!(
             "{}:{line}:{col}: {key}: {message}",
@@ -125,165 +125,6 @@ impl Validator<'_> {
             shutdown_grace,
             warnings: Vec::new(),
         }
-    }
-
-    fn listener(
-        &mut self,
-        key: &str,
-        l: RawListener,
-        pools: &BTreeMap<String, PoolConfig>,
-        names: &mut HashMap<String, usize>,
-        binds: &mut HashMap<(Protocol, SocketAddr), String>,
-    ) -> Option<ListenerConfig> {
-        let name = l.name.get_ref().clone();
-        if name.is_empty() {
-            self.p
-                .push(l.name.span(), format!("{key}.name"), "must not be empty");
-        }
-        if names.insert(name.clone(), 0).is_some() {
-            self.p.push(
-                l.name.span(),
-                format!("{key}.name"),
-                format!("listener name `{name}` is used twice"),
-            );
-        }
-        let protocol = match l.protocol.as_ref().map(|p| p.get_ref().as_str()) {
-            None | Some("tcp") => Protocol::Tcp,
-            Some("udp") => Protocol::Udp,
-            Some(other) => {
-                let span = l.protocol.as_ref().map(|p| p.span()).unwrap_or_default();
-                self.p.push(
-                    span,
-                    format!("{key}.protocol"),
-                    format!("unknown protocol `{other}`; expected \"tcp\" or \"udp\""),
-                );
-                Protocol::Tcp
-            }
-        };
-        let bind = self.addr(&l.bind, &format!("{key}.bind"));
-        // Port 0 asks the system for a fresh port each time, so it never clashes.
-        if let Some(bind) = bind.filter(|b| b.port() != 0) {
-            // TCP: a wildcard address and a specific one of the same family
-            // cannot both listen on one port (the kernel refuses the second).
-            let overlap = binds.iter().find(|((p, other), _)| {
-                *p == Protocol::Tcp
-                    && protocol == Protocol::Tcp
-                    && other.port() == bind.port()
-                    && other.is_ipv4() == bind.is_ipv4()
-                    && *other != bind
-                    && (other.ip().is_unspecified() || bind.ip().is_unspecified())
-            });
-            if let Some(((_, addr), other)) = overlap {
-                self.p.push(
-                    l.bind.span(),
-                    format!("{key}.bind"),
-                    format!("tcp {bind} overlaps {addr} of listener `{other}`: a wildcard address and another on the same port cannot both listen"),
-                );
-            }
-            if let Some(other) = binds.insert((protocol, bind), name.clone()) {
-                self.p.push(
-                    l.bind.span(),
-                    format!("{key}.bind"),
-                    format!(
-                        "{} {bind} is already bound by listener `{other}`",
-                        protocol.as_str()
-                    ),
-                );
-            }
-        }
-        if !pools.contains_key(l.pool.get_ref()) {
-            self.p.push(
-                l.pool.span(),
-                format!("{key}.pool"),
-                format!(
-                    "no pool named `{}` (define [pools.{}])",
-                    l.pool.get_ref(),
-                    l.pool.get_ref()
-                ),
-            );
-        }
-        let default_idle = match protocol {
-            Protocol::Tcp => Duration::from_secs(3600),
-            Protocol::Udp => Duration::from_secs(30),
-        };
-        let idle_timeout = self
-            .positive_duration(l.idle_timeout.as_ref(), &format!("{key}.idle_timeout"))
-            .unwrap_or(default_idle);
-        let max_sessions = self.count(
-            l.max_sessions.as_ref(),
-            &format!("{key}.max_sessions"),
-            1,
-            1 << 24,
-            65536,
-        );
-        let max_sessions_per_ip = self.count(
-            l.max_sessions_per_ip.as_ref(),
-            &format!("{key}.max_sessions_per_ip"),
-            1,
-            1 << 24,
-            (max_sessions / 4).max(1),
-        );
-        let max_connections = self.count(
-            l.max_connections.as_ref(),
-            &format!("{key}.max_connections"),
-            1,
-            1 << 24,
-            65536,
-        );
-        let max_connections_per_ip = l.max_connections_per_ip.as_ref().map(|m| {
-            self.count(
-                Some(m),
-                &format!("{key}.max_connections_per_ip"),
-                1,
-                1 << 24,
-                1,
-            ) as u32
-        });
-        let connection_rate_per_ip = self.rate(
-            l.connection_rate_per_ip.as_ref(),
-            l.connection_burst_per_ip.as_ref(),
-            key,
-        );
-        let backlog = self.count(
-            l.backlog.as_ref(),
-            &format!("{key}.backlog"),
-            1,
-            65535,
-            1024,
-        );
-        if protocol == Protocol::Udp && l.max_connections.is_some() {
-            let span = l
-                .max_connections
-                .as_ref()
-                .map(|m| m.span())
-                .unwrap_or_default();
-            self.warn(
-                span,
-                &format!("{key}.max_connections"),
-                "applies to TCP only; ignored on a UDP listener",
-            );
-        }
-        Some(ListenerConfig {
-            name,
-            protocol,
-            bind: bind?,
-            pool: l.pool.into_inner(),
-            idle_timeout,
-            max_sessions: NonZeroUsize::new(max_sessions as usize)?,
-            max_sessions_per_ip: NonZeroUsize::new(max_sessions_per_ip as usize)?,
-            max_connections: NonZeroUsize::new(max_connections as usize)?,
-            max_connections_per_ip: max_connections_per_ip.and_then(NonZeroU32::new),
-            connection_rate_per_ip,
-            access_log: l.access_log.unwrap_or(true),
-            backlog: backlog as u32,
-            // UDP: one receive loop per worker thread unless told otherwise.
-            reuse_port: l.reuse_port.unwrap_or(protocol == Protocol::Udp),
-            zero_copy: l.zero_copy.unwrap_or(true),
-            tcp_keepalive: self
-                .keepalive(l.tcp_keepalive.as_ref(), &format!("{key}.tcp_keepalive")),
-            allow: self.networks(l.allow.as_deref(), &format!("{key}.allow")),
-            deny: self.networks(l.deny.as_deref(), &format!("{key}.deny")),
-        })
     }
 
     fn pool(&mut self, name: &str, pool: S<RawPool>) -> PoolConfig {

@@ -3,9 +3,11 @@
 //! live beside it: `tcp` (accept, connect, relay) and `udp` (sessions).
 
 mod clients;
+mod connect;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 mod udp_io;
+mod udp_place;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -148,8 +150,7 @@ impl Listener {
                     route,
                     metrics: cx.metrics.udp_listener(&config.name),
                     tracker: cx.tracker.clone(),
-                    sessions: Default::default(),
-                    per_ip: Default::default(),
+                    places: Default::default(),
                     wildcard: config.bind.ip().is_unspecified(),
                     warn_log: crate::clock::Every::ms(1000),
                     hard_stop: hard_stop.clone(),

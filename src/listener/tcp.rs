@@ -1,28 +1,25 @@
 //! TCP listeners: the accept loop ([`accept_loop`]) and one connection's life
 //! (`serve`): pick, connect with retries, relay, log.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::clients::{Clients, Limits, Refusal};
+use super::connect::{connect, Unserved};
 use super::Route;
-use crate::backend::ActiveGuard;
 use crate::clock::Every;
 use crate::fds::{self, Held};
 use crate::metrics::TcpListenerMetrics;
-use crate::net::{self, is_resource_exhaustion, local_cause};
+use crate::net::{self, is_resource_exhaustion};
 use crate::relay::{self, End, Meter, Side};
 
 /// State shared by a listener's accept tasks and its connections.
@@ -192,102 +189,6 @@ pub async fn accept_loop(
     }
 }
 
-/// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting.
-///
-/// The outcome is read from the readiness the connect raises (writable, or
-/// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
-/// that is asked only to name a failure.
-async fn dial(addr: SocketAddr, keepalive: Option<Duration>) -> io::Result<TcpStream> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )?;
-    socket.set_tcp_nodelay(true)?;
-    if keepalive.is_some() {
-        net::keepalive(socket2::SockRef::from(&socket), keepalive)?;
-    }
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    let stream = TcpStream::from_std(socket.into())?;
-    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
-    if ready.is_error() || ready.is_write_closed() {
-        // Bytes waiting mean the connection was made, even if the backend
-        // has reset it since: those bytes and the reset are the relay's to
-        // pass on (SO_ERROR would swallow the reset). A peek leaves both.
-        let mut first = [std::mem::MaybeUninit::<u8>::uninit()];
-        if matches!(socket2::SockRef::from(&stream).peek(&mut first), Ok(n) if n > 0) {
-            return Ok(stream);
-        }
-        return Err(stream.take_error()?.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                "connection closed while connecting",
-            )
-        }));
-    }
-    Ok(stream)
-}
-
-/// Why a client could not be given a backend.
-enum Unserved {
-    /// Every backend tried failed, or none was available.
-    NoBackend,
-    /// The proxy itself ran short (`descriptors`, `buffers`, `ports`):
-    /// no backend is to blame, and trying others would not help.
-    Local(&'static str, io::Error),
-}
-
-/// Connects to an available backend, trying others on failure.
-async fn connect(
-    route: &Route,
-    client: SocketAddr,
-    listener: &str,
-) -> Result<(TcpStream, ActiveGuard), Unserved> {
-    let snap = route.pool.snapshot();
-    let cfg = &snap.config;
-    let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
-    for _ in 0..=cfg.retries {
-        let i = snap.pick(client, &tried).ok_or(Unserved::NoBackend)?;
-        tried.push(i);
-        let backend = &snap.members[i].backend;
-        // Count it before connecting so least_conn sees in-flight connects.
-        let guard = backend.open();
-        let started = tokio::time::Instant::now();
-        let result =
-            match tokio::time::timeout(cfg.connect_timeout, dial(backend.addr, cfg.tcp_keepalive))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-            };
-        match result {
-            Ok(stream) => {
-                backend
-                    .metrics
-                    .connect_duration
-                    .observe(started.elapsed().as_secs_f64());
-                // Passive health hears of the success when the connection
-                // ends: one the backend ends at once, without a byte, is
-                // no success (see EARLY_CLOSE).
-                return Ok((stream, guard.established()));
-            }
-            Err(e) if local_cause(&e).is_some() => {
-                return Err(Unserved::Local(local_cause(&e).unwrap_or("buffers"), e));
-            }
-            Err(e) => {
-                backend.count_failure(&e);
-                backend.connect_failed(cfg.max_fails, cfg.fail_timeout);
-                tracing::warn!(listener, %client, backend = %backend.addr, error = %e, "connect to backend failed");
-            }
-        }
-    }
-    Err(Unserved::NoBackend)
-}
-
 /// A backend that ends a connection within this long of taking it, without
 /// sending a byte, failed it: long enough for a crashing or refusing
 /// service, far shorter than a real exchange that ends in silence.
@@ -299,6 +200,25 @@ fn backend_ended_it(o: &relay::Outcome) -> bool {
         End::Reset(Side::Backend) | End::Error(Side::Backend) => true,
         End::Closed => o.first_eof == Some(Side::Backend),
         _ => false,
+    }
+}
+
+/// Relays until done, or until `signal` (its backend went down) and `grace`
+/// have passed, then stops it with `own`; says whether that happened.
+async fn until_down(
+    relaying: impl std::future::Future<Output = relay::Outcome>,
+    own: &CancellationToken,
+    grace: Duration,
+    signal: CancellationToken,
+) -> (relay::Outcome, bool) {
+    tokio::pin!(relaying);
+    tokio::select! {
+        o = &mut relaying => (o, false),
+        _ = async {
+            signal.cancelled().await;
+            tokio::time::sleep(grace).await;
+            own.cancel();
+        } => (relaying.await, true),
     }
 }
 
@@ -367,47 +287,32 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         }
     };
     let b = guard.backend();
-    // With on_backend_down = "close", a connection of its own to stop when
-    // the backend goes down (plus the grace); otherwise the listener's.
-    let down = b.down_watch();
-    let own_stop = down.as_ref().map(|_| shared.hard_stop.child_token());
-    let stop = own_stop.as_ref().unwrap_or(&shared.hard_stop);
-    let closes_when_down = async {
-        match (&down, &own_stop) {
-            (Some((grace, signal)), Some(own)) => {
-                signal.cancelled().await;
-                tokio::time::sleep(*grace).await;
-                own.cancel();
-            }
-            _ => std::future::pending().await,
-        }
+    let splice = relay::Splice {
+        on: route.config.zero_copy,
+        switched: &m.zero_copy,
     };
-    let relaying = relay::relay(
-        &mut client,
-        &mut backend,
-        route.config.idle_timeout,
-        stop,
-        relay::Splice {
-            on: route.config.zero_copy,
-            switched: &m.zero_copy,
-        },
-        Meter {
-            read: &m.bytes_in,
-            written: &b.metrics.bytes_out,
-        },
-        Meter {
-            read: &b.metrics.bytes_in,
-            written: &m.bytes_out,
-        },
-    );
-    let (outcome, closed_as_down) = if own_stop.is_none() {
-        (relaying.await, false)
-    } else {
-        tokio::pin!(relaying);
-        tokio::select! {
-            o = &mut relaying => (o, false),
-            // Its own stop has fired: the relay ends at once.
-            _ = closes_when_down => (relaying.await, true),
+    let up = Meter {
+        read: &m.bytes_in,
+        written: &b.metrics.bytes_out,
+    };
+    let down = Meter {
+        read: &b.metrics.bytes_in,
+        written: &m.bytes_out,
+    };
+    let idle = route.config.idle_timeout;
+    let (outcome, closed_as_down) = match b.down_watch() {
+        None => {
+            let stop = &shared.hard_stop;
+            let o = relay::relay(&mut client, &mut backend, idle, stop, splice, up, down).await;
+            (o, false)
+        }
+        // on_backend_down = "close": a stop of the connection's own, fired
+        // when the backend goes down (plus the grace). Boxed, so that every
+        // other connection's task keeps its size.
+        Some((grace, signal)) => {
+            let own = shared.hard_stop.child_token();
+            let relaying = relay::relay(&mut client, &mut backend, idle, &own, splice, up, down);
+            Box::pin(until_down(relaying, &own, grace, signal)).await
         }
     };
     if closed_as_down {

@@ -10,8 +10,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::udp_io;
+use super::udp_place::{Full, Place, Places};
 use super::Route;
 use crate::backend::{ActiveGuard, Backend};
 use crate::clock::{now_ms, Every};
-use crate::config::ListenerConfig;
 use crate::fds::{self, Held};
 use crate::metrics::UdpListenerMetrics;
 use crate::net::local_cause;
@@ -46,10 +46,8 @@ pub struct UdpShared {
     pub route: ArcSwap<Route>,
     pub metrics: UdpListenerMetrics,
     pub tracker: TaskTracker,
-    /// Sessions of all this listener's receive loops, against `max_sessions`.
-    pub sessions: AtomicUsize,
-    /// Sessions per client address, against `max_sessions_per_ip`.
-    pub per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Places of its sessions, under `max_sessions` and `max_sessions_per_ip`.
+    pub places: Places,
     /// Paces warnings that a flood of datagrams could repeat.
     pub warn_log: Every,
     /// Ends every session (the listener's grace is over).
@@ -84,56 +82,6 @@ fn local_drop(shared: &UdpShared, reason: &'static str, e: Option<&io::Error>) {
             .map(|e| e.to_string())
             .unwrap_or_else(|| "the descriptor budget is spent".into());
         tracing::error!(listener = %shared.route.load().config.name, reason, error, "the proxy is out of its own resources; dropping datagrams of new clients (logged at most once a second)");
-    }
-}
-
-/// A session's place under `max_sessions` and `max_sessions_per_ip`,
-/// shared by a listener's receive loops; given back when dropped.
-struct Place<'a> {
-    shared: &'a UdpShared,
-    ip: IpAddr,
-}
-
-/// Why a new client got no session.
-enum Full {
-    /// `max_sessions` are open.
-    Table,
-    /// Its address holds `max_sessions_per_ip` already.
-    Ip,
-}
-
-impl<'a> Place<'a> {
-    /// Claims a place for a client at `ip`.
-    fn claim(shared: &'a UdpShared, ip: IpAddr, cfg: &ListenerConfig) -> Result<Place<'a>, Full> {
-        shared
-            .sessions
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < cfg.max_sessions.get()).then_some(n + 1)
-            })
-            .map_err(|_| Full::Table)?;
-        // Taken at session start and end only, never per datagram.
-        let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let held = per_ip.entry(ip).or_insert(0);
-        if *held as usize >= cfg.max_sessions_per_ip.get() {
-            drop(per_ip);
-            shared.sessions.fetch_sub(1, Ordering::Relaxed);
-            return Err(Full::Ip);
-        }
-        *held += 1;
-        Ok(Place { shared, ip })
-    }
-}
-
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = per_ip.get_mut(&self.ip) {
-            *held -= 1;
-            if *held == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -201,7 +149,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         // The same snapshot, now kept for the session's lifetime.
         let route = arc_swap::Guard::into_inner(route);
         // Claim a place first: receive loops of one listener share the bound.
-        let place = match Place::claim(&shared, peer.ip(), &route.config) {
+        let place = match Place::claim(&shared.places, peer.ip(), &route.config) {
             Ok(p) => p,
             Err(Full::Table) => {
                 m.dropped_full.inc();

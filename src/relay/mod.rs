@@ -13,11 +13,14 @@
 //! a reset too, never a clean end that would make a cut-off transfer look
 //! complete.
 
+mod end;
 mod splice;
+
+use end::Broken;
+pub use end::{End, Side};
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::task::Poll;
@@ -43,91 +46,6 @@ thread_local! {
 pub struct Meter<'a> {
     pub read: &'a IntCounter,
     pub written: &'a IntCounter,
-}
-
-/// How a relay ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Both sides closed their write half.
-    Closed,
-    /// No byte moved either way for the idle timeout.
-    Idle,
-    /// The daemon's shutdown grace ran out.
-    Shutdown,
-    /// This side reset the connection (or went away mid-write); the other
-    /// side was reset in turn.
-    Reset(Side),
-    /// Another socket error on this side; the other side was reset.
-    Error(Side),
-}
-
-/// One of a relay's two sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The client's connection.
-    Client,
-    /// The backend's connection.
-    Backend,
-}
-
-impl End {
-    /// The `end` field of the access log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            End::Closed => "closed",
-            End::Idle => "idle_timeout",
-            End::Shutdown => "shutdown",
-            End::Reset(Side::Client) => "client_reset",
-            End::Reset(Side::Backend) => "backend_reset",
-            End::Error(Side::Client) => "client_error",
-            End::Error(Side::Backend) => "backend_error",
-        }
-    }
-}
-
-/// Which socket of one direction a failure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum At {
-    /// The socket read from.
-    Read,
-    /// The socket written to.
-    Write,
-}
-
-/// A direction that ended in a socket error.
-#[derive(Debug)]
-struct Broken {
-    at: At,
-    error: io::Error,
-}
-
-impl Broken {
-    fn read(error: io::Error) -> Broken {
-        Broken {
-            at: At::Read,
-            error,
-        }
-    }
-
-    fn write(error: io::Error) -> Broken {
-        Broken {
-            at: At::Write,
-            error,
-        }
-    }
-
-    /// How the relay ends, given which side this direction reads from.
-    fn end(&self, reads_from: Side) -> End {
-        let side = match (self.at, reads_from) {
-            (At::Read, s) => s,
-            (At::Write, Side::Client) => Side::Backend,
-            (At::Write, Side::Backend) => Side::Client,
-        };
-        match self.error.kind() {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => End::Reset(side),
-            _ => End::Error(side),
-        }
-    }
 }
 
 /// What a relay did.

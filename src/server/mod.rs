@@ -3,27 +3,27 @@
 //! `Server::apply` carries it out), and drains on shutdown. Everything the
 //! admin side reads comes from an immutable [`View`].
 
+mod apply;
 mod plan;
 pub mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Control, ListenerView, Pending, View};
+use crate::admin::{self, Control, Pending, View};
 use crate::config::{Config, ConfigError};
 use crate::health::Checks;
-use crate::listener::{self, Bound, Listener, Tasks};
+use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::pool::Pool;
-use plan::{AdminStep, Current, ListenerStep, PoolStep};
 use upgrade::{Handed, HandedListener, Inherited, UpgradeError};
 
 /// Why the daemon could not start or a reload could not be applied.
@@ -173,183 +173,6 @@ impl Server {
             }
         }
         result
-    }
-
-    /// Plans the change from what runs to `config`, then carries it out:
-    /// everything that can fail (binding, reading the token) first, so a
-    /// failure changes nothing.
-    async fn apply(&self, config: Config) -> Result<(), Error> {
-        let inner = &self.inner;
-        let mut st = inner.state.lock().await;
-        for w in &config.warnings {
-            tracing::warn!("{w}");
-        }
-        let plan = plan::plan(
-            &Current {
-                listeners: st.listeners.values().map(|l| &l.config).collect(),
-                pools: st.pools.keys().map(String::as_str).collect(),
-                admin: st.admin.as_ref().map(|a| a.bind),
-            },
-            &config,
-        );
-
-        let by_name: HashMap<&str, &crate::config::ListenerConfig> = config
-            .listeners
-            .iter()
-            .map(|l| (l.name.as_str(), l))
-            .collect();
-        let mut fresh: HashMap<&str, Bound> = HashMap::new();
-        for name in plan.to_bind() {
-            let l = by_name[name];
-            let inherited = st.inherited.take_listener(l);
-            let taking_over = plan.listeners.iter().find_map(|(n, step)| match step {
-                ListenerStep::TakeOver { from } if n == name => st.listeners.get(from),
-                _ => None,
-            });
-            let bound = match (inherited, taking_over) {
-                (Some(fds), _) => {
-                    tracing::info!(listener = %name, "listening on the socket the previous process handed over");
-                    Bound::inherit(l.protocol, fds)
-                }
-                (None, Some(from)) => {
-                    tracing::info!(listener = %name, from = %from.config.name, "taking over the sockets of a listener on the same address");
-                    listener::take_over(from, l)?
-                }
-                (None, None) => listener::bind(l)?,
-            };
-            fresh.insert(name, bound);
-        }
-        let token = match &config.admin {
-            Some(a) => admin::load_token(a)?,
-            None => None,
-        };
-        let new_admin = match (plan.admin, &config.admin) {
-            (AdminStep::Bind, Some(a)) => Some(match st.inherited.take_admin(a.bind) {
-                Some(socket) => admin::Endpoint::serve_on(a, token.clone(), socket)?,
-                None => admin::Endpoint::bind(a, token.clone())?,
-            }),
-            _ => None,
-        };
-        if !st.inherited.is_empty() {
-            tracing::info!("upgrade: sockets of listeners the new configuration lacks are closed");
-        }
-        st.inherited = Inherited::default();
-
-        // Nothing fails from here on.
-        match (plan.admin, &config.admin, &st.admin) {
-            (AdminStep::Keep, Some(a), Some(running)) => running
-                .settings
-                .store(Arc::new(admin::Settings::new(a, token))),
-            (AdminStep::Stop, ..) => st.admin = None,
-            _ => {}
-        }
-        if let Some(next) = new_admin {
-            let daemon: admin::Daemon = Arc::new(self.clone());
-            next.spawn(daemon, &inner.background, &inner.bg_tracker);
-            st.admin = Some(next);
-        }
-
-        for (name, step) in &plan.pools {
-            let cfg = config.pools[name].clone();
-            match step {
-                PoolStep::Update => {
-                    let pool = st.pools[name].pool.clone();
-                    off_runtime(move || pool.apply(&cfg)).await;
-                }
-                PoolStep::Add => {
-                    let metrics = inner.metrics.clone();
-                    let pool = off_runtime(move || Pool::new(&cfg, metrics)).await;
-                    let checks = Checks::start(&pool, &inner.background, &inner.bg_tracker);
-                    st.pools.insert(
-                        name.clone(),
-                        PoolEntry {
-                            pool,
-                            _checks: checks,
-                        },
-                    );
-                }
-            }
-        }
-
-        let grace = config.shutdown_grace;
-        let tasks = self.tasks();
-        for (name, step) in &plan.listeners {
-            let l = by_name[name.as_str()];
-            let pool = st.pools[&l.pool].pool.clone();
-            let old = st.listeners.remove(name);
-            let running = match (step, fresh.remove(name.as_str()), old) {
-                (ListenerStep::Keep, _, Some(old)) => old.reroute(l, pool),
-                (step, Some(bound), old) => {
-                    if let Some(old) = old {
-                        if *step
-                            == (ListenerStep::Rebind {
-                                forget_metrics: true,
-                            })
-                        {
-                            old.forget_metrics();
-                        }
-                        old.retire(grace, &tasks);
-                    }
-                    Listener::launch(l.clone(), bound, pool, &tasks)
-                }
-                _ => unreachable!("the plan binds every listener it does not keep"),
-            };
-            st.listeners.insert(name.clone(), running);
-        }
-        for name in &plan.retire {
-            if let Some(old) = st.listeners.remove(name) {
-                tracing::info!(listener = %name, "listener removed; established connections run on");
-                old.forget_metrics();
-                old.retire(grace, &tasks);
-            }
-        }
-        for name in &plan.drop_pools {
-            if let Some(entry) = st.pools.remove(name) {
-                entry.pool.close();
-            }
-        }
-
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| {
-                let r = &st.listeners[&l.name];
-                ListenerView {
-                    name: l.name.clone(),
-                    protocol: l.protocol.as_str(),
-                    addr: r.addr,
-                    pool: l.pool.clone(),
-                }
-            })
-            .collect();
-        let pools = st
-            .pools
-            .iter()
-            .map(|(k, v)| (k.clone(), v.pool.clone()))
-            .collect();
-        inner.view.store(Arc::new(View {
-            config: Arc::new(config),
-            pools,
-            listeners,
-        }));
-        inner.metrics.reloads_success.inc();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        inner.metrics.last_reload_success.set(now.as_secs_f64());
-        Ok(())
-    }
-
-    fn tasks(&self) -> Tasks<'_> {
-        let inner = &self.inner;
-        Tasks {
-            metrics: &inner.metrics,
-            accept_stop: &inner.accept_stop,
-            hard_stop: &inner.hard_stop,
-            tracker: &inner.tracker,
-            background: &inner.background,
-            bg_tracker: &inner.bg_tracker,
-        }
     }
 
     /// Starts the binary anew from the same path and arguments, hands it

@@ -1,0 +1,178 @@
+//! The admin endpoint's socket and connections: bind (or take a handed-over
+//! socket), then serve each connection with hyper, capped in number and in
+//! how long a request head may take.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{route, Daemon, Error};
+use crate::config::AdminConfig;
+
+/// Who may do what.
+pub(crate) struct Settings {
+    pub(super) token: Option<String>,
+    pub(super) protect_reads: bool,
+    pub(super) hosts: Vec<String>,
+}
+
+impl Settings {
+    pub fn new(cfg: &AdminConfig, token: Option<String>) -> Settings {
+        Settings {
+            token,
+            protect_reads: cfg.protect_reads,
+            hosts: cfg.hosts.clone(),
+        }
+    }
+}
+
+/// Reads `token_file` (surrounding whitespace trimmed).
+pub(crate) fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
+    let Some(path) = &cfg.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|cause| Error::Token {
+        path: path.clone(),
+        cause,
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(Error::Token {
+            path: path.clone(),
+            cause: std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"),
+        });
+    }
+    Ok(Some(token))
+}
+
+/// A bound admin endpoint; stops serving when dropped.
+pub(crate) struct Endpoint {
+    /// The configured address (what a reload compares).
+    pub bind: SocketAddr,
+    /// The bound address.
+    pub addr: SocketAddr,
+    pub settings: Arc<ArcSwap<Settings>>,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    /// The listening socket's descriptor, to hand to a new process.
+    pub fd: std::os::fd::RawFd,
+    header_timeout: std::time::Duration,
+    stop: CancellationToken,
+}
+
+impl Endpoint {
+    pub fn bind(cfg: &AdminConfig, token: Option<String>) -> Result<Endpoint, Error> {
+        let err = |cause| Error::Bind {
+            addr: cfg.bind,
+            cause,
+        };
+        let listener = crate::net::tcp_listener(cfg.bind, 128, false, None).map_err(err)?;
+        Endpoint::serve_on(cfg, token, listener)
+    }
+
+    /// An endpoint on a listening socket already bound (handed over by the
+    /// process this one replaces).
+    pub fn serve_on(
+        cfg: &AdminConfig,
+        token: Option<String>,
+        listener: std::net::TcpListener,
+    ) -> Result<Endpoint, Error> {
+        let err = |cause| Error::Bind {
+            addr: cfg.bind,
+            cause,
+        };
+        let addr = listener.local_addr().map_err(err)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        Ok(Endpoint {
+            bind: cfg.bind,
+            addr,
+            settings: Arc::new(ArcSwap::from_pointee(Settings::new(cfg, token))),
+            listener: std::sync::Mutex::new(Some(listener)),
+            fd,
+            header_timeout: cfg.header_timeout,
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Starts serving; `parent` cancels it along with the daemon.
+    pub fn spawn(&self, server: Daemon, parent: &CancellationToken, tracker: &TaskTracker) {
+        let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let listener =
+            tokio::net::TcpListener::from_std(listener).expect("tokio runtime is running");
+        let stop = self.stop.clone();
+        let parent = parent.clone();
+        let settings = self.settings.clone();
+        let header_timeout = self.header_timeout;
+        let connections = tracker.clone();
+        tracing::info!(addr = %self.addr, "admin endpoint listening");
+        tracker.spawn(async move {
+            // Excess clients wait in the backlog: a slow or hostile client
+            // cannot take the descriptors the proxy needs.
+            let open = Arc::new(Semaphore::new(crate::fds::admin_connections()));
+            let failures = crate::clock::Every::ms(1000);
+            loop {
+                let permit = tokio::select! {
+                    p = open.clone().acquire_owned() => p.expect("never closed"),
+                    _ = stop.cancelled() => return,
+                    _ = parent.cancelled() => return,
+                };
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            if failures.ready() {
+                                tracing::warn!(error = %e, "admin accept failed (logged at most once a second)");
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.cancelled() => return,
+                    _ = parent.cancelled() => return,
+                };
+                let server = server.clone();
+                let settings = settings.clone();
+                let stop = stop.clone();
+                connections.spawn(async move {
+                    let _permit = permit;
+                    let service = hyper::service::service_fn(move |req| {
+                        let server = server.clone();
+                        let settings = settings.load_full();
+                        async move { Ok::<_, Infallible>(route(server, &settings, req).await) }
+                    });
+                    // A request's head must arrive within header_timeout,
+                    // and so must the next one on a kept-alive connection
+                    // (the status page asks every 2 s).
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!(error = %e, "admin connection ended with an error");
+                        },
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

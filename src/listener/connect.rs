@@ -1,0 +1,110 @@
+//! Connecting a client to a backend: pick, dial with retries on other
+//! backends, and tell the backend's own failures from the proxy's.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::Route;
+use crate::backend::ActiveGuard;
+use crate::net::{self, local_cause};
+
+/// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting.
+///
+/// The outcome is read from the readiness the connect raises (writable, or
+/// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
+/// that is asked only to name a failure.
+async fn dial(addr: SocketAddr, keepalive: Option<Duration>) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    if keepalive.is_some() {
+        net::keepalive(socket2::SockRef::from(&socket), keepalive)?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        // Bytes waiting mean the connection was made, even if the backend
+        // has reset it since: those bytes and the reset are the relay's to
+        // pass on (SO_ERROR would swallow the reset). A peek leaves both.
+        let mut first = [std::mem::MaybeUninit::<u8>::uninit()];
+        if matches!(socket2::SockRef::from(&stream).peek(&mut first), Ok(n) if n > 0) {
+            return Ok(stream);
+        }
+        return Err(stream.take_error()?.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connection closed while connecting",
+            )
+        }));
+    }
+    Ok(stream)
+}
+
+/// Why a client could not be given a backend.
+pub(super) enum Unserved {
+    /// Every backend tried failed, or none was available.
+    NoBackend,
+    /// The proxy itself ran short (`descriptors`, `buffers`, `ports`):
+    /// no backend is to blame, and trying others would not help.
+    Local(&'static str, io::Error),
+}
+
+/// Connects to an available backend, trying others on failure.
+pub(super) async fn connect(
+    route: &Route,
+    client: SocketAddr,
+    listener: &str,
+) -> Result<(TcpStream, ActiveGuard), Unserved> {
+    let snap = route.pool.snapshot();
+    let cfg = &snap.config;
+    let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
+    for _ in 0..=cfg.retries {
+        let i = snap.pick(client, &tried).ok_or(Unserved::NoBackend)?;
+        tried.push(i);
+        let backend = &snap.members[i].backend;
+        // Count it before connecting so least_conn sees in-flight connects.
+        let guard = backend.open();
+        let started = tokio::time::Instant::now();
+        let result =
+            match tokio::time::timeout(cfg.connect_timeout, dial(backend.addr, cfg.tcp_keepalive))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            };
+        match result {
+            Ok(stream) => {
+                backend
+                    .metrics
+                    .connect_duration
+                    .observe(started.elapsed().as_secs_f64());
+                // Passive health hears of the success when the connection
+                // ends: one the backend ends at once, without a byte, is
+                // no success (see EARLY_CLOSE).
+                return Ok((stream, guard.established()));
+            }
+            Err(e) if local_cause(&e).is_some() => {
+                return Err(Unserved::Local(local_cause(&e).unwrap_or("buffers"), e));
+            }
+            Err(e) => {
+                backend.count_failure(&e);
+                backend.connect_failed(cfg.max_fails, cfg.fail_timeout);
+                tracing::warn!(listener, %client, backend = %backend.addr, error = %e, "connect to backend failed");
+            }
+        }
+    }
+    Err(Unserved::NoBackend)
+}
