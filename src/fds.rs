@@ -92,6 +92,12 @@ impl Drop for Held {
     }
 }
 
+/// A holding of nothing: for a connection taken over when the budget is
+/// spent (it must be served; it is not counted).
+pub(crate) fn untracked() -> Held {
+    Held(0)
+}
+
 /// Takes `n` descriptors from the budget, or `None` when it has no room.
 pub(crate) fn try_take(n: usize) -> Option<Held> {
     let b = budget();

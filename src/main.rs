@@ -144,7 +144,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("{summary}");
     notify::notify("READY=1");
     // When started by an upgrade: the old process may stop accepting now.
-    switchyard::server::upgrade::tell_ready();
+    switchyard::server::upgrade::tell_ready(&server);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),

@@ -4,6 +4,7 @@
 
 mod clients;
 mod connect;
+pub mod handover;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 mod udp_io;
@@ -57,6 +58,8 @@ pub(crate) struct Tasks<'a> {
     pub background: &'a CancellationToken,
     /// Tracks those timers.
     pub bg_tracker: &'a TaskTracker,
+    /// A binary upgrade's hand-over of established connections.
+    pub handover: &'a Arc<handover::Handover>,
 }
 
 enum Kind {
@@ -134,6 +137,7 @@ impl Listener {
                     tracker: cx.tracker.clone(),
                     local_log: crate::clock::Every::ms(1000),
                     clients: Default::default(),
+                    handover: cx.handover.clone(),
                 });
                 let mut watched = Vec::new();
                 for s in sockets {
@@ -326,6 +330,25 @@ impl Listener {
                 _ = daemon_stops.cancelled() => {}
             }
         });
+    }
+
+    /// Relays on a connection handed over by the process this one replaced.
+    pub fn adopt(
+        &self,
+        moved: handover::Moved,
+        client: std::net::TcpStream,
+        backend: std::net::TcpStream,
+    ) {
+        match &self.kind {
+            Kind::Tcp(shared, _) => {
+                shared
+                    .tracker
+                    .spawn(tcp::serve_moved(shared.clone(), client, backend, moved));
+            }
+            Kind::Udp(..) => {
+                tracing::warn!(listener = %self.config.name, "a TCP connection handed over to a UDP listener is closed");
+            }
+        }
     }
 
     /// The listening sockets' descriptors, to hand to a new process (valid

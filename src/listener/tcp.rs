@@ -7,20 +7,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use std::os::fd::AsRawFd;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use tokio_util::sync::CancellationToken;
+
+use crate::backend::ActiveGuard;
 use tokio_util::task::TaskTracker;
 
 use super::clients::{Clients, Limits, Refusal};
 use super::connect::{connect, Unserved};
+use super::handover::{Handover, Moved};
 use super::Route;
 use crate::clock::Every;
 use crate::fds::{self, Held};
 use crate::metrics::TcpListenerMetrics;
 use crate::net::{self, is_resource_exhaustion};
-use crate::relay::{self, End, Meter, Side};
+use crate::relay::{self, End, Meter, Side, Stops};
 
 /// State shared by a listener's accept tasks and its connections.
 pub struct TcpShared {
@@ -41,6 +46,8 @@ pub struct TcpShared {
     /// Per-client-address counts, for `max_connections_per_ip` and
     /// `connection_rate_per_ip`.
     pub clients: Arc<Clients>,
+    /// A binary upgrade's hand-over of established connections.
+    pub handover: Arc<Handover>,
 }
 
 impl TcpShared {
@@ -222,6 +229,28 @@ async fn until_down(
     }
 }
 
+/// The splice switch and byte meters of one connection.
+fn meters<'a>(
+    route: &Route,
+    m: &'a TcpListenerMetrics,
+    b: &'a crate::backend::Backend,
+) -> (relay::Splice<'a>, Meter<'a>, Meter<'a>) {
+    (
+        relay::Splice {
+            on: route.config.zero_copy,
+            switched: &m.zero_copy,
+        },
+        Meter {
+            read: &m.bytes_in,
+            written: &b.metrics.bytes_out,
+        },
+        Meter {
+            read: &b.metrics.bytes_in,
+            written: &m.bytes_out,
+        },
+    )
+}
+
 /// Counts a connection as open until dropped.
 struct Open<'a>(&'a prometheus::IntGauge);
 
@@ -232,7 +261,7 @@ impl Drop for Open<'_> {
 }
 
 /// One client connection, from accept to close.
-async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, slot: Slot) {
+async fn serve(shared: Arc<TcpShared>, client: TcpStream, peer: SocketAddr, slot: Slot) {
     let m = &shared.metrics;
     let route = shared.route.load_full();
     let name = route.config.name.as_str();
@@ -271,7 +300,7 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         c = connect(&route, peer, name) => c,
         _ = shared.hard_stop.cancelled() => Err(Unserved::NoBackend),
     };
-    let (mut backend, guard) = match connected {
+    let (backend, guard) = match connected {
         Ok(c) => c,
         Err(Unserved::NoBackend) => {
             m.no_backend.inc();
@@ -286,23 +315,90 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
             return;
         }
     };
+    carry(
+        &shared,
+        &route,
+        client,
+        backend,
+        guard,
+        peer,
+        (started, 0, 0),
+    )
+    .await;
+}
+
+/// A connection handed over by the process this one replaced (a binary
+/// upgrade), relayed on from where it stopped.
+pub async fn serve_moved(
+    shared: Arc<TcpShared>,
+    client: std::net::TcpStream,
+    backend: std::net::TcpStream,
+    moved: Moved,
+) {
+    let route = shared.route.load_full();
+    let snap = route.pool.snapshot();
+    let Some(member) = snap.find(moved.backend) else {
+        tracing::warn!(listener = %moved.listener, client = %moved.client, backend = %moved.backend, "a connection handed over to a backend this configuration lacks is closed");
+        return;
+    };
+    let guard = member.backend.open();
+    let (client, backend) = match (TcpStream::from_std(client), TcpStream::from_std(backend)) {
+        (Ok(c), Ok(b)) => (c, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot take a handed-over connection");
+            return;
+        }
+    };
+    let m = &shared.metrics;
+    m.active.inc();
+    let _open = Open(&m.active);
+    // Its place: under max_connections if one is free (it was admitted by
+    // the old process already, so it is never refused here).
+    let _slot = Slot {
+        permit: shared.limit.clone().try_acquire_owned().ok(),
+        owed: shared.owed.clone(),
+        _fds: fds::try_take(2).unwrap_or_else(fds::untracked),
+    };
+    let now = tokio::time::Instant::now();
+    let started = now
+        .checked_sub(Duration::from_millis(moved.age_ms))
+        .unwrap_or(now);
+    carry(
+        &shared,
+        &route,
+        client,
+        backend,
+        guard,
+        moved.client,
+        (started, moved.up, moved.down),
+    )
+    .await;
+}
+
+/// Relays a connected client and backend until done, then counts, logs and,
+/// on a binary upgrade, hands the connection to the new process. `before`
+/// is when it began and the bytes relayed before this process had it.
+async fn carry(
+    shared: &TcpShared,
+    route: &Route,
+    mut client: TcpStream,
+    mut backend: TcpStream,
+    guard: ActiveGuard,
+    peer: SocketAddr,
+    before: (tokio::time::Instant, u64, u64),
+) {
+    let (started, up_before, down_before) = before;
+    let m = &shared.metrics;
+    let name = route.config.name.as_str();
     let b = guard.backend();
-    let splice = relay::Splice {
-        on: route.config.zero_copy,
-        switched: &m.zero_copy,
-    };
-    let up = Meter {
-        read: &m.bytes_in,
-        written: &b.metrics.bytes_out,
-    };
-    let down = Meter {
-        read: &b.metrics.bytes_in,
-        written: &m.bytes_out,
-    };
+    let (splice, up, down) = meters(route, m, b);
     let idle = route.config.idle_timeout;
     let (outcome, closed_as_down) = match b.down_watch() {
         None => {
-            let stop = &shared.hard_stop;
+            let stop = Stops {
+                hard: &shared.hard_stop,
+                handover: &shared.handover.token,
+            };
             let o = relay::relay(&mut client, &mut backend, idle, stop, splice, up, down).await;
             (o, false)
         }
@@ -311,10 +407,56 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         // other connection's task keeps its size.
         Some((grace, signal)) => {
             let own = shared.hard_stop.child_token();
-            let relaying = relay::relay(&mut client, &mut backend, idle, &own, splice, up, down);
+            let stop = Stops {
+                hard: &own,
+                handover: &shared.handover.token,
+            };
+            let relaying = relay::relay(&mut client, &mut backend, idle, stop, splice, up, down);
             Box::pin(until_down(relaying, &own, grace, signal)).await
         }
     };
+    let mut outcome = outcome;
+    if outcome.end == End::HandedOver {
+        let moved = Moved {
+            listener: name.to_string(),
+            client: peer,
+            backend: b.addr,
+            up: up_before + outcome.up,
+            down: down_before + outcome.down,
+            age_ms: started.elapsed().as_millis() as u64,
+        };
+        match shared
+            .handover
+            .send(&moved, client.as_raw_fd(), backend.as_raw_fd())
+        {
+            // The new process has its own copies; this one's close with it.
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(listener = name, client = %peer, error = %e, "cannot hand a connection over; it finishes here");
+                let never = CancellationToken::new();
+                let stop = Stops {
+                    hard: &shared.hard_stop,
+                    handover: &never,
+                };
+                let (splice, up, down) = meters(route, m, b);
+                let more = Box::pin(relay::relay(
+                    &mut client,
+                    &mut backend,
+                    idle,
+                    stop,
+                    splice,
+                    up,
+                    down,
+                ))
+                .await;
+                outcome = relay::Outcome {
+                    up: outcome.up + more.up,
+                    down: outcome.down + more.down,
+                    ..more
+                };
+            }
+        }
+    }
     if closed_as_down {
         b.metrics.closed_on_down.inc();
     }
@@ -336,8 +478,8 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
             listener = name,
             client = %peer,
             backend = %b.addr,
-            bytes_in = outcome.up,
-            bytes_out = outcome.down,
+            bytes_in = up_before + outcome.up,
+            bytes_out = down_before + outcome.down,
             duration_ms = elapsed.as_millis() as u64,
             end = if closed_as_down { "backend_down" } else { outcome.end.as_str() },
             "tcp connection"

@@ -12,6 +12,9 @@ pub enum End {
     Idle,
     /// The daemon's shutdown grace ran out.
     Shutdown,
+    /// Stopped at a safe point to be handed to a new process (a binary
+    /// upgrade): no byte was held, and both sockets are intact.
+    HandedOver,
     /// This side reset the connection (or went away mid-write); the other
     /// side was reset in turn.
     Reset(Side),
@@ -35,6 +38,7 @@ impl End {
             End::Closed => "closed",
             End::Idle => "idle_timeout",
             End::Shutdown => "shutdown",
+            End::HandedOver => "handed_over",
             End::Reset(Side::Client) => "client_reset",
             End::Reset(Side::Backend) => "backend_reset",
             End::Error(Side::Client) => "client_error",

@@ -190,6 +190,7 @@ impl Server {
             tracker: &inner.tracker,
             background: &inner.background,
             bg_tracker: &inner.bg_tracker,
+            handover: &inner.handover,
         }
     }
 }

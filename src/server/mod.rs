@@ -70,6 +70,8 @@ struct Inner {
     bg_tracker: TaskTracker,
     /// An upgrade is under way.
     upgrading: std::sync::atomic::AtomicBool,
+    /// Hands established connections to the new process of an upgrade.
+    handover: Arc<listener::handover::Handover>,
 }
 
 /// A handle to the running daemon; clones share it.
@@ -101,6 +103,7 @@ impl Server {
             tracker: TaskTracker::new(),
             bg_tracker: TaskTracker::new(),
             upgrading: Default::default(),
+            handover: Default::default(),
         });
         let server = Server { inner };
         server.apply(config).await?;
@@ -203,10 +206,33 @@ impl Server {
         };
         let result = upgrade::start_successor(&handed).await;
         drop(st);
-        if result.is_err() {
-            self.inner.upgrading.store(false, Ordering::SeqCst);
+        match result {
+            Ok((pid, channel)) => {
+                // Connections stop at a safe point and move to it.
+                self.inner.handover.begin(channel);
+                Ok(pid)
+            }
+            Err(e) => {
+                self.inner.upgrading.store(false, Ordering::SeqCst);
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// Takes over a connection the process this one replaced handed over.
+    pub(crate) async fn adopt(
+        &self,
+        moved: listener::handover::Moved,
+        client: std::net::TcpStream,
+        backend: std::net::TcpStream,
+    ) {
+        let st = self.inner.state.lock().await;
+        match st.listeners.get(&moved.listener) {
+            Some(l) => l.adopt(moved, client, backend),
+            None => {
+                tracing::warn!(listener = %moved.listener, client = %moved.client, "a connection handed over through a listener this configuration lacks is closed")
+            }
+        }
     }
 
     /// Stops accepting everywhere, lets connections finish for up to the

@@ -10,7 +10,8 @@
 //! each listener as the configuration does. A second variable names one end
 //! of a socket pair, [`CHANNEL_ENV`], on which the child says `ready` once it
 //! serves; if it exits or stays silent instead, the old process serves on
-//! and says why.
+//! and says why. The same channel then carries the old process's idle
+//! established connections over (see `listener::handover`).
 //!
 //! Safety: the child-side hook only calls `fcntl(F_SETFD)` on descriptors the
 //! parent keeps open across the spawn (async-signal-safe, as `pre_exec`
@@ -26,9 +27,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
+use super::Server;
 use crate::config::{ListenerConfig, Protocol};
+use crate::listener::handover;
 
 /// The listening sockets a new process inherits, as JSON.
 pub const SOCKETS_ENV: &str = "SWITCHYARD_INHERITED_SOCKETS";
@@ -124,9 +126,9 @@ pub enum UpgradeError {
 
 /// Starts the new process with `handed`'s sockets and waits until it
 /// serves. Returns its process id.
-pub(crate) async fn start_successor(handed: &Handed) -> Result<u32, UpgradeError> {
+pub(crate) async fn start_successor(handed: &Handed) -> Result<(u32, OwnedFd), UpgradeError> {
     let origin = origin().get().ok_or(UpgradeError::NoOrigin)?;
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(UpgradeError::Channel)?;
+    let (ours, theirs) = handover::pair().map_err(UpgradeError::Channel)?;
     let mut inherit = handed.fds();
     inherit.push(theirs.as_raw_fd());
     let json = serde_json::to_string(handed).expect("plain data serializes");
@@ -153,24 +155,29 @@ pub(crate) async fn start_successor(handed: &Handed) -> Result<u32, UpgradeError
     drop(theirs);
     let pid = child.id().unwrap_or(0);
     tracing::info!(pid, path = %origin.exe.display(), "upgrade: started the new process; waiting for it to serve");
-    ours.set_nonblocking(true).map_err(UpgradeError::Channel)?;
-    let mut channel = tokio::net::UnixStream::from_std(ours).map_err(UpgradeError::Channel)?;
-    let mut said = Vec::new();
+    // The wait is a blocking read on the blocking pool; it ends with a
+    // message, or with the channel closing when the child exits or is killed.
+    let waiting = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 64];
+        let said = handover::recv(&ours, &mut buf).map(|m| m.map(|(n, _)| buf[..n].to_vec()));
+        (ours, said)
+    });
     let outcome = tokio::time::timeout(READY_WITHIN, async {
         tokio::select! {
-            r = channel.read_to_end(&mut said) => r.map(|_| None),
-            status = child.wait() => status.map(Some),
+            r = waiting => Ok(r.expect("the wait does not panic")),
+            status = child.wait() => Err(status),
         }
     })
     .await;
     match outcome {
-        Ok(Ok(None)) if said.starts_with(b"ready") => Ok(pid),
+        Ok(Ok((ours, Ok(Some(said))))) if said.starts_with(b"ready") => Ok((pid, ours)),
         // The channel closed without a word: the child is going down.
-        Ok(Ok(None)) => Err(UpgradeError::Exited(
+        Ok(Ok((_, Ok(_)))) => Err(UpgradeError::Exited(
             child.wait().await.map_err(UpgradeError::Channel)?,
         )),
-        Ok(Ok(Some(status))) => Err(UpgradeError::Exited(status)),
-        Ok(Err(e)) => Err(UpgradeError::Channel(e)),
+        Ok(Ok((_, Err(e)))) => Err(UpgradeError::Channel(e)),
+        Ok(Err(Ok(status))) => Err(UpgradeError::Exited(status)),
+        Ok(Err(Err(e))) => Err(UpgradeError::Channel(e)),
         Err(_) => {
             if let Err(e) = child.kill().await {
                 tracing::warn!(pid, error = %e, "upgrade: cannot stop the new process");
@@ -180,8 +187,9 @@ pub(crate) async fn start_successor(handed: &Handed) -> Result<u32, UpgradeError
     }
 }
 
-/// In a new process: tells the old one that this one serves.
-pub fn tell_ready() {
+/// In a new process: tells the old one that this one serves, then takes
+/// the connections it hands over, until it closes the channel.
+pub fn tell_ready(server: &Server) {
     let Some(fd) = std::env::var(CHANNEL_ENV)
         .ok()
         .and_then(|v| v.parse::<RawFd>().ok())
@@ -194,7 +202,7 @@ pub fn tell_ready() {
     if TOLD.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    if !is_socket(fd, libc::SOCK_STREAM) {
+    if !is_socket(fd, libc::SOCK_SEQPACKET) {
         tracing::warn!(
             fd,
             "upgrade: the channel descriptor is not a socket; not answering"
@@ -202,11 +210,56 @@ pub fn tell_ready() {
         return;
     }
     // SAFETY: an open socket, handed to this process for this use alone.
-    let channel = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
-    let mut channel = std::io::BufWriter::new(channel);
-    if let Err(e) = std::io::Write::write_all(&mut channel, b"ready\n") {
+    let channel = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Err(e) = handover::send(&channel, b"ready", &[]) {
         tracing::warn!(error = %e, "upgrade: cannot tell the old process this one serves");
+        return;
     }
+    let (server, runtime) = (server.clone(), tokio::runtime::Handle::current());
+    let spawned = std::thread::Builder::new()
+        .name("switchyard-takeover".into())
+        .spawn(move || take_connections(channel, server, runtime));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "upgrade: cannot take connections over; the old process drains them");
+    }
+}
+
+/// Receives handed-over connections until the old process closes the channel.
+fn take_connections(channel: OwnedFd, server: Server, runtime: tokio::runtime::Handle) {
+    let mut buf = vec![0u8; 4096];
+    let mut taken = 0u64;
+    loop {
+        match handover::recv(&channel, &mut buf) {
+            Ok(None) => break,
+            Ok(Some((n, fds))) => {
+                let moved: handover::Moved = match serde_json::from_slice(&buf[..n]) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upgrade: a handed-over connection without a readable description is closed");
+                        continue;
+                    }
+                };
+                let mut fds = fds.into_iter();
+                let (Some(client), Some(backend)) = (fds.next(), fds.next()) else {
+                    tracing::warn!("upgrade: a handed-over connection came without its sockets");
+                    continue;
+                };
+                taken += 1;
+                let server = server.clone();
+                runtime.spawn(async move {
+                    server.adopt(moved, client.into(), backend.into()).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade: the channel from the old process failed");
+                break;
+            }
+        }
+    }
+    tracing::info!(
+        connections = taken,
+        "upgrade: took over the old process's established connections"
+    );
 }
 
 /// Whether `fd` is an open socket of `kind` (`SOCK_STREAM`, `SOCK_DGRAM`).
