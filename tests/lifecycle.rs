@@ -792,3 +792,62 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// A connection that is mid-transfer when an upgrade comes (bytes held in
+/// the old process) is not moved: it finishes there, byte for byte, and the
+/// old process exits 0 once it has.
+#[test]
+fn a_connection_mid_transfer_finishes_in_the_old_process() {
+    // SAFETY: prctl on this process only.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    const TOTAL: usize = 32 << 20;
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = backend.accept().unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        for _ in 0..TOTAL / chunk.len() {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut daemon = Daemon::start(&config(false, &[addr], false, "30s"), &[], &[]);
+    let mut client = TcpStream::connect(daemon.listeners()["front"]).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Read a first MiB (the flow is bulk by then), then stop reading: the
+    // rest piles up in the old process's sockets and pipe.
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    while got < 1 << 20 {
+        got += client.read(&mut buf).unwrap();
+    }
+    daemon.signal("USR2");
+    let said =
+        "upgrade: the new process serves; this one stops accepting and drains its connections";
+    let line = daemon.wait_log("the new process to serve", Duration::from_secs(30), |v| {
+        v["message"] == said
+    });
+    let successor = line["successor"].as_u64().unwrap() as u32;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the old process must stay for the transfer it carries"
+    );
+    loop {
+        match client.read(&mut buf).unwrap() {
+            0 => break,
+            n => got += n,
+        }
+    }
+    assert_eq!(got, TOTAL, "every byte arrived");
+    // The client closes its side too: the connection is over.
+    drop(client);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));
+    signal_pid(successor, libc::SIGTERM);
+    assert_eq!(wait_pid(successor, Duration::from_secs(20)), Some(0));
+}
