@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 const INSIDE: &str = "SWITCHYARD_NETNS";
 
@@ -152,14 +152,8 @@ fn a_partition_mid_connection_is_found_by_keepalive() {
         ))
         .await;
         let front = server.local_addr("front").unwrap();
-        let mut held = TcpStream::connect(front).await.unwrap();
-        held.write_all(b"x\n").await.unwrap();
+        let mut held = echoed(front, "x", "a").await;
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&buf[..n], b"a: x\n");
         // Everything to and from backend `a` vanishes from here on.
         iptables(&format!(
             "-A INPUT -p tcp --dport {} -j DROP",
@@ -209,14 +203,8 @@ fn a_backend_reset_mid_connection_reaches_the_client() {
         let a = Backend::start("a").await;
         let server = start(&pool(&[a.addr], "")).await;
         let front = server.local_addr("front").unwrap();
-        let mut held = TcpStream::connect(front).await.unwrap();
-        held.write_all(b"x\n").await.unwrap();
+        let mut held = echoed(front, "x", "a").await;
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&buf[..n], b"a: x\n");
         iptables(&format!(
             "-A INPUT -p tcp --dport {} -j REJECT --reject-with tcp-reset",
             a.addr.port()

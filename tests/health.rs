@@ -673,14 +673,8 @@ async fn on_backend_down_close_ends_established_connections() {
     };
     let server = start(&text("close", &[a.addr])).await;
     let front = server.local_addr("front").unwrap();
-    let mut held = TcpStream::connect(front).await.unwrap();
-    held.write_all(b"x\n").await.unwrap();
+    let mut held = echoed(front, "x", "a").await;
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf[..n], b"a: x\n");
     // The backend stops accepting (its established connection would run on):
     // its check fails, it goes down, and the proxy closes the connection.
     a.stop();
@@ -697,13 +691,7 @@ async fn on_backend_down_close_ends_established_connections() {
     // Leaving the pool by a reload closes its connections too.
     let server = start(&text("close", &[b.addr])).await;
     let front = server.local_addr("front").unwrap();
-    let mut held = TcpStream::connect(front).await.unwrap();
-    held.write_all(b"y\n").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf[..n], b"b: y\n");
+    let mut held = echoed(front, "y", "b").await;
     let c = Backend::start("c").await;
     server
         .reload(
@@ -720,13 +708,7 @@ async fn on_backend_down_close_ends_established_connections() {
     // "keep": the same removal leaves the connection running.
     let server = start(&text("keep", &[b.addr])).await;
     let front = server.local_addr("front").unwrap();
-    let mut held = TcpStream::connect(front).await.unwrap();
-    held.write_all(b"z\n").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), held.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf[..n], b"b: z\n");
+    let mut held = echoed(front, "z", "b").await;
     server
         .reload(
             switchyard::Config::parse(&text("keep", &[c.addr]), std::path::Path::new("t.toml"))

@@ -381,7 +381,7 @@ fn systemd_is_told_ready_reloading_stopping_in_order() {
         b"POST /api/v1/reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n",
     )
     .unwrap();
-    c.shutdown(std::net::Shutdown::Both).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
     drop(c);
     assert!(next().starts_with("RELOADING=1\n"));
     assert_eq!(next(), "READY=1");
@@ -607,6 +607,25 @@ fn wait_pid(pid: u32, limit: Duration) -> Option<i32> {
     }
 }
 
+/// Processes a test started indirectly (an upgrade's successors): killed
+/// when the test ends, passed or not, so none outlives it.
+struct Successors(Vec<u32>);
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        let me = format!("PPid:\t{}", std::process::id());
+        for &pid in &self.0 {
+            // Only a process still ours (not a reused pid).
+            let ours = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == me));
+            if ours {
+                // SAFETY: kill sends a signal to a process this test started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 fn signal_pid(pid: u32, sig: libc::c_int) {
     // SAFETY: kill sends a signal to a process we started.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
@@ -695,6 +714,7 @@ fn three_binary_upgrades_in_a_row_drop_nothing() {
 
     let served = |n: &Arc<AtomicUsize>| n.load(Ordering::SeqCst);
     let mut pids = vec![daemon.child.id()];
+    let mut successors = Successors(Vec::new());
     for round in 1..=3 {
         // Traffic flows before each upgrade.
         let (t, u) = (served(&tcp_ok), served(&udp_ok));
@@ -717,6 +737,7 @@ fn three_binary_upgrades_in_a_row_drop_nothing() {
             .as_u64()
             .unwrap() as u32;
         pids.push(successor);
+        successors.0.push(successor);
         // The old process hands its established connection over and exits
         // well before its 30 s grace: nothing is left for it to drain.
         let old = pids[pids.len() - 2];
@@ -845,6 +866,7 @@ fn a_connection_mid_transfer_finishes_in_the_old_process() {
         v["message"] == said
     });
     let successor = line["successor"].as_u64().unwrap() as u32;
+    let _successors = Successors(vec![successor]);
     assert!(
         daemon.child.try_wait().unwrap().is_none(),
         "the old process must stay for the transfer it carries"

@@ -158,6 +158,10 @@ impl Endpoint {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(header_timeout)
+                        // A client that half-closes after its request (a
+                        // script's `curl`, a load balancer's probe) still
+                        // gets it served and answered.
+                        .half_close(true)
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         r = conn => if let Err(e) = r {

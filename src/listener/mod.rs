@@ -246,8 +246,10 @@ fn grow<S>(
 
 /// The sockets for `l`, taken over from `from`, a running listener on the
 /// same protocol and address (renamed, or `reuse_port` changed): copies of
-/// its descriptors (it keeps its own until it retires), one for a single
-/// socket, or grown to one per worker with `reuse_port`.
+/// all its descriptors (it keeps its own until it retires), grown to one per
+/// worker with `reuse_port`. Turning `reuse_port` off keeps every socket of
+/// the group: closing one would reset the clients the kernel has queued on
+/// it, so the group shrinks only at the next start.
 pub(crate) fn take_over(from: &Listener, l: &ListenerConfig) -> Result<Bound, BindError> {
     let err = |cause| BindError {
         listener: l.name.clone(),
@@ -261,9 +263,9 @@ pub(crate) fn take_over(from: &Listener, l: &ListenerConfig) -> Result<Bound, Bi
         // until after this returns; the copy is a new descriptor we own.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         fds.push(borrowed.try_clone_to_owned().map_err(err)?);
-        if !l.reuse_port {
-            break;
-        }
+    }
+    if !l.reuse_port && fds.len() > 1 {
+        tracing::info!(listener = %l.name, sockets = fds.len(), "reuse_port is off: the listener keeps its sockets until the next start, so no queued client is reset");
     }
     if fds.is_empty() {
         return Err(err(std::io::Error::other(

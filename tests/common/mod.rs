@@ -146,6 +146,23 @@ pub async fn echo_raw() -> SocketAddr {
     addr
 }
 
+/// A connection through `front` that has carried one line each way, its
+/// answer from backend `name`: for tests that hold it open.
+pub async fn echoed(front: SocketAddr, line: &str, name: &str) -> TcpStream {
+    let mut s = TcpStream::connect(front).await.unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&buf[..n]),
+        format!("{name}: {line}\n")
+    );
+    s
+}
+
 /// Sends one line on a new connection and returns the name of the backend that answered.
 pub async fn ask(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr)
