@@ -817,3 +817,43 @@ async fn per_address_limits_refuse_one_client_and_serve_the_others() {
         1.0
     );
 }
+
+/// Two instances with the same backends pick the same backend for the same
+/// client (Maglev), for TCP and UDP, without talking to each other; and
+/// one client always gets the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maglev_instances_agree_on_every_client() {
+    let b = three().await;
+    let text = udp_config(&b, "").replace("strategy = \"round_robin\"", "strategy = \"maglev\"")
+        + "[[listeners]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
+    let one = start(&text).await;
+    // The other lists the backends in another order: the table is the same.
+    let addrs: Vec<_> = b.iter().rev().map(|x| x.addr).collect();
+    let other_text = text.replace(
+        &backends_toml(&b.iter().map(|x| x.addr).collect::<Vec<_>>(), None),
+        &backends_toml(&addrs, None),
+    );
+    assert_ne!(other_text, text);
+    let two = start(&other_text).await;
+    let mut spread: HashMap<String, usize> = HashMap::new();
+    for i in 0..60u8 {
+        let from = format!("127.0.{}.{}", 10 + i / 50, 1 + i % 50);
+        let mut names = Vec::new();
+        for server in [&one, &two] {
+            for _ in 0..2 {
+                let mut s = connect_from(&from, server.local_addr("t").unwrap()).await;
+                let name = answer(&mut s).await.expect("served");
+                names.push(name.split(':').next().unwrap().to_string());
+            }
+            let u = UdpSocket::bind(format!("{from}:0")).await.unwrap();
+            let reply = udp_ask(&u, server.local_addr("u").unwrap(), "q").await;
+            names.push(reply.split(':').next().unwrap().to_string());
+        }
+        assert!(
+            names.iter().all(|n| n == &names[0]),
+            "client {from}: {names:?}"
+        );
+        *spread.entry(names[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(spread.len(), 3, "every backend has clients: {spread:?}");
+}

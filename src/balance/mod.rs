@@ -11,6 +11,7 @@
 //! [`build`].
 
 mod least_conn;
+mod maglev;
 mod p2c;
 mod random;
 mod round_robin;
@@ -18,6 +19,8 @@ mod weighted;
 
 use std::fmt;
 use std::net::SocketAddr;
+
+pub use maglev::{HashKey, DEFAULT_TABLE_SIZE};
 
 /// A backend as a strategy is built from it: who it is and its weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,16 +74,19 @@ pub enum StrategyKind {
     LeastConn,
     /// `p2c`: the less loaded of two random choices.
     P2c,
+    /// `maglev`: consistent hashing of the client, the same on every instance.
+    Maglev,
 }
 
 impl StrategyKind {
     /// Every strategy, in the order the docs list them.
-    pub const ALL: [StrategyKind; 5] = [
+    pub const ALL: [StrategyKind; 6] = [
         StrategyKind::Random,
         StrategyKind::RoundRobin,
         StrategyKind::Weighted,
         StrategyKind::LeastConn,
         StrategyKind::P2c,
+        StrategyKind::Maglev,
     ];
 
     /// The name used in the config file.
@@ -91,6 +97,7 @@ impl StrategyKind {
             StrategyKind::Weighted => "weighted",
             StrategyKind::LeastConn => "least_conn",
             StrategyKind::P2c => "p2c",
+            StrategyKind::Maglev => "maglev",
         }
     }
 
@@ -103,15 +110,46 @@ impl StrategyKind {
     pub fn uses_weights(self) -> bool {
         matches!(
             self,
-            StrategyKind::Weighted | StrategyKind::LeastConn | StrategyKind::P2c
+            StrategyKind::Weighted
+                | StrategyKind::LeastConn
+                | StrategyKind::P2c
+                | StrategyKind::Maglev
         )
     }
 }
 
+/// Settings only some strategies read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// `maglev`: the table's size, a prime.
+    pub table_size: u32,
+    /// `maglev`: what of the client is hashed.
+    pub hash_key: HashKey,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            table_size: DEFAULT_TABLE_SIZE,
+            hash_key: HashKey::ClientIp,
+        }
+    }
+}
+
 /// Builds the strategy `kind` for these backends, in this order (the
-/// indices it hands out).
+/// indices it hands out), with default options.
 pub fn build(kind: StrategyKind, peers: &[Peer]) -> Box<dyn Strategy> {
+    build_with(kind, peers, &Options::default())
+}
+
+/// Builds the strategy `kind` for these backends with `options`.
+pub fn build_with(kind: StrategyKind, peers: &[Peer], options: &Options) -> Box<dyn Strategy> {
     match kind {
+        StrategyKind::Maglev => Box::new(maglev::Maglev::new(
+            peers,
+            options.table_size,
+            options.hash_key,
+        )),
         StrategyKind::Random => Box::new(random::Random),
         StrategyKind::RoundRobin => Box::new(round_robin::RoundRobin::new(peers.len())),
         StrategyKind::Weighted => Box::new(weighted::Weighted::new(

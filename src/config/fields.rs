@@ -154,6 +154,77 @@ impl Validator<'_> {
         Some((*r.get_ref(), burst))
     }
 
+    /// `hash_key` and `table_size`, for `maglev`.
+    pub(super) fn balance_options(
+        &mut self,
+        (hash_key, table_size): (Option<&S<String>>, Option<&S<i64>>),
+        key: &str,
+        strategy: crate::balance::StrategyKind,
+        backends: usize,
+    ) -> crate::balance::Options {
+        use crate::balance::{HashKey, Options, StrategyKind};
+        let mut o = Options::default();
+        if let Some(k) = hash_key {
+            o.hash_key = match k.get_ref().as_str() {
+                "client_ip" => HashKey::ClientIp,
+                "client_addr" => HashKey::ClientAddr,
+                other => {
+                    self.p.push(
+                        k.span(),
+                        format!("{key}.hash_key"),
+                        format!(
+                            "`{other}` is not a key; expected \"client_ip\" or \"client_addr\""
+                        ),
+                    );
+                    HashKey::ClientIp
+                }
+            };
+        }
+        if let Some(t) = table_size {
+            let n = *t.get_ref();
+            let prime =
+                (3..=1 << 24).contains(&n) && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+            if prime {
+                o.table_size = n as u32;
+            } else {
+                self.p.push(
+                    t.span(),
+                    format!("{key}.table_size"),
+                    format!(
+                        "must be a prime from 3 to {}, not {n} (65537 is one)",
+                        1 << 24
+                    ),
+                );
+            }
+        }
+        for (set, name) in [
+            (hash_key.map(|k| k.span()), "hash_key"),
+            (table_size.map(|t| t.span()), "table_size"),
+        ] {
+            if let Some(span) = set {
+                if strategy != StrategyKind::Maglev {
+                    self.warn(
+                        span,
+                        &format!("{key}.{name}"),
+                        "only strategy \"maglev\" reads it",
+                    );
+                }
+            }
+        }
+        if strategy == StrategyKind::Maglev && (o.table_size as usize) < 100 * backends {
+            let span = table_size.map(|t| t.span()).unwrap_or_default();
+            self.warn(
+                span,
+                &format!("{key}.table_size"),
+                &format!(
+                    "{} is under 100 entries per backend ({backends}): shares will be uneven",
+                    o.table_size
+                ),
+            );
+        }
+        o
+    }
+
     /// A backend's address: one a connection can be made to.
     pub(super) fn backend_addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
         let a = self.addr(v, key)?;

@@ -167,6 +167,10 @@ pub struct PoolConfig {
     pub fail_timeout: Duration,
     /// `tcp_keepalive`, default 60s: the same for connections to backends.
     pub tcp_keepalive: Option<Duration>,
+    /// `hash_key` and `table_size` (`maglev`): what of the client is hashed
+    /// (`"client_ip"`, default, or `"client_addr"`) and the table's size (a
+    /// prime, default 65537).
+    pub balance: crate::balance::Options,
     /// `slow_start`, default 0 (off): a backend that comes back (up again,
     /// or back from an ejection) ramps up to its full share over this long.
     pub slow_start: Duration,

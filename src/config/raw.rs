@@ -63,6 +63,8 @@ pub struct RawPool {
     pub max_fails: Option<S<i64>>,
     pub fail_timeout: Option<S<String>>,
     pub slow_start: Option<S<String>>,
+    pub hash_key: Option<S<String>>,
+    pub table_size: Option<S<i64>>,
     pub on_backend_down: Option<S<String>>,
     pub on_backend_down_grace: Option<S<String>>,
     pub tcp_keepalive: Option<S<String>>,

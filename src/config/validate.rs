@@ -219,6 +219,12 @@ impl Validator<'_> {
                 None
             }
         };
+        let balance = self.balance_options(
+            (pool.hash_key.as_ref(), pool.table_size.as_ref()),
+            &key,
+            strategy,
+            backends.len(),
+        );
         PoolConfig {
             name: name.to_string(),
             strategy,
@@ -233,6 +239,7 @@ impl Validator<'_> {
                 .duration(pool.slow_start.as_ref(), &format!("{key}.slow_start"))
                 .unwrap_or(Duration::ZERO),
             on_backend_down,
+            balance,
             health,
         }
     }

@@ -284,7 +284,7 @@ fn build(
         .collect();
     Snapshot {
         config: config.clone(),
-        strategy: balance::build(config.strategy, &peers),
+        strategy: balance::build_with(config.strategy, &peers, &config.balance),
         members,
     }
 }
