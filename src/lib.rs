@@ -8,7 +8,7 @@
 //!     [`config::Config`], with every problem located by file, line and column.
 //!   - [`metrics`]: the Prometheus registry; each family declared once beside
 //!     its owner's handle set (listener, backend).
-//!   - [`balance`]: the strategies (`random`, `round_robin`, `weighted`,
+//!   - [`balance`]: the strategies (`random`, `round_robin`, `weighted`, `maglev`,
 //!     `least_conn`, `p2c`) behind one small trait, built from the backends'
 //!     identities and told the flow each pick is for.
 //!   - `clock`: the coarse millisecond clock deadlines use.
