@@ -5,7 +5,7 @@
 //! client left in the kernel's backlog), not a failure blamed on a backend.
 //!
 //! The budget counts what the data plane holds, taken before a descriptor is
-//! made and given back when its holder ([`Held`]) drops: two atomics per
+//! made and given back when its holder (`Held`) drops: two atomics per
 //! connection, and a wake-up only when someone is waiting.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
