@@ -121,6 +121,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 println!("warning: {w}");
             }
             println!("{}", config.summary());
+            print!("{}", config.outline());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -206,6 +207,11 @@ async fn run_demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
     println!("  TCP:    nc {} {}        then type lines; each connection goes to the next backend in the weighted rotation", tcp.ip(), tcp.port());
     println!(
         "  UDP:    nc -u {} {}     each client address sticks to one backend",
+        tcp.ip(),
+        tcp.port()
+    );
+    println!(
+        "  no nc?  bash -c 'exec 3<>/dev/tcp/{}/{}; echo hello >&3; head -n1 <&3'    (nc is in Debian's netcat-openbsd)",
         tcp.ip(),
         tcp.port()
     );

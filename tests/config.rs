@@ -129,6 +129,18 @@ fn check_command_exit_codes_and_output() {
         out.contains("ok: 2 listener(s), 3 pool(s), 5 backend(s), admin on 127.0.0.1:9901"),
         "{out}"
     );
+    // And what the file will do, listener by listener and pool by pool.
+    let line = |prefix: &str| out.lines().any(|l| l.trim_start().starts_with(prefix));
+    assert!(line("redis            tcp 127.0.0.1:6380"), "{out}");
+    assert!(out.contains("-> pool redis"), "{out}");
+    assert!(
+        line("redis            least_conn, tcp check every 2s (rise 2, fall 3), 2 retries"),
+        "{out}"
+    );
+    assert!(
+        line("127.0.0.1:6381           weight 2, at most 1000 connections"),
+        "{out}"
+    );
 
     let bad = root.join("tests/invalid/weight_zero.toml");
     let (code, out) = check(&bad);

@@ -15,8 +15,14 @@ fn the_demo_balances_tcp_by_weight_and_keeps_udp_sessions() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut front: Option<SocketAddr> = None;
+    let mut bare: Option<String> = None;
     for line in lines.by_ref() {
         let line = line.unwrap();
+        if let Some(rest) = line.trim_start().strip_prefix("no nc?") {
+            // The line for a machine without nc: bash -c '…'
+            let quoted = rest.split('\'').nth(1).expect("a quoted command");
+            bare = Some(quoted.to_string());
+        }
         if let Some(rest) = line.trim_start().strip_prefix("TCP:") {
             let words: Vec<&str> = rest.split_whitespace().collect();
             assert_eq!(words[0], "nc");
@@ -27,6 +33,14 @@ fn the_demo_balances_tcp_by_weight_and_keeps_udp_sessions() {
         }
     }
     let front = front.expect("the demo prints its address");
+    // The line printed for a bare machine works as printed.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(bare.expect("the demo prints a line that needs no nc"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.ends_with(": hello\n"), "{said:?}");
 
     let mut counts = std::collections::HashMap::new();
     for i in 0..60 {

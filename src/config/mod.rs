@@ -289,6 +289,54 @@ impl Config {
         validate::validate(source, path)
     }
 
+    /// What the file will do, one screen for `switchyard check`: each
+    /// listener and where it sends traffic, each pool with its strategy,
+    /// check and backends.
+    pub fn outline(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::from("listeners:\n");
+        for l in &self.listeners {
+            let _ = writeln!(
+                o,
+                "  {:<16} {} {:<22} -> pool {}",
+                l.name,
+                l.protocol.as_str(),
+                l.bind,
+                l.pool
+            );
+        }
+        o.push_str("pools:\n");
+        for p in self.pools.values() {
+            let h = &p.health;
+            let check = match h.check {
+                CheckKind::None => "no active check".to_string(),
+                ref k => format!(
+                    "{} check every {} (rise {}, fall {})",
+                    k.name(),
+                    humantime::format_duration(h.interval),
+                    h.rise,
+                    h.fall
+                ),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<16} {}, {}, {} retries",
+                p.name,
+                p.strategy.name(),
+                check,
+                p.retries
+            );
+            for b in &p.backends {
+                let _ = write!(o, "    {:<24} weight {}", b.addr.to_string(), b.weight);
+                if let Some(max) = b.max_connections {
+                    let _ = write!(o, ", at most {max} connections");
+                }
+                o.push('\n');
+            }
+        }
+        o
+    }
+
     /// A one-line summary, as `switchyard check` prints it.
     pub fn summary(&self) -> String {
         let backends: usize = self.pools.values().map(|p| p.backends.len()).sum();
