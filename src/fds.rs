@@ -100,10 +100,15 @@ pub(crate) fn untracked() -> Held {
 
 /// Takes `n` descriptors from the budget, or `None` when it has no room.
 pub(crate) fn try_take(n: usize) -> Option<Held> {
-    let b = budget();
-    b.used
+    take_within(n, budget().share)
+}
+
+/// Takes `n` descriptors if the data plane then holds at most `cap`.
+fn take_within(n: usize, cap: usize) -> Option<Held> {
+    budget()
+        .used
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            (used + n <= b.share).then_some(used + n)
+            (used + n <= cap).then_some(used + n)
         })
         .ok()
         .map(|_| Held(n))
@@ -113,14 +118,8 @@ pub(crate) fn try_take(n: usize) -> Option<Held> {
 /// for UDP sessions, which a flood of source ports could otherwise spend to
 /// the last descriptor, leaving TCP clients none.
 pub(crate) fn try_take_sparingly(n: usize) -> Option<Held> {
-    let b = budget();
-    let cap = b.share - b.share / 4;
-    b.used
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            (used + n <= cap).then_some(used + n)
-        })
-        .ok()
-        .map(|_| Held(n))
+    let share = budget().share;
+    take_within(n, share - share / 4)
 }
 
 /// Takes `n` descriptors, waiting for others to be given back.

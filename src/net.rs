@@ -162,15 +162,6 @@ pub(crate) fn local_cause(e: &io::Error) -> Option<&'static str> {
     }
 }
 
-/// Whether an accept error means the process or system is out of descriptors
-/// or buffers, which only time (connections closing) can cure.
-pub fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,13 +177,7 @@ fn a_partition_mid_connection_is_found_by_keepalive() {
             "{:?}",
             started.elapsed()
         );
-        wait_metric(
-            &server,
-            "switchyard_listener_active_connections{listener=\"front\"}",
-            0.0,
-            Duration::from_secs(5),
-        )
-        .await;
+        wait_idle(&server, "front").await;
         // The place came back: with max_connections = 1, a new client is served.
         let name = tokio::time::timeout(Duration::from_secs(10), ask(front))
             .await

@@ -220,13 +220,7 @@ async fn half_close(size: usize) {
     assert_eq!(reply, format!("got {size} bytes"));
     // The path this test names was the one taken: splice for a bulk upload
     // (its 64 KiB reads fill the buffer), copying for a short one.
-    wait_metric(
-        &server,
-        "switchyard_listener_active_connections{listener=\"front\"}",
-        0.0,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_idle(&server, "front").await;
     let spliced = value(
         &server,
         "switchyard_listener_zero_copy_total{listener=\"front\"}",
@@ -485,13 +479,7 @@ async fn reuse_port_and_max_connections_serve_every_socket() {
             .await
             .unwrap_or_else(|_| panic!("client {i} waited while the listener was under its limit"));
         assert!(!name.is_empty());
-        wait_metric(
-            &server,
-            "switchyard_listener_active_connections{listener=\"front\"}",
-            0.0,
-            Duration::from_secs(5),
-        )
-        .await;
+        wait_idle(&server, "front").await;
     }
     assert_eq!(
         value(&server, limit),

@@ -214,13 +214,7 @@ async fn lowering_max_connections_holds_once_busy_connections_close() {
         .await
         .unwrap();
     drop(held);
-    wait_metric(
-        &server,
-        "switchyard_listener_active_connections{listener=\"t\"}",
-        0.0,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_idle(&server, "t").await;
     let mut first = BufReader::new(TcpStream::connect(front).await.unwrap());
     assert_eq!(line(&mut first, "x").await, "a: x\n");
     let limited = value(

@@ -97,7 +97,8 @@ pub(super) async fn connect(
                 return Ok((stream, guard.established()));
             }
             Err(e) if local_cause(&e).is_some() => {
-                return Err(Unserved::Local(local_cause(&e).unwrap_or("buffers"), e));
+                let reason = local_cause(&e).expect("checked in the guard");
+                return Err(Unserved::Local(reason, e));
             }
             Err(e) => {
                 backend.count_failure(&e);

@@ -45,6 +45,18 @@ pub struct BindError {
     pub cause: std::io::Error,
 }
 
+impl BindError {
+    /// Listener `l`'s sockets could not be had, for `cause`.
+    fn of(l: &ListenerConfig, cause: std::io::Error) -> BindError {
+        BindError {
+            listener: l.name.clone(),
+            protocol: l.protocol.as_str(),
+            addr: l.bind,
+            cause,
+        }
+    }
+}
+
 /// What a launched listener hangs its tasks and series on.
 pub(crate) struct Tasks<'a> {
     pub metrics: &'a Metrics,
@@ -189,12 +201,7 @@ impl Listener {
 
 /// Binds one listener's socket(s): with `reuse_port`, one per worker thread.
 pub(crate) fn bind(l: &ListenerConfig) -> Result<Bound, BindError> {
-    let err = |cause| BindError {
-        listener: l.name.clone(),
-        protocol: l.protocol.as_str(),
-        addr: l.bind,
-        cause,
-    };
+    let err = |cause| BindError::of(l, cause);
     match l.protocol {
         Protocol::Tcp => group(
             l,
@@ -251,12 +258,7 @@ fn grow<S>(
 /// the group: closing one would reset the clients the kernel has queued on
 /// it, so the group shrinks only at the next start.
 pub(crate) fn take_over(from: &Listener, l: &ListenerConfig) -> Result<Bound, BindError> {
-    let err = |cause| BindError {
-        listener: l.name.clone(),
-        protocol: l.protocol.as_str(),
-        addr: l.bind,
-        cause,
-    };
+    let err = |cause| BindError::of(l, cause);
     let mut fds = Vec::new();
     for fd in from.listening_fds() {
         // SAFETY: the descriptor is open while `from` serves, and it does

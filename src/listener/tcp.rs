@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use std::os::fd::AsRawFd;
@@ -24,7 +24,7 @@ use super::Route;
 use crate::clock::Every;
 use crate::fds::{self, Held};
 use crate::metrics::TcpListenerMetrics;
-use crate::net::{self, is_resource_exhaustion};
+use crate::net::{self, local_cause};
 use crate::relay::{self, End, Meter, Side, Stops};
 
 /// State shared by a listener's accept tasks and its connections.
@@ -109,7 +109,7 @@ pub async fn accept_loop(
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::ZERO;
-    let mut last_log: Option<Instant> = None;
+    let failures = Every::ms(1000);
     loop {
         let mut waiting = tokio::select! {
             r = listener.readable() => match r {
@@ -176,12 +176,12 @@ pub async fn accept_loop(
             Err(e) => {
                 drop((permit, fds));
                 shared.metrics.accept_errors.inc();
-                let now = Instant::now();
-                if last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-                    last_log = Some(now);
+                if failures.ready() {
                     tracing::error!(listener = %shared.route.load().config.name, error = %e, "accept failed");
                 }
-                if is_resource_exhaustion(&e) {
+                // The proxy's own shortage (descriptors, buffers): only time
+                // (connections closing) cures it.
+                if local_cause(&e).is_some() {
                     // 10ms doubling to 1s: quick recovery when a few descriptors
                     // free up, no busy loop when none do.
                     backoff =

@@ -40,13 +40,17 @@ impl Server {
             .map(|l| (l.name.as_str(), l))
             .collect();
         let mut fresh: HashMap<&str, Bound> = HashMap::new();
-        for name in plan.to_bind() {
+        for (name, step) in &plan.listeners {
+            if *step == ListenerStep::Keep {
+                continue;
+            }
+            let name = name.as_str();
             let l = by_name[name];
             let inherited = st.inherited.take_listener(l);
-            let taking_over = plan.listeners.iter().find_map(|(n, step)| match step {
-                ListenerStep::TakeOver { from } if n == name => st.listeners.get(from),
+            let taking_over = match step {
+                ListenerStep::TakeOver { from } => st.listeners.get(from),
                 _ => None,
-            });
+            };
             let bound = match (inherited, taking_over) {
                 (Some(fds), _) => {
                     tracing::info!(listener = %name, "listening on the socket the previous process handed over");

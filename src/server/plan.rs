@@ -81,6 +81,7 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// Names of the listeners whose sockets must be bound before anything changes.
+    #[cfg(test)]
     pub fn to_bind(&self) -> impl Iterator<Item = &str> {
         self.listeners
             .iter()

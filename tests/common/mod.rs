@@ -236,6 +236,13 @@ pub async fn wait_metric(server: &Server, series: &str, want: f64, limit: Durati
     }
 }
 
+/// Waits until listener `listener` has no connection open (their places
+/// under `max_connections` are back).
+pub async fn wait_idle(server: &Server, listener: &str) {
+    let series = format!("switchyard_listener_active_connections{{listener=\"{listener}\"}}");
+    wait_metric(server, &series, 0.0, Duration::from_secs(5)).await;
+}
+
 /// The value of one sample in Prometheus text, e.g.
 /// `metric(&text, "switchyard_udp_sessions{listener=\"u\"}")`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
