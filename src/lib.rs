@@ -52,6 +52,7 @@ pub(crate) mod net;
 pub mod notify;
 pub mod pool;
 pub(crate) mod relay;
+pub mod wire;
 pub mod server;
 
 pub use config::Config;
