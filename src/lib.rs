@@ -52,8 +52,8 @@ pub(crate) mod net;
 pub mod notify;
 pub mod pool;
 pub(crate) mod relay;
-pub mod wire;
 pub mod server;
+pub mod wire;
 
 pub use config::Config;
 pub use server::Server;

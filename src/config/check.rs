@@ -122,6 +122,8 @@ impl Validator<'_> {
             fall,
             port,
             initial_up,
+            // The pool sets the version (see `pool`).
+            proxy_header: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::raw::RawListener;
 use super::validate::Validator;
-use super::{ListenerConfig, PoolConfig, Protocol};
+use super::{ListenerConfig, PoolConfig, Protocol, ProxyVersion};
 
 impl Validator<'_> {
     pub(super) fn listener(
@@ -134,6 +134,27 @@ impl Validator<'_> {
             65535,
             1024,
         );
+        let identity = self.identity(key, &l, protocol, pools);
+        if protocol == Protocol::Udp {
+            // Datagrams carry v2 headers only.
+            let targets = std::iter::once((l.pool.get_ref(), l.pool.span(), format!("{key}.pool")))
+                .chain(
+                    identity
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (&r.pool, l.pool.span(), format!("{key}.routes[{i}].pool"))),
+                );
+            for (pool, span, pkey) in targets {
+                if pools.get(pool).and_then(|p| p.proxy_protocol) == Some(ProxyVersion::V1) {
+                    self.p.push(
+                        span,
+                        pkey,
+                        format!("pool `{pool}` sends PROXY protocol v1, which has no form for datagrams; a UDP listener needs \"v2\""),
+                    );
+                }
+            }
+        }
         if protocol == Protocol::Udp && l.max_connections.is_some() {
             let span = l
                 .max_connections
@@ -166,6 +187,10 @@ impl Validator<'_> {
                 .keepalive(l.tcp_keepalive.as_ref(), &format!("{key}.tcp_keepalive")),
             allow: self.networks(l.allow.as_deref(), &format!("{key}.allow")),
             deny: self.networks(l.deny.as_deref(), &format!("{key}.deny")),
+            accept_proxy: identity.accept_proxy,
+            routes: identity.routes,
+            tls_inspect_timeout: identity.tls_inspect_timeout,
+            sni_required: identity.sni_required,
         })
     }
 }

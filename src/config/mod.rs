@@ -8,6 +8,7 @@ mod escape;
 mod fields;
 mod listener;
 mod raw;
+mod routes;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, Problem};
 pub use escape::parse_bytes;
+pub use routes::{route_for, AcceptProxy, ProxyVersion, RouteConfig};
 
 use ipnet::IpNet;
 
@@ -132,6 +134,18 @@ pub struct ListenerConfig {
     pub allow: Vec<IpNet>,
     /// `deny`: clients in these networks are refused (deny wins over allow).
     pub deny: Vec<IpNet>,
+    /// `accept_proxy = true` (TCP): connections begin with a PROXY protocol
+    /// header from a trusted proxy, whose client is the client from then on.
+    pub accept_proxy: Option<AcceptProxy>,
+    /// `[[listeners.routes]]`: TLS (TCP) or QUIC (UDP) clients by server
+    /// name and ALPN; the rest go to `pool`.
+    pub routes: Vec<RouteConfig>,
+    /// `tls_inspect_timeout`, default 3s: the ClientHello must arrive within it.
+    pub tls_inspect_timeout: Duration,
+    /// `sni_required`, default false: a client whose server name cannot be
+    /// read (not TLS, no name, too large, too slow) is closed instead of
+    /// going to `pool`.
+    pub sni_required: bool,
 }
 
 impl ListenerConfig {
@@ -178,6 +192,9 @@ pub struct PoolConfig {
     /// connections to a backend that goes down or leaves the pool run on;
     /// `"close"` closes them after `on_backend_down_grace` (default 0s).
     pub on_backend_down: Option<Duration>,
+    /// `proxy_protocol`: `"v1"` or `"v2"`, default none: each backend
+    /// connection (UDP: each datagram, v2) starts with a PROXY header.
+    pub proxy_protocol: Option<ProxyVersion>,
     /// `[pools.NAME.health]`.
     pub health: HealthConfig,
 }
@@ -210,6 +227,10 @@ pub struct HealthConfig {
     pub port: Option<u16>,
     /// `initial`: `"up"` (default) or `"down"`.
     pub initial_up: bool,
+    /// `proxy_protocol = true`: checks begin with the pool's PROXY header
+    /// (v2: the `LOCAL` command; v1: the check connection's own addresses).
+    /// The pool's version when on.
+    pub proxy_header: Option<ProxyVersion>,
 }
 
 impl Default for HealthConfig {
@@ -222,6 +243,7 @@ impl Default for HealthConfig {
             fall: 3,
             port: None,
             initial_up: true,
+            proxy_header: None,
         }
     }
 }

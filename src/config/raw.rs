@@ -51,6 +51,22 @@ pub struct RawListener {
     pub tcp_keepalive: Option<S<String>>,
     pub allow: Option<Vec<S<String>>>,
     pub deny: Option<Vec<S<String>>>,
+    pub accept_proxy: Option<S<bool>>,
+    pub proxy_trusted: Option<Vec<S<String>>>,
+    pub proxy_timeout: Option<S<String>>,
+    pub proxy_max_header: Option<S<i64>>,
+    pub routes: Option<Vec<S<RawRoute>>>,
+    pub tls_inspect_timeout: Option<S<String>>,
+    pub sni_required: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<S<String>>,
+    pub sni: Option<Vec<S<String>>>,
+    pub alpn: Option<Vec<S<String>>>,
+    pub pool: S<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +84,7 @@ pub struct RawPool {
     pub on_backend_down: Option<S<String>>,
     pub on_backend_down_grace: Option<S<String>>,
     pub tcp_keepalive: Option<S<String>>,
+    pub proxy_protocol: Option<S<String>>,
     pub health: Option<S<RawHealth>>,
 }
 
@@ -94,4 +111,5 @@ pub struct RawHealth {
     pub host: Option<S<String>>,
     pub port: Option<S<i64>>,
     pub initial: Option<S<String>>,
+    pub proxy_protocol: Option<S<bool>>,
 }

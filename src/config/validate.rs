@@ -192,10 +192,30 @@ impl Validator<'_> {
         let fail_timeout = self
             .positive_duration(pool.fail_timeout.as_ref(), &format!("{key}.fail_timeout"))
             .unwrap_or(Duration::from_secs(10));
-        let health = match pool.health {
+        let proxy_protocol = self.proxy_version(
+            pool.proxy_protocol.as_ref(),
+            &format!("{key}.proxy_protocol"),
+        );
+        let checks_send_header = pool
+            .health
+            .as_ref()
+            .and_then(|h| h.get_ref().proxy_protocol.as_ref())
+            .filter(|p| *p.get_ref())
+            .map(|p| p.span());
+        if let (Some(span), None) = (checks_send_header.clone(), proxy_protocol) {
+            self.p.push(
+                span,
+                format!("{key}.health.proxy_protocol"),
+                "checks send the pool's PROXY header: set the pool's proxy_protocol (\"v1\" or \"v2\")",
+            );
+        }
+        let mut health = match pool.health {
             Some(h) => self.health(&format!("{key}.health"), h),
             None => HealthConfig::default(),
         };
+        if checks_send_header.is_some() {
+            health.proxy_header = proxy_protocol;
+        }
         let grace = self
             .duration(
                 pool.on_backend_down_grace.as_ref(),
@@ -239,6 +259,7 @@ impl Validator<'_> {
                 .duration(pool.slow_start.as_ref(), &format!("{key}.slow_start"))
                 .unwrap_or(Duration::ZERO),
             on_backend_down,
+            proxy_protocol,
             balance,
             health,
         }

@@ -9,7 +9,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::config::{CheckKind, HealthConfig};
+use crate::config::{CheckKind, HealthConfig, ProxyVersion};
+use crate::wire::proxy_protocol::{self, Transport};
 
 /// Why a probe did not pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +43,46 @@ pub async fn run(cfg: &HealthConfig, addr: SocketAddr) -> Result<String, Fault> 
     }
     match &cfg.check {
         CheckKind::None => Ok("no check".into()),
-        CheckKind::Tcp { send, expect } => tcp(target, send.as_deref(), expect.as_deref()).await,
+        CheckKind::Tcp { send, expect } => {
+            let s = open(target, cfg.proxy_header).await?;
+            tcp(s, send.as_deref(), expect.as_deref()).await
+        }
         CheckKind::Http {
             path,
             expect_status,
             host,
-        } => http(target, path, *expect_status, host.as_deref()).await,
-        CheckKind::Udp { send, expect } => udp(target, send, expect.as_deref()).await,
+        } => {
+            let s = open(target, cfg.proxy_header).await?;
+            http(s, target, path, *expect_status, host.as_deref()).await
+        }
+        CheckKind::Udp { send, expect } => {
+            let header = cfg.proxy_header.map(|_| local_header(Transport::Dgram));
+            let datagram = [header.unwrap_or_default().as_slice(), send].concat();
+            udp(target, &datagram, expect.as_deref()).await
+        }
     }
+}
+
+/// A v2 header with the `LOCAL` command: the proxy's own connection.
+fn local_header(t: Transport) -> Vec<u8> {
+    proxy_protocol::v2(None, t, &[])
+}
+
+/// Connects to `addr` and, when the pool sends one, writes its PROXY header.
+async fn open(addr: SocketAddr, header: Option<ProxyVersion>) -> Result<TcpStream, Fault> {
+    let mut s = TcpStream::connect(addr).await.map_err(connect_error)?;
+    let header = match header {
+        None => return Ok(s),
+        Some(ProxyVersion::V2) => local_header(Transport::Stream),
+        Some(ProxyVersion::V1) => {
+            let local = s.local_addr().map_err(|e| fault("getsockname", e))?;
+            proxy_protocol::v1(local, addr)
+        }
+    };
+    s.write_all(&header)
+        .await
+        .map_err(|e| format!("sending the PROXY header failed: {e}"))?;
+    Ok(s)
 }
 
 fn connect_error(e: std::io::Error) -> Fault {
@@ -65,11 +98,10 @@ fn shown(bytes: &[u8]) -> String {
 }
 
 async fn tcp(
-    addr: SocketAddr,
+    mut s: TcpStream,
     send: Option<&[u8]>,
     expect: Option<&[u8]>,
 ) -> Result<String, Fault> {
-    let mut s = TcpStream::connect(addr).await.map_err(connect_error)?;
     if let Some(send) = send {
         s.write_all(send)
             .await
@@ -104,12 +136,12 @@ async fn tcp(
 }
 
 async fn http(
+    stream: TcpStream,
     addr: SocketAddr,
     path: &str,
     expect_status: u16,
     host: Option<&str>,
 ) -> Result<String, Fault> {
-    let stream = TcpStream::connect(addr).await.map_err(connect_error)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("http handshake failed: {e}"))?;

@@ -9,9 +9,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::Route;
 use crate::backend::ActiveGuard;
 use crate::net::{self, local_cause};
+use crate::pool::Pool;
 
 /// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting.
 ///
@@ -62,13 +62,30 @@ pub(super) enum Unserved {
     Local(&'static str, io::Error),
 }
 
-/// Connects to an available backend, trying others on failure.
+/// Opens a connection to `addr` and writes `preamble` (a PROXY header, the
+/// client's first bytes) on it: a backend that cannot take those has not
+/// taken the connection.
+async fn dial_and_greet(
+    addr: SocketAddr,
+    keepalive: Option<Duration>,
+    preamble: &[u8],
+) -> io::Result<TcpStream> {
+    let mut stream = dial(addr, keepalive).await?;
+    if !preamble.is_empty() {
+        tokio::io::AsyncWriteExt::write_all(&mut stream, preamble).await?;
+    }
+    Ok(stream)
+}
+
+/// Connects to an available backend of `pool`, trying others on failure;
+/// `preamble` is written first on the connection that is kept.
 pub(super) async fn connect(
-    route: &Route,
+    pool: &Pool,
     client: SocketAddr,
     listener: &str,
+    preamble: &[u8],
 ) -> Result<(TcpStream, ActiveGuard), Unserved> {
-    let snap = route.pool.snapshot();
+    let snap = pool.snapshot();
     let cfg = &snap.config;
     let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
     for _ in 0..=cfg.retries {
@@ -78,13 +95,15 @@ pub(super) async fn connect(
         // Count it before connecting so least_conn sees in-flight connects.
         let guard = backend.open();
         let started = tokio::time::Instant::now();
-        let result =
-            match tokio::time::timeout(cfg.connect_timeout, dial(backend.addr, cfg.tcp_keepalive))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-            };
+        let result = match tokio::time::timeout(
+            cfg.connect_timeout,
+            dial_and_greet(backend.addr, cfg.tcp_keepalive, preamble),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        };
         match result {
             Ok(stream) => {
                 backend

@@ -4,11 +4,15 @@
 
 mod clients;
 mod connect;
+mod greet;
 pub mod handover;
+mod route;
 pub(crate) mod tcp;
 pub(crate) mod udp;
 mod udp_io;
 mod udp_place;
+mod udp_reply;
+mod udp_route;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -23,13 +27,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerConfig, Protocol};
 use crate::metrics::Metrics;
 use crate::net;
-use crate::pool::Pool;
 
-/// Where a listener sends traffic; swapped whole on reload.
-pub(crate) struct Route {
-    pub config: ListenerConfig,
-    pub pool: Arc<Pool>,
-}
+pub(crate) use route::{Pools, Route};
 
 /// A listener's sockets could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -125,18 +124,10 @@ impl Bound {
 
 impl Listener {
     /// Starts serving on freshly bound sockets.
-    pub fn launch(
-        config: ListenerConfig,
-        bound: Bound,
-        pool: Arc<Pool>,
-        cx: &Tasks<'_>,
-    ) -> Listener {
+    pub fn launch(config: ListenerConfig, bound: Bound, pools: Pools, cx: &Tasks<'_>) -> Listener {
         let stop = cx.accept_stop.child_token();
         let hard_stop = cx.hard_stop.child_token();
-        let route = arc_swap::ArcSwap::from_pointee(Route {
-            config: config.clone(),
-            pool,
-        });
+        let route = arc_swap::ArcSwap::from_pointee(Route::new(&config, pools, cx.metrics));
         let addr = bound.local_addr();
         let kind = match bound {
             Bound::Tcp(sockets) => {
@@ -294,11 +285,8 @@ pub(crate) fn take_over(from: &Listener, l: &ListenerConfig) -> Result<Bound, Bi
 
 impl Listener {
     /// Points a kept listener (same socket) at its new pool and settings.
-    pub fn reroute(mut self, l: &ListenerConfig, pool: Arc<Pool>) -> Listener {
-        let route = Arc::new(Route {
-            config: l.clone(),
-            pool,
-        });
+    pub fn reroute(mut self, l: &ListenerConfig, pools: Pools, metrics: &Metrics) -> Listener {
+        let route = Arc::new(Route::new(l, pools, metrics));
         match &self.kind {
             Kind::Tcp(shared, sockets) => {
                 shared.resize_limit(self.config.max_connections.get(), l.max_connections.get());
@@ -312,9 +300,9 @@ impl Listener {
                         }
                     }
                 }
-                shared.route.store(route);
+                shared.route.swap(route).forget_routes(Some(l));
             }
-            Kind::Udp(shared, _) => shared.route.store(route),
+            Kind::Udp(shared, _) => shared.route.swap(route).forget_routes(Some(l)),
         }
         self.config = l.clone();
         self
@@ -375,8 +363,14 @@ impl Listener {
     /// Drops this listener's series (it is removed, or changes protocol).
     pub fn forget_metrics(&self) {
         match &self.kind {
-            Kind::Tcp(shared, _) => shared.metrics.forget(),
-            Kind::Udp(shared, _) => shared.metrics.forget(),
+            Kind::Tcp(shared, _) => {
+                shared.metrics.forget();
+                shared.route.load().forget_routes(None);
+            }
+            Kind::Udp(shared, _) => {
+                shared.metrics.forget();
+                shared.route.load().forget_routes(None);
+            }
         }
     }
 }

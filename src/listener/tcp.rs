@@ -19,12 +19,14 @@ use tokio_util::task::TaskTracker;
 
 use super::clients::{Clients, Limits, Refusal};
 use super::connect::{connect, Unserved};
+use super::greet::{self, Refused};
 use super::handover::{Handover, Moved};
 use super::Route;
 use crate::clock::Every;
 use crate::fds::{self, Held};
 use crate::metrics::TcpListenerMetrics;
 use crate::net::{self, local_cause};
+use crate::pool::Pool;
 use crate::relay::{self, End, Meter, Side, Stops};
 
 /// State shared by a listener's accept tasks and its connections.
@@ -306,21 +308,45 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
     let m = &shared.metrics;
     let route = shared.route.load_full();
     let name = route.config.name.as_str();
-    if !route.config.admits(peer.ip()) {
+    // A PROXY header or a ClientHello to read first; boxed, so that every
+    // other connection's task keeps its size.
+    let greeting = if route.config.accept_proxy.is_some() || !route.config.routes.is_empty() {
+        match Box::pin(greet::greet(&client, peer, &route, m)).await {
+            Ok(g) => Some(Box::new(g)),
+            Err(refused) => {
+                match refused {
+                    Refused::ProxyHeader(why) => {
+                        m.rejected_proxy_header.inc();
+                        tracing::debug!(listener = name, client = %peer, why, "connection refused: its PROXY protocol header");
+                    }
+                    Refused::NoSni(why) => {
+                        m.rejected_sni.inc();
+                        tracing::debug!(listener = name, client = %peer, why, "connection refused: no server name (sni_required)");
+                    }
+                    Refused::Gone => {}
+                }
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let who = greeting.as_ref().and_then(|g| g.client).unwrap_or(peer);
+    if !route.config.admits(who.ip()) {
         m.rejected_denied.inc();
-        tracing::debug!(listener = name, client = %peer, "client refused by allow/deny");
+        tracing::debug!(listener = name, client = %who, "client refused by allow/deny");
         return;
     }
     // Scoped, so the limits are not part of the task's state while it relays.
     let _client = if let Some(limits) = per_address(&route) {
-        match shared.clients.admit(peer.ip(), &limits) {
+        match shared.clients.admit(who.ip(), &limits) {
             Ok(admitted) => Some(admitted),
             Err(refusal) => {
                 match refusal {
                     Refusal::Open => m.rejected_ip_limit.inc(),
                     Refusal::Rate => m.rejected_ip_rate.inc(),
                 }
-                tracing::debug!(listener = name, client = %peer, ?refusal, "client refused by its per-address limit");
+                tracing::debug!(listener = name, client = %who, ?refusal, "client refused by its per-address limit");
                 return;
             }
         }
@@ -334,15 +360,18 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         slot: Some(slot),
     };
     let started = tokio::time::Instant::now();
+    let pool = route.pick_pool(greeting.as_ref().and_then(|g| g.route));
+    let preamble = preamble(&client, who, pool, greeting);
     let connected = tokio::select! {
-        c = connect(&route, peer, name) => c,
+        c = connect(pool, who, name, &preamble) => c,
         _ = shared.hard_stop.cancelled() => Err(Unserved::NoBackend),
     };
+    drop(preamble);
     let (mut backend, guard) = match connected {
         Ok(c) => c,
         Err(Unserved::NoBackend) => {
             m.no_backend.inc();
-            tracing::warn!(listener = name, client = %peer, "no backend could take the connection; closing it");
+            tracing::warn!(listener = name, client = %who, "no backend could take the connection; closing it");
             return;
         }
         Err(Unserved::Local(reason, e)) => {
@@ -355,13 +384,47 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
     };
     carry(
         &shared,
-        &route,
+        (&route, pool),
         (&mut client, &mut backend),
         &guard,
-        peer,
+        who,
         (started, 0, 0),
     )
     .await;
+}
+
+/// The unspecified address of `a`'s family.
+fn unspecified(a: SocketAddr) -> std::net::IpAddr {
+    match a {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+/// What a backend connection of `pool` begins with: the pool's PROXY header
+/// for client `who`, then the client's bytes read while greeting it.
+fn preamble(
+    client: &TcpStream,
+    who: SocketAddr,
+    pool: &Pool,
+    greeting: Option<Box<greet::Greeting>>,
+) -> Vec<u8> {
+    let version = pool.snapshot().config.proxy_protocol;
+    let (local, tlvs, early) = match greeting {
+        Some(g) => (g.local, g.tlvs, g.early),
+        None => (None, Vec::new(), Vec::new()),
+    };
+    if version.is_none() {
+        return early;
+    }
+    // getsockname cannot fail on a connected socket; were it to, the
+    // header says "an unspecified address".
+    let local = local
+        .or_else(|| client.local_addr().ok())
+        .unwrap_or_else(|| SocketAddr::new(unspecified(who), 0));
+    let mut out = greet::header_for(version, who, local, &tlvs);
+    out.extend_from_slice(&early);
+    out
 }
 
 /// A connection handed over by the process this one replaced (a binary
@@ -373,12 +436,11 @@ pub async fn serve_moved(
     moved: Moved,
 ) {
     let route = shared.route.load_full();
-    let snap = route.pool.snapshot();
-    let Some(member) = snap.find(moved.backend) else {
+    let Some((pool, member)) = route.find(moved.backend) else {
         tracing::warn!(listener = %moved.listener, client = %moved.client, backend = %moved.backend, "a connection handed over to a backend this configuration lacks is closed");
         return;
     };
-    let guard = member.backend.open();
+    let guard = member.open();
     let (mut client, mut backend) =
         match (TcpStream::from_std(client), TcpStream::from_std(backend)) {
             (Ok(c), Ok(b)) => (c, b),
@@ -405,7 +467,7 @@ pub async fn serve_moved(
         .unwrap_or(now);
     carry(
         &shared,
-        &route,
+        (&route, pool),
         (&mut client, &mut backend),
         &guard,
         moved.client,
@@ -419,7 +481,7 @@ pub async fn serve_moved(
 /// is when it began and the bytes relayed before this process had it.
 async fn carry(
     shared: &TcpShared,
-    route: &Route,
+    (route, pool): (&Route, &Pool),
     (client, backend): (&mut TcpStream, &mut TcpStream),
     guard: &ActiveGuard,
     peer: SocketAddr,
@@ -492,7 +554,7 @@ async fn carry(
         // that a plain TCP check passes. Passive health counts it as a
         // failed connect, or least_conn would feed it every client.
         b.metrics.fail_closed.inc();
-        let cfg = &route.pool.snapshot().config;
+        let cfg = &pool.snapshot().config;
         b.connect_failed(cfg.max_fails, cfg.fail_timeout);
     } else {
         b.connect_succeeded();
@@ -529,11 +591,13 @@ mod tests {
         let route = Route {
             config: config.listeners[0].clone(),
             pool: pool.clone(),
+            targets: Vec::new(),
         };
         let shared = Arc::new(TcpShared {
             route: ArcSwap::from_pointee(Route {
                 config: config.listeners[0].clone(),
                 pool: pool.clone(),
+                targets: Vec::new(),
             }),
             metrics: metrics.tcp_listener("l"),
             limit: Arc::new(Semaphore::new(1)),
@@ -552,7 +616,7 @@ mod tests {
         let (mut a, mut b) = (a, b);
         let carrying = carry(
             &shared,
-            &route,
+            (&route, &pool),
             (&mut a, &mut b),
             &guard,
             peer,

@@ -23,22 +23,25 @@ use tokio_util::task::TaskTracker;
 
 use super::udp_io;
 use super::udp_place::{Full, Place, Places};
+use super::udp_reply::{replies, ReplyTask};
+use super::udp_route::{Inspector, Verdict};
 use super::Route;
-use crate::backend::{ActiveGuard, Backend};
+use crate::backend::Backend;
 use crate::clock::{now_ms, Every};
 use crate::fds::{self, Held};
 use crate::metrics::UdpListenerMetrics;
 use crate::net::local_cause;
+use crate::wire::proxy_protocol::{self, Transport};
 
 /// Once its listener stops, a session waits this long after its last
 /// datagram for replies still on their way, then ends.
-const DRAIN_IDLE: Duration = Duration::from_secs(1);
+pub(super) const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// The largest UDP payload; one buffer per worker thread, never per session.
 const MAX_DATAGRAM: usize = 65_535;
 
 thread_local! {
-    static DGRAM_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATAGRAM].into_boxed_slice());
+    pub(super) static DGRAM_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATAGRAM].into_boxed_slice());
 }
 
 /// State shared by a UDP listener's tasks.
@@ -97,19 +100,140 @@ struct Session<'a> {
     /// The pool's passive-health settings when the session began.
     max_fails: u32,
     fail_timeout: Duration,
+    /// The pool's PROXY protocol v2 header, sent before each datagram.
+    header: Option<Box<[u8]>>,
+}
+
+/// What a receive loop starts sessions with.
+struct Starter<'a> {
+    shared: &'a Arc<UdpShared>,
+    socket: &'a Arc<UdpSocket>,
+    /// The listener's own address (its port, for PROXY headers).
+    bound: SocketAddr,
+    stop: &'a CancellationToken,
+    ended: &'a mpsc::UnboundedSender<(SocketAddr, u64)>,
+    next_id: u64,
+}
+
+impl<'a> Starter<'a> {
+    /// Starts a session for `peer` on route `i` (`None`: the listener's
+    /// pool) and sends it `first`, the client's datagrams so far.
+    fn start(
+        &mut self,
+        route: &Arc<Route>,
+        (peer, local): (SocketAddr, Option<IpAddr>),
+        i: Option<usize>,
+        first: &[&[u8]],
+    ) -> Option<Session<'a>> {
+        let shared = self.shared;
+        let m = &shared.metrics;
+        // Claim a place first: receive loops of one listener share the bound.
+        let place = match Place::claim(&shared.places, peer.ip(), &route.config) {
+            Ok(p) => p,
+            Err(Full::Table) => {
+                m.dropped_full.inc_by(first.len() as u64);
+                return None;
+            }
+            Err(Full::Ip) => {
+                m.dropped_ip_limit.inc_by(first.len() as u64);
+                return None;
+            }
+        };
+        let pool = route.pick_pool(i);
+        let snap = pool.snapshot();
+        let Some(pick) = snap.pick(peer, &[]) else {
+            m.dropped_no_backend.inc_by(first.len() as u64);
+            return None;
+        };
+        let backend = snap.members[pick].backend.clone();
+        let Some(fds) = fds::try_take_sparingly(1) else {
+            local_drop(shared, "descriptors", None);
+            return None;
+        };
+        let upstream = match udp_io::open_upstream(backend.addr) {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
+                match local_cause(&e) {
+                    // The proxy's own shortage: no backend is to blame.
+                    Some(reason) => local_drop(shared, reason, Some(&e)),
+                    None => {
+                        m.dropped_send.inc();
+                        backend.count_failure(&e);
+                        if shared.warn_log.ready() {
+                            tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket (logged at most once a second)");
+                        }
+                    }
+                }
+                return None;
+            }
+        };
+        let header = snap.config.proxy_protocol.map(|_| {
+            let to = SocketAddr::new(local.unwrap_or(self.bound.ip()), self.bound.port());
+            proxy_protocol::v2(Some((peer, to)), Transport::Dgram, &[]).into_boxed_slice()
+        });
+        self.next_id += 1;
+        let session = Session {
+            _place: place,
+            _fds: fds,
+            id: self.next_id,
+            upstream: upstream.clone(),
+            backend: backend.clone(),
+            last: Arc::new(AtomicU64::new(now_ms())),
+            stop: CancellationToken::new(),
+            max_fails: snap.config.max_fails,
+            fail_timeout: snap.config.fail_timeout,
+            header,
+        };
+        for datagram in first {
+            forward(&session, datagram, m);
+        }
+        m.sessions.inc();
+        m.sessions_total.inc();
+        shared.tracker.spawn(replies(ReplyTask {
+            shared: shared.clone(),
+            listener: self.socket.clone(),
+            upstream,
+            peer,
+            local,
+            id: self.next_id,
+            last: session.last.clone(),
+            idle: route.config.idle_timeout,
+            access_log: route.config.access_log,
+            stop: session.stop.clone(),
+            listener_stop: self.stop.clone(),
+            ended: self.ended.clone(),
+            guard: backend.open().established(),
+            max_fails: session.max_fails,
+            fail_timeout: session.fail_timeout,
+        }));
+        Some(session)
+    }
 }
 
 /// Receives client datagrams until `stop` fires. Sessions then run on for
 /// the replies still on their way (see `DRAIN_IDLE`), until the listener's
 /// hard stop.
 pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: CancellationToken) {
-    let mut sessions: HashMap<SocketAddr, Session<'_>> = HashMap::new();
     // Each session sends its address here once, when it ends: at most
     // `max_sessions` messages are ever outstanding.
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
-    let mut next_id = 0u64;
+    let mut starter = Starter {
+        shared: &shared,
+        socket: &socket,
+        bound: socket
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        stop: &stop,
+        ended: &ended_tx,
+        next_id: 0,
+    };
+    let mut sessions: HashMap<SocketAddr, Session<'_>> = HashMap::new();
+    // New clients of a listener with routes whose hello is not yet whole.
+    let mut inspector = Inspector::default();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
+        let wake = inspector
+            .next_deadline(shared.route.load().config.tls_inspect_timeout.as_millis() as u64);
         let (n, peer, local) = tokio::select! {
             r = receive(&socket, &mut buf, shared.wildcard) => match r {
                 Ok(x) => x,
@@ -123,6 +247,24 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             Some((peer, id)) = ended_rx.recv() => {
                 if sessions.get(&peer).is_some_and(|s| s.id == id) {
                     sessions.remove(&peer);
+                }
+                continue;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(wake.unwrap_or(0).saturating_sub(now_ms()))), if wake.is_some() => {
+                // Hellos that never completed: the listener's pool, or
+                // dropped under sni_required.
+                let route = shared.route.load_full();
+                for (peer, local, verdict) in inspector.expired(now_ms(), &route.config, &shared.metrics.inspected) {
+                    match verdict {
+                        Verdict::Go { route: i, held } => {
+                            let first: Vec<&[u8]> = held.iter().map(|d| &d[..]).collect();
+                            if let Some(s) = starter.start(&route, (peer, local), i, &first) {
+                                sessions.insert(peer, s);
+                            }
+                        }
+                        Verdict::Drop(n) => shared.metrics.dropped_sni.inc_by(n),
+                        Verdict::Wait => {}
+                    }
                 }
                 continue;
             }
@@ -148,78 +290,31 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         }
         // The same snapshot, now kept for the session's lifetime.
         let route = arc_swap::Guard::into_inner(route);
-        // Claim a place first: receive loops of one listener share the bound.
-        let place = match Place::claim(&shared.places, peer.ip(), &route.config) {
-            Ok(p) => p,
-            Err(Full::Table) => {
-                m.dropped_full.inc();
-                continue;
-            }
-            Err(Full::Ip) => {
-                m.dropped_ip_limit.inc();
-                continue;
-            }
-        };
-        let snap = route.pool.snapshot();
-        let Some(i) = snap.pick(peer, &[]) else {
-            m.dropped_no_backend.inc();
-            continue;
-        };
-        let backend = snap.members[i].backend.clone();
-        let Some(fds) = fds::try_take_sparingly(1) else {
-            local_drop(&shared, "descriptors", None);
-            continue;
-        };
-        let upstream = match udp_io::open_upstream(backend.addr) {
-            Ok(u) => Arc::new(u),
-            Err(e) => {
-                match local_cause(&e) {
-                    // The proxy's own shortage: no backend is to blame.
-                    Some(reason) => local_drop(&shared, reason, Some(&e)),
-                    None => {
-                        m.dropped_send.inc();
-                        backend.count_failure(&e);
-                        if shared.warn_log.ready() {
-                            tracing::warn!(listener = %route.config.name, backend = %backend.addr, error = %e, "cannot open a UDP session socket (logged at most once a second)");
-                        }
-                    }
+        let session = if route.config.routes.is_empty() {
+            starter.start(&route, (peer, local), None, &[&buf[..n]])
+        } else {
+            match inspector.offer(
+                peer,
+                local,
+                &buf[..n],
+                &route.config,
+                &m.inspected,
+                now_ms(),
+            ) {
+                Verdict::Wait => continue,
+                Verdict::Drop(n) => {
+                    m.dropped_sni.inc_by(n);
+                    continue;
                 }
-                continue;
+                Verdict::Go { route: i, held } => {
+                    let first: Vec<&[u8]> = held.iter().map(|d| &d[..]).collect();
+                    starter.start(&route, (peer, local), i, &first)
+                }
             }
         };
-        next_id += 1;
-        let session = Session {
-            _place: place,
-            _fds: fds,
-            id: next_id,
-            upstream: upstream.clone(),
-            backend: backend.clone(),
-            last: Arc::new(AtomicU64::new(now_ms())),
-            stop: CancellationToken::new(),
-            max_fails: snap.config.max_fails,
-            fail_timeout: snap.config.fail_timeout,
-        };
-        forward(&session, &buf[..n], m);
-        m.sessions.inc();
-        m.sessions_total.inc();
-        shared.tracker.spawn(replies(ReplyTask {
-            shared: shared.clone(),
-            listener: socket.clone(),
-            upstream,
-            peer,
-            local,
-            id: next_id,
-            last: session.last.clone(),
-            idle: route.config.idle_timeout,
-            access_log: route.config.access_log,
-            stop: session.stop.clone(),
-            listener_stop: stop.clone(),
-            ended: ended_tx.clone(),
-            guard: backend.open().established(),
-            max_fails: session.max_fails,
-            fail_timeout: session.fail_timeout,
-        }));
-        sessions.insert(peer, session);
+        if let Some(s) = session {
+            sessions.insert(peer, s);
+        }
     }
     // Sessions are not ended here: each drains on its own (replies to
     // datagrams already forwarded still reach their clients).
@@ -229,7 +324,11 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
 /// earlier ICMP error drops it (UDP's own semantics) and counts it.
 fn forward(s: &Session, data: &[u8], m: &UdpListenerMetrics) {
     s.last.store(now_ms(), Ordering::Relaxed);
-    match udp_io::send(&s.upstream, data) {
+    let sent = match &s.header {
+        None => udp_io::send(&s.upstream, data),
+        Some(h) => udp_io::send_after(&s.upstream, h, data),
+    };
+    match sent {
         Ok(_) => s.backend.metrics.bytes_out.inc_by(data.len() as u64),
         Err(e) => {
             m.dropped_send.inc();
@@ -242,122 +341,5 @@ fn forward(s: &Session, data: &[u8], m: &UdpListenerMetrics) {
             }
             tracing::debug!(backend = %s.backend.addr, error = %e, "udp send to backend failed");
         }
-    }
-}
-
-struct ReplyTask {
-    shared: Arc<UdpShared>,
-    listener: Arc<UdpSocket>,
-    upstream: Arc<UdpSocket>,
-    peer: SocketAddr,
-    /// The address the client sent its first datagram to (wildcard listeners).
-    local: Option<IpAddr>,
-    id: u64,
-    last: Arc<AtomicU64>,
-    idle: Duration,
-    access_log: bool,
-    /// Ends the session at once (its backend went away: the client re-picks).
-    stop: CancellationToken,
-    /// The receive loop's stop: the session then drains.
-    listener_stop: CancellationToken,
-    ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
-    guard: ActiveGuard,
-    max_fails: u32,
-    fail_timeout: Duration,
-}
-
-enum Got {
-    Nothing,
-    Relayed(usize),
-    ClientUnreachable(io::Error),
-    BackendError(io::Error),
-}
-
-/// Carries a session's replies back to its client until it is idle or stopped.
-async fn replies(t: ReplyTask) {
-    let m = &t.shared.metrics;
-    let backend = t.guard.backend();
-    let started = tokio::time::Instant::now();
-    let (mut datagrams_out, mut bytes_out) = (0u64, 0u64);
-    let mut idle_ms = t.idle.as_millis() as u64;
-    let mut draining = false;
-    let end = loop {
-        let deadline = t.last.load(Ordering::Relaxed).saturating_add(idle_ms);
-        let now = now_ms();
-        if now >= deadline {
-            break "idle_timeout";
-        }
-        // ERROR readiness too: an ICMP port-unreachable raises only EPOLLERR.
-        tokio::select! {
-            r = t.upstream.ready(Interest::READABLE | Interest::ERROR) => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "udp session socket failed");
-                    break "error";
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => continue,
-            _ = t.stop.cancelled() => break "stopped",
-            _ = t.shared.hard_stop.cancelled() => break "shutdown",
-            _ = t.listener_stop.cancelled(), if !draining => {
-                // The listener stopped (shutdown, reload, upgrade): no new
-                // datagrams come this way; wait for replies a short while.
-                draining = true;
-                idle_ms = idle_ms.min(DRAIN_IDLE.as_millis() as u64);
-                continue;
-            }
-        }
-        let got = DGRAM_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match udp_io::recv(&t.upstream, &mut buf) {
-                Ok(n) => match udp_io::reply(&t.listener, &buf[..n], t.peer, t.local) {
-                    Ok(_) => Got::Relayed(n),
-                    Err(e) => Got::ClientUnreachable(e),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Got::Nothing,
-                Err(e) => Got::BackendError(e),
-            }
-        });
-        match got {
-            Got::Nothing => {}
-            Got::Relayed(n) => {
-                t.last.store(now_ms(), Ordering::Relaxed);
-                datagrams_out += 1;
-                bytes_out += n as u64;
-                m.datagrams_out.inc();
-                m.bytes_out.inc_by(n as u64);
-                backend.metrics.bytes_in.inc_by(n as u64);
-            }
-            Got::ClientUnreachable(e) => {
-                m.dropped_send.inc();
-                tracing::debug!(backend = %backend.addr, error = %e, "udp reply not delivered");
-            }
-            // ICMP port unreachable from the backend: passive health counts it
-            // like a refused TCP connect, so a dead backend is taken out and
-            // the client's next datagram is re-picked elsewhere.
-            Got::BackendError(e) => {
-                backend.count_failure(&e);
-                if e.kind() == io::ErrorKind::ConnectionRefused {
-                    backend.connect_failed(t.max_fails, t.fail_timeout);
-                }
-                tracing::debug!(backend = %backend.addr, error = %e, "udp session socket error");
-            }
-        }
-    };
-    m.sessions.dec();
-    // The receive loop may be gone already (shutdown); then nobody needs telling.
-    let _ = t.ended.send((t.peer, t.id));
-    if t.access_log {
-        let route = t.shared.route.load();
-        tracing::info!(
-            target: "switchyard::access",
-            listener = %route.config.name,
-            client = %t.peer,
-            backend = %backend.addr,
-            datagrams_out,
-            bytes_out,
-            duration_ms = started.elapsed().as_millis() as u64,
-            end,
-            "udp session"
-        );
     }
 }

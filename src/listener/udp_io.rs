@@ -43,6 +43,13 @@ pub(crate) fn send(upstream: &UdpSocket, data: &[u8]) -> io::Result<usize> {
     socket2::SockRef::from(upstream).send(data)
 }
 
+/// Sends `head` and `data` as one datagram on a connected session socket
+/// (a PROXY protocol header before the client's payload), without copying.
+pub(crate) fn send_after(upstream: &UdpSocket, head: &[u8], data: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(upstream)
+        .send_vectored(&[io::IoSlice::new(head), io::IoSlice::new(data)])
+}
+
 /// Receives one datagram from a connected session socket; `WouldBlock`
 /// when none is waiting (and then tokio's readiness is cleared, so the next
 /// wait sleeps).

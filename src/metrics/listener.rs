@@ -78,6 +78,79 @@ const UDP_DROPPED: Family = Family::by(
     "reason",
 );
 
+const INSPECTED: Family = Family::by(
+    "switchyard_listener_inspected_total",
+    "ClientHellos read for routing (TLS on TCP, QUIC Initial on UDP), by result: sni (a route matched), no_match, no_sni, not_tls, too_large, malformed, timeout.",
+    "result",
+);
+const ROUTED: Family = Family::new(
+    "switchyard_listener_routed_total",
+    "TCP connections and UDP sessions sent to each route; route=\"default\" is the listener's own pool.",
+    Kind::Counter,
+);
+const ROUTE: &[&str] = &["listener", "route"];
+
+/// What reading clients' ClientHellos came to, by result.
+#[derive(Debug)]
+pub struct Inspected {
+    /// A route matched the server name or ALPN.
+    pub sni: IntCounter,
+    /// A name, but no route for it (the listener's pool).
+    pub no_match: IntCounter,
+    /// A ClientHello without a server name.
+    pub no_sni: IntCounter,
+    /// Bytes that are no TLS handshake (QUIC Initial on UDP).
+    pub not_tls: IntCounter,
+    /// A ClientHello over 16 KiB.
+    pub too_large: IntCounter,
+    /// A handshake not as the specification says.
+    pub malformed: IntCounter,
+    /// No whole ClientHello within `tls_inspect_timeout`.
+    pub timeout: IntCounter,
+}
+
+impl Inspected {
+    fn new(o: &mut super::Owner<'_>) -> Inspected {
+        Inspected {
+            sni: o.counter(&INSPECTED, Some("sni")),
+            no_match: o.counter(&INSPECTED, Some("no_match")),
+            no_sni: o.counter(&INSPECTED, Some("no_sni")),
+            not_tls: o.counter(&INSPECTED, Some("not_tls")),
+            too_large: o.counter(&INSPECTED, Some("too_large")),
+            malformed: o.counter(&INSPECTED, Some("malformed")),
+            timeout: o.counter(&INSPECTED, Some("timeout")),
+        }
+    }
+
+    /// The counter of a result by its label.
+    pub fn by(&self, result: &str) -> &IntCounter {
+        match result {
+            "sni" => &self.sni,
+            "no_match" => &self.no_match,
+            "no_sni" => &self.no_sni,
+            "not_tls" => &self.not_tls,
+            "too_large" => &self.too_large,
+            "timeout" => &self.timeout,
+            _ => &self.malformed,
+        }
+    }
+}
+
+/// The handles of one route of a listener.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// Connections or sessions sent its way.
+    pub routed: IntCounter,
+    series: Series,
+}
+
+impl RouteMetrics {
+    /// Removes this route's series from scrapes.
+    pub fn forget(&self) {
+        self.series.forget();
+    }
+}
+
 /// Counts of clients not served for want of the proxy's own resources.
 #[derive(Debug)]
 pub struct LocalErrors {
@@ -129,6 +202,13 @@ pub struct TcpListenerMetrics {
     pub rejected_ip_limit: IntCounter,
     /// Clients refused past `connection_rate_per_ip`.
     pub rejected_ip_rate: IntCounter,
+    /// Connections closed for their PROXY protocol header: from an
+    /// untrusted address, malformed, too long or too slow.
+    pub rejected_proxy_header: IntCounter,
+    /// Connections closed under `sni_required` for want of a server name.
+    pub rejected_sni: IntCounter,
+    /// ClientHellos read, by result.
+    pub inspected: Inspected,
     /// Times the data plane's descriptor budget was spent and clients were
     /// left in the backlog.
     pub rejected_descriptors: IntCounter,
@@ -168,6 +248,10 @@ pub struct UdpListenerMetrics {
     pub dropped_send: IntCounter,
     /// Datagrams of new clients whose address holds `max_sessions_per_ip`.
     pub dropped_ip_limit: IntCounter,
+    /// Datagrams of new clients dropped under `sni_required`.
+    pub dropped_sni: IntCounter,
+    /// QUIC ClientHellos read, by result.
+    pub inspected: Inspected,
     /// Datagrams dropped for want of the proxy's own resources.
     pub local: LocalErrors,
     series: Series,
@@ -188,6 +272,9 @@ impl Metrics {
             rejected_descriptors: o.counter(&REJECTED, Some("descriptors")),
             rejected_ip_limit: o.counter(&REJECTED, Some("ip_limit")),
             rejected_ip_rate: o.counter(&REJECTED, Some("ip_rate")),
+            rejected_proxy_header: o.counter(&REJECTED, Some("proxy_header")),
+            rejected_sni: o.counter(&REJECTED, Some("sni_required")),
+            inspected: Inspected::new(&mut o),
             local: LocalErrors::new(&mut o),
             accept_errors: o.counter(&ACCEPT_ERRORS, None),
             zero_copy: o.counter(&ZERO_COPY, None),
@@ -211,7 +298,20 @@ impl Metrics {
             dropped_no_backend: o.counter(&UDP_DROPPED, Some("no_backend")),
             dropped_send: o.counter(&UDP_DROPPED, Some("send_error")),
             dropped_ip_limit: o.counter(&UDP_DROPPED, Some("ip_limit")),
+            dropped_sni: o.counter(&UDP_DROPPED, Some("sni_required")),
+            inspected: Inspected::new(&mut o),
             local: LocalErrors::new(&mut o),
+            series: o.finish(),
+        }
+    }
+}
+
+impl Metrics {
+    /// The handles of route `route` of listener `listener`.
+    pub fn route(&self, listener: &str, route: &str) -> RouteMetrics {
+        let mut o = self.owner(ROUTE, &[listener, route]);
+        RouteMetrics {
+            routed: o.counter(&ROUTED, None),
             series: o.finish(),
         }
     }

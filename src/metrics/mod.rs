@@ -21,7 +21,7 @@ use prometheus::{
 };
 
 pub use backend::BackendMetrics;
-pub use listener::{LocalErrors, TcpListenerMetrics, UdpListenerMetrics};
+pub use listener::{Inspected, LocalErrors, RouteMetrics, TcpListenerMetrics, UdpListenerMetrics};
 
 /// What kind of series a family holds.
 #[derive(Debug, Clone, Copy, PartialEq)]

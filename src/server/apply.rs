@@ -12,7 +12,7 @@ use super::{off_runtime, Error, PoolEntry, Server};
 use crate::admin::{self, ListenerView, View};
 use crate::config::Config;
 use crate::health::Checks;
-use crate::listener::{self, Bound, Listener, Tasks};
+use crate::listener::{self, Bound, Listener, Pools, Tasks};
 use crate::pool::Pool;
 
 impl Server {
@@ -120,10 +120,17 @@ impl Server {
         let tasks = self.tasks();
         for (name, step) in &plan.listeners {
             let l = by_name[name.as_str()];
-            let pool = st.pools[&l.pool].pool.clone();
+            let pools = Pools {
+                default: st.pools[&l.pool].pool.clone(),
+                routes: l
+                    .routes
+                    .iter()
+                    .map(|r| st.pools[&r.pool].pool.clone())
+                    .collect(),
+            };
             let old = st.listeners.remove(name);
             let running = match (step, fresh.remove(name.as_str()), old) {
-                (ListenerStep::Keep, _, Some(old)) => old.reroute(l, pool),
+                (ListenerStep::Keep, _, Some(old)) => old.reroute(l, pools, &inner.metrics),
                 (step, Some(bound), old) => {
                     if let Some(old) = old {
                         if *step
@@ -135,7 +142,7 @@ impl Server {
                         }
                         old.retire(grace, &tasks);
                     }
-                    Listener::launch(l.clone(), bound, pool, &tasks)
+                    Listener::launch(l.clone(), bound, pools, &tasks)
                 }
                 _ => unreachable!("the plan binds every listener it does not keep"),
             };

@@ -57,7 +57,7 @@ pub fn from_records(buf: &[u8]) -> Result<Option<Hello>, NotHello> {
     loop {
         let Some(head) = buf.get(pos..pos + 5) else {
             // The first bytes tell TLS from anything else at once.
-            if buf.get(pos) .is_some_and(|&t| t != HANDSHAKE)
+            if buf.get(pos).is_some_and(|&t| t != HANDSHAKE)
                 || buf.get(pos + 1).is_some_and(|&v| v != 3)
             {
                 return Err(NotHello::NotTls);

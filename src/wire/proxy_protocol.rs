@@ -126,7 +126,9 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Header, usize)>, Invalid> {
         return Err(Invalid::Malformed("extra v1 field"));
     }
     let ip = |s: &str| -> Result<IpAddr, Invalid> {
-        let ip: IpAddr = s.parse().map_err(|_| Invalid::Malformed("bad v1 address"))?;
+        let ip: IpAddr = s
+            .parse()
+            .map_err(|_| Invalid::Malformed("bad v1 address"))?;
         if ip.is_ipv6() != want_v6 {
             return Err(Invalid::Malformed("v1 address of the wrong family"));
         }
@@ -218,11 +220,7 @@ fn parse_v2(buf: &[u8], limit: usize) -> Result<Option<(Header, usize)>, Invalid
         version: Version::V2,
         // LOCAL: the receiver uses the real connection's addresses.
         addrs: if local { None } else { addrs },
-        transport: if local {
-            Transport::Unspec
-        } else {
-            transport
-        },
+        transport: if local { Transport::Unspec } else { transport },
         tlvs,
     };
     Ok(Some((header, total)))

@@ -75,7 +75,10 @@ fn reads_v2_with_tlvs_and_drops_the_checksum() {
     assert_eq!(n, h.len());
     assert_eq!(header.addrs, Some((src, dst)));
     assert_eq!(header.transport, Transport::Stream);
-    assert_eq!(header.tlvs, [0x01, 0x00, 0x02, b'h', b'2', 0x04, 0x00, 0x00]);
+    assert_eq!(
+        header.tlvs,
+        [0x01, 0x00, 0x02, b'h', b'2', 0x04, 0x00, 0x00]
+    );
     // LOCAL: addresses present but not to be used.
     let mut local = h.clone();
     local[12] = 0x20;

@@ -104,18 +104,29 @@ fn a_hello_over_two_datagrams_in_any_order() {
     let both = [a.as_slice(), &b].concat();
     let mut crypto = Crypto::default();
     read_initials(&both, &mut crypto).unwrap();
-    assert!(hello::from_handshake(crypto.contiguous()).unwrap().is_some());
+    assert!(hello::from_handshake(crypto.contiguous())
+        .unwrap()
+        .is_some());
 }
 
 #[test]
 fn tells_what_is_not_an_initial() {
     let mut crypto = Crypto::default();
-    assert_eq!(read_initials(b"\x12\x34 dns", &mut crypto), Err(NotInitial::NotQuic));
+    assert_eq!(
+        read_initials(b"\x12\x34 dns", &mut crypto),
+        Err(NotInitial::NotQuic)
+    );
     let mut packet = unhex(include_str!("rfc9001-a2-client-initial.hex"));
     packet[40] ^= 1;
-    assert_eq!(read_initials(&packet, &mut crypto), Err(NotInitial::Undecryptable));
+    assert_eq!(
+        read_initials(&packet, &mut crypto),
+        Err(NotInitial::Undecryptable)
+    );
     packet[1..5].copy_from_slice(&[0x6b, 0x33, 0x43, 0xcf]);
-    assert_eq!(read_initials(&packet, &mut crypto), Err(NotInitial::Version(0x6b3343cf)));
+    assert_eq!(
+        read_initials(&packet, &mut crypto),
+        Err(NotInitial::Version(0x6b3343cf))
+    );
     let far = initial(&[9; 8], 0, &crypto_frame(MAX_HELLO + 4, b"x"), 1160);
     assert_eq!(read_initials(&far, &mut crypto), Err(NotInitial::TooLarge));
 }

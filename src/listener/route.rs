@@ -1,0 +1,100 @@
+//! Where a listener sends its clients: its own pool and, with
+//! `[[listeners.routes]]`, one pool per route, chosen by the server name a
+//! TLS or QUIC client asks for. Swapped whole on reload.
+
+use std::sync::Arc;
+
+use crate::backend::Backend;
+use crate::config::ListenerConfig;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::pool::Pool;
+
+/// A listener's pools, as the server hands them over: its own, and one per
+/// `config.routes`, in order.
+pub(crate) struct Pools {
+    pub default: Arc<Pool>,
+    pub routes: Vec<Arc<Pool>>,
+}
+
+/// One route's pool and its series.
+pub(crate) struct Target {
+    pub pool: Arc<Pool>,
+    pub metrics: RouteMetrics,
+}
+
+/// Where a listener sends traffic; swapped whole on reload.
+pub(crate) struct Route {
+    pub config: ListenerConfig,
+    /// The listener's own pool.
+    pub pool: Arc<Pool>,
+    /// With routes: the listener's own pool's series (route `default`)
+    /// first, then one target per `config.routes`. Empty without routes.
+    pub targets: Vec<Target>,
+}
+
+impl Route {
+    /// The route of `config` over `pools`, with its series in `metrics`.
+    pub fn new(config: &ListenerConfig, pools: Pools, metrics: &Metrics) -> Route {
+        let mut targets = Vec::new();
+        if !config.routes.is_empty() {
+            targets.push(Target {
+                pool: pools.default.clone(),
+                metrics: metrics.route(&config.name, "default"),
+            });
+            for (r, pool) in config.routes.iter().zip(pools.routes) {
+                targets.push(Target {
+                    pool,
+                    metrics: metrics.route(&config.name, &r.name),
+                });
+            }
+        }
+        Route {
+            config: config.clone(),
+            pool: pools.default,
+            targets,
+        }
+    }
+
+    /// The pool of route `i` of `config.routes`, or the listener's own;
+    /// counted as routed there when the listener has routes.
+    pub fn pick_pool(&self, i: Option<usize>) -> &Arc<Pool> {
+        match self.targets.get(i.map_or(0, |i| i + 1)) {
+            Some(t) => {
+                t.metrics.routed.inc();
+                &t.pool
+            }
+            None => &self.pool,
+        }
+    }
+
+    /// The pool holding backend `addr`, with the backend: the listener's own
+    /// pool first, then the routes' (a handed-over connection names only its
+    /// backend).
+    pub fn find(&self, addr: std::net::SocketAddr) -> Option<(&Arc<Pool>, Arc<Backend>)> {
+        std::iter::once(&self.pool)
+            .chain(self.targets.iter().map(|t| &t.pool))
+            .find_map(|p| {
+                let snap = p.snapshot();
+                let b = snap.find(addr)?.backend.clone();
+                Some((p, b))
+            })
+    }
+
+    /// Forgets the series of routes that `next` no longer has (all of them
+    /// when `next` is `None`: the listener leaves).
+    pub fn forget_routes(&self, next: Option<&ListenerConfig>) {
+        for (i, t) in self.targets.iter().enumerate() {
+            let name = if i == 0 {
+                "default"
+            } else {
+                self.config.routes[i - 1].name.as_str()
+            };
+            let kept = next.is_some_and(|n| {
+                !n.routes.is_empty() && (i == 0 || n.routes.iter().any(|r| r.name == name))
+            });
+            if !kept {
+                t.metrics.forget();
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! A UDP listener with routes: a new client's first datagrams are read as
+//! QUIC Initial packets for the server name in their ClientHello, which
+//! picks the route of the session; the session then stays where it began.
+//! A hello longer than one datagram is waited for (its datagrams held, at
+//! most [`MAX_HELD`] of them, for at most `tls_inspect_timeout`); anything
+//! that is not a QUIC Initial is decided at once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::{route_for, ListenerConfig};
+use crate::metrics::Inspected;
+use crate::wire::hello::{self, NotHello};
+use crate::wire::quic::{read_initials, Crypto, NotInitial};
+
+/// Clients a receive loop waits on at once; past it, a new client whose
+/// hello is incomplete goes to the listener's pool at once.
+const MAX_PENDING: usize = 1024;
+
+/// Datagrams held per waiting client.
+const MAX_HELD: usize = 8;
+
+/// A client whose ClientHello is not yet whole.
+struct Pending {
+    crypto: Crypto,
+    held: Vec<Box<[u8]>>,
+    local: Option<IpAddr>,
+    since_ms: u64,
+}
+
+/// What to do with a new client's datagram.
+pub(super) enum Verdict {
+    /// Held: the hello goes on in a later datagram.
+    Wait,
+    /// Start the session on route `route` (`None`: the listener's pool)
+    /// and send it `held`, in order (this datagram last).
+    Go {
+        route: Option<usize>,
+        held: Vec<Box<[u8]>>,
+    },
+    /// `sni_required`, and no name: drop these many datagrams.
+    Drop(u64),
+}
+
+/// One receive loop's clients that are still being read.
+#[derive(Default)]
+pub(super) struct Inspector {
+    pending: HashMap<SocketAddr, Pending>,
+}
+
+/// The metrics label of a datagram that gave no hello.
+fn why(e: NotInitial) -> &'static str {
+    match e {
+        NotInitial::NotQuic | NotInitial::Version(_) => NotHello::NotTls.as_str(),
+        NotInitial::TooLarge => NotHello::TooLarge.as_str(),
+        NotInitial::Undecryptable | NotInitial::Malformed => NotHello::Malformed.as_str(),
+    }
+}
+
+/// The verdict for a client whose hello gave `result`.
+fn decide(
+    config: &ListenerConfig,
+    m: &Inspected,
+    result: Result<hello::Hello, &'static str>,
+    held: Vec<Box<[u8]>>,
+) -> Verdict {
+    match result {
+        Ok(h) => {
+            let route = route_for(&config.routes, h.sni.as_deref(), &h.alpn);
+            match (&h.sni, route) {
+                (_, Some(_)) => m.sni.inc(),
+                (Some(_), None) => m.no_match.inc(),
+                (None, None) => {
+                    m.no_sni.inc();
+                    if config.sni_required {
+                        return Verdict::Drop(held.len() as u64);
+                    }
+                }
+            }
+            Verdict::Go { route, held }
+        }
+        Err(why) => {
+            m.by(why).inc();
+            if config.sni_required {
+                Verdict::Drop(held.len() as u64)
+            } else {
+                Verdict::Go { route: None, held }
+            }
+        }
+    }
+}
+
+impl Inspector {
+    /// Reads a datagram of a client without a session.
+    pub fn offer(
+        &mut self,
+        peer: SocketAddr,
+        local: Option<IpAddr>,
+        datagram: &[u8],
+        config: &ListenerConfig,
+        m: &Inspected,
+        now_ms: u64,
+    ) -> Verdict {
+        let known = self.pending.contains_key(&peer);
+        let mut p = self.pending.remove(&peer).unwrap_or_else(|| Pending {
+            crypto: Crypto::default(),
+            held: Vec::new(),
+            local,
+            since_ms: now_ms,
+        });
+        p.held.push(datagram.into());
+        let result = match read_initials(datagram, &mut p.crypto) {
+            Ok(()) => hello::from_handshake(p.crypto.contiguous()).map_err(NotHello::as_str),
+            // A client's later datagram that is not an Initial (0-RTT): held
+            // with the rest while its hello is awaited.
+            Err(NotInitial::NotQuic) if known => Ok(None),
+            Err(e) => Err(why(e)),
+        };
+        match result {
+            Ok(Some(h)) => decide(config, m, Ok(h), p.held),
+            Ok(None) if p.held.len() >= MAX_HELD => {
+                decide(config, m, Err(NotHello::TooLarge.as_str()), p.held)
+            }
+            Ok(None) if !known && self.pending.len() >= MAX_PENDING => {
+                decide(config, m, Err("timeout"), p.held)
+            }
+            Ok(None) => {
+                self.pending.insert(peer, p);
+                Verdict::Wait
+            }
+            Err(why) => decide(config, m, Err(why), p.held),
+        }
+    }
+
+    /// When the oldest waiting client's time is up, if any waits.
+    pub fn next_deadline(&self, timeout_ms: u64) -> Option<u64> {
+        self.pending
+            .values()
+            .map(|p| p.since_ms.saturating_add(timeout_ms))
+            .min()
+    }
+
+    /// The clients whose time is up, with their verdicts (the listener's
+    /// pool, or a drop under `sni_required`).
+    pub fn expired(
+        &mut self,
+        now_ms: u64,
+        config: &ListenerConfig,
+        m: &Inspected,
+    ) -> Vec<(SocketAddr, Option<IpAddr>, Verdict)> {
+        let timeout_ms = config.tls_inspect_timeout.as_millis() as u64;
+        let late: Vec<SocketAddr> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.since_ms.saturating_add(timeout_ms) <= now_ms)
+            .map(|(a, _)| *a)
+            .collect();
+        late.into_iter()
+            .filter_map(|a| self.pending.remove(&a).map(|p| (a, p)))
+            .map(|(a, p)| (a, p.local, decide(config, m, Err("timeout"), p.held)))
+            .collect()
+    }
+}
