@@ -72,8 +72,11 @@ pub enum Invalid {
 /// needed, `Ok(Some((header, n)))` once the first `n` bytes are one (the
 /// rest is the connection's own data). `limit` bounds a v2 header's length.
 pub fn parse(buf: &[u8], limit: usize) -> Result<Option<(Header, usize)>, Invalid> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
     let sig = buf.len().min(V2_SIGNATURE.len());
-    if buf[..sig] == V2_SIGNATURE[..sig] && !buf.is_empty() {
+    if buf[..sig] == V2_SIGNATURE[..sig] {
         return if buf.len() < 16 {
             Ok(None)
         } else {
@@ -81,7 +84,7 @@ pub fn parse(buf: &[u8], limit: usize) -> Result<Option<(Header, usize)>, Invali
         };
     }
     let p = buf.len().min(6);
-    if buf[..p] == b"PROXY "[..p] && !buf.is_empty() {
+    if buf[..p] == b"PROXY "[..p] {
         return parse_v1(buf);
     }
     Err(Invalid::NotProxy)
