@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::process::{free_port, wait_listening, Proc};
-use common::{installed, value, wait_metric};
+use common::{installed, value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -107,12 +107,27 @@ async fn tls_clients_reach_the_server_their_hello_names() {
     let (_wild, wild) = s_server(dir.path(), "wild.example").await;
     let plain = Backend::start("plain").await;
     let server = common::start(&tls_config(
-        "",
+        "[admin]\nbind = \"127.0.0.1:0\"\n",
         "",
         &[("api", api), ("wild", wild), ("plain", plain.addr)],
     ))
     .await;
     let front = server.local_addr("tls").unwrap();
+    // The API shows the routes as configured.
+    let admin = server.admin_addr().await.unwrap();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        common::daemon::http(admin, "GET", "/api/v1/listeners", &[], "")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let routes = &v["listeners"][0]["routes"];
+    assert_eq!(routes[0]["sni"][0], "api.example.com");
+    assert_eq!(
+        (routes[1]["name"].as_str(), routes[1]["pool"].as_str()),
+        (Some("wildcard"), Some("wild"))
+    );
 
     assert_eq!(
         s_client(front, Some("api.example.com")).await.as_deref(),
@@ -161,6 +176,24 @@ async fn tls_clients_reach_the_server_their_hello_names() {
         ),
         (3.0, 1.0, 1.0, 1.0)
     );
+    // A reload re-points routes on the same socket; a route that is gone
+    // takes its series with it.
+    let next = format!(
+        "[[listeners]]\nname = \"tls\"\nbind = \"{front}\"\npool = \"plain\"\n\
+         [[listeners.routes]]\nsni = [\"api.example.com\"]\npool = \"wild\"\n\
+         [pools.wild]\nbackends = [{{ addr = \"{wild}\" }}]\n[pools.plain]\nbackends = [{{ addr = \"{}\" }}]\n",
+        plain.addr
+    );
+    server
+        .reload(switchyard::Config::parse(&next, Path::new("next.toml")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        s_client(front, Some("api.example.com")).await.as_deref(),
+        Some("wild.example")
+    );
+    assert_eq!(routed("wild"), 1.0);
+    assert!(!server.metrics().render().contains("route=\"wildcard\""));
     server.shutdown().await;
 }
 

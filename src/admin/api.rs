@@ -55,13 +55,14 @@ pub fn pools(
             let listeners: Vec<&str> = view
                 .listeners
                 .iter()
-                .filter(|l| l.pool == p.name)
+                .filter(|l| l.pool == p.name || l.routes.iter().any(|r| r.pool == p.name))
                 .map(|l| l.name.as_str())
                 .collect();
             json!({
                 "name": p.name,
                 "strategy": snap.config.strategy.name(),
                 "health_check": snap.config.health.check.name(),
+                "proxy_protocol": snap.config.proxy_protocol.map(|v| v.name()),
                 "listeners": listeners,
                 "backends": snap.members.iter().map(backend_json).collect::<Vec<_>>(),
             })

@@ -9,7 +9,7 @@ mod view;
 
 pub(crate) use endpoint::{load_token, Endpoint, Settings};
 
-pub use view::{Control, ListenerView, Pending, View};
+pub use view::{Control, ListenerView, Pending, RouteView, View};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -204,6 +204,10 @@ mod tests {
                     protocol: "tcp",
                     addr: "127.0.0.1:7000".parse().unwrap(),
                     pool: "p".into(),
+                    routes: Vec::new(),
+                    accept_proxy: false,
+                    proxy_trusted: Vec::new(),
+                    sni_required: false,
                 }],
             })
         }

@@ -21,7 +21,28 @@ pub struct ListenerView {
     pub protocol: &'static str,
     /// The bound address (the real port when configured with port 0).
     pub addr: SocketAddr,
-    /// The pool it sends traffic to.
+    /// The pool it sends traffic to (clients no route matched).
+    pub pool: String,
+    /// Its routes by server name and ALPN, in file order.
+    pub routes: Vec<RouteView>,
+    /// Whether it takes PROXY protocol headers, and from whom.
+    pub accept_proxy: bool,
+    /// The networks whose headers it trusts.
+    pub proxy_trusted: Vec<String>,
+    /// Whether clients without a readable server name are closed.
+    pub sni_required: bool,
+}
+
+/// One route of a listener, as the admin side sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteView {
+    /// Its name (the `route` label of metrics).
+    pub name: String,
+    /// Server names it matches.
+    pub sni: Vec<String>,
+    /// ALPN protocols it matches.
+    pub alpn: Vec<String>,
+    /// Its pool.
     pub pool: String,
 }
 

@@ -326,6 +326,24 @@ impl Config {
                 l.bind,
                 l.pool
             );
+            if let Some(a) = &l.accept_proxy {
+                let nets: Vec<String> = a.trusted.iter().map(|n| n.to_string()).collect();
+                let _ = writeln!(o, "    PROXY protocol headers from {}", nets.join(", "));
+            }
+            for r in &l.routes {
+                let mut what: Vec<String> = r.sni.clone();
+                what.extend(r.alpn.iter().map(|a| format!("alpn {a}")));
+                let _ = writeln!(
+                    o,
+                    "    {:<40} -> pool {} (route {})",
+                    what.join(" "),
+                    r.pool,
+                    r.name
+                );
+            }
+            if l.sni_required {
+                let _ = writeln!(o, "    no readable server name: closed");
+            }
         }
         o.push_str("pools:\n");
         for p in self.pools.values() {
@@ -348,6 +366,9 @@ impl Config {
                 check,
                 p.retries
             );
+            if let Some(v) = p.proxy_protocol {
+                let _ = writeln!(o, "    sends PROXY protocol {}", v.name());
+            }
             for b in &p.backends {
                 let _ = write!(o, "    {:<24} weight {}", b.addr.to_string(), b.weight);
                 if let Some(max) = b.max_connections {

@@ -360,6 +360,15 @@ impl Listener {
         }
     }
 
+    /// Drops the series of routes that `next` (this listener's successor)
+    /// no longer has.
+    pub fn forget_routes(&self, next: &ListenerConfig) {
+        match &self.kind {
+            Kind::Tcp(shared, _) => shared.route.load().forget_routes(Some(next)),
+            Kind::Udp(shared, _) => shared.route.load().forget_routes(Some(next)),
+        }
+    }
+
     /// Drops this listener's series (it is removed, or changes protocol).
     pub fn forget_metrics(&self) {
         match &self.kind {

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::plan::{self, AdminStep, Current, ListenerStep, PoolStep};
 use super::upgrade::Inherited;
 use super::{off_runtime, Error, PoolEntry, Server};
-use crate::admin::{self, ListenerView, View};
+use crate::admin::{self, ListenerView, RouteView, View};
 use crate::config::Config;
 use crate::health::Checks;
 use crate::listener::{self, Bound, Listener, Pools, Tasks};
@@ -139,6 +139,8 @@ impl Server {
                             })
                         {
                             old.forget_metrics();
+                        } else {
+                            old.forget_routes(l);
                         }
                         old.retire(grace, &tasks);
                     }
@@ -171,6 +173,23 @@ impl Server {
                     protocol: l.protocol.as_str(),
                     addr: r.addr,
                     pool: l.pool.clone(),
+                    routes: l
+                        .routes
+                        .iter()
+                        .map(|r| RouteView {
+                            name: r.name.clone(),
+                            sni: r.sni.clone(),
+                            alpn: r.alpn.clone(),
+                            pool: r.pool.clone(),
+                        })
+                        .collect(),
+                    accept_proxy: l.accept_proxy.is_some(),
+                    proxy_trusted: l
+                        .accept_proxy
+                        .iter()
+                        .flat_map(|a| a.trusted.iter().map(|n| n.to_string()))
+                        .collect(),
+                    sni_required: l.sni_required,
                 }
             })
             .collect();
