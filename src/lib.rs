@@ -13,6 +13,9 @@
 //!     identities and told the flow each pick is for.
 //!   - `clock`: the coarse millisecond clock deadlines use.
 //!   - [`notify`]: systemd's `sd_notify` protocol.
+//!   - [`wire`]: what is read off the wire before relaying, as pure
+//!     functions with property tests: the PROXY protocol (v1, v2), the TLS
+//!     ClientHello's server name and ALPN, QUIC v1 Initial packets.
 //! - **model**
 //!   - [`backend`]: one backend's live state: health (active verdict, passive
 //!     ejection), drain, open connections, as atomics.
@@ -24,7 +27,9 @@
 //!   - [`listener`]: one listener's sockets: bind, launch, re-point, retire;
 //!     `listener::tcp` (accept, connect with retries, relay) and
 //!     `listener::udp` (per-client sessions, bounded, expiring when idle;
-//!     the socket calls in `listener::udp_io`).
+//!     the socket calls in `listener::udp_io`); `listener::greet` reads a
+//!     PROXY header and a ClientHello before connecting, `listener::route`
+//!     holds a listener's pools by route.
 //! - **control**
 //!   - `health`: active checks (`tcp`, `http`, `udp`) with rise/fall,
 //!     following each pool's membership by difference.

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::Route;
 use crate::metrics::TcpListenerMetrics;
+use crate::pool::Pool;
 use crate::wire::hello::{self, NotHello, MAX_HELLO};
 use crate::wire::proxy_protocol::{self, Invalid};
 
@@ -184,4 +185,38 @@ pub(super) fn header_for(
             proxy_protocol::v2(Some((client, local)), Transport::Stream, tlvs)
         }
     }
+}
+
+/// The unspecified address of `a`'s family.
+fn unspecified(a: SocketAddr) -> std::net::IpAddr {
+    match a {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+/// What a backend connection of `pool` begins with: the pool's PROXY header
+/// for client `who`, then the client's bytes read while greeting it.
+pub(super) fn preamble(
+    client: &TcpStream,
+    who: SocketAddr,
+    pool: &Pool,
+    greeting: Option<Box<Greeting>>,
+) -> Vec<u8> {
+    let version = pool.snapshot().config.proxy_protocol;
+    let (local, tlvs, early) = match greeting {
+        Some(g) => (g.local, g.tlvs, g.early),
+        None => (None, Vec::new(), Vec::new()),
+    };
+    if version.is_none() {
+        return early;
+    }
+    // getsockname cannot fail on a connected socket; were it to, the
+    // header says "an unspecified address".
+    let local = local
+        .or_else(|| client.local_addr().ok())
+        .unwrap_or_else(|| SocketAddr::new(unspecified(who), 0));
+    let mut out = header_for(version, who, local, &tlvs);
+    out.extend_from_slice(&early);
+    out
 }

@@ -8,11 +8,13 @@ mod greet;
 pub mod handover;
 mod route;
 pub(crate) mod tcp;
+mod tcp_shared;
 pub(crate) mod udp;
 mod udp_io;
 mod udp_place;
 mod udp_reply;
 mod udp_route;
+mod udp_shared;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -2,98 +2,29 @@
 //! (`serve`): pick, connect with retries, relay, log.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use std::os::fd::AsRawFd;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::ActiveGuard;
-use tokio_util::task::TaskTracker;
 
-use super::clients::{Clients, Limits, Refusal};
+use super::clients::{Limits, Refusal};
 use super::connect::{connect, Unserved};
 use super::greet::{self, Refused};
-use super::handover::{Handover, Moved};
+use super::handover::Moved;
+pub use super::tcp_shared::{Slot, TcpShared};
 use super::Route;
 use crate::clock::Every;
-use crate::fds::{self, Held};
+use crate::fds::{self};
 use crate::metrics::TcpListenerMetrics;
 use crate::net::{self, local_cause};
 use crate::pool::Pool;
 use crate::relay::{self, End, Meter, Side, Stops};
-
-/// State shared by a listener's accept tasks and its connections.
-pub struct TcpShared {
-    pub route: ArcSwap<Route>,
-    pub metrics: TcpListenerMetrics,
-    /// Permits for `max_connections`; taken before accept so excess clients
-    /// wait in the kernel's backlog.
-    pub limit: Arc<Semaphore>,
-    /// Permits a lowered `max_connections` still has to take back from open
-    /// connections: each one closing pays one off instead of returning it.
-    pub owed: Arc<AtomicUsize>,
-    /// Ends established connections (shutdown grace over).
-    pub hard_stop: CancellationToken,
-    pub tracker: TaskTracker,
-    /// Paces the log line for connections the proxy could not serve for
-    /// want of its own resources.
-    pub local_log: Every,
-    /// Per-client-address counts, for `max_connections_per_ip` and
-    /// `connection_rate_per_ip`.
-    pub clients: Arc<Clients>,
-    /// A binary upgrade's hand-over of established connections.
-    pub handover: Arc<Handover>,
-}
-
-impl TcpShared {
-    /// Changes the connection limit from `old` to `new`. Free permits are
-    /// taken back at once; the rest are owed and taken as connections close.
-    pub fn resize_limit(&self, old: usize, new: usize) {
-        if new > old {
-            // First cancel what an earlier decrease still owes.
-            let mut more = new - old;
-            if let Ok(owed) = self
-                .owed
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| {
-                    Some(o - o.min(more))
-                })
-            {
-                more -= owed.min(more);
-            }
-            self.limit.add_permits(more);
-        } else if old > new {
-            let taken = self.limit.forget_permits(old - new);
-            self.owed.fetch_add(old - new - taken, Ordering::AcqRel);
-        }
-    }
-}
-
-/// A connection's place under `max_connections`; returned (or, while a
-/// lowered limit is owed permits, given up) when the connection ends.
-pub struct Slot {
-    permit: Option<OwnedSemaphorePermit>,
-    owed: Arc<AtomicUsize>,
-    /// The client's and the backend's descriptors.
-    _fds: Held,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let pay = self
-            .owed
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
-        if let (Ok(_), Some(permit)) = (pay, self.permit.take()) {
-            permit.forget();
-        }
-    }
-}
 
 /// Accepts until `stop` fires.
 ///
@@ -361,7 +292,7 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
     };
     let started = tokio::time::Instant::now();
     let pool = route.pick_pool(greeting.as_ref().and_then(|g| g.route));
-    let preamble = preamble(&client, who, pool, greeting);
+    let preamble = greet::preamble(&client, who, pool, greeting);
     let connected = tokio::select! {
         c = connect(pool, who, name, &preamble) => c,
         _ = shared.hard_stop.cancelled() => Err(Unserved::NoBackend),
@@ -391,40 +322,6 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         (started, 0, 0),
     )
     .await;
-}
-
-/// The unspecified address of `a`'s family.
-fn unspecified(a: SocketAddr) -> std::net::IpAddr {
-    match a {
-        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-    }
-}
-
-/// What a backend connection of `pool` begins with: the pool's PROXY header
-/// for client `who`, then the client's bytes read while greeting it.
-fn preamble(
-    client: &TcpStream,
-    who: SocketAddr,
-    pool: &Pool,
-    greeting: Option<Box<greet::Greeting>>,
-) -> Vec<u8> {
-    let version = pool.snapshot().config.proxy_protocol;
-    let (local, tlvs, early) = match greeting {
-        Some(g) => (g.local, g.tlvs, g.early),
-        None => (None, Vec::new(), Vec::new()),
-    };
-    if version.is_none() {
-        return early;
-    }
-    // getsockname cannot fail on a connected socket; were it to, the
-    // header says "an unspecified address".
-    let local = local
-        .or_else(|| client.local_addr().ok())
-        .unwrap_or_else(|| SocketAddr::new(unspecified(who), 0));
-    let mut out = greet::header_for(version, who, local, &tlvs);
-    out.extend_from_slice(&early);
-    out
 }
 
 /// A connection handed over by the process this one replaced (a binary
@@ -579,6 +476,9 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::pool::Pool;
+    use arc_swap::ArcSwap;
+    use tokio::sync::Semaphore;
+    use tokio_util::task::TaskTracker;
 
     /// Every open connection's task is this future (measured in a debug
     /// build): keep it from growing past the relay's own budget by much.

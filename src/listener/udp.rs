@@ -6,7 +6,6 @@
 //! `max_sessions`. Sessions end after `idle_timeout` without a datagram
 //! either way.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -14,50 +13,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::udp_io;
-use super::udp_place::{Full, Place, Places};
+use super::udp_place::{Full, Place};
 use super::udp_reply::{replies, ReplyTask};
 use super::udp_route::{Inspector, Verdict};
+pub use super::udp_shared::UdpShared;
+use super::udp_shared::MAX_DATAGRAM;
 use super::Route;
 use crate::backend::Backend;
-use crate::clock::{now_ms, Every};
+use crate::clock::now_ms;
 use crate::fds::{self, Held};
 use crate::metrics::UdpListenerMetrics;
 use crate::net::local_cause;
 use crate::wire::proxy_protocol::{self, Transport};
-
-/// Once its listener stops, a session waits this long after its last
-/// datagram for replies still on their way, then ends.
-pub(super) const DRAIN_IDLE: Duration = Duration::from_secs(1);
-
-/// The largest UDP payload; one buffer per worker thread, never per session.
-const MAX_DATAGRAM: usize = 65_535;
-
-thread_local! {
-    pub(super) static DGRAM_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; MAX_DATAGRAM].into_boxed_slice());
-}
-
-/// State shared by a UDP listener's tasks.
-pub struct UdpShared {
-    pub route: ArcSwap<Route>,
-    pub metrics: UdpListenerMetrics,
-    pub tracker: TaskTracker,
-    /// Places of its sessions, under `max_sessions` and `max_sessions_per_ip`.
-    pub places: Places,
-    /// Paces warnings that a flood of datagrams could repeat.
-    pub warn_log: Every,
-    /// Ends every session (the listener's grace is over).
-    pub hard_stop: CancellationToken,
-    /// Bound to a wildcard address: replies must name their source.
-    pub wildcard: bool,
-}
 
 /// One client datagram: its length, sender, and (on a wildcard listener)
 /// the local address it was sent to.

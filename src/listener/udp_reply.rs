@@ -13,8 +13,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::udp::{UdpShared, DGRAM_BUF, DRAIN_IDLE};
 use super::udp_io;
+use super::udp_shared::{UdpShared, DGRAM_BUF, DRAIN_IDLE};
 use crate::backend::ActiveGuard;
 use crate::clock::now_ms;
 

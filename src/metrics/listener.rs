@@ -34,7 +34,7 @@ const NO_BACKEND: Family = Family::new(
 );
 const REJECTED: Family = Family::by(
     "switchyard_listener_rejected_total",
-    "Clients refused (denied) or held in the backlog at max_connections (limit).",
+    "Clients refused or held back, by reason: denied, limit, descriptors, ip_limit, ip_rate, proxy_header, sni_required.",
     "reason",
 );
 const LOCAL_ERRORS: Family = Family::by(
