@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::{error, Body, Control};
 use crate::config::MAX_WEIGHT;
-use crate::pool::{Member, Pool};
+use crate::pool::{Change, Member, Pool};
 
 fn state(m: &Member) -> &'static str {
     let b = &m.backend;
@@ -107,7 +107,21 @@ fn find(
     Ok((pool, addr))
 }
 
-pub fn set_draining(
+/// For a pool whose members live in etcd, writes `change` there first, so
+/// every instance follows; a write etcd does not take changes nothing.
+async fn shared_first(
+    server: &dyn Control,
+    pool: &Pool,
+    addr: SocketAddr,
+    change: Change,
+) -> Result<(), Response<Body>> {
+    match server.share(&pool.name, addr, change).await {
+        None | Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+    }
+}
+
+pub async fn set_draining(
     server: &dyn Control,
     pool: &str,
     addr: &str,
@@ -117,6 +131,15 @@ pub fn set_draining(
         Ok(x) => x,
         Err(r) => return r,
     };
+    if pool.snapshot().find(addr).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("pool `{}` has no backend {addr}", pool.name),
+        );
+    }
+    if let Err(r) = shared_first(server, &pool, addr, Change::Drain(draining)).await {
+        return r;
+    }
     match pool.set_draining(addr, draining) {
         Ok(()) => {
             tracing::info!(pool = %pool.name, backend = %addr, draining, "backend drain state changed by the admin API");
@@ -158,6 +181,15 @@ pub async fn set_weight(
             )
         }
     };
+    if pool.snapshot().find(addr).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("pool `{}` has no backend {addr}", pool.name),
+        );
+    }
+    if let Err(r) = shared_first(server, &pool, addr, Change::Weight(weight)).await {
+        return r;
+    }
     // A weighted pool rebuilds its schedule (tens of milliseconds for
     // thousands of backends): off the runtime's worker threads.
     let changing = pool.clone();
@@ -181,5 +213,19 @@ fn describe(pool: &Pool, addr: SocketAddr) -> Response<Body> {
             StatusCode::NOT_FOUND,
             format!("pool `{}` has no backend {addr}", pool.name),
         ),
+    }
+}
+
+pub async fn cluster(server: &dyn Control) -> Response<Body> {
+    match server.cluster().await {
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this instance has no [cluster] section",
+        ),
+        Some(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot list the cluster: {e}"),
+        ),
+        Some(Ok(instances)) => super::json(StatusCode::OK, &json!({ "instances": instances })),
     }
 }

@@ -157,7 +157,8 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
         (
             &Method::POST,
             ["api", "v1", "pools", pool, "backends", addr, action @ ("drain" | "enable")],
-        ) => api::set_draining(&*server, pool, addr, *action == "drain"),
+        ) => api::set_draining(&*server, pool, addr, *action == "drain").await,
+        (&Method::GET, ["api", "v1", "cluster"]) => api::cluster(&*server).await,
         (&Method::PUT, ["api", "v1", "pools", pool, "backends", addr, "weight"]) => {
             let (pool, addr) = (pool.to_string(), addr.to_string());
             match read_body(req).await {
@@ -166,7 +167,7 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
             }
         }
         (_, ["" | "status" | "metrics" | "healthz" | "readyz"])
-        | (_, ["api", "v1", "pools" | "listeners" | "reload"])
+        | (_, ["api", "v1", "pools" | "listeners" | "reload" | "cluster"])
         | (_, ["api", "v1", "pools", _, "backends", _, "drain" | "enable" | "weight"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
@@ -209,6 +210,7 @@ mod tests {
                     proxy_trusted: Vec::new(),
                     sni_required: false,
                 }],
+                admin: None,
             })
         }
         fn render_metrics(&self) -> String {
@@ -219,6 +221,17 @@ mod tests {
         }
         fn reload(&self) -> Pending<'_, Result<(), String>> {
             Box::pin(async { Err("fake.toml:1:1: no".to_string()) })
+        }
+        fn share(
+            &self,
+            _: &str,
+            _: SocketAddr,
+            _: crate::pool::Change,
+        ) -> Pending<'_, Option<Result<(), String>>> {
+            Box::pin(async { None })
+        }
+        fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>> {
+            Box::pin(async { Some(Err("etcd unreachable".to_string())) })
         }
     }
 
@@ -262,6 +275,10 @@ mod tests {
         .await;
         assert!(reload.starts_with("HTTP/1.1 422"), "{reload}");
         assert!(reload.contains("fake.toml:1:1: no"), "{reload}");
+        // A cluster that cannot be listed is a 503 that says why.
+        let cluster = call(endpoint.addr, &get("/api/v1/cluster")).await;
+        assert!(cluster.starts_with("HTTP/1.1 503"), "{cluster}");
+        assert!(cluster.contains("etcd unreachable"), "{cluster}");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::pool::Pool;
+use crate::pool::{Change, Pool};
 
 /// A listener as the admin side sees it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -54,6 +54,8 @@ pub struct View {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Listeners in file order.
     pub listeners: Vec<ListenerView>,
+    /// The admin endpoint's bound address, if it runs.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A boxed future, for the one asynchronous call of [`Control`].
@@ -69,4 +71,16 @@ pub trait Control: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// Re-reads the configuration file and applies it; the error says why not.
     fn reload(&self) -> Pending<'_, Result<(), String>>;
+    /// For a pool whose members live in a shared store (etcd): writes
+    /// `change` of backend `addr` there, so every instance follows; `None`
+    /// when the pool's changes stay local.
+    fn share(
+        &self,
+        pool: &str,
+        addr: SocketAddr,
+        change: Change,
+    ) -> Pending<'_, Option<Result<(), String>>>;
+    /// The fleet's instances as each describes itself; `None` without
+    /// `[cluster]`.
+    fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>>;
 }

@@ -3,6 +3,7 @@
 //! weights) that the rest of the daemon consumes without further checks.
 
 mod check;
+mod discovery;
 mod error;
 mod escape;
 mod fields;
@@ -17,6 +18,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use discovery::{ClusterConfig, DiscoveryConfig, Source};
 pub use error::{ConfigError, Problem};
 pub use escape::parse_bytes;
 pub use routes::{route_for, AcceptProxy, ProxyVersion, RouteConfig};
@@ -46,6 +48,12 @@ pub struct Config {
     /// How long established connections may run on after shutdown starts
     /// (`shutdown_grace`, default 30s).
     pub shutdown_grace: Duration,
+    /// `state_dir`, default `/var/lib/switchyard`: where discovered
+    /// backends are kept, so a restart while DNS or etcd is unreachable
+    /// serves the last set seen.
+    pub state_dir: PathBuf,
+    /// `[cluster]`: this instance's entry in the fleet's registry.
+    pub cluster: Option<ClusterConfig>,
     /// Things that are allowed but probably not meant (e.g. weights on
     /// `round_robin`), as `file:line:col: key: message` lines.
     pub warnings: Vec<String>,
@@ -169,8 +177,10 @@ pub struct PoolConfig {
     pub name: String,
     /// `strategy`, default `"round_robin"`.
     pub strategy: StrategyKind,
-    /// `backends`, in file order.
+    /// `backends`, in file order; for a discovered pool, the set found last.
     pub backends: Vec<BackendConfig>,
+    /// `[pools.NAME.discovery]`: backends found at run time, not listed.
+    pub discovery: Option<DiscoveryConfig>,
     /// `retries`, default 2: other backends tried after a failed connect.
     pub retries: u32,
     /// `connect_timeout`, default 5s.

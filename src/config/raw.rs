@@ -18,6 +18,30 @@ pub struct RawConfig {
     #[serde(default)]
     pub pools: BTreeMap<S<String>, S<RawPool>>,
     pub shutdown_grace: Option<S<String>>,
+    pub state_dir: Option<S<String>>,
+    pub cluster: Option<S<RawCluster>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub endpoints: Option<Vec<S<String>>>,
+    pub name: Option<S<String>>,
+    pub prefix: Option<S<String>>,
+    pub ttl: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub kind: S<String>,
+    pub name: Option<S<String>>,
+    pub port: Option<S<i64>>,
+    pub resolver: Option<S<String>>,
+    pub refresh: Option<S<String>>,
+    pub endpoints: Option<Vec<S<String>>>,
+    pub prefix: Option<S<String>>,
+    pub allow_empty: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,7 +97,8 @@ pub struct RawRoute {
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     pub strategy: Option<S<String>>,
-    pub backends: S<Vec<S<RawBackend>>>,
+    pub backends: Option<S<Vec<S<RawBackend>>>>,
+    pub discovery: Option<S<RawDiscovery>>,
     pub retries: Option<S<i64>>,
     pub connect_timeout: Option<S<String>>,
     pub max_fails: Option<S<i64>>,

@@ -123,12 +123,15 @@ impl Validator<'_> {
             listeners,
             pools,
             shutdown_grace,
+            state_dir: self.state_dir(raw.state_dir.as_ref()),
+            cluster: raw.cluster.as_ref().map(|c| self.cluster(c)),
             warnings: Vec::new(),
         }
     }
 
     fn pool(&mut self, name: &str, pool: S<RawPool>) -> PoolConfig {
         let key = format!("pools.{name}");
+        let span = pool.span();
         let pool = pool.into_inner();
         let strategy = match pool.strategy.as_ref() {
             None => StrategyKind::RoundRobin,
@@ -152,17 +155,32 @@ impl Validator<'_> {
                 }
             },
         };
-        let backends_span = pool.backends.span();
-        if pool.backends.get_ref().is_empty() {
-            self.p.push(
-                backends_span.clone(),
+        let discovery = pool
+            .discovery
+            .as_ref()
+            .and_then(|d| self.discovery(&format!("{key}.discovery"), d));
+        match (&pool.backends, &pool.discovery) {
+            (Some(b), None) if b.get_ref().is_empty() => self.p.push(
+                b.span(),
                 format!("{key}.backends"),
                 "a pool needs at least one backend",
-            );
+            ),
+            (Some(b), Some(_)) => self.p.push(
+                b.span(),
+                format!("{key}.backends"),
+                "a pool has either `backends` or `discovery`, not both",
+            ),
+            (None, None) => self.p.push(
+                span.clone(),
+                key.clone(),
+                "a pool needs `backends` or `[pools.NAME.discovery]`",
+            ),
+            _ => {}
         }
         let mut backends = Vec::new();
         let mut seen = HashMap::new();
-        for (i, b) in pool.backends.into_inner().into_iter().enumerate() {
+        let listed = pool.backends.map(|b| b.into_inner()).unwrap_or_default();
+        for (i, b) in listed.into_iter().enumerate() {
             let bkey = format!("{key}.backends[{i}]");
             let span = b.span();
             if let Some(cfg) = self.backend(&bkey, b.into_inner(), strategy) {
@@ -259,6 +277,7 @@ impl Validator<'_> {
                 .duration(pool.slow_start.as_ref(), &format!("{key}.slow_start"))
                 .unwrap_or(Duration::ZERO),
             on_backend_down,
+            discovery,
             proxy_protocol,
             balance,
             health,

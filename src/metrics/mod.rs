@@ -9,6 +9,7 @@
 //! and one field of its handle set, nothing else.
 
 mod backend;
+mod discovery;
 mod listener;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use prometheus::{
 };
 
 pub use backend::BackendMetrics;
+pub use discovery::DiscoveryMetrics;
 pub use listener::{Inspected, LocalErrors, RouteMetrics, TcpListenerMetrics, UdpListenerMetrics};
 
 /// What kind of series a family holds.

@@ -111,6 +111,27 @@ impl Snapshot {
     }
 }
 
+/// A change to one backend asked for through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Drain (true) or enable (false).
+    Drain(bool),
+    /// Set its weight.
+    Weight(NonZeroU32),
+}
+
+/// One backend as discovery found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its weight (SRV records and etcd entries may set it).
+    pub weight: NonZeroU32,
+    /// Whether it is drained, when the source says (etcd), so a drain made
+    /// through any instance holds on all of them.
+    pub draining: Option<bool>,
+}
+
 /// Why a change through the admin API was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -178,6 +199,14 @@ impl Pool {
         change: impl FnOnce(&mut PoolConfig) -> Result<(), E>,
     ) -> Result<bool, E> {
         let _w = self.lock();
+        self.update_locked(change)
+    }
+
+    /// [`Pool::update`], with the write lock held by the caller.
+    fn update_locked<E>(
+        &self,
+        change: impl FnOnce(&mut PoolConfig) -> Result<(), E>,
+    ) -> Result<bool, E> {
         let old = self.current.load_full();
         let mut config = old.config.clone();
         change(&mut config)?;
@@ -200,13 +229,45 @@ impl Pool {
         Ok(true)
     }
 
-    /// Replaces the whole configuration (a reload). Returns whether anything changed.
+    /// Replaces the whole configuration (a reload). Returns whether anything
+    /// changed. A discovered pool keeps the backends it found: the file
+    /// sets its settings, discovery its members.
     pub fn apply(&self, config: &PoolConfig) -> bool {
         let Ok(changed) = self.update(|c| {
+            let found = std::mem::take(&mut c.backends);
             *c = config.clone();
+            if config.discovery.is_some() {
+                c.backends = found;
+            }
             Ok::<(), Infallible>(())
         });
         changed
+    }
+
+    /// Replaces a discovered pool's members with `found`, leaving its
+    /// settings alone; a backend whose entry says whether it is drained
+    /// (etcd) is drained or enabled to match, in the same step. Returns
+    /// whether the membership changed.
+    pub fn set_found(&self, found: &[Found]) -> bool {
+        let _w = self.lock();
+        let changed = self.update_locked(|c| {
+            c.backends = found
+                .iter()
+                .map(|f| BackendConfig {
+                    addr: f.addr,
+                    weight: f.weight,
+                    max_connections: None,
+                })
+                .collect();
+            Ok::<(), Infallible>(())
+        });
+        let snap = self.snapshot();
+        for f in found {
+            if let (Some(d), Some(m)) = (f.draining, snap.find(f.addr)) {
+                m.backend.set_draining(d);
+            }
+        }
+        changed.unwrap_or(false)
     }
 
     /// Changes one backend's weight for new connections (until the next reload).

@@ -10,7 +10,9 @@ use super::plan::{self, AdminStep, Current, ListenerStep, PoolStep};
 use super::upgrade::Inherited;
 use super::{off_runtime, Error, PoolEntry, Server};
 use crate::admin::{self, ListenerView, RouteView, View};
+use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::health::Checks;
 use crate::listener::{self, Bound, Listener, Pools, Tasks};
 use crate::pool::Pool;
@@ -105,11 +107,19 @@ impl Server {
                     let metrics = inner.metrics.clone();
                     let pool = off_runtime(move || Pool::new(&cfg, metrics)).await;
                     let checks = Checks::start(&pool, &inner.background, &inner.bg_tracker);
+                    let discovery = Discovery::start(
+                        &pool,
+                        config.state_dir.clone(),
+                        &inner.metrics,
+                        &inner.background,
+                        &inner.bg_tracker,
+                    );
                     st.pools.insert(
                         name.clone(),
                         PoolEntry {
                             pool,
                             _checks: checks,
+                            discovery,
                         },
                     );
                 }
@@ -198,10 +208,23 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.clone(), v.pool.clone()))
             .collect();
+        match (&config.cluster, &st.cluster) {
+            (Some(c), Some(running)) if running.config == *c => {}
+            (Some(c), _) => {
+                st.cluster = Some(Cluster::start(
+                    c,
+                    self.describe(),
+                    &inner.background,
+                    &inner.bg_tracker,
+                ))
+            }
+            (None, _) => st.cluster = None,
+        }
         inner.view.store(Arc::new(View {
             config: Arc::new(config),
             pools,
             listeners,
+            admin: st.admin.as_ref().map(|a| a.addr),
         }));
         inner.metrics.reloads_success.inc();
         let now = SystemTime::now()
@@ -223,4 +246,43 @@ impl Server {
             handover: &inner.handover,
         }
     }
+}
+
+impl Server {
+    /// How this instance describes itself in the fleet's registry: made
+    /// fresh from what runs at each renewal.
+    fn describe(&self) -> crate::cluster::Describe {
+        let weak = Arc::downgrade(&self.inner);
+        Arc::new(move || match weak.upgrade() {
+            Some(inner) => describe(&inner.view.load()),
+            None => serde_json::Value::Null,
+        })
+    }
+}
+
+fn describe(view: &View) -> serde_json::Value {
+    let pools: serde_json::Map<String, serde_json::Value> = view
+        .pools
+        .iter()
+        .map(|(name, p)| {
+            let snap = p.snapshot();
+            let up = snap
+                .members
+                .iter()
+                .filter(|m| m.backend.is_healthy())
+                .count();
+            (
+                name.clone(),
+                serde_json::json!({ "backends": snap.members.len(), "up": up }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "admin": view.admin.map(|a| format!("http://{a}/")),
+        "version": env!("CARGO_PKG_VERSION"),
+        "listeners": view.listeners.iter().map(|l| serde_json::json!({
+            "name": l.name, "protocol": l.protocol, "addr": l.addr,
+        })).collect::<Vec<_>>(),
+        "pools": pools,
+    })
 }

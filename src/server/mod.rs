@@ -18,12 +18,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Control, Pending, View};
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
+use crate::discovery::Discovery;
 use crate::health::Checks;
 use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 use crate::notify;
-use crate::pool::Pool;
+use crate::pool::{Change, Pool};
 use upgrade::{Handed, HandedListener, Inherited, UpgradeError};
 
 /// Why the daemon could not start or a reload could not be applied.
@@ -43,12 +45,15 @@ pub enum Error {
 struct PoolEntry {
     pool: Arc<Pool>,
     _checks: Checks,
+    discovery: Discovery,
 }
 
 struct State {
     listeners: HashMap<String, Listener>,
     pools: HashMap<String, PoolEntry>,
     admin: Option<admin::Endpoint>,
+    /// This instance's registration in the fleet (`[cluster]`).
+    cluster: Option<Cluster>,
     /// Sockets handed over by the process this one replaced, taken by the
     /// first configuration applied.
     inherited: Inherited,
@@ -90,12 +95,14 @@ impl Server {
                 listeners: HashMap::new(),
                 pools: HashMap::new(),
                 admin: None,
+                cluster: None,
                 inherited: Inherited::from_env(),
             }),
             view: ArcSwap::from_pointee(View {
                 config: Arc::new(config.clone()),
                 pools: BTreeMap::new(),
                 listeners: Vec::new(),
+                admin: None,
             }),
             accept_stop: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
@@ -262,6 +269,7 @@ impl Server {
         inner.bg_tracker.wait().await;
         let mut st = inner.state.lock().await;
         st.admin = None;
+        st.cluster = None;
         st.pools.clear();
     }
 
@@ -306,6 +314,38 @@ impl Control for Server {
                 .spawn(async move { server.reload_file().await.map_err(|e| e.to_string()) });
             done.await
                 .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")))
+        })
+    }
+
+    fn share(
+        &self,
+        pool: &str,
+        addr: SocketAddr,
+        change: Change,
+    ) -> Pending<'_, Option<Result<(), String>>> {
+        let pool = pool.to_string();
+        Box::pin(async move {
+            let writer = self
+                .inner
+                .state
+                .lock()
+                .await
+                .pools
+                .get(&pool)?
+                .discovery
+                .writer();
+            writer.share(addr, change).await
+        })
+    }
+
+    fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>> {
+        Box::pin(async move {
+            let st = self.inner.state.lock().await;
+            let cluster = st.cluster.as_ref()?;
+            // Asked without holding the state: etcd may be slow.
+            let listing = cluster.lister();
+            drop(st);
+            Some(listing.list().await)
         })
     }
 }

@@ -1,0 +1,136 @@
+//! This instance in the fleet's registry (`[cluster]`): a key under the
+//! cluster prefix in etcd, bound to a lease this instance keeps alive, whose
+//! value says where its admin endpoint is, its version, listeners and the
+//! health of its pools. An instance that dies leaves the list when its
+//! lease runs out; one that stops deletes its key at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ClusterConfig;
+use crate::discovery::etcd::Etcd;
+
+/// What this instance says of itself, made fresh for each renewal.
+pub(crate) type Describe = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// A registration that runs until dropped.
+pub(crate) struct Cluster {
+    pub config: ClusterConfig,
+    etcd: Etcd,
+    stop: CancellationToken,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Cluster {
+    /// Registers this instance and keeps it registered.
+    pub fn start(
+        config: &ClusterConfig,
+        describe: Describe,
+        parent: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Cluster {
+        let etcd = Etcd::new(config.endpoints.clone());
+        let stop = parent.child_token();
+        tracker.spawn(register(
+            etcd.clone(),
+            config.clone(),
+            describe,
+            stop.clone(),
+        ));
+        Cluster {
+            config: config.clone(),
+            etcd,
+            stop,
+        }
+    }
+
+    /// What lists the fleet, apart from this registration.
+    pub fn lister(&self) -> Lister {
+        Lister {
+            etcd: self.etcd.clone(),
+            prefix: self.config.prefix.clone(),
+        }
+    }
+}
+
+/// Lists the fleet's instances.
+pub(crate) struct Lister {
+    etcd: Etcd,
+    prefix: String,
+}
+
+impl Lister {
+    /// The instances registered now, each as it describes itself.
+    pub async fn list(&self) -> Result<Vec<Value>, String> {
+        let (_, kvs) = self
+            .etcd
+            .range(&self.prefix)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(kvs
+            .into_iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value?).ok())
+            .collect())
+    }
+}
+
+/// Keeps this instance's key alive: a lease of `ttl`, renewed every third
+/// of it, the description written again each time; on trouble, a new lease.
+async fn register(etcd: Etcd, config: ClusterConfig, describe: Describe, stop: CancellationToken) {
+    let key = format!("{}{}", config.prefix, config.name);
+    let every = config.ttl / 3;
+    let mut said: Option<String> = None;
+    let mut say = |state: Result<(), String>| {
+        let now = state.clone().err();
+        if said != now {
+            match &state {
+                Ok(()) => tracing::info!(key, "registered in the cluster"),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "cannot register in the cluster; retrying")
+                }
+            }
+            said = now;
+        }
+    };
+    loop {
+        let failure = match etcd.grant(config.ttl).await {
+            Err(e) => e.to_string(),
+            Ok(lease) => loop {
+                let mut value = describe();
+                value["name"] = Value::from(config.name.clone());
+                if let Err(e) = etcd
+                    .put(&key, value.to_string().as_bytes(), Some(lease))
+                    .await
+                {
+                    break e.to_string();
+                }
+                say(Ok(()));
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => {
+                        // Leave the list now rather than when the lease ends.
+                        let _ = tokio::time::timeout(Duration::from_secs(2), etcd.delete(&key)).await;
+                        return;
+                    }
+                }
+                if let Err(e) = etcd.keep_alive(lease).await {
+                    break e.to_string();
+                }
+            },
+        };
+        say(Err(failure));
+        tokio::select! {
+            _ = tokio::time::sleep(every.min(Duration::from_secs(2))) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

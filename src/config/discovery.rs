@@ -1,0 +1,268 @@
+//! Backends found at run time instead of listed: `[pools.NAME.discovery]`
+//! (DNS A/AAAA, DNS SRV, an etcd prefix), where discovered sets are kept
+//! (`state_dir`), and the fleet's own registry (`[cluster]`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{RawCluster, RawDiscovery, S};
+use super::validate::Validator;
+
+/// Where a pool's backends come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `kind = "dns"`: every A and AAAA record of `name`, each with `port`.
+    Dns {
+        /// The name looked up.
+        name: String,
+        /// The port of every backend.
+        port: u16,
+        /// `resolver`: a name server to ask; default the system's.
+        resolver: Option<SocketAddr>,
+    },
+    /// `kind = "dns_srv"`: the SRV records of `name`; target, port and
+    /// weight from each.
+    DnsSrv {
+        /// The SRV name (`_service._proto.domain`).
+        name: String,
+        /// `resolver`, as for `dns`.
+        resolver: Option<SocketAddr>,
+    },
+    /// `kind = "etcd"`: each key under `prefix` is one backend.
+    Etcd {
+        /// `endpoints`, as `host:port` (from `http://host:port`).
+        endpoints: Vec<String>,
+        /// `prefix`.
+        prefix: String,
+    },
+}
+
+impl Source {
+    /// As written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Dns { .. } => "dns",
+            Source::DnsSrv { .. } => "dns_srv",
+            Source::Etcd { .. } => "etcd",
+        }
+    }
+}
+
+/// `[pools.NAME.discovery]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// `kind` and its keys.
+    pub source: Source,
+    /// `refresh` (DNS), default 10s: at most this long between lookups; a
+    /// shorter TTL shortens it (never below 1s).
+    pub refresh: Duration,
+    /// `allow_empty`, default false: whether a successful answer with no
+    /// backend empties the pool (otherwise the last set stays).
+    pub allow_empty: bool,
+}
+
+/// `[cluster]`: this instance in the fleet's registry in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `endpoints`, as `host:port`.
+    pub endpoints: Vec<String>,
+    /// `name`, default the host name: the key under `prefix`.
+    pub name: String,
+    /// `prefix`, default `/switchyard/instances/`.
+    pub prefix: String,
+    /// `ttl`, default 10s: how long after this instance stops renewing its
+    /// lease it leaves the list.
+    pub ttl: Duration,
+}
+
+/// The host name, for `[cluster] name`.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match rc {
+        0 if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
+        _ => "switchyard".into(),
+    }
+}
+
+impl Validator<'_> {
+    /// `state_dir`, default `/var/lib/switchyard`.
+    pub(super) fn state_dir(&mut self, v: Option<&S<String>>) -> PathBuf {
+        match v {
+            Some(v) if v.get_ref().is_empty() => {
+                self.p.push(v.span(), "state_dir", "must not be empty");
+                PathBuf::new()
+            }
+            Some(v) => PathBuf::from(v.get_ref()),
+            None => PathBuf::from("/var/lib/switchyard"),
+        }
+    }
+
+    /// etcd `endpoints`: `http://host:port` each.
+    fn endpoints(
+        &mut self,
+        list: Option<&Vec<S<String>>>,
+        span: std::ops::Range<usize>,
+        key: &str,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, e) in list.into_iter().flatten().enumerate() {
+            let text = e.get_ref();
+            let hostport = text
+                .strip_prefix("http://")
+                .unwrap_or(text)
+                .trim_end_matches('/');
+            let ok = !text.starts_with("https://")
+                && hostport
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if ok {
+                out.push(hostport.to_string());
+            } else {
+                self.p.push(
+                    e.span(),
+                    format!("{key}[{i}]"),
+                    format!("`{text}` is not an etcd endpoint; expected http://host:port (TLS to etcd is not supported: reach it over a private network or a local proxy)"),
+                );
+            }
+        }
+        if out.is_empty() && list.is_none_or(|l| l.is_empty()) {
+            self.p.push(
+                span,
+                key.to_string(),
+                "needs at least one etcd endpoint, such as \"http://127.0.0.1:2379\"",
+            );
+        }
+        out
+    }
+
+    /// `[pools.NAME.discovery]`.
+    pub(super) fn discovery(&mut self, key: &str, d: &S<RawDiscovery>) -> Option<DiscoveryConfig> {
+        let raw = d.get_ref();
+        let kind = raw.kind.get_ref().as_str();
+        let resolver = raw
+            .resolver
+            .as_ref()
+            .and_then(|r| self.addr(r, &format!("{key}.resolver")));
+        let name = || {
+            raw.name
+                .as_ref()
+                .map(|n| n.get_ref().trim_end_matches('.').to_string())
+        };
+        let needs = |v: &mut Self, what: &str| {
+            v.p.push(
+                d.span(),
+                format!("{key}.{what}"),
+                format!("kind = \"{kind}\" needs `{what}`"),
+            );
+        };
+        let source = match kind {
+            "dns" => {
+                let port = raw
+                    .port
+                    .as_ref()
+                    .map(|p| self.count(Some(p), &format!("{key}.port"), 1, 65535, 1) as u16);
+                match (name(), port) {
+                    (Some(name), Some(port)) if !name.is_empty() => Source::Dns {
+                        name,
+                        port,
+                        resolver,
+                    },
+                    (Some(name), None) if !name.is_empty() => {
+                        needs(self, "port");
+                        return None;
+                    }
+                    _ => {
+                        needs(self, "name");
+                        return None;
+                    }
+                }
+            }
+            "dns_srv" => match name() {
+                Some(name) if !name.is_empty() => Source::DnsSrv { name, resolver },
+                _ => {
+                    needs(self, "name");
+                    return None;
+                }
+            },
+            "etcd" => {
+                let endpoints = self.endpoints(
+                    raw.endpoints.as_ref(),
+                    d.span(),
+                    &format!("{key}.endpoints"),
+                );
+                let prefix = raw
+                    .prefix
+                    .as_ref()
+                    .map(|p| p.get_ref().clone())
+                    .unwrap_or_default();
+                if prefix.is_empty() {
+                    needs(self, "prefix");
+                    return None;
+                }
+                Source::Etcd { endpoints, prefix }
+            }
+            other => {
+                self.p.push(
+                    raw.kind.span(),
+                    format!("{key}.kind"),
+                    format!("unknown kind `{other}`; expected \"dns\", \"dns_srv\" or \"etcd\""),
+                );
+                return None;
+            }
+        };
+        if kind != "dns" {
+            if let Some(p) = &raw.port {
+                self.p.push(
+                    p.span(),
+                    format!("{key}.port"),
+                    format!("kind = \"{kind}\" takes ports from its records"),
+                );
+            }
+        }
+        Some(DiscoveryConfig {
+            source,
+            refresh: self
+                .positive_duration(raw.refresh.as_ref(), &format!("{key}.refresh"))
+                .unwrap_or(Duration::from_secs(10)),
+            allow_empty: raw.allow_empty.unwrap_or(false),
+        })
+    }
+
+    /// `[cluster]`.
+    pub(super) fn cluster(&mut self, c: &S<RawCluster>) -> ClusterConfig {
+        let raw = c.get_ref();
+        let ttl = self
+            .positive_duration(raw.ttl.as_ref(), "cluster.ttl")
+            .unwrap_or(Duration::from_secs(10));
+        if ttl < Duration::from_secs(2) {
+            let span = raw.ttl.as_ref().map(|t| t.span()).unwrap_or_default();
+            self.p.push(
+                span,
+                "cluster.ttl",
+                "must be at least 2s (etcd's leases count in seconds)",
+            );
+        }
+        let mut prefix = raw
+            .prefix
+            .as_ref()
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_else(|| "/switchyard/instances/".into());
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        ClusterConfig {
+            endpoints: self.endpoints(raw.endpoints.as_ref(), c.span(), "cluster.endpoints"),
+            name: raw
+                .name
+                .as_ref()
+                .map(|n| n.get_ref().clone())
+                .unwrap_or_else(host_name),
+            prefix,
+            ttl,
+        }
+    }
+}

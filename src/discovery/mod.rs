@@ -1,0 +1,445 @@
+//! Discovered pools: a task per pool that follows its `[discovery]`
+//! settings (started, changed or removed by reloads) and feeds what the
+//! source finds through the pool's one door (`Pool::set_found`), leaving
+//! the pool's settings to the file. A failed lookup, an unreachable etcd or
+//! (without `allow_empty`) an empty answer keeps the last set; each change
+//! of state is logged once and every answer is counted. Sets are kept under
+//! `state_dir` and served at start until the source answers.
+
+mod dns;
+pub mod etcd;
+mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{DiscoveryConfig, Source, MAX_WEIGHT};
+use crate::metrics::{DiscoveryMetrics, Metrics};
+use crate::pool::{Change, Found, Pool};
+use etcd::Etcd;
+
+/// How long a DNS lookup may take before it counts as failed.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The shortest wait between DNS lookups, whatever the TTL (0 is common).
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// Reconnecting to etcd: from this, doubling to `RETRY_MAX`.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The etcd entry of each backend of a pool, to write a change back.
+type Entries = HashMap<SocketAddr, (String, Value)>;
+
+/// What an etcd pool's writes need: the client and each backend's key.
+#[derive(Default)]
+struct Shared {
+    etcd: Option<Etcd>,
+    entries: Entries,
+}
+
+/// A pool's discovery: stops with the pool.
+pub(crate) struct Discovery {
+    stop: CancellationToken,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Where a running discovery reports.
+struct Context {
+    pool: Arc<Pool>,
+    state_dir: PathBuf,
+    metrics: DiscoveryMetrics,
+    shared: Arc<Mutex<Shared>>,
+    /// The last state logged (`ok`, `empty`, or the error), so each change
+    /// is logged once.
+    logged: Option<String>,
+    /// The set last kept on disk.
+    saved: Vec<Found>,
+    /// Whether failing to keep it was said (once per run).
+    unsaved_said: bool,
+}
+
+impl Discovery {
+    /// Starts following `pool`'s discovery settings (none: it waits for a
+    /// reload to give it some).
+    pub fn start(
+        pool: &Arc<Pool>,
+        state_dir: PathBuf,
+        metrics: &Arc<Metrics>,
+        parent: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Discovery {
+        let stop = parent.child_token();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        tracker.spawn(follow(
+            pool.clone(),
+            state_dir,
+            metrics.clone(),
+            shared.clone(),
+            stop.clone(),
+        ));
+        Discovery { stop, shared }
+    }
+
+    /// What writes a change of this pool's backends back to its source.
+    pub fn writer(&self) -> Writer {
+        Writer(self.shared.clone())
+    }
+}
+
+/// Writes changes back to a pool's source; see [`Writer::share`].
+pub(crate) struct Writer(Arc<Mutex<Shared>>);
+
+impl Writer {
+    /// For a pool whose members live in etcd: writes `change` of backend
+    /// `addr` there, so every instance follows. `None` for other pools,
+    /// whose changes stay local.
+    pub async fn share(&self, addr: SocketAddr, change: Change) -> Option<Result<(), String>> {
+        let (etcd, entry) = {
+            let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            (s.etcd.clone()?, s.entries.get(&addr).cloned())
+        };
+        let Some((key, value)) = entry else {
+            return Some(Err(format!("no etcd key holds backend {addr}")));
+        };
+        let mut obj = match value {
+            Value::Object(o) => o,
+            _ => serde_json::Map::from_iter([("addr".to_string(), Value::from(addr.to_string()))]),
+        };
+        match change {
+            Change::Drain(d) => obj.insert("draining".into(), Value::from(d)),
+            Change::Weight(w) => obj.insert("weight".into(), Value::from(w.get())),
+        };
+        let text = Value::Object(obj).to_string();
+        Some(
+            etcd.put(&key, text.as_bytes(), None)
+                .await
+                .map_err(|e| format!("etcd did not take the change ({e}); nothing changed")),
+        )
+    }
+}
+
+/// Runs the pool's source while its settings stay; starts again when a
+/// reload changes them.
+async fn follow(
+    pool: Arc<Pool>,
+    state_dir: PathBuf,
+    metrics: Arc<Metrics>,
+    shared: Arc<Mutex<Shared>>,
+    stop: CancellationToken,
+) {
+    let mut changes = pool.changes();
+    loop {
+        let settings = pool.snapshot().config.discovery.clone();
+        let Some(settings) = settings else {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+            continue;
+        };
+        let mut cx = Context {
+            pool: pool.clone(),
+            state_dir: state_dir.clone(),
+            metrics: metrics.discovery(&pool.name),
+            shared: shared.clone(),
+            logged: None,
+            saved: Vec::new(),
+            unsaved_said: false,
+        };
+        let pool2 = pool.clone();
+        let changed = async {
+            loop {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                if pool2.snapshot().config.discovery.as_ref() != Some(&settings) {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = run(&mut cx, &settings) => {}
+            _ = changed => {}
+            _ = stop.cancelled() => {
+                cx.metrics.forget();
+                return;
+            }
+        }
+        *shared.lock().unwrap_or_else(|e| e.into_inner()) = Shared::default();
+        cx.metrics.forget();
+    }
+}
+
+/// Serves the saved set, then follows the source for good.
+async fn run(cx: &mut Context, d: &DiscoveryConfig) {
+    if cx.pool.snapshot().members.is_empty() {
+        if let Some(saved) = state::load(&cx.state_dir, &cx.pool.name, &d.source) {
+            tracing::info!(pool = %cx.pool.name, backends = saved.len(), "serving the discovered set kept in state_dir until the source answers");
+            cx.pool.set_found(&saved);
+        }
+    }
+    match &d.source {
+        Source::Dns {
+            name,
+            port,
+            resolver,
+        } => dns_loop(cx, d, *resolver, Ask::Addresses(name, *port)).await,
+        Source::DnsSrv { name, resolver } => dns_loop(cx, d, *resolver, Ask::Services(name)).await,
+        Source::Etcd { endpoints, prefix } => {
+            etcd_loop(cx, d, Etcd::new(endpoints.clone()), prefix).await
+        }
+    }
+}
+
+/// What a DNS pool looks up.
+enum Ask<'a> {
+    /// A and AAAA records of a name, with the port.
+    Addresses(&'a str, u16),
+    /// SRV records of a name.
+    Services(&'a str),
+}
+
+async fn dns_loop(cx: &mut Context, d: &DiscoveryConfig, server: Option<SocketAddr>, ask: Ask<'_>) {
+    let resolver = match dns::resolver(server, DNS_TIMEOUT) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(pool = %cx.pool.name, error = %e, "DNS discovery cannot start; the pool keeps its last set");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        let answer = match ask {
+            Ask::Addresses(name, port) => dns::addresses(&resolver, name, port).await,
+            Ask::Services(name) => dns::services(&resolver, name).await,
+        };
+        let wait = match answer {
+            Ok(dns::Answer::Found(found, ttl)) => {
+                cx.report(d, Ok(found));
+                d.refresh.min(ttl).max(MIN_REFRESH)
+            }
+            Ok(dns::Answer::Empty) => {
+                cx.report(d, Ok(Vec::new()));
+                d.refresh
+            }
+            Err(e) => {
+                cx.report(d, Err(e));
+                d.refresh
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// An etcd entry as a backend: `{"addr": "ip:port", "weight": N,
+/// "draining": bool}` (weight and draining optional), or `"ip:port"`.
+fn entry(value: &[u8]) -> Result<(Found, Value), String> {
+    let text = std::str::from_utf8(value)
+        .map_err(|_| "not UTF-8".to_string())?
+        .trim();
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|_| Value::from(text));
+    let (addr, weight, draining) = match &v {
+        Value::String(s) => (s.as_str(), 1, false),
+        Value::Object(o) => (
+            o.get("addr").and_then(Value::as_str).ok_or("no \"addr\"")?,
+            o.get("weight")
+                .map_or(Some(1), Value::as_u64)
+                .ok_or("\"weight\" is not a number")?,
+            o.get("draining")
+                .map_or(Some(false), Value::as_bool)
+                .ok_or("\"draining\" is not true or false")?,
+        ),
+        _ => return Err("neither an address nor an object".into()),
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("`{addr}` is not ip:port"))?;
+    let weight = u32::try_from(weight)
+        .ok()
+        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+        .and_then(NonZeroU32::new)
+        .ok_or(format!("weight must be from 1 to {MAX_WEIGHT}"))?;
+    Ok((
+        Found {
+            addr,
+            weight,
+            draining: Some(draining),
+        },
+        v,
+    ))
+}
+
+async fn etcd_loop(cx: &mut Context, d: &DiscoveryConfig, etcd: Etcd, prefix: &str) {
+    cx.shared.lock().unwrap_or_else(|e| e.into_inner()).etcd = Some(etcd.clone());
+    let mut retry = RETRY_MIN;
+    // Keys whose value was refused, so each is logged once.
+    let mut refused: HashMap<String, String> = HashMap::new();
+    loop {
+        let failure = match etcd.range(prefix).await {
+            Err(e) => e.to_string(),
+            Ok((revision, kvs)) => {
+                let mut keys: BTreeMap<String, Vec<u8>> = kvs
+                    .into_iter()
+                    .filter_map(|kv| Some((kv.key, kv.value?)))
+                    .collect();
+                cx.report_entries(d, &keys, &mut refused);
+                retry = RETRY_MIN;
+                // From the revision read: no change between read and watch is lost.
+                match etcd.watch(prefix, revision + 1).await {
+                    Err(e) => e.to_string(),
+                    Ok(mut watch) => loop {
+                        match watch.next().await {
+                            Err(e) => break e.to_string(),
+                            Ok(c) if c.compacted.is_some() => {
+                                break "the watched revision was compacted; reading again".into()
+                            }
+                            Ok(c) => {
+                                for kv in c.events {
+                                    match kv.value {
+                                        Some(v) => keys.insert(kv.key, v),
+                                        None => keys.remove(&kv.key),
+                                    };
+                                }
+                                cx.report_entries(d, &keys, &mut refused);
+                            }
+                        }
+                    },
+                }
+            }
+        };
+        cx.report(d, Err(failure));
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(RETRY_MAX);
+    }
+}
+
+impl Context {
+    /// Turns etcd's keys into backends and reports them.
+    fn report_entries(
+        &mut self,
+        d: &DiscoveryConfig,
+        keys: &BTreeMap<String, Vec<u8>>,
+        refused: &mut HashMap<String, String>,
+    ) {
+        let mut found = Vec::new();
+        let mut entries = Entries::new();
+        for (key, value) in keys {
+            match entry(value) {
+                Ok((f, v)) => {
+                    refused.remove(key);
+                    entries.insert(f.addr, (key.clone(), v));
+                    found.push(f);
+                }
+                Err(why) => {
+                    if refused.get(key) != Some(&why) {
+                        tracing::warn!(pool = %self.pool.name, key, error = %why, "an etcd entry names no backend; it is left out");
+                        refused.insert(key.clone(), why);
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|f| f.addr);
+        found.dedup_by_key(|f| f.addr);
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries = entries;
+        self.report(d, Ok(found));
+    }
+
+    /// Applies an answer, or keeps the last set; counts it, logs a change
+    /// of state once, and keeps an applied set on disk.
+    fn report(&mut self, d: &DiscoveryConfig, answer: Result<Vec<Found>, String>) {
+        let m = &self.metrics;
+        let name = &self.pool.name;
+        let state = match &answer {
+            Ok(f) if f.is_empty() && !d.allow_empty => "empty".to_string(),
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.clone(),
+        };
+        let kept = self.pool.snapshot().members.len();
+        if self.logged.as_ref() != Some(&state) {
+            match (&answer, state.as_str()) {
+                (Ok(f), "ok") => {
+                    tracing::info!(pool = %name, source = d.source.kind(), backends = f.len(), "discovery answers")
+                }
+                (_, "empty") => {
+                    tracing::warn!(pool = %name, source = d.source.kind(), kept, "discovery found no backend; the last set stays (allow_empty = false)")
+                }
+                _ => {
+                    tracing::warn!(pool = %name, source = d.source.kind(), kept, error = %state, "discovery failed; the last set stays")
+                }
+            }
+            self.logged = Some(state.clone());
+        }
+        match answer {
+            Err(_) => m.error.inc(),
+            Ok(_) if state == "empty" => m.empty.inc(),
+            Ok(found) => {
+                m.last_success.set(
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0),
+                );
+                m.backends.set(found.len() as i64);
+                if self.pool.set_found(&found) {
+                    m.changed.inc();
+                    tracing::info!(pool = %name, backends = found.len(), "discovered backends changed");
+                } else {
+                    m.unchanged.inc();
+                }
+                if found != self.saved {
+                    match state::save(&self.state_dir, name, &d.source, &found) {
+                        Ok(()) => self.saved = found,
+                        Err(e) if !self.unsaved_said => {
+                            tracing::warn!(pool = %name, dir = %self.state_dir.display(), error = %e, "cannot keep the discovered set in state_dir; a restart while the source is unreachable would start without it");
+                            self.unsaved_said = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_entries() {
+        let (f, _) = entry(br#"{"addr": "10.0.0.7:8080", "weight": 2, "draining": true}"#).unwrap();
+        assert_eq!(
+            (f.addr.port(), f.weight.get(), f.draining),
+            (8080, 2, Some(true))
+        );
+        let (f, _) = entry(b"10.0.0.7:8080").unwrap();
+        assert_eq!((f.weight.get(), f.draining), (1, Some(false)));
+        let (f, _) = entry(br#""[::1]:53""#).unwrap();
+        assert!(f.addr.is_ipv6());
+        for bad in [
+            &br#"{"addr": "x"}"#[..],
+            br#"{"weight": 2}"#,
+            br#"{"addr": "1.2.3.4:5", "weight": 0}"#,
+            b"[1,2]",
+        ] {
+            assert!(entry(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

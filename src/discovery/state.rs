@@ -1,0 +1,122 @@
+//! Discovered sets kept on disk under `state_dir`, one file a pool, so a
+//! restart while DNS or etcd is unreachable serves the last set seen. A
+//! file names the source it came from: a set from another source is not
+//! served. Written to a temporary file and renamed, so a crash leaves the
+//! old set or the new, never half of one.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Source;
+use crate::pool::Found;
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    source: String,
+    backends: Vec<SavedBackend>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedBackend {
+    addr: SocketAddr,
+    weight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    draining: Option<bool>,
+}
+
+/// How a source is named in its file: its kind and what it asks.
+fn describe(source: &Source) -> String {
+    match source {
+        Source::Dns { name, port, .. } => format!("dns {name} {port}"),
+        Source::DnsSrv { name, .. } => format!("dns_srv {name}"),
+        Source::Etcd { prefix, .. } => format!("etcd {prefix}"),
+    }
+}
+
+/// The file of pool `pool` under `dir`.
+pub(super) fn path(dir: &Path, pool: &str) -> PathBuf {
+    let name: String = utf8_percent_encode(pool, NON_ALPHANUMERIC).to_string();
+    dir.join("discovery").join(format!("{name}.json"))
+}
+
+/// The set last saved for `pool` from `source`, if any.
+pub(super) fn load(dir: &Path, pool: &str, source: &Source) -> Option<Vec<Found>> {
+    let text = std::fs::read(path(dir, pool)).ok()?;
+    let saved: Saved = serde_json::from_slice(&text).ok()?;
+    if saved.source != describe(source) {
+        return None;
+    }
+    Some(
+        saved
+            .backends
+            .into_iter()
+            .filter_map(|b| {
+                Some(Found {
+                    addr: b.addr,
+                    weight: NonZeroU32::new(b.weight)?,
+                    draining: b.draining,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Saves `found` as pool `pool`'s last set from `source`.
+pub(super) fn save(
+    dir: &Path,
+    pool: &str,
+    source: &Source,
+    found: &[Found],
+) -> std::io::Result<()> {
+    let file = path(dir, pool);
+    let parent = file.parent().expect("the path has a directory");
+    std::fs::create_dir_all(parent)?;
+    let saved = Saved {
+        source: describe(source),
+        backends: found
+            .iter()
+            .map(|f| SavedBackend {
+                addr: f.addr,
+                weight: f.weight.get(),
+                draining: f.draining,
+            })
+            .collect(),
+    };
+    let tmp = file.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&saved).expect("plain data serialises"),
+    )?;
+    std::fs::rename(&tmp, &file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_comes_back_only_for_its_own_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Source::Etcd {
+            endpoints: vec![],
+            prefix: "/p/".into(),
+        };
+        let found = vec![Found {
+            addr: "10.0.0.1:80".parse().unwrap(),
+            weight: NonZeroU32::new(3).unwrap(),
+            draining: Some(true),
+        }];
+        save(dir.path(), "a/b", &etcd, &found).unwrap();
+        assert_eq!(load(dir.path(), "a/b", &etcd), Some(found));
+        let other = Source::Etcd {
+            endpoints: vec![],
+            prefix: "/q/".into(),
+        };
+        assert_eq!(load(dir.path(), "a/b", &other), None);
+        assert!(path(dir.path(), "a/b").ends_with("discovery/a%2Fb.json"));
+    }
+}
