@@ -133,6 +133,18 @@ impl Writer {
     }
 }
 
+/// A new discovered pool starts with the set kept in `state_dir`, if any:
+/// served from the first connection, until the source answers.
+pub(crate) fn restore(pool: &Pool, state_dir: &std::path::Path) {
+    let Some(d) = pool.snapshot().config.discovery.clone() else {
+        return;
+    };
+    if let Some(saved) = state::load(state_dir, &pool.name, &d.source) {
+        tracing::info!(pool = %pool.name, backends = saved.len(), "serving the discovered set kept in state_dir until the source answers");
+        pool.set_found(&saved);
+    }
+}
+
 /// Runs the pool's source while its settings stay; starts again when a
 /// reload changes them.
 async fn follow(
@@ -188,10 +200,8 @@ async fn follow(
 /// Serves the saved set, then follows the source for good.
 async fn run(cx: &mut Context, d: &DiscoveryConfig) {
     if cx.pool.snapshot().members.is_empty() {
-        if let Some(saved) = state::load(&cx.state_dir, &cx.pool.name, &d.source) {
-            tracing::info!(pool = %cx.pool.name, backends = saved.len(), "serving the discovered set kept in state_dir until the source answers");
-            cx.pool.set_found(&saved);
-        }
+        // A reload gave this pool a source: the set it kept, if any.
+        restore(&cx.pool, &cx.state_dir);
     }
     match &d.source {
         Source::Dns {

@@ -105,7 +105,13 @@ impl Server {
                 }
                 PoolStep::Add => {
                     let metrics = inner.metrics.clone();
-                    let pool = off_runtime(move || Pool::new(&cfg, metrics)).await;
+                    let state_dir = config.state_dir.clone();
+                    let pool = off_runtime(move || {
+                        let pool = Pool::new(&cfg, metrics);
+                        crate::discovery::restore(&pool, &state_dir);
+                        pool
+                    })
+                    .await;
                     let checks = Checks::start(&pool, &inner.background, &inner.bg_tracker);
                     let discovery = Discovery::start(
                         &pool,
