@@ -29,6 +29,9 @@ use etcd::Etcd;
 /// How long a DNS lookup may take before it counts as failed.
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long one refresh's lookups may take together.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// The shortest wait between DNS lookups, whatever the TTL (0 is common).
 const MIN_REFRESH: Duration = Duration::from_secs(1);
 
@@ -233,10 +236,17 @@ async fn dns_loop(cx: &mut Context, d: &DiscoveryConfig, server: Option<SocketAd
         }
     };
     loop {
-        let answer = match ask {
-            Ask::Addresses(name, port) => dns::addresses(&resolver, name, port).await,
-            Ask::Services(name) => dns::services(&resolver, name).await,
+        let lookup = async {
+            match ask {
+                Ask::Addresses(name, port) => dns::addresses(&resolver, name, port).await,
+                Ask::Services(name) => dns::services(&resolver, name).await,
+            }
         };
+        // The resolver's own timeout is per query; a lookup is several
+        // (A and AAAA, an SRV's targets): bound the whole.
+        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {LOOKUP_TIMEOUT:?}")));
         let wait = match answer {
             Ok(dns::Answer::Found(found, ttl)) => {
                 cx.report(d, Ok(found));

@@ -1,0 +1,302 @@
+//! DNS discovery against a real DNS server (dnsmasq, answers changed by
+//! rewriting its hosts file and sending SIGHUP): every A record is a
+//! backend, SRV ports and weights are used, a change is followed within
+//! `refresh`, an empty answer, an error answer and silence keep the last
+//! set and are counted, and a resolver that never answers stalls no
+//! connection of another listener.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::process::{free_port, Proc};
+use common::{installed, value, Backend};
+use switchyard::Server;
+
+/// A real dnsmasq answering for `svc.test` from a hosts file.
+struct Dnsmasq {
+    proc: Option<Proc>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Dnsmasq {
+    fn hosts(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+
+    /// Starts it; `args` add to the common ones.
+    async fn start(&mut self, args: &[String]) {
+        let log = self.dir.join("dnsmasq.log");
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "-k",
+            "--conf-file=/dev/null",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+        ])
+        .args([
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--log-facility=-",
+        ])
+        .arg(format!("--port={}", self.port))
+        .arg(format!("--pid-file={}", self.dir.join("pid").display()))
+        .args(args);
+        self.proc = Some(Proc::spawn(&mut cmd, &log));
+        // Ready when it answers: a query for a name it has.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if query(self.port).await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not answer:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Re-reads the hosts file, as an operator's `kill -HUP` does.
+    fn reload(&self) {
+        let pid = self.proc.as_ref().unwrap().0.id() as i32;
+        // SAFETY: kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    }
+
+    fn stop(&mut self) {
+        self.proc = None;
+    }
+}
+
+/// Whether anything answers a DNS query on 127.0.0.1:`port`.
+async fn query(port: u16) -> bool {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // A query for `ready.svc.test`, type A.
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["ready", "svc", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let _ = s.send_to(&q, ("127.0.0.1", port)).await;
+    let mut buf = [0u8; 512];
+    tokio::time::timeout(Duration::from_millis(200), s.recv(&mut buf))
+        .await
+        .is_ok()
+}
+
+fn members(server: &Server, pool: &str) -> BTreeSet<(SocketAddr, u32)> {
+    server.view().pools[pool]
+        .snapshot()
+        .members
+        .iter()
+        .map(|m| (m.backend.addr, m.weight.get()))
+        .collect()
+}
+
+async fn converge(what: &str, limit: Duration, cond: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+fn write_hosts(path: &Path, lines: &[(&str, &str)]) {
+    let text: String = lines
+        .iter()
+        .map(|(ip, name)| format!("{ip} {name}\n"))
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_records_become_backends_and_follow_changes() {
+    if !installed("dnsmasq", "dnsmasq-base") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Three backends on one port of three loopback addresses, for A records;
+    // two on ports of their own, for SRV.
+    let port = free_port(IpAddr::from([127, 0, 0, 21])).port();
+    let at = |last: u8| SocketAddr::from(([127, 0, 0, last], port));
+    let (_b21, _b22, _b23) = (
+        Backend::start_at("b21", at(21)).await,
+        Backend::start_at("b22", at(22)).await,
+        Backend::start_at("b23", at(23)).await,
+    );
+    let (s1, s2) = (Backend::start("s1").await, Backend::start("s2").await);
+    let refuser_port = free_port(IpAddr::from([127, 0, 0, 1])).port();
+    let mut dns = Dnsmasq {
+        proc: None,
+        port: free_port(IpAddr::from([127, 0, 0, 1])).port(),
+        dir: dir.path().to_path_buf(),
+    };
+    let mut lines = vec![
+        ("127.0.0.1", "ready.svc.test"),
+        ("127.0.0.21", "api.svc.test"),
+        ("127.0.0.22", "api.svc.test"),
+        ("127.0.0.1", "s1.svc.test"),
+        ("127.0.0.1", "s2.svc.test"),
+    ];
+    write_hosts(&dns.hosts(), &lines);
+    let serving = vec![
+        format!("--addn-hosts={}", dns.hosts().display()),
+        "--local=/svc.test/".into(),
+        format!(
+            "--srv-host=_web._tcp.svc.test,s1.svc.test,{},0,10",
+            s1.addr.port()
+        ),
+        format!(
+            "--srv-host=_web._tcp.svc.test,s2.svc.test,{},0,30",
+            s2.addr.port()
+        ),
+        // A lower priority's record is not used while the best one answers.
+        format!("--srv-host=_web._tcp.svc.test,s1.svc.test,1,5,10"),
+    ];
+    dns.start(&serving).await;
+    let resolver = format!("127.0.0.1:{}", dns.port);
+    let server = common::start(&format!(
+        "state_dir = \"{}\"\n\
+         [[listeners]]\nname = \"api\"\nbind = \"127.0.0.1:0\"\npool = \"api\"\n\
+         [pools.api.discovery]\nkind = \"dns\"\nname = \"api.svc.test\"\nport = {port}\nresolver = \"{resolver}\"\nrefresh = \"1s\"\n\
+         [pools.srv]\nstrategy = \"weighted\"\n\
+         [pools.srv.discovery]\nkind = \"dns_srv\"\nname = \"_web._tcp.svc.test\"\nresolver = \"{resolver}\"\nrefresh = \"1s\"\n",
+        dir.path().join("state").display()
+    ))
+    .await;
+    converge("the first answers", Duration::from_secs(5), || {
+        members(&server, "api").len() == 2 && members(&server, "srv").len() == 2
+    })
+    .await;
+    assert_eq!(
+        members(&server, "api"),
+        BTreeSet::from([(at(21), 1), (at(22), 1)])
+    );
+    assert_eq!(
+        members(&server, "srv"),
+        BTreeSet::from([(s1.addr, 10), (s2.addr, 30)])
+    );
+    let front = server.local_addr("api").unwrap();
+    let seen: BTreeSet<String> = [common::ask(front).await, common::ask(front).await].into();
+    assert_eq!(seen, BTreeSet::from(["b21".to_string(), "b22".to_string()]));
+
+    // A change of records is followed within `refresh` (1s), plus the
+    // lookup itself.
+    lines.retain(|(ip, _)| *ip != "127.0.0.21");
+    lines.push(("127.0.0.23", "api.svc.test"));
+    write_hosts(&dns.hosts(), &lines);
+    dns.reload();
+    let took = converge("a changed record", Duration::from_millis(2500), || {
+        members(&server, "api") == BTreeSet::from([(at(22), 1), (at(23), 1)])
+    })
+    .await;
+    eprintln!("a DNS change followed in {took:?} (refresh 1s)");
+
+    let count = |result: &str| {
+        value(
+            &server,
+            &format!("switchyard_discovery_updates_total{{pool=\"api\",result=\"{result}\"}}"),
+        )
+    };
+    let kept = BTreeSet::from([(at(22), 1), (at(23), 1)]);
+    // The name disappears (NXDOMAIN): without allow_empty, the set stays.
+    lines.retain(|(_, name)| *name != "api.svc.test");
+    write_hosts(&dns.hosts(), &lines);
+    dns.reload();
+    converge("an empty answer", Duration::from_secs(5), || {
+        count("empty") >= 1.0
+    })
+    .await;
+    assert_eq!(members(&server, "api"), kept);
+
+    // An error answer (dnsmasq forwarding to a server that refuses): kept.
+    let mut refuser = Dnsmasq {
+        proc: None,
+        port: refuser_port,
+        dir: dir.path().join("refuser"),
+    };
+    std::fs::create_dir_all(&refuser.dir).unwrap();
+    write_hosts(&refuser.hosts(), &[("127.0.0.1", "ready.svc.test")]);
+    refuser
+        .start(&[format!("--addn-hosts={}", refuser.hosts().display())])
+        .await;
+    dns.stop();
+    dns.start(&[
+        format!("--addn-hosts={}", dns.hosts().display()),
+        format!("--server=/svc.test/127.0.0.1#{refuser_port}"),
+    ])
+    .await;
+    let errors = count("error");
+    converge("an error answer", Duration::from_secs(5), || {
+        count("error") > errors
+    })
+    .await;
+    assert_eq!(members(&server, "api"), kept);
+
+    // No server at all (timeouts): kept, and traffic flows.
+    dns.stop();
+    let errors = count("error");
+    converge("a silent server", Duration::from_secs(8), || {
+        count("error") > errors
+    })
+    .await;
+    assert_eq!(members(&server, "api"), kept);
+    assert!(["b22", "b23"].contains(&common::ask(front).await.as_str()));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolver_that_never_answers_stalls_no_other_connection() {
+    // Needs no tool: the resolver is a socket that swallows queries.
+    let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let fast = Backend::start("fast").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(&format!(
+        "state_dir = \"{}\"\n\
+         [[listeners]]\nname = \"fast\"\nbind = \"127.0.0.1:0\"\npool = \"fast\"\n\
+         [pools.fast]\nbackends = [{{ addr = \"{}\" }}]\n\
+         [pools.slow.discovery]\nkind = \"dns\"\nname = \"slow.svc.test\"\nport = 80\nresolver = \"{hole_addr}\"\nrefresh = \"1s\"\n",
+        dir.path().display(),
+        fast.addr
+    ))
+    .await;
+    let front = server.local_addr("fast").unwrap();
+    // While lookups hang, every connection of the other listener is served
+    // at once.
+    let mut buf = [0u8; 512];
+    let mut worst = Duration::ZERO;
+    let mut queries = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        assert_eq!(common::ask(front).await, "fast");
+        worst = worst.max(t.elapsed());
+        while hole.try_recv(&mut buf).is_ok() {
+            queries += 1;
+        }
+    }
+    eprintln!("slowest connection while lookups hung: {worst:?}; {queries} queries swallowed");
+    assert!(queries >= 1, "no lookup was in flight");
+    assert!(
+        worst < Duration::from_millis(250),
+        "a connection waited {worst:?}"
+    );
+    let errors = "switchyard_discovery_updates_total{pool=\"slow\",result=\"error\"}";
+    converge("a timed-out lookup counted", Duration::from_secs(8), || {
+        value(&server, errors) >= 1.0
+    })
+    .await;
+    assert!(members(&server, "slow").is_empty());
+    server.shutdown().await;
+}
