@@ -319,3 +319,22 @@ fn any_text_loads_or_fails_with_located_problems() {
         "seed {seed}: {valid} of {tried} valid"
     );
 }
+
+#[test]
+fn the_fleet_example_checks_and_says_where_backends_come_from() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, out) = check(&root.join("config/fleet.toml"));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "backends discovered: etcd 127.0.0.1:2379 under /switchyard/pools/web/, watched"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("backends discovered: the SRV records of _dns._udp.service.internal"),
+        "{out}"
+    );
+    assert!(out.contains("api.example.com *.api.example.com"), "{out}");
+    assert!(out.contains("sends PROXY protocol v2"), "{out}");
+}

@@ -379,6 +379,22 @@ impl Config {
             if let Some(v) = p.proxy_protocol {
                 let _ = writeln!(o, "    sends PROXY protocol {}", v.name());
             }
+            if let Some(d) = &p.discovery {
+                let what = match &d.source {
+                    Source::Dns { name, port, .. } => format!(
+                        "the A/AAAA records of {name}, port {port}, every {}",
+                        humantime::format_duration(d.refresh)
+                    ),
+                    Source::DnsSrv { name, .. } => format!(
+                        "the SRV records of {name}, every {}",
+                        humantime::format_duration(d.refresh)
+                    ),
+                    Source::Etcd { endpoints, prefix } => {
+                        format!("etcd {} under {prefix}, watched", endpoints.join(", "))
+                    }
+                };
+                let _ = writeln!(o, "    backends discovered: {what}");
+            }
             for b in &p.backends {
                 let _ = write!(o, "    {:<24} weight {}", b.addr.to_string(), b.weight);
                 if let Some(max) = b.max_connections {
