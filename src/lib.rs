@@ -33,6 +33,10 @@
 //! - **control**
 //!   - `health`: active checks (`tcp`, `http`, `udp`) with rise/fall,
 //!     following each pool's membership by difference.
+//!   - `discovery`: backends from DNS (A/AAAA, SRV) and etcd (a small
+//!     client over etcd's JSON gateway, read then watched), fed to each pool
+//!     through its one door and kept in `state_dir`; `cluster`: this
+//!     instance's lease-bound entry in the fleet's registry.
 //!   - [`admin`]: `/metrics`, the JSON API, `/healthz`, `/readyz` and the
 //!     status page, over the small [`admin::Control`] trait.
 //!   - [`server`]: the running daemon: a reload is planned as data
