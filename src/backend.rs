@@ -33,6 +33,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// The address as text, the `backend` label of its metrics.
     pub label: String,
+    /// Its name (default the address), the `backend_name` label.
+    pub name: String,
     /// The pool it belongs to.
     pub pool: String,
     up: AtomicBool,
@@ -67,12 +69,18 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    pub(crate) fn new(pool: &str, addr: SocketAddr, up: bool, metrics: BackendMetrics) -> Backend {
+    pub(crate) fn new(
+        pool: &str,
+        (addr, name): (SocketAddr, &str),
+        up: bool,
+        metrics: BackendMetrics,
+    ) -> Backend {
         metrics.up.set(up as i64);
         metrics.draining.set(0);
         Backend {
             addr,
             label: addr.to_string(),
+            name: name.to_string(),
             pool: pool.to_string(),
             up: AtomicBool::new(up),
             draining: AtomicBool::new(false),
@@ -324,9 +332,9 @@ mod tests {
         let m = Metrics::new();
         Backend::new(
             "p",
-            "127.0.0.1:1".parse().unwrap(),
+            ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:1"),
             true,
-            m.backend("p", "127.0.0.1:1"),
+            m.backend("p", "127.0.0.1:1", "127.0.0.1:1"),
         )
     }
 

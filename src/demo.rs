@@ -82,13 +82,25 @@ pub fn free_port() -> io::Result<u16> {
     ))
 }
 
+/// The demo backends' names, in order.
+const NAMES: [&str; 5] = ["alpha", "beta", "gamma", "delta", "epsilon"];
+
 /// The demo's configuration: TCP and UDP listeners on `port` in front of
-/// `backends`, weighted 1, 2, 3, … in order.
+/// `backends`, weighted 1, 2, 3, … in order and named `alpha`, `beta`,
+/// `gamma`, ….
 pub fn config(port: u16, admin_port: u16, backends: &[SocketAddr]) -> Result<Config, ConfigError> {
     let list: Vec<String> = backends
         .iter()
         .enumerate()
-        .map(|(i, a)| format!("  {{ addr = \"{a}\", weight = {} }},", i + 1))
+        .map(|(i, a)| {
+            let name = NAMES
+                .get(i)
+                .map_or_else(|| format!("echo-{i}"), |n| n.to_string());
+            format!(
+                "  {{ addr = \"{a}\", name = \"{name}\", weight = {} }},",
+                i + 1
+            )
+        })
         .collect();
     let text = format!(
         r#"

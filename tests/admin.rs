@@ -303,7 +303,7 @@ async fn bad_requests_get_json_errors() {
             "POST",
             "/api/v1/pools/p/backends/not-an-addr/drain".into(),
             "",
-            400,
+            404,
         ),
         (
             "POST",
@@ -499,4 +499,43 @@ async fn slow_admin_clients_are_closed_and_capped() {
         started.elapsed()
     );
     assert_eq!(get(admin, "/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn backends_go_by_their_names_in_the_api_metrics_and_log() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pools.p]\nbackends = [{{ addr = \"{}\", name = \"web-7\" }}, {{ addr = \"{}\" }}]\n",
+        a.addr, b.addr
+    );
+    let server = start(&text).await;
+    let admin = server.admin_addr().await.unwrap();
+    // A path may name a backend by its name or its address.
+    let (status, json) = call(
+        admin,
+        "POST",
+        "/api/v1/pools/p/backends/web-7/drain",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(
+        (json["name"].as_str(), json["state"].as_str()),
+        (Some("web-7"), Some("draining"))
+    );
+    let path = format!("/api/v1/pools/p/backends/{}/drain", b.addr);
+    let (status, json) = call(admin, "POST", &path, &[], "").await;
+    assert_eq!(status, 200, "{json}");
+    // An unnamed backend is named by its address.
+    assert_eq!(json["name"].as_str(), Some(b.addr.to_string().as_str()));
+    let text = server.metrics().render();
+    let up = format!(
+        "switchyard_backend_up{{backend=\"{}\",backend_name=\"web-7\",pool=\"p\"}} 1",
+        a.addr
+    );
+    assert!(text.contains(&up), "{text}");
+    server.shutdown().await;
 }

@@ -27,6 +27,7 @@ fn backend_json(m: &Member) -> Value {
     let mt = &b.metrics;
     json!({
         "addr": b.label,
+        "name": b.name,
         "state": state(m),
         "healthy": b.is_healthy(),
         "draining": b.is_draining(),
@@ -98,10 +99,19 @@ fn find(
         .get(pool)
         .cloned()
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no pool named `{pool}`")))?;
+    // A name first (names are unique in a pool), then an address.
+    let snap = pool.snapshot();
+    if let Some(m) = snap.members.iter().find(|m| m.backend.name == addr) {
+        let found = m.backend.addr;
+        return Ok((pool, found));
+    }
     let addr: SocketAddr = addr.parse().map_err(|_| {
         error(
-            StatusCode::BAD_REQUEST,
-            format!("`{addr}` is not a backend address (ip:port)"),
+            StatusCode::NOT_FOUND,
+            format!(
+                "pool `{}` has no backend named `{addr}` (give its name or ip:port)",
+                pool.name
+            ),
         )
     })?;
     Ok((pool, addr))

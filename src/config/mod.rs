@@ -214,6 +214,9 @@ pub struct PoolConfig {
 pub struct BackendConfig {
     /// `addr`, resolved when the file is read.
     pub addr: SocketAddr,
+    /// `name`, default the address as written out: unique in the pool; the
+    /// `backend_name` label, and how the API and the page may name it.
+    pub name: String,
     /// `weight`, 1 to 256, default 1.
     pub weight: NonZeroU32,
     /// `max_connections`: a full backend is skipped; default unlimited.

@@ -117,6 +117,7 @@ pub struct RawPool {
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub addr: S<String>,
+    pub name: Option<S<String>>,
     pub weight: Option<S<i64>>,
     pub max_connections: Option<S<i64>>,
 }

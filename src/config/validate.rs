@@ -179,6 +179,7 @@ impl Validator<'_> {
         }
         let mut backends = Vec::new();
         let mut seen = HashMap::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
         let listed = pool.backends.map(|b| b.into_inner()).unwrap_or_default();
         for (i, b) in listed.into_iter().enumerate() {
             let bkey = format!("{key}.backends[{i}]");
@@ -187,6 +188,17 @@ impl Validator<'_> {
                 if seen.insert(cfg.addr, i).is_some() {
                     self.p
                         .push(span, bkey, format!("backend {} is listed twice", cfg.addr));
+                    continue;
+                }
+                if let Some(first) = names.insert(cfg.name.clone(), i) {
+                    self.p.push(
+                        span,
+                        format!("{bkey}.name"),
+                        format!(
+                            "name `{}` is taken by backends[{first}]; names are unique in a pool",
+                            cfg.name
+                        ),
+                    );
                     continue;
                 }
                 backends.push(cfg);
@@ -320,8 +332,19 @@ impl Validator<'_> {
                 1,
             ) as u32
         });
+        let name = match &b.name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                self.p
+                    .push(n.span(), format!("{key}.name"), "must not be empty");
+                None
+            }
+            Some(n) => Some(n.get_ref().clone()),
+            None => None,
+        };
+        let addr = addr?;
         Some(BackendConfig {
-            addr: addr?,
+            addr,
+            name: name.unwrap_or_else(|| addr.to_string()),
             weight: NonZeroU32::new(weight.clamp(1, MAX_WEIGHT) as u32)?,
             max_connections: max_connections.and_then(NonZeroU32::new),
         })

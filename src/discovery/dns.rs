@@ -80,6 +80,7 @@ pub(super) async fn addresses(r: &TokioResolver, name: &str, port: u16) -> Resul
         .iter()
         .map(|ip: IpAddr| Found {
             addr: SocketAddr::new(ip, port),
+            name: None,
             weight: NonZeroU32::MIN,
             draining: None,
         })
@@ -120,6 +121,7 @@ pub(super) async fn services(r: &TokioResolver, name: &str) -> Result<Answer, St
         for ip in ips.iter() {
             found.push(Found {
                 addr: SocketAddr::new(ip, s.port()),
+                name: None,
                 weight,
                 draining: None,
             });

@@ -272,8 +272,8 @@ fn entry(value: &[u8]) -> Result<(Found, Value), String> {
         .map_err(|_| "not UTF-8".to_string())?
         .trim();
     let v: Value = serde_json::from_str(text).unwrap_or_else(|_| Value::from(text));
-    let (addr, weight, draining) = match &v {
-        Value::String(s) => (s.as_str(), 1, false),
+    let (addr, weight, draining, name) = match &v {
+        Value::String(s) => (s.as_str(), 1, false, None),
         Value::Object(o) => (
             o.get("addr").and_then(Value::as_str).ok_or("no \"addr\"")?,
             o.get("weight")
@@ -282,6 +282,10 @@ fn entry(value: &[u8]) -> Result<(Found, Value), String> {
             o.get("draining")
                 .map_or(Some(false), Value::as_bool)
                 .ok_or("\"draining\" is not true or false")?,
+            o.get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.trim().is_empty())
+                .map(str::to_string),
         ),
         _ => return Err("neither an address nor an object".into()),
     };
@@ -296,6 +300,7 @@ fn entry(value: &[u8]) -> Result<(Found, Value), String> {
     Ok((
         Found {
             addr,
+            name,
             weight,
             draining: Some(draining),
         },

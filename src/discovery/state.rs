@@ -23,6 +23,8 @@ struct Saved {
 #[derive(Serialize, Deserialize)]
 struct SavedBackend {
     addr: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     weight: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     draining: Option<bool>,
@@ -57,6 +59,7 @@ pub(super) fn load(dir: &Path, pool: &str, source: &Source) -> Option<Vec<Found>
             .filter_map(|b| {
                 Some(Found {
                     addr: b.addr,
+                    name: b.name,
                     weight: NonZeroU32::new(b.weight)?,
                     draining: b.draining,
                 })
@@ -81,6 +84,7 @@ pub(super) fn save(
             .iter()
             .map(|f| SavedBackend {
                 addr: f.addr,
+                name: f.name.clone(),
                 weight: f.weight.get(),
                 draining: f.draining,
             })
@@ -107,6 +111,7 @@ mod tests {
         };
         let found = vec![Found {
             addr: "10.0.0.1:80".parse().unwrap(),
+            name: Some("web-1".into()),
             weight: NonZeroU32::new(3).unwrap(),
             draining: Some(true),
         }];

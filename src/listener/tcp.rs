@@ -462,6 +462,7 @@ async fn carry(
             listener = name,
             client = %peer,
             backend = %b.addr,
+            backend_name = %b.name,
             bytes_in = up_before + outcome.up,
             bytes_out = down_before + outcome.down,
             duration_ms = elapsed.as_millis() as u64,

@@ -126,6 +126,7 @@ pub(super) async fn replies(t: ReplyTask) {
             listener = %route.config.name,
             client = %t.peer,
             backend = %backend.addr,
+            backend_name = %backend.name,
             datagrams_out,
             bytes_out,
             duration_ms = started.elapsed().as_millis() as u64,

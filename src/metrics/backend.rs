@@ -4,7 +4,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 
 use super::{Family, Kind, Metrics, Series};
 
-const POOL_BACKEND: &[&str] = &["pool", "backend"];
+const POOL_BACKEND: &[&str] = &["pool", "backend", "backend_name"];
 
 /// Connect times on loopback are tens of microseconds; across a WAN, up to seconds.
 const CONNECT_BUCKETS: &[f64] = &[
@@ -110,8 +110,8 @@ pub struct BackendMetrics {
 
 impl Metrics {
     /// The handles of backend `backend` (its address) in `pool`.
-    pub fn backend(&self, pool: &str, backend: &str) -> BackendMetrics {
-        let mut o = self.owner(POOL_BACKEND, &[pool, backend]);
+    pub fn backend(&self, pool: &str, backend: &str, name: &str) -> BackendMetrics {
+        let mut o = self.owner(POOL_BACKEND, &[pool, backend, name]);
         BackendMetrics {
             up: o.gauge(&UP),
             draining: o.gauge(&DRAINING),

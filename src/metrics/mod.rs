@@ -284,7 +284,7 @@ mod tests {
         let m = Metrics::new();
         let a = m.tcp_listener("a");
         let b = m.udp_listener("b");
-        let c = m.backend("p", "127.0.0.1:1");
+        let c = m.backend("p", "127.0.0.1:1", "one");
         a.connections.inc();
         b.datagrams_in.inc();
         c.bytes_in.inc_by(5);
@@ -292,7 +292,7 @@ mod tests {
         assert!(text.contains("switchyard_listener_connections_total{listener=\"a\"} 1"));
         assert!(text.contains("switchyard_udp_datagrams_total{direction=\"in\",listener=\"b\"} 1"));
         assert!(text.contains(
-            "switchyard_backend_bytes_total{backend=\"127.0.0.1:1\",direction=\"in\",pool=\"p\"} 5"
+            "switchyard_backend_bytes_total{backend=\"127.0.0.1:1\",backend_name=\"one\",direction=\"in\",pool=\"p\"} 5"
         ));
         // Each protocol exports only its own series.
         assert!(!text.contains("switchyard_listener_connections_total{listener=\"b\"}"));

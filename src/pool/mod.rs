@@ -125,6 +125,8 @@ pub enum Change {
 pub struct Found {
     /// Its address.
     pub addr: SocketAddr,
+    /// Its name (etcd entries may set it; default the address).
+    pub name: Option<String>,
     /// Its weight (SRV records and etcd entries may set it).
     pub weight: NonZeroU32,
     /// Whether it is drained, when the source says (etcd), so a drain made
@@ -213,14 +215,19 @@ impl Pool {
         if old.config == config {
             return Ok(false);
         }
-        let keep: HashMap<SocketAddr, Arc<Backend>> = old
+        // A backend is its address and name: renamed, it is a new one.
+        let keep: HashMap<(SocketAddr, &str), Arc<Backend>> = old
             .members
             .iter()
-            .map(|m| (m.backend.addr, m.backend.clone()))
+            .map(|m| ((m.backend.addr, m.backend.name.as_str()), m.backend.clone()))
             .collect();
         let next = build(&config, &keep, &self.metrics);
         for m in &old.members {
-            if next.find(m.backend.addr).is_none() {
+            if !next
+                .members
+                .iter()
+                .any(|n| Arc::ptr_eq(&n.backend, &m.backend))
+            {
                 m.backend.retire();
             }
         }
@@ -255,6 +262,7 @@ impl Pool {
                 .iter()
                 .map(|f| BackendConfig {
                     addr: f.addr,
+                    name: f.name.clone().unwrap_or_else(|| f.addr.to_string()),
                     weight: f.weight,
                     max_connections: None,
                 })
@@ -311,22 +319,25 @@ impl Pool {
 
 fn build(
     config: &PoolConfig,
-    keep: &HashMap<SocketAddr, Arc<Backend>>,
+    keep: &HashMap<(SocketAddr, &str), Arc<Backend>>,
     metrics: &Metrics,
 ) -> Snapshot {
     let members: Vec<Member> = config
         .backends
         .iter()
         .map(|b: &BackendConfig| {
-            let backend = keep.get(&b.addr).cloned().unwrap_or_else(|| {
-                let label = b.addr.to_string();
-                Arc::new(Backend::new(
-                    &config.name,
-                    b.addr,
-                    config.health.initial_up,
-                    metrics.backend(&config.name, &label),
-                ))
-            });
+            let backend = keep
+                .get(&(b.addr, b.name.as_str()))
+                .cloned()
+                .unwrap_or_else(|| {
+                    let label = b.addr.to_string();
+                    Arc::new(Backend::new(
+                        &config.name,
+                        (b.addr, &b.name),
+                        config.health.initial_up,
+                        metrics.backend(&config.name, &label, &b.name),
+                    ))
+                });
             backend.metrics.weight.set(i64::from(b.weight.get()));
             backend.set_on_down(config.on_backend_down);
             Member {

@@ -15,6 +15,7 @@ async fn apply_keeps_state_of_backends_that_stay() {
     pc.backends.remove(1);
     pc.backends.push(BackendConfig {
         addr: "127.0.0.1:3".parse().unwrap(),
+        name: "127.0.0.1:3".into(),
         weight: NonZeroU32::new(2).unwrap(),
         max_connections: None,
     });
@@ -47,6 +48,7 @@ fn concurrent_changes_are_never_lost() {
         let mut reloaded = base.clone();
         reloaded.backends.push(BackendConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 100 + round)),
+            name: format!("127.0.0.1:{}", 100 + round),
             weight: NonZeroU32::new(1).unwrap(),
             max_connections: None,
         });

@@ -245,15 +245,40 @@ pub async fn wait_idle(server: &Server, listener: &str) {
     wait_metric(server, &series, 0.0, Duration::from_secs(5)).await;
 }
 
+/// A series' name and its labels, from `name{a="x",b="y"}`.
+fn series_parts(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        None => (series, Vec::new()),
+        Some((name, rest)) => {
+            let inner = rest.strip_suffix('}').unwrap_or(rest);
+            let mut labels: Vec<&str> = inner
+                .split("\",")
+                .map(|l| l.trim_end_matches('"'))
+                .filter(|l| !l.is_empty())
+                .collect();
+            labels.sort_unstable();
+            (name, labels)
+        }
+    }
+}
+
 /// The value of one sample in Prometheus text, e.g.
-/// `metric(&text, "switchyard_udp_sessions{listener=\"u\"}")`.
+/// `metric(&text, "switchyard_udp_sessions{listener=\"u\"}")`. A backend's
+/// series may be named without its `backend_name` label (the address says
+/// which backend it is).
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .and_then(|v| v.trim().parse().ok())
+    let (name, want) = series_parts(series);
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        let (n, mut labels) = series_parts(s);
+        if n != name {
+            return None;
+        }
+        if !want.iter().any(|w| w.starts_with("backend_name=")) {
+            labels.retain(|l| !l.starts_with("backend_name="));
+        }
+        (labels == want).then(|| v.trim().parse().ok())?
+    })
 }
 
 /// The daemon's current value for a series (0 when absent).
