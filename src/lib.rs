@@ -57,6 +57,7 @@ pub mod demo;
 pub(crate) mod discovery;
 pub mod fds;
 pub(crate) mod health;
+pub mod history;
 pub mod listener;
 pub mod metrics;
 pub(crate) mod net;

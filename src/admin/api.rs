@@ -239,3 +239,27 @@ pub async fn cluster(server: &dyn Control) -> Response<Body> {
         Some(Ok(instances)) => super::json(StatusCode::OK, &json!({ "instances": instances })),
     }
 }
+
+/// `?since=MS&points=N&pool=NAME`, each optional.
+pub fn history_query(query: Option<&str>) -> Result<crate::history::Query, String> {
+    let mut q = crate::history::Query::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_encoding::percent_decode_str(v).decode_utf8_lossy();
+        let number = |what: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{what} must be a whole number, not `{v}`"))
+        };
+        match k {
+            "since" => q.since_ms = Some(number("since (Unix milliseconds)")?),
+            "points" => q.points = Some(number("points")?.clamp(1, 10_000) as usize),
+            "pool" => q.pool = Some(v.into_owned()),
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}`; expected since, points or pool"
+                ))
+            }
+        }
+    }
+    Ok(q)
+}

@@ -159,6 +159,10 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
             ["api", "v1", "pools", pool, "backends", addr, action @ ("drain" | "enable")],
         ) => api::set_draining(&*server, pool, addr, *action == "drain").await,
         (&Method::GET, ["api", "v1", "cluster"]) => api::cluster(&*server).await,
+        (&Method::GET, ["api", "v1", "history"]) => match api::history_query(req.uri().query()) {
+            Ok(q) => json(StatusCode::OK, &server.history(&q)),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        },
         (&Method::PUT, ["api", "v1", "pools", pool, "backends", addr, "weight"]) => {
             let (pool, addr) = (pool.to_string(), addr.to_string());
             match read_body(req).await {
@@ -167,7 +171,7 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
             }
         }
         (_, ["" | "status" | "metrics" | "healthz" | "readyz"])
-        | (_, ["api", "v1", "pools" | "listeners" | "reload" | "cluster"])
+        | (_, ["api", "v1", "pools" | "listeners" | "reload" | "cluster" | "history"])
         | (_, ["api", "v1", "pools", _, "backends", _, "drain" | "enable" | "weight"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
@@ -233,6 +237,9 @@ mod tests {
         fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>> {
             Box::pin(async { Some(Err("etcd unreachable".to_string())) })
         }
+        fn history(&self, q: &crate::history::Query) -> serde_json::Value {
+            serde_json::json!({ "points": q.points })
+        }
     }
 
     async fn call(addr: SocketAddr, request: &str) -> String {
@@ -251,6 +258,7 @@ mod tests {
             protect_reads: false,
             hosts: Vec::new(),
             header_timeout: Duration::from_secs(10),
+            history_interval: Duration::from_secs(5),
         };
         let endpoint = Endpoint::bind(&cfg, None).unwrap();
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
@@ -289,6 +297,7 @@ mod tests {
             protect_reads: false,
             hosts: vec!["lb.example".into()],
             header_timeout: Duration::from_secs(10),
+            history_interval: Duration::from_secs(5),
         };
         let endpoint = Endpoint::bind(&cfg, None).unwrap();
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());

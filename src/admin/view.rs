@@ -80,6 +80,8 @@ pub trait Control: Send + Sync + 'static {
         addr: SocketAddr,
         change: Change,
     ) -> Pending<'_, Option<Result<(), String>>>;
+    /// The history of the last hour, as `/api/v1/history` serves it.
+    fn history(&self, q: &crate::history::Query) -> serde_json::Value;
     /// The fleet's instances as each describes itself; `None` without
     /// `[cluster]`.
     fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>>;

@@ -62,6 +62,9 @@ pub struct Config {
 /// `[admin]`: the HTTP endpoint for metrics, the API and the status page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
+    /// `history_interval`, default 5s: how often the history behind
+    /// `/api/v1/history` and the page's charts is sampled (720 samples kept).
+    pub history_interval: Duration,
     /// `bind`, default `127.0.0.1:9901`.
     pub bind: SocketAddr,
     /// `token_file`: when set, mutating calls need `Authorization: Bearer <token>`.

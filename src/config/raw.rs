@@ -52,6 +52,7 @@ pub struct RawAdmin {
     pub protect_reads: Option<bool>,
     pub hosts: Option<Vec<String>>,
     pub header_timeout: Option<S<String>>,
+    pub history_interval: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

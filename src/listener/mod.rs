@@ -362,6 +362,46 @@ impl Listener {
         }
     }
 
+    /// The listener's protocol and its running totals, for the history:
+    /// new connections (UDP: sessions), open ones, bytes in, bytes out;
+    /// for UDP also datagrams in and datagrams dropped.
+    pub fn totals(&self) -> (&'static str, Vec<u64>) {
+        let u = |v: i64| v.max(0) as u64;
+        match &self.kind {
+            Kind::Tcp(s, _) => {
+                let m = &s.metrics;
+                (
+                    "tcp",
+                    vec![
+                        m.connections.get(),
+                        u(m.active.get()),
+                        m.bytes_in.get(),
+                        m.bytes_out.get(),
+                    ],
+                )
+            }
+            Kind::Udp(s, _) => {
+                let m = &s.metrics;
+                let dropped = m.dropped_full.get()
+                    + m.dropped_no_backend.get()
+                    + m.dropped_send.get()
+                    + m.dropped_ip_limit.get()
+                    + m.dropped_sni.get();
+                (
+                    "udp",
+                    vec![
+                        m.sessions_total.get(),
+                        u(m.sessions.get()),
+                        m.bytes_in.get(),
+                        m.bytes_out.get(),
+                        m.datagrams_in.get(),
+                        dropped,
+                    ],
+                )
+            }
+        }
+    }
+
     /// Drops the series of routes that `next` (this listener's successor)
     /// no longer has.
     pub fn forget_routes(&self, next: &ListenerConfig) {

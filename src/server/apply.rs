@@ -214,6 +214,14 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.clone(), v.pool.clone()))
             .collect();
+        let every = config
+            .admin
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |a| a.history_interval);
+        inner.history_every_ms.store(
+            every.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         match (&config.cluster, &st.cluster) {
             (Some(c), Some(running)) if running.config == *c => {}
             (Some(c), _) => {

@@ -5,6 +5,7 @@
 
 mod apply;
 mod plan;
+mod sampler;
 pub mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +23,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::discovery::Discovery;
 use crate::health::Checks;
+use crate::history::{History, Query};
 use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 use crate::notify;
@@ -77,6 +79,9 @@ struct Inner {
     upgrading: std::sync::atomic::AtomicBool,
     /// Hands established connections to the new process of an upgrade.
     handover: Arc<listener::handover::Handover>,
+    /// The last hour, sampled every `history_every_ms`.
+    history: std::sync::Mutex<History>,
+    history_every_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A handle to the running daemon; clones share it.
@@ -111,9 +116,12 @@ impl Server {
             bg_tracker: TaskTracker::new(),
             upgrading: Default::default(),
             handover: Default::default(),
+            history: Default::default(),
+            history_every_ms: Default::default(),
         });
         let server = Server { inner };
         server.apply(config).await?;
+        server.inner.bg_tracker.spawn(server.clone().sample());
         Ok(server)
     }
 
@@ -336,6 +344,14 @@ impl Control for Server {
                 .writer();
             writer.share(addr, change).await
         })
+    }
+
+    fn history(&self, q: &Query) -> serde_json::Value {
+        self.inner
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .json(q)
     }
 
     fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>> {

@@ -1,0 +1,84 @@
+//! Samples every listener and backend into the history, every
+//! `[admin] history_interval`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Server, State};
+use crate::history::{state, BackendReading, ListenerReading, Reading};
+
+/// Everything's totals now.
+fn read(st: &State) -> Reading {
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let listeners = st
+        .listeners
+        .iter()
+        .map(|(name, l)| {
+            let (protocol, values) = l.totals();
+            ListenerReading {
+                name: name.clone(),
+                protocol,
+                values,
+            }
+        })
+        .collect();
+    let mut backends = Vec::new();
+    for (pool, entry) in &st.pools {
+        for m in &entry.pool.snapshot().members {
+            let b = &m.backend;
+            let mt = &b.metrics;
+            let s = if b.is_draining() {
+                state::DRAINING
+            } else if b.is_healthy() {
+                state::UP
+            } else {
+                state::DOWN
+            };
+            backends.push(BackendReading {
+                pool: pool.clone(),
+                addr: b.label.clone(),
+                name: b.name.clone(),
+                values: [
+                    mt.connections.get(),
+                    b.active() as u64,
+                    mt.bytes_in.get(),
+                    mt.bytes_out.get(),
+                    mt.fail_refused.get()
+                        + mt.fail_timeout.get()
+                        + mt.fail_other.get()
+                        + mt.fail_closed.get(),
+                    s,
+                ],
+            });
+        }
+    }
+    Reading {
+        at_ms,
+        listeners,
+        backends,
+    }
+}
+
+impl Server {
+    /// Samples until the daemon stops.
+    pub(super) async fn sample(self) {
+        let inner = &self.inner;
+        loop {
+            let every =
+                Duration::from_millis(inner.history_every_ms.load(Ordering::Relaxed).max(100));
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = inner.background.cancelled() => return,
+            }
+            let reading = read(&*inner.state.lock().await);
+            inner
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(reading);
+        }
+    }
+}
