@@ -185,6 +185,8 @@ pub struct Query {
     pub points: Option<usize>,
     /// Only this pool's backends.
     pub pool: Option<String>,
+    /// Only these backends (by address), as a page shows some at a time.
+    pub backends: Option<Vec<String>>,
 }
 
 impl History {
@@ -248,7 +250,9 @@ impl History {
             .collect();
         let mut pools: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
         for ((pool, addr), (name, t)) in &self.backends {
-            if q.pool.as_deref().is_some_and(|p| p != pool) {
+            if q.pool.as_deref().is_some_and(|p| p != pool)
+                || q.backends.as_ref().is_some_and(|b| !b.contains(addr))
+            {
                 continue;
             }
             let mut series = t.json(skip, points);

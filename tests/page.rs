@@ -255,3 +255,151 @@ fn decode_base64(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_charts_the_last_hour_and_a_dead_backend_goes_down() {
+    if !common::installed("chromium", "chromium") {
+        return;
+    }
+    use tokio::io::AsyncWriteExt;
+    let a = Backend::start("a").await;
+    let mut b = Backend::start("b").await;
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\nhistory_interval = \"200ms\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\
+         [pools.web]\nbackends = {}\n\
+         [pools.web.health]\nkind = \"tcp\"\ninterval = \"100ms\"\nfall = 1\n",
+        backends_toml(&[a.addr, b.addr], None)
+    );
+    let server = start(&text).await;
+    let admin = server.admin_addr().await.unwrap();
+    let front = server.local_addr("front").unwrap();
+    // Known traffic: four connections held open, two on each backend.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(front).await.unwrap();
+        s.write_all(b"hold\n").await.unwrap();
+        let mut line = String::new();
+        let mut r = BufReader::new(s);
+        r.read_line(&mut line).await.unwrap();
+        held.push(r);
+    }
+    let (_browser, devtools) = chromium().await;
+    let mut page = Page::open(&devtools, &format!("http://{admin}/status")).await;
+    let last = |sel: String| {
+        format!("(() => {{ const c = document.querySelector({sel:?}); return c ? c.dataset.lastActive : null; }})()")
+    };
+    let row = |addr: std::net::SocketAddr| format!("tr[data-backend=\"{addr}\"] svg.hist");
+    // Each chart's last point is what /metrics says now.
+    for backend in [a.addr, b.addr] {
+        page.wait_eval(&last(row(backend)), json!("2")).await;
+        let series =
+            format!("switchyard_backend_active_connections{{backend=\"{backend}\",pool=\"web\"}}");
+        assert_eq!(value(&server, &series), 2.0);
+    }
+    page.wait_eval(
+        &last("tr[data-listener=\"front\"] svg.hist".into()),
+        json!("4"),
+    )
+    .await;
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_listener_active_connections{listener=\"front\"}"
+        ),
+        4.0
+    );
+    // Hovering tells the value and the time.
+    let at = page
+        .eval(&format!(
+            "(() => {{ const r = document.querySelector({:?}).getBoundingClientRect(); return [r.right - 2, r.top + 10]; }})()",
+            row(a.addr)
+        ))
+        .await;
+    page.call(
+        "Input.dispatchMouseEvent",
+        json!({ "type": "mouseMoved", "x": at[0], "y": at[1] }),
+    )
+    .await;
+    page.wait_eval("document.getElementById('tip').hidden", json!(false))
+        .await;
+    let tip = page
+        .eval("document.getElementById('tip').textContent")
+        .await;
+    assert!(tip.as_str().unwrap().contains("open 2"), "{tip}");
+    assert!(tip.as_str().unwrap().contains(':'), "a time: {tip}");
+    // A backend killed now shows a down band.
+    b.stop();
+    let down = format!(
+        "document.querySelectorAll('tr[data-backend=\"{}\"] svg.hist rect.down').length > 0",
+        b.addr
+    );
+    page.wait_eval(&down, json!(true)).await;
+    if let Ok(path) = std::env::var("SWITCHYARD_SCREENSHOT_HISTORY") {
+        let shot = page
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        std::fs::write(path, decode_base64(shot["data"].as_str().unwrap())).unwrap();
+    }
+    let up = format!(
+        "document.querySelectorAll('tr[data-backend=\"{}\"] svg.hist rect.down').length",
+        a.addr
+    );
+    assert_eq!(page.eval(&up).await, json!(0));
+    drop(held);
+    wait_idle(&server, "front").await;
+    // With the page still open and polling, the daemon stops at once.
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("an open status page does not hold the shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_backends_are_paged_and_the_page_stays_responsive() {
+    if !common::installed("chromium", "chromium") {
+        return;
+    }
+    let list: Vec<String> = (0..1000)
+        .map(|i| format!("{{ addr = \"127.0.0.3:{}\", name = \"b{i}\" }}", 20_000 + i))
+        .collect();
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\nhistory_interval = \"200ms\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"big\"\n\
+         [pools.big]\nbackends = [{}]\n",
+        list.join(", ")
+    );
+    let server = start(&text).await;
+    let admin = server.admin_addr().await.unwrap();
+    let (_browser, devtools) = chromium().await;
+    let started = tokio::time::Instant::now();
+    let mut page = Page::open(&devtools, &format!("http://{admin}/status")).await;
+    let rows = "document.querySelectorAll('section.pool[data-pool=\"big\"] tbody tr').length";
+    page.wait_eval(rows, json!(50)).await;
+    // Charts for the rows shown, once the history has a few samples.
+    page.wait_eval(
+        "document.querySelectorAll('section.pool[data-pool=\"big\"] svg.hist').length",
+        json!(50),
+    )
+    .await;
+    let first = "document.querySelector('section.pool[data-pool=\"big\"] tbody tr td').firstChild.textContent";
+    assert_eq!(page.eval(first).await, json!("b0"));
+    page.eval("document.querySelector('section.pool[data-pool=\"big\"] .pager button:last-child').click()")
+        .await;
+    page.wait_eval(first, json!("b50")).await;
+    page.wait_eval(rows, json!(50)).await;
+    // Every answer from the page came quickly: nothing froze it.
+    let t = tokio::time::Instant::now();
+    assert_eq!(page.eval("1 + 1").await, json!(2));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "the page took {:?} to answer",
+        t.elapsed()
+    );
+    eprintln!(
+        "1,000 backends: paged view with charts in {:?}",
+        started.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("shutdown");
+}

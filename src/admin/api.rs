@@ -240,7 +240,7 @@ pub async fn cluster(server: &dyn Control) -> Response<Body> {
     }
 }
 
-/// `?since=MS&points=N&pool=NAME`, each optional.
+/// `?since=MS&points=N&pool=NAME&backends=ADDR,ADDR`, each optional.
 pub fn history_query(query: Option<&str>) -> Result<crate::history::Query, String> {
     let mut q = crate::history::Query::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -254,9 +254,10 @@ pub fn history_query(query: Option<&str>) -> Result<crate::history::Query, Strin
             "since" => q.since_ms = Some(number("since (Unix milliseconds)")?),
             "points" => q.points = Some(number("points")?.clamp(1, 10_000) as usize),
             "pool" => q.pool = Some(v.into_owned()),
+            "backends" => q.backends = Some(v.split(',').map(str::to_string).collect()),
             other => {
                 return Err(format!(
-                    "unknown parameter `{other}`; expected since, points or pool"
+                    "unknown parameter `{other}`; expected since, points, pool or backends"
                 ))
             }
         }

@@ -145,6 +145,7 @@ impl Endpoint {
                 let server = server.clone();
                 let settings = settings.clone();
                 let stop = stop.clone();
+                let parent = parent.clone();
                 connections.spawn(async move {
                     let _permit = permit;
                     let service = hyper::service::service_fn(move |req| {
@@ -168,6 +169,9 @@ impl Endpoint {
                             tracing::debug!(error = %e, "admin connection ended with an error");
                         },
                         _ = stop.cancelled() => {}
+                        // The daemon stops: a page polling on a kept-alive
+                        // connection must not hold its shutdown.
+                        _ = parent.cancelled() => {}
                     }
                 });
             }
