@@ -43,7 +43,7 @@ fn read(st: &State) -> Reading {
                 name: b.name.clone(),
                 values: [
                     mt.connections.get(),
-                    b.active() as u64,
+                    b.active(),
                     mt.bytes_in.get(),
                     mt.bytes_out.get(),
                     mt.fail_refused.get()
