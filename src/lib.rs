@@ -53,6 +53,7 @@ pub mod balance;
 pub(crate) mod clock;
 pub(crate) mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub(crate) mod discovery;
 pub mod fds;

@@ -1,58 +1,18 @@
 //! The `switchyard` command: arguments, logging and signals; the work is in the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser};
 use tokio::signal::unix::{signal, SignalKind};
 
-use switchyard::config::{Config, DEFAULT_PATH};
+use switchyard::config::Config;
 use switchyard::{demo, notify, Server};
 
-#[derive(Parser)]
-#[command(
-    name = "switchyard",
-    version,
-    about = "A layer-4 (TCP and UDP) load balancer"
-)]
-struct Cli {
-    /// Log line format on stderr.
-    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon.
-    Run {
-        #[arg(long, short, default_value = DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// Validate a configuration file and exit (0: valid, 1: problems printed).
-    Check {
-        #[arg(long, short, default_value = DEFAULT_PATH)]
-        config: PathBuf,
-    },
-    /// Start three echo backends and the daemon in front of them.
-    Demo {
-        /// Port for the TCP and UDP listeners.
-        #[arg(long, default_value_t = 7000)]
-        port: u16,
-        /// Port for the admin endpoint (status page, metrics).
-        #[arg(long, default_value_t = 9901)]
-        admin_port: u16,
-    },
-}
+mod cli;
+use cli::{Cli, Command, CtlAction, LogFormat};
 
 fn main() -> ExitCode {
     // Before anything else: the binary on disk may be replaced later, and a
@@ -61,7 +21,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Flushes buffered log lines when main returns.
     let _log_guard = init_logging(cli.log_format);
-    if !matches!(cli.command, Command::Check { .. }) {
+    if matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
         // Before anything reads the descriptor budget.
         match switchyard::fds::raise_soft_limit() {
             Ok(limit) => tracing::debug!(limit, "descriptor limit"),
@@ -75,6 +35,33 @@ fn main() -> ExitCode {
             .and_then(|c| runtime()?.block_on(serve(c))),
         Command::Demo { port, admin_port } => {
             runtime().and_then(|rt| rt.block_on(run_demo(port, admin_port)))
+        }
+        Command::Ctl {
+            admin,
+            token_file,
+            config,
+            action,
+        } => {
+            return ctl(
+                admin.as_deref(),
+                token_file.as_deref(),
+                config.as_deref(),
+                action,
+            )
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "switchyard",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => write_man(&dir),
+        Command::Schema => {
+            println!("{}", switchyard::config::schema());
+            return ExitCode::SUCCESS;
         }
     };
     match result {
@@ -224,5 +211,58 @@ async fn run_demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
     server
         .shutdown_within(std::time::Duration::from_secs(1))
         .await;
+    Ok(())
+}
+
+/// `switchyard ctl`: one action against the running daemon.
+fn ctl(
+    admin: Option<&str>,
+    token_file: Option<&Path>,
+    config: Option<&Path>,
+    action: CtlAction,
+) -> ExitCode {
+    use switchyard::ctl::Target;
+    let done = Target::resolve(admin, token_file, config).and_then(|t| match action {
+        CtlAction::Status => t.status(),
+        CtlAction::Top { count } => t.top(count, &mut std::io::stdout()).map(|()| String::new()),
+        CtlAction::Drain { pool, backend } => t.drain(&pool, &backend, true),
+        CtlAction::Enable { pool, backend } => t.drain(&pool, &backend, false),
+        CtlAction::Weight {
+            pool,
+            backend,
+            weight,
+        } => t.weight(&pool, &backend, weight),
+        CtlAction::Reload => t.reload(),
+    });
+    match done {
+        Ok(text) => {
+            print!("{text}");
+            if !text.is_empty() && !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchyard ctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The man pages: `switchyard.1` and `switchyard-COMMAND.1` for each command.
+fn write_man(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut pages = vec![("switchyard".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("switchyard-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }

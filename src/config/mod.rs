@@ -31,6 +31,13 @@ use crate::balance::StrategyKind;
 /// weighted schedule built per pool.
 pub const MAX_WEIGHT: u32 = 256;
 
+/// The JSON Schema of the configuration file, made from the types the
+/// parser reads it into (`switchyard schema`).
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(raw::RawConfig);
+    serde_json::to_string_pretty(&schema).expect("a schema serialises")
+}
+
 /// Where `switchyard run` and `switchyard check` look by default.
 pub const DEFAULT_PATH: &str = "/etc/switchyard/switchyard.toml";
 

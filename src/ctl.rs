@@ -1,0 +1,345 @@
+//! `switchyard ctl`: the running daemon from a shell, through its admin
+//! API, as HAProxy's runtime API is used through `socat`: a table of pools
+//! and backends (`status`, or `top` refreshed every second), drain, enable,
+//! weight, reload. Plain blocking HTTP/1.1: one request, one connection.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// How long the daemon has to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What went wrong, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Nothing answered at the address (exit 3).
+    #[error("daemon not reachable at {addr}: {cause}")]
+    Unreachable {
+        /// Where it was asked.
+        addr: String,
+        /// What the system said.
+        cause: String,
+    },
+    /// The daemon wants a token (exit 4).
+    #[error("{status}: token needed or wrong (give --token-file, or --config with [admin] token_file): {message}")]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+        /// The daemon's words.
+        message: String,
+    },
+    /// The daemon refused the request (exit 1).
+    #[error("{status}: {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The daemon's words.
+        message: String,
+    },
+    /// The command line or the config file is wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CtlError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Refused { .. } => 1,
+            CtlError::Usage(_) => 2,
+            CtlError::Unreachable { .. } => 3,
+            CtlError::Unauthorized { .. } => 4,
+        }
+    }
+}
+
+/// Where the daemon is, and the token to show it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port` of the admin endpoint.
+    pub admin: String,
+    /// The bearer token, if any.
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// From the command line: `--admin` wins, then the config file's
+    /// `[admin] bind` (a wildcard address asked on loopback), then
+    /// `127.0.0.1:9901`; `--token-file` wins over the file's `token_file`.
+    pub fn resolve(
+        admin: Option<&str>,
+        token_file: Option<&Path>,
+        config: Option<&Path>,
+    ) -> Result<Target, CtlError> {
+        let config = match config {
+            Some(path) => Some(
+                Config::load(path)
+                    .map_err(|e| CtlError::Usage(format!("cannot use {}:\n{e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let from_file = config.as_ref().and_then(|c| c.admin.as_ref());
+        let admin = match (admin, from_file) {
+            (Some(a), _) => a
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            (None, Some(a)) => {
+                let mut addr = a.bind;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        [127, 0, 0, 1].into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                addr.to_string()
+            }
+            (None, None) => "127.0.0.1:9901".to_string(),
+        };
+        let token_path: Option<PathBuf> = token_file
+            .map(Path::to_path_buf)
+            .or_else(|| from_file.and_then(|a| a.token_file.clone()));
+        let token = match token_path {
+            Some(p) => Some(
+                std::fs::read_to_string(&p)
+                    .map_err(|e| {
+                        CtlError::Usage(format!("cannot read token file {}: {e}", p.display()))
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(Target { admin, token })
+    }
+
+    /// One request; the JSON answer of a 2xx.
+    fn call(&self, method: &str, path: &str, body: &str) -> Result<Value, CtlError> {
+        let down = |cause: String| CtlError::Unreachable {
+            addr: self.admin.clone(),
+            cause,
+        };
+        let addr: SocketAddr = self
+            .admin
+            .to_socket_addrs()
+            .map_err(|e| down(e.to_string()))?
+            .next()
+            .ok_or_else(|| down("the name has no address".into()))?;
+        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| down(e.to_string()))?;
+        s.set_read_timeout(Some(TIMEOUT))
+            .map_err(|e| down(e.to_string()))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nContent-Length: {}\r\n",
+            self.admin,
+            body.len()
+        );
+        if method != "GET" {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = &self.token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes())
+            .map_err(|e| down(e.to_string()))?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(|e| down(e.to_string()))?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| down("the answer is not HTTP".into()))?;
+        let value: Value = serde_json::from_str(body).unwrap_or_else(|_| Value::from(body.trim()));
+        let message = value["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        match status {
+            200..=299 => Ok(value),
+            401 | 403 => Err(CtlError::Unauthorized { status, message }),
+            _ => Err(CtlError::Refused { status, message }),
+        }
+    }
+
+    /// Drains (`true`) or enables a backend, by name or address.
+    pub fn drain(&self, pool: &str, backend: &str, draining: bool) -> Result<String, CtlError> {
+        let action = if draining { "drain" } else { "enable" };
+        let v = self.call("POST", &backend_path(pool, backend, action), "")?;
+        Ok(format!(
+            "{pool}/{}: {}",
+            v["name"].as_str().unwrap_or(backend),
+            v["state"].as_str().unwrap_or("?")
+        ))
+    }
+
+    /// Sets a backend's weight.
+    pub fn weight(&self, pool: &str, backend: &str, weight: u32) -> Result<String, CtlError> {
+        let v = self.call(
+            "PUT",
+            &backend_path(pool, backend, "weight"),
+            &format!("{{\"weight\": {weight}}}"),
+        )?;
+        Ok(format!(
+            "{pool}/{}: weight {}",
+            v["name"].as_str().unwrap_or(backend),
+            v["weight"]
+        ))
+    }
+
+    /// Asks the daemon to re-read its file.
+    pub fn reload(&self) -> Result<String, CtlError> {
+        self.call("POST", "/api/v1/reload", "")?;
+        Ok("reloaded".into())
+    }
+
+    /// The table of pools and backends, with rates from the daemon's
+    /// history (the last 15 s).
+    pub fn status(&self) -> Result<String, CtlError> {
+        let pools = self.call("GET", "/api/v1/pools", "")?;
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            .saturating_sub(15_000);
+        let history = self.call(
+            "GET",
+            &format!("/api/v1/history?points=1&since={since}"),
+            "",
+        )?;
+        Ok(table(&pools, |pool, addr| {
+            let s = &history["pools"][pool][addr];
+            let last = |k: &str| {
+                s[k].as_array()
+                    .and_then(|a| a.last())
+                    .and_then(Value::as_f64)
+            };
+            (
+                last("new_per_s"),
+                last("bytes_in_per_s"),
+                last("bytes_out_per_s"),
+            )
+        }))
+    }
+
+    /// The table refreshed every second, like `top`, `count` times (or for
+    /// ever); rates between refreshes.
+    pub fn top(&self, count: Option<u32>, out: &mut dyn Write) -> Result<(), CtlError> {
+        let mut before: Option<(Instant, Value)> = None;
+        let mut shown = 0;
+        loop {
+            let now = Instant::now();
+            let pools = self.call("GET", "/api/v1/pools", "")?;
+            let screen = table(&pools, |pool, addr| {
+                let Some((then, old)) = &before else {
+                    return (None, None, None);
+                };
+                let dt = now.duration_since(*then).as_secs_f64().max(0.001);
+                let find = |v: &Value| {
+                    v["pools"].as_array()?.iter().find(|p| p["name"] == pool)?["backends"]
+                        .as_array()?
+                        .iter()
+                        .find(|b| b["addr"] == addr)
+                        .cloned()
+                };
+                let (Some(a), Some(b)) = (find(old), find(&pools)) else {
+                    return (None, None, None);
+                };
+                let rate = |k: &str| Some((b[k].as_f64()? - a[k].as_f64()?).max(0.0) / dt);
+                (
+                    rate("connections_total"),
+                    rate("bytes_in"),
+                    rate("bytes_out"),
+                )
+            });
+            let _ = write!(
+                out,
+                "\x1b[H\x1b[2J{} · {}\n\n{screen}",
+                self.admin,
+                humantime::format_rfc3339_seconds(SystemTime::now())
+            );
+            let _ = out.flush();
+            before = Some((now, pools));
+            shown += 1;
+            if count.is_some_and(|c| shown >= c) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+fn backend_path(pool: &str, backend: &str, action: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    format!(
+        "/api/v1/pools/{}/backends/{}/{action}",
+        utf8_percent_encode(pool, NON_ALPHANUMERIC),
+        utf8_percent_encode(backend, NON_ALPHANUMERIC)
+    )
+}
+
+fn bytes(v: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = v;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}/s", units[i])
+}
+
+/// The table of `/api/v1/pools`, with the rates `rates(pool, addr)` gives
+/// (new connections, bytes in, bytes out per second).
+fn table(
+    pools: &Value,
+    rates: impl Fn(&str, &str) -> (Option<f64>, Option<f64>, Option<f64>),
+) -> String {
+    let mut rows = vec![[
+        "POOL", "BACKEND", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "NEW/S", "IN", "OUT",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for p in pools["pools"].as_array().into_iter().flatten() {
+        let pool = p["name"].as_str().unwrap_or("");
+        for b in p["backends"].as_array().into_iter().flatten() {
+            let addr = b["addr"].as_str().unwrap_or("");
+            let (new, inb, outb) = rates(pool, addr);
+            let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+            rows.push(vec![
+                pool.to_string(),
+                b["name"].as_str().unwrap_or(addr).to_string(),
+                addr.to_string(),
+                b["state"].as_str().unwrap_or("").to_string(),
+                b["weight"].to_string(),
+                b["active"].to_string(),
+                or_dash(new.map(|v| format!("{v:.1}"))),
+                or_dash(inb.map(bytes)),
+                or_dash(outb.map(bytes)),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
