@@ -17,7 +17,7 @@ use common::etcd::Etcd;
 use common::{installed, value, Backend};
 use switchyard::Server;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, UdpSocket};
+use tokio::net::TcpSocket;
 
 fn config(etcd: &str, state: &Path, extra: &str) -> String {
     format!(
@@ -80,18 +80,7 @@ async fn ask_from(src: IpAddr, front: SocketAddr) -> String {
 
 /// The backend that answers a UDP client at `src`.
 async fn ask_udp_from(src: IpAddr, front: SocketAddr) -> String {
-    let c = UdpSocket::bind(SocketAddr::new(src, 0)).await.unwrap();
-    c.send_to(b"who", front).await.unwrap();
-    let mut buf = [0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
-        .await
-        .expect("a reply in time")
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n])
-        .split(':')
-        .next()
-        .unwrap()
-        .to_string()
+    common::ask_udp(SocketAddr::new(src, 0), front, b"who").await
 }
 
 fn clients(third: u8, n: u8) -> Vec<IpAddr> {

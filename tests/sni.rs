@@ -382,18 +382,7 @@ async fn quic_initials_route_by_server_name() {
     .await;
     let front = server.local_addr("quic").unwrap();
     let ask = |payload: Vec<u8>| async move {
-        let c = UdpSocket::bind(SocketAddr::from((LOCAL, 0))).await.unwrap();
-        c.send_to(&payload, front).await.unwrap();
-        let mut buf = vec![0u8; 65536];
-        let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
-            .await
-            .expect("a reply in time")
-            .unwrap();
-        String::from_utf8_lossy(&buf[..n])
-            .split(':')
-            .next()
-            .unwrap()
-            .to_string()
+        common::ask_udp(SocketAddr::from((LOCAL, 0)), front, &payload).await
     };
     // RFC 9001 A.2: a client Initial naming example.com.
     let initial = unhex(include_str!(

@@ -180,6 +180,20 @@ pub async fn ask(addr: SocketAddr) -> String {
     line.split(':').next().unwrap().to_string()
 }
 
+/// Sends `payload` from a UDP socket bound to `from` and returns the name of
+/// the backend that answered.
+pub async fn ask_udp(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> String {
+    let c = UdpSocket::bind(from).await.unwrap();
+    c.send_to(payload, to).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
+        .await
+        .expect("a reply in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split(':').next().unwrap().to_string()
+}
+
 /// Like [`ask`] but reports failure instead of panicking.
 pub async fn try_ask(addr: SocketAddr) -> Result<String, String> {
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
