@@ -256,3 +256,57 @@ async fn haproxy_in_front_names_the_client_to_allow_deny_and_onward() {
     assert_eq!(value(&server, rejected), 4.0);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_udp_datagram_carries_a_v2_dgram_header_and_replies_pass_unchanged() {
+    use switchyard::wire::proxy_protocol::{parse, Transport, Version};
+    use tokio::net::UdpSocket;
+    // A backend that takes the header off, says who sent the datagram, and
+    // answers with the payload.
+    let backend = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let baddr = backend.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, from) = backend.recv_from(&mut buf).await.unwrap();
+            let (header, len) = parse(&buf[..n], 4096).unwrap().unwrap();
+            let payload = buf[len..n].to_vec();
+            backend.send_to(&payload, from).await.unwrap();
+            let _ = tx.send((header, payload));
+        }
+    });
+    let server = common::start(&format!(
+        "[[listeners]]\nname = \"u\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [[listeners]]\nname = \"w\"\nprotocol = \"udp\"\nbind = \"0.0.0.0:0\"\npool = \"p\"\n\
+         [pools.p]\nproxy_protocol = \"v2\"\nbackends = [{{ addr = \"{baddr}\" }}]\n"
+    ))
+    .await;
+    for (listener, to_ip) in [("u", [127, 0, 0, 1]), ("w", [127, 0, 0, 9])] {
+        // On the wildcard listener, the header names the address the client
+        // sent to (127.0.0.9), not the wildcard.
+        let port = server.local_addr(listener).unwrap().port();
+        let to = SocketAddr::from((to_ip, port));
+        for src in ["127.0.0.2", "127.0.0.3"] {
+            let c = UdpSocket::bind((src.parse::<IpAddr>().unwrap(), 0))
+                .await
+                .unwrap();
+            let me = c.local_addr().unwrap();
+            for payload in [&b"first"[..], b"second, same session"] {
+                c.send_to(payload, to).await.unwrap();
+                let mut buf = [0u8; 512];
+                let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
+                    .await
+                    .expect("a reply in time")
+                    .unwrap();
+                assert_eq!(&buf[..n], payload, "the reply passes unchanged");
+                let (header, got) = rx.recv().await.unwrap();
+                assert_eq!(got, payload);
+                assert_eq!(header.version, Version::V2);
+                assert_eq!(header.transport, Transport::Dgram);
+                assert_eq!(header.addrs, Some((me, to)), "through {listener}");
+            }
+        }
+    }
+    server.shutdown().await;
+}
