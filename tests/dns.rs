@@ -288,8 +288,9 @@ async fn a_resolver_that_never_answers_stalls_no_other_connection() {
     }
     eprintln!("slowest connection while lookups hung: {worst:?}; {queries} queries swallowed");
     assert!(queries >= 1, "no lookup was in flight");
+    // Lookups hang for seconds: a connection that waited on one would show it.
     assert!(
-        worst < Duration::from_millis(250),
+        worst < Duration::from_millis(500),
         "a connection waited {worst:?}"
     );
     let errors = "switchyard_discovery_updates_total{pool=\"slow\",result=\"error\"}";

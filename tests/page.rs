@@ -391,7 +391,7 @@ async fn a_thousand_backends_are_paged_and_the_page_stays_responsive() {
     let t = tokio::time::Instant::now();
     assert_eq!(page.eval("1 + 1").await, json!(2));
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        t.elapsed() < Duration::from_secs(1),
         "the page took {:?} to answer",
         t.elapsed()
     );
