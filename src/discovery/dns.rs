@@ -14,7 +14,8 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{ResolveError, TokioResolver};
 
-use crate::config::MAX_WEIGHT;
+use super::Context;
+use crate::config::{DiscoveryConfig, MAX_WEIGHT};
 use crate::pool::Found;
 
 /// What a lookup came to.
@@ -133,4 +134,64 @@ pub(super) async fn services(r: &TokioResolver, name: &str) -> Result<Answer, St
         return Ok(Answer::Empty);
     }
     Ok(Answer::Found(found, hold))
+}
+
+/// How long a DNS lookup may take before it counts as failed.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one refresh's lookups may take together.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The shortest wait between DNS lookups, whatever the TTL (0 is common).
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// What a DNS pool looks up.
+pub(super) enum Ask<'a> {
+    /// A and AAAA records of a name, with the port.
+    Addresses(&'a str, u16),
+    /// SRV records of a name.
+    Services(&'a str),
+}
+
+pub(super) async fn follow(
+    cx: &mut Context,
+    d: &DiscoveryConfig,
+    server: Option<SocketAddr>,
+    ask: Ask<'_>,
+) {
+    let resolver = match resolver(server, DNS_TIMEOUT) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(pool = %cx.pool.name, error = %e, "DNS discovery cannot start; the pool keeps its last set");
+            return std::future::pending().await;
+        }
+    };
+    loop {
+        let lookup = async {
+            match ask {
+                Ask::Addresses(name, port) => addresses(&resolver, name, port).await,
+                Ask::Services(name) => services(&resolver, name).await,
+            }
+        };
+        // The resolver's own timeout is per query; a lookup is several
+        // (A and AAAA, an SRV's targets): bound the whole.
+        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {LOOKUP_TIMEOUT:?}")));
+        let wait = match answer {
+            Ok(Answer::Found(found, ttl)) => {
+                cx.report(d, Ok(found));
+                d.refresh.min(ttl).max(MIN_REFRESH)
+            }
+            Ok(Answer::Empty) => {
+                cx.report(d, Ok(Vec::new()));
+                d.refresh
+            }
+            Err(e) => {
+                cx.report(d, Err(e));
+                d.refresh
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
 }

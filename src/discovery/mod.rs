@@ -8,36 +8,23 @@
 
 mod dns;
 pub mod etcd;
+mod from_etcd;
 mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{DiscoveryConfig, Source, MAX_WEIGHT};
+use crate::config::{DiscoveryConfig, Source};
 use crate::metrics::{DiscoveryMetrics, Metrics};
 use crate::pool::{Change, Found, Pool};
 use etcd::Etcd;
-
-/// How long a DNS lookup may take before it counts as failed.
-const DNS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long one refresh's lookups may take together.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// The shortest wait between DNS lookups, whatever the TTL (0 is common).
-const MIN_REFRESH: Duration = Duration::from_secs(1);
-
-/// Reconnecting to etcd: from this, doubling to `RETRY_MAX`.
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The etcd entry of each backend of a pool, to write a change back.
 type Entries = HashMap<SocketAddr, (String, Value)>;
@@ -211,181 +198,17 @@ async fn run(cx: &mut Context, d: &DiscoveryConfig) {
             name,
             port,
             resolver,
-        } => dns_loop(cx, d, *resolver, Ask::Addresses(name, *port)).await,
-        Source::DnsSrv { name, resolver } => dns_loop(cx, d, *resolver, Ask::Services(name)).await,
+        } => dns::follow(cx, d, *resolver, dns::Ask::Addresses(name, *port)).await,
+        Source::DnsSrv { name, resolver } => {
+            dns::follow(cx, d, *resolver, dns::Ask::Services(name)).await
+        }
         Source::Etcd { endpoints, prefix } => {
-            etcd_loop(cx, d, Etcd::new(endpoints.clone()), prefix).await
+            from_etcd::follow(cx, d, Etcd::new(endpoints.clone()), prefix).await
         }
-    }
-}
-
-/// What a DNS pool looks up.
-enum Ask<'a> {
-    /// A and AAAA records of a name, with the port.
-    Addresses(&'a str, u16),
-    /// SRV records of a name.
-    Services(&'a str),
-}
-
-async fn dns_loop(cx: &mut Context, d: &DiscoveryConfig, server: Option<SocketAddr>, ask: Ask<'_>) {
-    let resolver = match dns::resolver(server, DNS_TIMEOUT) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(pool = %cx.pool.name, error = %e, "DNS discovery cannot start; the pool keeps its last set");
-            return std::future::pending().await;
-        }
-    };
-    loop {
-        let lookup = async {
-            match ask {
-                Ask::Addresses(name, port) => dns::addresses(&resolver, name, port).await,
-                Ask::Services(name) => dns::services(&resolver, name).await,
-            }
-        };
-        // The resolver's own timeout is per query; a lookup is several
-        // (A and AAAA, an SRV's targets): bound the whole.
-        let answer = tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {LOOKUP_TIMEOUT:?}")));
-        let wait = match answer {
-            Ok(dns::Answer::Found(found, ttl)) => {
-                cx.report(d, Ok(found));
-                d.refresh.min(ttl).max(MIN_REFRESH)
-            }
-            Ok(dns::Answer::Empty) => {
-                cx.report(d, Ok(Vec::new()));
-                d.refresh
-            }
-            Err(e) => {
-                cx.report(d, Err(e));
-                d.refresh
-            }
-        };
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// An etcd entry as a backend: `{"addr": "ip:port", "weight": N,
-/// "draining": bool}` (weight and draining optional), or `"ip:port"`.
-fn entry(value: &[u8]) -> Result<(Found, Value), String> {
-    let text = std::str::from_utf8(value)
-        .map_err(|_| "not UTF-8".to_string())?
-        .trim();
-    let v: Value = serde_json::from_str(text).unwrap_or_else(|_| Value::from(text));
-    let (addr, weight, draining, name) = match &v {
-        Value::String(s) => (s.as_str(), 1, false, None),
-        Value::Object(o) => (
-            o.get("addr").and_then(Value::as_str).ok_or("no \"addr\"")?,
-            o.get("weight")
-                .map_or(Some(1), Value::as_u64)
-                .ok_or("\"weight\" is not a number")?,
-            o.get("draining")
-                .map_or(Some(false), Value::as_bool)
-                .ok_or("\"draining\" is not true or false")?,
-            o.get("name")
-                .and_then(Value::as_str)
-                .filter(|n| !n.trim().is_empty())
-                .map(str::to_string),
-        ),
-        _ => return Err("neither an address nor an object".into()),
-    };
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| format!("`{addr}` is not ip:port"))?;
-    let weight = u32::try_from(weight)
-        .ok()
-        .filter(|w| (1..=MAX_WEIGHT).contains(w))
-        .and_then(NonZeroU32::new)
-        .ok_or(format!("weight must be from 1 to {MAX_WEIGHT}"))?;
-    Ok((
-        Found {
-            addr,
-            name,
-            weight,
-            draining: Some(draining),
-        },
-        v,
-    ))
-}
-
-async fn etcd_loop(cx: &mut Context, d: &DiscoveryConfig, etcd: Etcd, prefix: &str) {
-    cx.shared.lock().unwrap_or_else(|e| e.into_inner()).etcd = Some(etcd.clone());
-    let mut retry = RETRY_MIN;
-    // Keys whose value was refused, so each is logged once.
-    let mut refused: HashMap<String, String> = HashMap::new();
-    loop {
-        let failure = match etcd.range(prefix).await {
-            Err(e) => e.to_string(),
-            Ok((revision, kvs)) => {
-                let mut keys: BTreeMap<String, Vec<u8>> = kvs
-                    .into_iter()
-                    .filter_map(|kv| Some((kv.key, kv.value?)))
-                    .collect();
-                cx.report_entries(d, &keys, &mut refused);
-                retry = RETRY_MIN;
-                // From the revision read: no change between read and watch is lost.
-                match etcd.watch(prefix, revision + 1).await {
-                    Err(e) => e.to_string(),
-                    Ok(mut watch) => loop {
-                        match watch.next().await {
-                            Err(e) => break e.to_string(),
-                            Ok(c) if c.compacted.is_some() => {
-                                break "the watched revision was compacted; reading again".into()
-                            }
-                            Ok(c) => {
-                                for kv in c.events {
-                                    match kv.value {
-                                        Some(v) => keys.insert(kv.key, v),
-                                        None => keys.remove(&kv.key),
-                                    };
-                                }
-                                cx.report_entries(d, &keys, &mut refused);
-                            }
-                        }
-                    },
-                }
-            }
-        };
-        cx.report(d, Err(failure));
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(RETRY_MAX);
     }
 }
 
 impl Context {
-    /// Turns etcd's keys into backends and reports them.
-    fn report_entries(
-        &mut self,
-        d: &DiscoveryConfig,
-        keys: &BTreeMap<String, Vec<u8>>,
-        refused: &mut HashMap<String, String>,
-    ) {
-        let mut found = Vec::new();
-        let mut entries = Entries::new();
-        for (key, value) in keys {
-            match entry(value) {
-                Ok((f, v)) => {
-                    refused.remove(key);
-                    entries.insert(f.addr, (key.clone(), v));
-                    found.push(f);
-                }
-                Err(why) => {
-                    if refused.get(key) != Some(&why) {
-                        tracing::warn!(pool = %self.pool.name, key, error = %why, "an etcd entry names no backend; it is left out");
-                        refused.insert(key.clone(), why);
-                    }
-                }
-            }
-        }
-        found.sort_by_key(|f| f.addr);
-        found.dedup_by_key(|f| f.addr);
-        self.shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries = entries;
-        self.report(d, Ok(found));
-    }
-
     /// Applies an answer, or keeps the last set; counts it, logs a change
     /// of state once, and keeps an applied set on disk.
     fn report(&mut self, d: &DiscoveryConfig, answer: Result<Vec<Found>, String>) {
@@ -439,32 +262,6 @@ impl Context {
                     }
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn etcd_entries() {
-        let (f, _) = entry(br#"{"addr": "10.0.0.7:8080", "weight": 2, "draining": true}"#).unwrap();
-        assert_eq!(
-            (f.addr.port(), f.weight.get(), f.draining),
-            (8080, 2, Some(true))
-        );
-        let (f, _) = entry(b"10.0.0.7:8080").unwrap();
-        assert_eq!((f.weight.get(), f.draining), (1, Some(false)));
-        let (f, _) = entry(br#""[::1]:53""#).unwrap();
-        assert!(f.addr.is_ipv6());
-        for bad in [
-            &br#"{"addr": "x"}"#[..],
-            br#"{"weight": 2}"#,
-            br#"{"addr": "1.2.3.4:5", "weight": 0}"#,
-            b"[1,2]",
-        ] {
-            assert!(entry(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
 }
