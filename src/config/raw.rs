@@ -16,18 +16,24 @@ pub type S<T> = Spanned<T>;
 #[serde(deny_unknown_fields)]
 #[schemars(title = "switchyard configuration")]
 pub struct RawConfig {
+    /// The HTTP endpoint for /metrics, the JSON API and the status page.
     #[schemars(with = "Option<RawAdmin>")]
     pub admin: Option<S<RawAdmin>>,
     #[serde(default)]
+    /// Addresses switchyard accepts TCP connections or UDP datagrams on.
     #[schemars(with = "Vec<RawListener>")]
     pub listeners: Vec<S<RawListener>>,
     #[serde(default)]
+    /// Pools of backends, by name.
     #[schemars(with = "BTreeMap<String, RawPool>")]
     pub pools: BTreeMap<S<String>, S<RawPool>>,
+    /// How long connections may run on after SIGTERM or after their listener is removed. Default "30s".
     #[schemars(with = "Option<String>")]
     pub shutdown_grace: Option<S<String>>,
+    /// Where discovered backend sets are kept across restarts. Default "/var/lib/switchyard".
     #[schemars(with = "Option<String>")]
     pub state_dir: Option<S<String>>,
+    /// This instance's entry in the fleet's registry in etcd.
     #[schemars(with = "Option<RawCluster>")]
     pub cluster: Option<S<RawCluster>>,
 }
@@ -35,12 +41,16 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
+    /// etcd client URLs, http://host:port.
     #[schemars(with = "Option<Vec<String>>")]
     pub endpoints: Option<Vec<S<String>>>,
+    /// A unique name (a listener's, a route's, a backend's, or the looked-up DNS name, or this instance in the cluster).
     #[schemars(with = "Option<String>")]
     pub name: Option<S<String>>,
+    /// The etcd key prefix.
     #[schemars(with = "Option<String>")]
     pub prefix: Option<S<String>>,
+    /// An instance that stops renewing leaves the list this long after. Default "10s".
     #[schemars(with = "Option<String>")]
     pub ttl: Option<S<String>>,
 }
@@ -48,34 +58,48 @@ pub struct RawCluster {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDiscovery {
+    /// The check ("tcp", "http", "udp", "none") or the discovery source ("dns", "dns_srv", "etcd").
     #[schemars(with = "String")]
     pub kind: S<String>,
+    /// A unique name (a listener's, a route's, a backend's, or the looked-up DNS name, or this instance in the cluster).
     #[schemars(with = "Option<String>")]
     pub name: Option<S<String>>,
+    /// The port (a DNS-discovered backend's, or a check's instead of the traffic port).
     #[schemars(with = "Option<i64>")]
     pub port: Option<S<i64>>,
+    /// DNS: a name server to ask, ip:port. Default the system's.
     #[schemars(with = "Option<String>")]
     pub resolver: Option<S<String>>,
+    /// DNS: at most this long between lookups; a shorter TTL shortens it. Default "10s".
     #[schemars(with = "Option<String>")]
     pub refresh: Option<S<String>>,
+    /// etcd client URLs, http://host:port.
     #[schemars(with = "Option<Vec<String>>")]
     pub endpoints: Option<Vec<S<String>>>,
+    /// The etcd key prefix.
     #[schemars(with = "Option<String>")]
     pub prefix: Option<S<String>>,
+    /// Whether a successful answer with no backend empties the pool. Default false: the last set stays.
     pub allow_empty: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
+    /// The address to listen on, ip:port.
     #[schemars(with = "Option<String>")]
     pub bind: Option<S<String>>,
+    /// A file holding the token that changes through the API need.
     #[schemars(with = "Option<String>")]
     pub token_file: Option<S<String>>,
+    /// Reads need the token too. Default false.
     pub protect_reads: Option<bool>,
+    /// Host names the admin endpoint may be reached by, besides IP addresses and localhost.
     pub hosts: Option<Vec<String>>,
+    /// A request's head must arrive within this. Default "10s".
     #[schemars(with = "Option<String>")]
     pub header_timeout: Option<S<String>>,
+    /// How often the history behind the page's charts is sampled (720 kept). Default "5s".
     #[schemars(with = "Option<String>")]
     pub history_interval: Option<S<String>>,
 }
@@ -83,63 +107,92 @@ pub struct RawAdmin {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
+    /// A unique name (a listener's, a route's, a backend's, or the looked-up DNS name, or this instance in the cluster).
     #[schemars(with = "String")]
     pub name: S<String>,
+    /// "tcp" (default) or "udp".
     #[schemars(with = "Option<String>")]
     pub protocol: Option<S<String>>,
+    /// The address to listen on, ip:port.
     #[schemars(with = "String")]
     pub bind: S<String>,
+    /// The pool traffic goes to.
     #[schemars(with = "String")]
     pub pool: S<String>,
+    /// TCP: close after this long without a byte; UDP: end a session after this long without a datagram. Default "1h" (TCP), "30s" (UDP).
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<S<String>>,
+    /// UDP: sessions at once. Default 65536.
     #[schemars(with = "Option<i64>")]
     pub max_sessions: Option<S<i64>>,
+    /// UDP: sessions one client address may hold. Default a quarter of max_sessions.
     #[schemars(with = "Option<i64>")]
     pub max_sessions_per_ip: Option<S<i64>>,
+    /// TCP: connections one client address may have open. Default unlimited.
     #[schemars(with = "Option<i64>")]
     pub max_connections_per_ip: Option<S<i64>>,
+    /// TCP: new connections per second one client address may open. Default unlimited.
     #[schemars(with = "Option<f64>")]
     pub connection_rate_per_ip: Option<S<f64>>,
+    /// TCP: the burst above connection_rate_per_ip. Default the rate, at least 1.
     #[schemars(with = "Option<f64>")]
     pub connection_burst_per_ip: Option<S<f64>>,
+    /// Connections served at once (listener, TCP: beyond it clients wait in the backlog; backend: a full backend is skipped).
     #[schemars(with = "Option<i64>")]
     pub max_connections: Option<S<i64>>,
+    /// One log line per finished connection or session. Default true.
     pub access_log: Option<bool>,
+    /// TCP accept queue length. Default 1024.
     #[schemars(with = "Option<i64>")]
     pub backlog: Option<S<i64>>,
+    /// One SO_REUSEPORT socket per worker thread. Default false (TCP), true (UDP).
     pub reuse_port: Option<bool>,
+    /// TCP: a direction that turns bulk moves on with splice(2). Default true.
     pub zero_copy: Option<bool>,
+    /// Keepalive probes start after this long without a byte ("0s": off). Default "60s".
     #[schemars(with = "Option<String>")]
     pub tcp_keepalive: Option<S<String>>,
+    /// When non-empty, only clients in these networks ("10.0.0.0/8", "::1") are served.
     #[schemars(with = "Option<Vec<String>>")]
     pub allow: Option<Vec<S<String>>>,
+    /// Clients in these networks are refused (deny wins over allow).
     #[schemars(with = "Option<Vec<String>>")]
     pub deny: Option<Vec<S<String>>>,
+    /// TCP: connections begin with a PROXY protocol header (v1 or v2) from a proxy in `proxy_trusted`; its client is the client from then on. Default false.
     #[schemars(with = "Option<bool>")]
     pub accept_proxy: Option<S<bool>>,
+    /// Networks of the proxies that may send a PROXY header (required with accept_proxy).
     #[schemars(with = "Option<Vec<String>>")]
     pub proxy_trusted: Option<Vec<S<String>>>,
+    /// The whole PROXY header must arrive within this. Default "3s".
     #[schemars(with = "Option<String>")]
     pub proxy_timeout: Option<S<String>>,
+    /// The longest PROXY v2 header taken. Default 4096.
     #[schemars(with = "Option<i64>")]
     pub proxy_max_header: Option<S<i64>>,
+    /// Clients by the server name and ALPN of their TLS or QUIC ClientHello.
     #[schemars(with = "Option<Vec<RawRoute>>")]
     pub routes: Option<Vec<S<RawRoute>>>,
+    /// The ClientHello must be whole within this. Default "3s".
     #[schemars(with = "Option<String>")]
     pub tls_inspect_timeout: Option<S<String>>,
+    /// Close clients whose server name cannot be read instead of sending them to `pool`. Default false.
     pub sni_required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    /// A unique name (a listener's, a route's, a backend's, or the looked-up DNS name, or this instance in the cluster).
     #[schemars(with = "Option<String>")]
     pub name: Option<S<String>>,
+    /// Server names; "*.example.com" matches one label.
     #[schemars(with = "Option<Vec<String>>")]
     pub sni: Option<Vec<S<String>>>,
+    /// ALPN protocols ("h2", "h3"); the client must offer one.
     #[schemars(with = "Option<Vec<String>>")]
     pub alpn: Option<Vec<S<String>>>,
+    /// The pool traffic goes to.
     #[schemars(with = "String")]
     pub pool: S<String>,
 }
@@ -147,34 +200,49 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
+    /// "round_robin" (default), "weighted", "random", "least_conn", "p2c" or "maglev".
     #[schemars(with = "Option<String>")]
     pub strategy: Option<S<String>>,
+    /// The pool's backends (or use `discovery`).
     #[schemars(with = "Option<Vec<RawBackend>>")]
     pub backends: Option<S<Vec<S<RawBackend>>>>,
+    /// Backends found at run time from DNS or etcd, instead of `backends`.
     #[schemars(with = "Option<RawDiscovery>")]
     pub discovery: Option<S<RawDiscovery>>,
+    /// Other backends tried after a failed connect. Default 2.
     #[schemars(with = "Option<i64>")]
     pub retries: Option<S<i64>>,
+    /// Per connect attempt. Default "5s".
     #[schemars(with = "Option<String>")]
     pub connect_timeout: Option<S<String>>,
+    /// Consecutive failed connects that take a backend out (0: off). Default 3.
     #[schemars(with = "Option<i64>")]
     pub max_fails: Option<S<i64>>,
+    /// How long a backend stays out after max_fails; doubles on repeat, up to 16x. Default "10s".
     #[schemars(with = "Option<String>")]
     pub fail_timeout: Option<S<String>>,
+    /// A backend that comes back ramps up to its full share over this long. Default "0s" (off).
     #[schemars(with = "Option<String>")]
     pub slow_start: Option<S<String>>,
+    /// maglev: "client_ip" (default) or "client_addr" (ip and port).
     #[schemars(with = "Option<String>")]
     pub hash_key: Option<S<String>>,
+    /// maglev: the table's size, a prime. Default 65537.
     #[schemars(with = "Option<i64>")]
     pub table_size: Option<S<i64>>,
+    /// "keep" (default) or "close": what happens to connections when their backend goes down or leaves.
     #[schemars(with = "Option<String>")]
     pub on_backend_down: Option<S<String>>,
+    /// With on_backend_down = "close": how long before closing. Default "0s".
     #[schemars(with = "Option<String>")]
     pub on_backend_down_grace: Option<S<String>>,
+    /// Keepalive probes start after this long without a byte ("0s": off). Default "60s".
     #[schemars(with = "Option<String>")]
     pub tcp_keepalive: Option<S<String>>,
+    /// Pool: "v1" or "v2": a PROXY protocol header starts each backend connection (UDP: each datagram, v2). Check: send the pool's header too.
     #[schemars(with = "Option<String>")]
     pub proxy_protocol: Option<S<String>>,
+    /// Active health checks.
     #[schemars(with = "Option<RawHealth>")]
     pub health: Option<S<RawHealth>>,
 }
@@ -182,12 +250,16 @@ pub struct RawPool {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
+    /// The backend's address, ip:port or host:port.
     #[schemars(with = "String")]
     pub addr: S<String>,
+    /// A unique name (a listener's, a route's, a backend's, or the looked-up DNS name, or this instance in the cluster).
     #[schemars(with = "Option<String>")]
     pub name: Option<S<String>>,
+    /// 1 to 256. Default 1.
     #[schemars(with = "Option<i64>")]
     pub weight: Option<S<i64>>,
+    /// Connections served at once (listener, TCP: beyond it clients wait in the backlog; backend: a full backend is skipped).
     #[schemars(with = "Option<i64>")]
     pub max_connections: Option<S<i64>>,
 }
@@ -195,30 +267,43 @@ pub struct RawBackend {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
+    /// The check ("tcp", "http", "udp", "none") or the discovery source ("dns", "dns_srv", "etcd").
     #[schemars(with = "Option<String>")]
     pub kind: Option<S<String>>,
+    /// Time between checks of one backend. Default "2s".
     #[schemars(with = "Option<String>")]
     pub interval: Option<S<String>>,
+    /// A check with no verdict by then fails. Default "1s".
     #[schemars(with = "Option<String>")]
     pub timeout: Option<S<String>>,
+    /// Consecutive passed checks to go up. Default 2.
     #[schemars(with = "Option<i64>")]
     pub rise: Option<S<i64>>,
+    /// Consecutive failed checks to go down. Default 3.
     #[schemars(with = "Option<i64>")]
     pub fall: Option<S<i64>>,
+    /// tcp check: bytes to send; udp check: the datagram (text with escapes, or hex:...).
     #[schemars(with = "Option<String>")]
     pub send: Option<S<String>>,
+    /// tcp/udp check: the reply must start with these bytes (text with escapes, or hex:...).
     #[schemars(with = "Option<String>")]
     pub expect: Option<S<String>>,
+    /// http check: the path of the GET. Default "/".
     #[schemars(with = "Option<String>")]
     pub path: Option<S<String>>,
+    /// http check: the status that passes. Default 200.
     #[schemars(with = "Option<i64>")]
     pub expect_status: Option<S<i64>>,
+    /// http check: the Host header. Default the backend's address.
     #[schemars(with = "Option<String>")]
     pub host: Option<S<String>>,
+    /// The port (a DNS-discovered backend's, or a check's instead of the traffic port).
     #[schemars(with = "Option<i64>")]
     pub port: Option<S<i64>>,
+    /// "up" (default) or "down": new backends wait for `rise` passes.
     #[schemars(with = "Option<String>")]
     pub initial: Option<S<String>>,
+    /// Pool: "v1" or "v2": a PROXY protocol header starts each backend connection (UDP: each datagram, v2). Check: send the pool's header too.
     #[schemars(with = "Option<bool>")]
     pub proxy_protocol: Option<S<bool>>,
 }
