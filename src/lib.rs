@@ -42,6 +42,9 @@
 //!   - [`server`]: the running daemon: a reload is planned as data
 //!     (`server::plan`) and then carried out in one step; drains on shutdown.
 //!   - [`demo`]: echo backends and a generated config for `switchyard demo`.
+//!   - [`history`]: the last hour of every listener and backend, sampled by
+//!     the server, served to the page and `/api/v1/history`.
+//!   - [`ctl`]: `switchyard ctl`, the admin API from a shell.
 //!
 //! `main.rs` parses arguments, sets up logging and signals, and calls [`Server`].
 
