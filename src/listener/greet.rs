@@ -53,7 +53,9 @@ async fn read_more(
     cap: usize,
     deadline: Instant,
 ) -> Result<bool, &'static str> {
-    let room = cap.saturating_sub(buf.len()).min(16 * 1024);
+    // The buffer grows as bytes come (1 KiB, then doubling): a client that
+    // sends a byte and waits holds a kilobyte, not the cap.
+    let room = cap.saturating_sub(buf.len()).min(buf.len().max(1024));
     if room == 0 {
         return Err("too_large");
     }

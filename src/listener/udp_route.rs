@@ -20,6 +20,11 @@ const MAX_PENDING: usize = 1024;
 /// Datagrams held per waiting client.
 const MAX_HELD: usize = 8;
 
+/// Bytes held for all waiting clients of a receive loop together: past it, a
+/// client whose hello is incomplete goes to the listener's pool at once, so
+/// forged Initials cannot make the proxy hoard memory.
+const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
+
 /// A client whose ClientHello is not yet whole.
 struct Pending {
     crypto: Crypto,
@@ -46,6 +51,8 @@ pub(super) enum Verdict {
 #[derive(Default)]
 pub(super) struct Inspector {
     pending: HashMap<SocketAddr, Pending>,
+    /// Bytes of the datagrams held in `pending`.
+    held_bytes: usize,
 }
 
 /// The metrics label of a datagram that gave no hello.
@@ -90,7 +97,19 @@ fn decide(
     }
 }
 
+/// The bytes a waiting client's held datagrams take.
+fn size(p: &Pending) -> usize {
+    p.held.iter().map(|d| d.len()).sum()
+}
+
 impl Inspector {
+    /// Takes a waiting client out, its held bytes with it.
+    fn take(&mut self, peer: &SocketAddr) -> Option<Pending> {
+        let p = self.pending.remove(peer)?;
+        self.held_bytes -= size(&p);
+        Some(p)
+    }
+
     /// Reads a datagram of a client without a session.
     pub fn offer(
         &mut self,
@@ -102,7 +121,7 @@ impl Inspector {
         now_ms: u64,
     ) -> Verdict {
         let known = self.pending.contains_key(&peer);
-        let mut p = self.pending.remove(&peer).unwrap_or_else(|| Pending {
+        let mut p = self.take(&peer).unwrap_or_else(|| Pending {
             crypto: Crypto::default(),
             held: Vec::new(),
             local,
@@ -121,10 +140,14 @@ impl Inspector {
             Ok(None) if p.held.len() >= MAX_HELD => {
                 decide(config, m, Err(NotHello::TooLarge.as_str()), p.held)
             }
-            Ok(None) if !known && self.pending.len() >= MAX_PENDING => {
+            Ok(None)
+                if (!known && self.pending.len() >= MAX_PENDING)
+                    || self.held_bytes + size(&p) > MAX_HELD_BYTES =>
+            {
                 decide(config, m, Err("timeout"), p.held)
             }
             Ok(None) => {
+                self.held_bytes += size(&p);
                 self.pending.insert(peer, p);
                 Verdict::Wait
             }
@@ -156,8 +179,63 @@ impl Inspector {
             .map(|(a, _)| *a)
             .collect();
         late.into_iter()
-            .filter_map(|a| self.pending.remove(&a).map(|p| (a, p)))
+            .filter_map(|a| self.take(&a).map(|p| (a, p)))
             .map(|(a, p)| (a, p.local, decide(config, m, Err("timeout"), p.held)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::wire::hello::tests::client_hello;
+    use crate::wire::quic::tests::{crypto_frame, initial};
+
+    fn listener() -> ListenerConfig {
+        let text = "[[listeners]]\nname = \"q\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+                    [[listeners.routes]]\nsni = [\"quic.example\"]\npool = \"p\"\n\
+                    [pools.p]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n";
+        crate::Config::parse(text, std::path::Path::new("t.toml"))
+            .unwrap()
+            .listeners
+            .remove(0)
+    }
+
+    #[test]
+    fn a_split_hello_is_waited_for_and_held_bytes_are_bounded() {
+        let (config, m) = (listener(), Metrics::new().udp_listener("q"));
+        let msg = client_hello(Some("quic.example"), &["h3"], 1500);
+        let mut inspector = Inspector::default();
+        // The first half of a hello is held; the second completes it.
+        let peer: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        let a = initial(&[1; 8], 0, &crypto_frame(0, &msg[..1000]), 1160);
+        let b = initial(&[1; 8], 1, &crypto_frame(1000, &msg[1000..]), 1160);
+        assert!(matches!(
+            inspector.offer(peer, None, &a, &config, &m.inspected, 0),
+            Verdict::Wait
+        ));
+        match inspector.offer(peer, None, &b, &config, &m.inspected, 1) {
+            Verdict::Go { route, held } => assert_eq!((route, held.len()), (Some(0), 2)),
+            _ => panic!("the whole hello routes"),
+        }
+        assert_eq!(inspector.held_bytes, 0);
+        // Clients that only ever send a first half fill the byte budget, and
+        // then go on at once instead of being held.
+        let mut waited = 0;
+        for i in 0..4000u32 {
+            let peer = SocketAddr::from(([127, 0, (i >> 8) as u8, i as u8], 6000));
+            match inspector.offer(peer, None, &a, &config, &m.inspected, 2) {
+                Verdict::Wait => waited += 1,
+                Verdict::Go { route: None, .. } => {}
+                _ => panic!("an incomplete hello goes to the listener's pool"),
+            }
+        }
+        assert!(inspector.held_bytes <= MAX_HELD_BYTES);
+        assert!(
+            waited < 4000 && waited * a.len() <= MAX_HELD_BYTES,
+            "{waited} held"
+        );
+        assert!(m.inspected.timeout.get() > 0);
     }
 }
