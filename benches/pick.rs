@@ -1,4 +1,4 @@
-//! One pick per strategy at 3, 100 and 1000 backends, all eligible; and
+//! One pick per strategy at 3, 100, 1,000 and 10,000 backends, all eligible; and
 //! building each strategy at 1,000 and 10,000 backends.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -28,7 +28,7 @@ impl Candidates for Set {
 
 fn picks(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
-    for n in [3usize, 100, 1000] {
+    for n in [3usize, 100, 1000, 10_000] {
         let set = Set {
             weights: (0..n).map(|i| (i % 5 + 1) as u32).collect(),
             active: (0..n).map(|i| (i * 7 % 13) as u64).collect(),
