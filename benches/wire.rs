@@ -7,14 +7,6 @@ use std::hint::black_box;
 
 use switchyard::wire::{hello, proxy_protocol, quic};
 
-fn unhex(text: &str) -> Vec<u8> {
-    let text: String = text.split_whitespace().collect();
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 fn wire(c: &mut Criterion) {
     let src = "203.0.113.7:51000".parse().unwrap();
     let dst = "198.51.100.1:443".parse().unwrap();
@@ -35,12 +27,10 @@ fn wire(c: &mut Criterion) {
             )
         })
     });
-    let initial = unhex(include_str!(
-        "../src/wire/quic/rfc9001-a2-client-initial.hex"
-    ));
+    let initial: &[u8] = include_bytes!("../src/wire/quic/rfc9001-a2-client-initial.bin");
     // The ClientHello inside RFC 9001's Initial, as TLS records on TCP.
     let mut crypto = quic::Crypto::default();
-    quic::read_initials(&initial, &mut crypto).unwrap();
+    quic::read_initials(initial, &mut crypto).unwrap();
     let msg = crypto.contiguous().to_vec();
     let mut records = vec![0x16, 3, 1];
     records.extend_from_slice(&(msg.len() as u16).to_be_bytes());
@@ -51,7 +41,7 @@ fn wire(c: &mut Criterion) {
     c.bench_function("quic/initial_server_name", |b| {
         b.iter(|| {
             let mut crypto = quic::Crypto::default();
-            quic::read_initials(black_box(&initial), &mut crypto).unwrap();
+            quic::read_initials(black_box(initial), &mut crypto).unwrap();
             hello::from_handshake(crypto.contiguous()).unwrap().unwrap()
         })
     });

@@ -342,14 +342,6 @@ async fn sni_required_closes_clients_without_a_readable_name() {
     server.shutdown().await;
 }
 
-fn unhex(text: &str) -> Vec<u8> {
-    let text: String = text.split_whitespace().collect();
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// A UDP backend that counts the datagrams it gets and answers none.
 async fn recorder() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
     let s = UdpSocket::bind(SocketAddr::from((LOCAL, 0))).await.unwrap();
@@ -381,16 +373,13 @@ async fn quic_initials_route_by_server_name() {
     ))
     .await;
     let front = server.local_addr("quic").unwrap();
-    let ask = |payload: Vec<u8>| async move {
-        common::ask_udp(SocketAddr::from((LOCAL, 0)), front, &payload).await
-    };
+    let ask =
+        |payload: &'static [u8]| common::ask_udp(SocketAddr::from((LOCAL, 0)), front, payload);
     // RFC 9001 A.2: a client Initial naming example.com.
-    let initial = unhex(include_str!(
-        "../src/wire/quic/rfc9001-a2-client-initial.hex"
-    ));
+    let initial = include_bytes!("../src/wire/quic/rfc9001-a2-client-initial.bin");
     assert_eq!(ask(initial).await, "ex");
     // Anything that is no QUIC Initial: the listener's pool.
-    assert_eq!(ask(b"hello".to_vec()).await, "d");
+    assert_eq!(ask(b"hello").await, "d");
     let inspected = |r: &str| {
         value(
             &server,

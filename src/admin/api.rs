@@ -117,14 +117,21 @@ fn find(
     Ok((pool, addr))
 }
 
-/// For a pool whose members live in etcd, writes `change` there first, so
-/// every instance follows; a write etcd does not take changes nothing.
+/// Checks that the backend is in the pool and, for a pool whose members
+/// live in etcd, writes `change` there first, so every instance follows; a
+/// write etcd does not take changes nothing.
 async fn shared_first(
     server: &dyn Control,
     pool: &Pool,
     addr: SocketAddr,
     change: Change,
 ) -> Result<(), Response<Body>> {
+    if pool.snapshot().find(addr).is_none() {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("pool `{}` has no backend {addr}", pool.name),
+        ));
+    }
     match server.share(&pool.name, addr, change).await {
         None | Some(Ok(())) => Ok(()),
         Some(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
@@ -141,12 +148,6 @@ pub async fn set_draining(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if pool.snapshot().find(addr).is_none() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("pool `{}` has no backend {addr}", pool.name),
-        );
-    }
     if let Err(r) = shared_first(server, &pool, addr, Change::Drain(draining)).await {
         return r;
     }
@@ -191,12 +192,6 @@ pub async fn set_weight(
             )
         }
     };
-    if pool.snapshot().find(addr).is_none() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("pool `{}` has no backend {addr}", pool.name),
-        );
-    }
     if let Err(r) = shared_first(server, &pool, addr, Change::Weight(weight)).await {
         return r;
     }

@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::ActiveGuard;
 use crate::net::{self, local_cause};
-use crate::pool::Pool;
+use crate::pool::Snapshot;
 
 /// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting.
 ///
@@ -80,12 +80,11 @@ async fn dial_and_greet(
 /// Connects to an available backend of `pool`, trying others on failure;
 /// `preamble` is written first on the connection that is kept.
 pub(super) async fn connect(
-    pool: &Pool,
+    snap: &Snapshot,
     client: SocketAddr,
     listener: &str,
     preamble: &[u8],
 ) -> Result<(TcpStream, ActiveGuard), Unserved> {
-    let snap = pool.snapshot();
     let cfg = &snap.config;
     let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
     for _ in 0..=cfg.retries {

@@ -9,10 +9,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Route;
+use crate::config::ProxyVersion;
 use crate::metrics::TcpListenerMetrics;
-use crate::pool::Pool;
 use crate::wire::hello::{self, NotHello, MAX_HELLO};
-use crate::wire::proxy_protocol::{self, Invalid};
+use crate::wire::proxy_protocol::{self, Invalid, Transport};
 
 /// Bytes held while waiting for a whole ClientHello: a 16 KiB hello cut
 /// into records as small as a client may make them still fits.
@@ -171,24 +171,6 @@ pub(super) async fn greet(
     Ok(g)
 }
 
-/// The PROXY header a pool sends for a client, or nothing.
-pub(super) fn header_for(
-    version: Option<crate::config::ProxyVersion>,
-    client: SocketAddr,
-    local: SocketAddr,
-    tlvs: &[u8],
-) -> Vec<u8> {
-    use crate::config::ProxyVersion;
-    use proxy_protocol::Transport;
-    match version {
-        None => Vec::new(),
-        Some(ProxyVersion::V1) => proxy_protocol::v1(client, local),
-        Some(ProxyVersion::V2) => {
-            proxy_protocol::v2(Some((client, local)), Transport::Stream, tlvs)
-        }
-    }
-}
-
 /// The unspecified address of `a`'s family.
 fn unspecified(a: SocketAddr) -> std::net::IpAddr {
     match a {
@@ -202,23 +184,25 @@ fn unspecified(a: SocketAddr) -> std::net::IpAddr {
 pub(super) fn preamble(
     client: &TcpStream,
     who: SocketAddr,
-    pool: &Pool,
+    version: Option<ProxyVersion>,
     greeting: Option<Box<Greeting>>,
 ) -> Vec<u8> {
-    let version = pool.snapshot().config.proxy_protocol;
     let (local, tlvs, early) = match greeting {
         Some(g) => (g.local, g.tlvs, g.early),
         None => (None, Vec::new(), Vec::new()),
     };
-    if version.is_none() {
+    let Some(version) = version else {
         return early;
-    }
+    };
     // getsockname cannot fail on a connected socket; were it to, the
     // header says "an unspecified address".
     let local = local
         .or_else(|| client.local_addr().ok())
         .unwrap_or_else(|| SocketAddr::new(unspecified(who), 0));
-    let mut out = header_for(version, who, local, &tlvs);
+    let mut out = match version {
+        ProxyVersion::V1 => proxy_protocol::v1(who, local),
+        ProxyVersion::V2 => proxy_protocol::v2(Some((who, local)), Transport::Stream, &tlvs),
+    };
     out.extend_from_slice(&early);
     out
 }

@@ -302,10 +302,10 @@ impl Listener {
                         }
                     }
                 }
-                shared.route.swap(route).forget_routes(Some(l));
             }
-            Kind::Udp(shared, _) => shared.route.swap(route).forget_routes(Some(l)),
+            Kind::Udp(..) => {}
         }
+        self.route().swap(route).forget_routes(Some(l));
         self.config = l.clone();
         self
     }
@@ -405,23 +405,23 @@ impl Listener {
     /// Drops the series of routes that `next` (this listener's successor)
     /// no longer has.
     pub fn forget_routes(&self, next: &ListenerConfig) {
-        match &self.kind {
-            Kind::Tcp(shared, _) => shared.route.load().forget_routes(Some(next)),
-            Kind::Udp(shared, _) => shared.route.load().forget_routes(Some(next)),
-        }
+        self.route().load().forget_routes(Some(next));
     }
 
     /// Drops this listener's series (it is removed, or changes protocol).
     pub fn forget_metrics(&self) {
         match &self.kind {
-            Kind::Tcp(shared, _) => {
-                shared.metrics.forget();
-                shared.route.load().forget_routes(None);
-            }
-            Kind::Udp(shared, _) => {
-                shared.metrics.forget();
-                shared.route.load().forget_routes(None);
-            }
+            Kind::Tcp(shared, _) => shared.metrics.forget(),
+            Kind::Udp(shared, _) => shared.metrics.forget(),
+        }
+        self.route().load().forget_routes(None);
+    }
+
+    /// Where the listener sends traffic, whatever its protocol.
+    fn route(&self) -> &arc_swap::ArcSwap<Route> {
+        match &self.kind {
+            Kind::Tcp(shared, _) => &shared.route,
+            Kind::Udp(shared, _) => &shared.route,
         }
     }
 }

@@ -292,12 +292,15 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
     };
     let started = tokio::time::Instant::now();
     let pool = route.pick_pool(greeting.as_ref().and_then(|g| g.route));
-    let preamble = greet::preamble(&client, who, pool, greeting);
-    let connected = tokio::select! {
-        c = connect(pool, who, name, &preamble) => c,
-        _ = shared.hard_stop.cancelled() => Err(Unserved::NoBackend),
+    let connected = {
+        // One snapshot for the header's version and every attempt.
+        let snap = pool.snapshot();
+        let preamble = greet::preamble(&client, who, snap.config.proxy_protocol, greeting);
+        tokio::select! {
+            c = connect(&snap, who, name, &preamble) => c,
+            _ = shared.hard_stop.cancelled() => Err(Unserved::NoBackend),
+        }
     };
-    drop(preamble);
     let (mut backend, guard) = match connected {
         Ok(c) => c,
         Err(Unserved::NoBackend) => {

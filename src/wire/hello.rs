@@ -6,6 +6,8 @@
 
 use std::borrow::Cow;
 
+use super::reader::Reader;
+
 /// A ClientHello longer than this is not read (16 KiB, as a TLS record).
 pub const MAX_HELLO: usize = 16 * 1024;
 
@@ -110,51 +112,12 @@ pub fn from_handshake(stream: &[u8]) -> Result<Option<Hello>, NotHello> {
     }
 }
 
-/// A cursor over bytes that fails instead of reading past the end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], NotHello> {
-        if self.0.len() < n {
-            return Err(NotHello::Malformed);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<usize, NotHello> {
-        Ok(self.take(1)?[0] as usize)
-    }
-
-    fn u16(&mut self) -> Result<usize, NotHello> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]) as usize)
-    }
-
-    /// A vector with a one-byte length.
-    fn vec8(&mut self) -> Result<Reader<'a>, NotHello> {
-        let n = self.u8()?;
-        Ok(Reader(self.take(n)?))
-    }
-
-    /// A vector with a two-byte length.
-    fn vec16(&mut self) -> Result<Reader<'a>, NotHello> {
-        let n = self.u16()?;
-        Ok(Reader(self.take(n)?))
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// The ClientHello's body (after its four-byte handshake header).
 fn client_hello(body: &[u8]) -> Result<Hello, NotHello> {
-    let mut r = Reader(body);
+    let mut r = Reader::new(body, NotHello::Malformed);
     r.take(2)?; // legacy_version
     r.take(32)?; // random
-    if r.vec8()?.0.len() > 32 {
+    if r.vec8()?.rest().len() > 32 {
         return Err(NotHello::Malformed); // legacy_session_id
     }
     r.vec16()?; // cipher_suites
@@ -172,7 +135,7 @@ fn client_hello(body: &[u8]) -> Result<Hello, NotHello> {
                 let mut list = data.vec16()?;
                 while !list.is_empty() {
                     let name_type = list.u8()?;
-                    let name = list.vec16()?.0;
+                    let name = list.vec16()?.rest();
                     if name_type == 0 && hello.sni.is_none() {
                         hello.sni = Some(host_name(name)?);
                     }
@@ -181,7 +144,7 @@ fn client_hello(body: &[u8]) -> Result<Hello, NotHello> {
             EXT_ALPN if hello.alpn.is_empty() => {
                 let mut list = data.vec16()?;
                 while !list.is_empty() {
-                    let proto = list.vec8()?.0;
+                    let proto = list.vec8()?.rest();
                     if proto.is_empty() {
                         return Err(NotHello::Malformed);
                     }

@@ -6,3 +6,4 @@
 pub mod hello;
 pub mod proxy_protocol;
 pub mod quic;
+mod reader;

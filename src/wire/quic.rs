@@ -15,6 +15,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 
 use super::hello::MAX_HELLO;
+use super::reader::Reader;
 
 /// QUIC version 1 (RFC 9000).
 const VERSION_1: u32 = 1;
@@ -91,37 +92,6 @@ impl Crypto {
     }
 }
 
-/// A cursor over bytes that fails instead of reading past the end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], NotInitial> {
-        if self.0.len() < n {
-            return Err(NotInitial::Malformed);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    /// A variable-length integer (RFC 9000 §16).
-    fn varint(&mut self) -> Result<u64, NotInitial> {
-        let first = self.take(1)?[0];
-        let len = 1usize << (first >> 6);
-        let rest = self.take(len - 1)?;
-        let mut v = u64::from(first & 0x3f);
-        for &b in rest {
-            v = (v << 8) | u64::from(b);
-        }
-        Ok(v)
-    }
-
-    fn len_prefixed(&mut self) -> Result<&'a [u8], NotInitial> {
-        let n = self.varint()?;
-        self.take(usize::try_from(n).map_err(|_| NotInitial::Malformed)?)
-    }
-}
-
 /// The client's Initial keys for a destination connection ID.
 struct Keys {
     key: [u8; 16],
@@ -171,7 +141,7 @@ pub fn read_initials(datagram: &[u8], crypto: &mut Crypto) -> Result<(), NotInit
             // Padding after the last packet, or a short-header packet.
             break;
         }
-        let mut r = Reader(rest);
+        let mut r = Reader::new(rest, NotInitial::Malformed);
         r.take(1)?;
         let v = r.take(4)?;
         let version = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
@@ -199,7 +169,7 @@ pub fn read_initials(datagram: &[u8], crypto: &mut Crypto) -> Result<(), NotInit
             return Err(NotInitial::NotQuic); // Retry comes from servers
         }
         let length = usize::try_from(r.varint()?).map_err(|_| NotInitial::Malformed)?;
-        let pn_offset = rest.len() - r.0.len();
+        let pn_offset = rest.len() - r.rest().len();
         let packet = rest
             .get(..pn_offset + length)
             .ok_or(NotInitial::Malformed)?;
@@ -263,8 +233,8 @@ fn decrypt(
 /// Reads the frames an Initial packet may carry (RFC 9000 §17.2.2),
 /// keeping the CRYPTO ones.
 fn frames(plain: &[u8], crypto: &mut Crypto) -> Result<(), NotInitial> {
-    let mut r = Reader(plain);
-    while !r.0.is_empty() {
+    let mut r = Reader::new(plain, NotInitial::Malformed);
+    while !r.is_empty() {
         match r.varint()? {
             0x00 | 0x01 => {} // PADDING, PING
             kind @ (0x02 | 0x03) => {

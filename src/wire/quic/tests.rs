@@ -11,13 +11,9 @@ use proptest::prelude::*;
 use super::*;
 use crate::wire::hello::{self, tests::client_hello};
 
-fn unhex(text: &str) -> Vec<u8> {
-    let text: String = text.split_whitespace().collect();
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
+/// RFC 9001 A.2's protected client Initial, its 1,200 bytes as the RFC
+/// prints them in hex.
+const RFC_INITIAL: &[u8] = include_bytes!("rfc9001-a2-client-initial.bin");
 
 const RFC_DCID: [u8; 8] = [0x83, 0x94, 0xc8, 0xf0, 0x3e, 0x51, 0x57, 0x08];
 
@@ -68,10 +64,10 @@ pub(crate) fn crypto_frame(offset: usize, data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn reads_the_rfc_9001_client_initial() {
-    let packet = unhex(include_str!("rfc9001-a2-client-initial.hex"));
+    let packet = RFC_INITIAL;
     assert_eq!(packet.len(), 1200);
     let mut crypto = Crypto::default();
-    read_initials(&packet, &mut crypto).unwrap();
+    read_initials(packet, &mut crypto).unwrap();
     let hello = hello::from_handshake(crypto.contiguous()).unwrap().unwrap();
     assert_eq!(hello.sni.as_deref(), Some("example.com"));
     assert_eq!(hello.alpn, vec![b"alpn".to_vec()]);
@@ -81,9 +77,9 @@ fn reads_the_rfc_9001_client_initial() {
 fn protects_as_the_rfc_does() {
     // The same packet built here from its frames: the keys, the header
     // protection and the sealing all agree with Appendix A.2.
-    let frames = unhex(include_str!("rfc9001-a2-client-crypto-frame.hex"));
-    let built = initial(&RFC_DCID, 2, &frames, 1162);
-    assert_eq!(built, unhex(include_str!("rfc9001-a2-client-initial.hex")));
+    let frames = include_bytes!("rfc9001-a2-client-crypto-frame.bin");
+    let built = initial(&RFC_DCID, 2, frames, 1162);
+    assert_eq!(built, RFC_INITIAL.to_vec());
 }
 
 #[test]
@@ -116,7 +112,7 @@ fn tells_what_is_not_an_initial() {
         read_initials(b"\x12\x34 dns", &mut crypto),
         Err(NotInitial::NotQuic)
     );
-    let mut packet = unhex(include_str!("rfc9001-a2-client-initial.hex"));
+    let mut packet = RFC_INITIAL.to_vec();
     packet[40] ^= 1;
     assert_eq!(
         read_initials(&packet, &mut crypto),
@@ -137,7 +133,7 @@ proptest! {
     fn any_input_is_safe(buf in proptest::collection::vec(any::<u8>(), 0..1500), flips in proptest::collection::vec((0usize..1200, any::<u8>()), 0..4)) {
         let mut crypto = Crypto::default();
         let _ = read_initials(&buf, &mut crypto);
-        let mut packet = unhex(include_str!("rfc9001-a2-client-initial.hex"));
+        let mut packet = RFC_INITIAL.to_vec();
         for (at, b) in flips {
             packet[at] ^= b;
         }
