@@ -39,12 +39,21 @@ fn budget() -> &'static Budget {
     BUDGET.get_or_init(|| {
         let limit = soft_limit();
         Budget {
-            share: limit.saturating_sub(reserve_for(limit)),
+            // What is open when the data plane first asks (the runtimes'
+            // event loops, listening sockets, the admin socket, the log) is
+            // not the data plane's to spend either.
+            share: limit.saturating_sub(reserve_for(limit) + open_now()),
             used: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
         }
     })
+}
+
+/// How many descriptors the process has open (0 where `/proc` is missing).
+fn open_now() -> usize {
+    // Less the one the listing itself holds.
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
 }
 
 /// The soft `RLIMIT_NOFILE`.

@@ -22,6 +22,8 @@
 //!   - [`pool`]: pools: an immutable snapshot per pool behind an atomic swap,
 //!     changed through one door (`Pool::update`) under one lock.
 //! - **data plane**
+//!   - [`workers`]: the data plane's threads, one single-threaded runtime
+//!     each; a connection lives on the worker that accepted it.
 //!   - `net`: listening sockets with the options a proxy needs.
 //!   - `relay`: the TCP byte relay (half-close exact, splice for bulk).
 //!   - [`listener`]: one listener's sockets: bind, launch, re-point, retire;
@@ -70,6 +72,7 @@ pub mod pool;
 pub(crate) mod relay;
 pub mod server;
 pub mod wire;
+pub mod workers;
 
 pub use config::Config;
 pub use server::Server;

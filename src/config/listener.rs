@@ -181,7 +181,7 @@ impl Validator<'_> {
             access_log: l.access_log.unwrap_or(true),
             backlog: backlog as u32,
             // UDP: one receive loop per worker thread unless told otherwise.
-            reuse_port: l.reuse_port.unwrap_or(protocol == Protocol::Udp),
+            reuse_port: l.reuse_port.unwrap_or(true),
             zero_copy: l.zero_copy.unwrap_or(true),
             tcp_keepalive: self
                 .keepalive(l.tcp_keepalive.as_ref(), &format!("{key}.tcp_keepalive")),

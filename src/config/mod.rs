@@ -138,8 +138,8 @@ pub struct ListenerConfig {
     /// `backlog` (TCP accept queue), default 1024.
     pub backlog: u32,
     /// `reuse_port`: one SO_REUSEPORT socket per worker thread, each with its
-    /// own accept loop (TCP, default false) or receive loop and session table
-    /// (UDP, default true).
+    /// own accept loop (TCP) or receive loop and session table (UDP); default
+    /// true.
     pub reuse_port: bool,
     /// `zero_copy`, default true: a TCP direction that turns out to be bulk
     /// (a read fills the 64 KiB buffer) moves on with splice(2).

@@ -145,7 +145,7 @@ pub struct RawListener {
     /// TCP accept queue length. Default 1024.
     #[schemars(with = "Option<i64>")]
     pub backlog: Option<S<i64>>,
-    /// One SO_REUSEPORT socket per worker thread. Default false (TCP), true (UDP).
+    /// One SO_REUSEPORT socket per worker thread. Default true.
     pub reuse_port: Option<bool>,
     /// TCP: a direction that turns bulk moves on with splice(2). Default true.
     pub zero_copy: Option<bool>,

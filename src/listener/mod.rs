@@ -29,6 +29,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerConfig, Protocol};
 use crate::metrics::Metrics;
 use crate::net;
+use crate::workers;
+
+/// Handed-over connections taken so far: which worker takes the next.
+static ADOPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub(crate) use route::{Pools, Route};
 
@@ -145,12 +149,24 @@ impl Listener {
                     handover: cx.handover.clone(),
                 });
                 let mut watched = Vec::new();
-                for s in sockets {
-                    let listener =
-                        Arc::new(net::watch_listener(s).expect("tokio runtime is running"));
-                    watched.push(Arc::downgrade(&listener));
-                    cx.tracker
-                        .spawn(tcp::accept_loop(listener, shared.clone(), stop.clone()));
+                for (worker, s) in accepting(sockets) {
+                    let original = s.is_ok();
+                    let s = match s {
+                        Ok(s) => s,
+                        Err(copy) => copy,
+                    };
+                    let handle = workers::handle(worker);
+                    let listener = {
+                        let _on = handle.enter();
+                        Arc::new(net::watch_listener(s).expect("tokio runtime is running"))
+                    };
+                    if original {
+                        watched.push(Arc::downgrade(&listener));
+                    }
+                    cx.tracker.spawn_on(
+                        tcp::accept_loop(listener, shared.clone(), stop.clone()),
+                        &handle,
+                    );
                 }
                 Kind::Tcp(shared, watched)
             }
@@ -171,12 +187,18 @@ impl Listener {
                             tracing::warn!(listener = %config.name, error = %e, "cannot learn datagrams' destination addresses; replies leave from the kernel's choice");
                         }
                     }
-                    let socket = Arc::new(
-                        tokio::net::UdpSocket::from_std(s).expect("tokio runtime is running"),
-                    );
+                    let handle = workers::handle(watched.len());
+                    let socket = {
+                        let _on = handle.enter();
+                        Arc::new(
+                            tokio::net::UdpSocket::from_std(s).expect("tokio runtime is running"),
+                        )
+                    };
                     watched.push(Arc::downgrade(&socket));
-                    cx.tracker
-                        .spawn(udp::recv_loop(socket, shared.clone(), stop.clone()));
+                    cx.tracker.spawn_on(
+                        udp::recv_loop(socket, shared.clone(), stop.clone()),
+                        &handle,
+                    );
                 }
                 Kind::Udp(shared, watched)
             }
@@ -190,6 +212,33 @@ impl Listener {
             addr,
         }
     }
+}
+
+/// Which worker watches which socket: socket `i` on worker `i`; where the
+/// data plane has more workers than sockets (no `reuse_port`), the others
+/// watch copies of the sockets' descriptors (`Err`), so every worker
+/// accepts. Without started workers, each socket once, as given.
+fn accepting(
+    sockets: Vec<std::net::TcpListener>,
+) -> Vec<(usize, Result<std::net::TcpListener, std::net::TcpListener>)> {
+    let mut copies = Vec::new();
+    if workers::started() && !sockets.is_empty() {
+        for w in sockets.len()..workers::count() {
+            match sockets[w % sockets.len()].try_clone() {
+                Ok(copy) => copies.push((w, Err(copy))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot copy a listening socket; fewer workers accept on it");
+                    break;
+                }
+            }
+        }
+    }
+    sockets
+        .into_iter()
+        .map(Ok)
+        .enumerate()
+        .chain(copies)
+        .collect()
 }
 
 /// Binds one listener's socket(s): with `reuse_port`, one per worker thread.
@@ -236,7 +285,7 @@ fn grow<S>(
     open: impl Fn(SocketAddr, bool) -> std::io::Result<S>,
 ) -> std::io::Result<()> {
     if l.reuse_port {
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let workers = workers::count();
         while sockets.len() < workers {
             sockets.push(open(addr, true)?);
         }
@@ -335,9 +384,12 @@ impl Listener {
     ) {
         match &self.kind {
             Kind::Tcp(shared, _) => {
-                shared
-                    .tracker
-                    .spawn(tcp::serve_moved(shared.clone(), client, backend, moved));
+                // Spread over the workers, as accepted connections are.
+                let worker = ADOPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared.tracker.spawn_on(
+                    tcp::serve_moved(shared.clone(), client, backend, moved),
+                    &workers::handle(worker),
+                );
             }
             Kind::Udp(..) => {
                 tracing::warn!(listener = %self.config.name, "a TCP connection handed over to a UDP listener is closed");

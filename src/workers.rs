@@ -1,0 +1,82 @@
+//! The data plane's threads: one single-threaded runtime per worker, each
+//! with its own event loop and timers (as nginx's worker processes, in one
+//! process).
+//!
+//! A listening socket is watched by one worker, and every connection or
+//! session it accepts lives on that worker from accept to close: no task
+//! moves between threads and no wake-up crosses one, which is what a
+//! work-stealing runtime spends on a short connection. With `reuse_port`
+//! each worker has a socket of its own and the kernel spreads clients over
+//! them; without it the one socket is watched by every worker and whoever
+//! wakes first accepts.
+//!
+//! The control plane (admin API, health checks, discovery, reloads) stays on
+//! the runtime `main` builds. Where no workers were started (the library
+//! used in-process, as the tests do) the data plane runs on the caller's
+//! runtime.
+
+use std::sync::OnceLock;
+
+use tokio::runtime::Handle;
+
+static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
+
+/// Starts `n` worker threads (at least one), each running a single-threaded
+/// runtime until the process exits. Called once, before any listener binds;
+/// a second call changes nothing.
+pub fn start(n: usize) -> std::io::Result<()> {
+    if WORKERS.get().is_some() {
+        return Ok(());
+    }
+    let mut handles = Vec::new();
+    for i in 0..n.max(1) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name(format!("switchyard-w{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(rt.handle().clone()));
+                // Runs this worker's tasks until the process exits.
+                rt.block_on(std::future::pending::<()>());
+            })?;
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("a worker thread ended at start"))??;
+        handles.push(handle);
+    }
+    let _ = WORKERS.set(handles);
+    Ok(())
+}
+
+/// How many workers serve listeners: the started ones, or else the calling
+/// runtime's worker threads.
+pub fn count() -> usize {
+    match WORKERS.get() {
+        Some(w) => w.len(),
+        None => Handle::current().metrics().num_workers(),
+    }
+}
+
+/// The runtime of worker `i` (modulo the count), or the caller's runtime
+/// where no workers were started.
+pub fn handle(i: usize) -> Handle {
+    match WORKERS.get() {
+        Some(w) => w[i % w.len()].clone(),
+        None => Handle::current(),
+    }
+}
+
+/// Whether this crate's workers were started (else everything runs on the
+/// caller's runtime).
+pub fn started() -> bool {
+    WORKERS.get().is_some()
+}
