@@ -32,13 +32,17 @@ impl Strategy for LeastConn {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         let mut best: Option<usize> = None;
+        let mut i = start;
         for k in 0..n {
             if k >= WINDOW && best.is_some() {
                 break;
             }
-            let i = (start + k) % n;
             if c.eligible(i) && best.is_none_or(|b| less_loaded(c, i, b)) {
                 best = Some(i);
+            }
+            i += 1;
+            if i == n {
+                i = 0;
             }
         }
         best
