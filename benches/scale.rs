@@ -7,7 +7,9 @@
 //! `cargo bench --bench scale` (add `-- --seconds N`, `-- --json FILE`). It
 //! runs the release binary against backends of its own in a child process
 //! (so each process needs half the descriptors), on loopback, with ports
-//! from the kernel; every loop is bounded by a deadline.
+//! from the kernel; every loop is bounded by a deadline. Under `cargo test
+//! --all-targets` (no `--bench` argument) it makes one quick pass over small
+//! levels, which checks the bench without the wait.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,7 +33,18 @@ fn main() {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1).cloned())
     };
-    let secs: u64 = opt("--seconds").and_then(|s| s.parse().ok()).unwrap_or(3);
+    // `cargo test --all-targets` runs this without `--bench`: then one quick
+    // pass over small levels checks that the bench itself works.
+    let quick = !args.iter().any(|a| a == "--bench");
+    let secs: f64 = opt("--seconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 0.3 } else { 3.0 });
+    let level = Duration::from_secs_f64(secs);
+    let (conns, clients, idle, mib): ([usize; 3], [usize; 3], usize, u64) = if quick {
+        ([10, 100, 200], [1, 10, 100], 200, 64)
+    } else {
+        ([10, 1000, 10_000], [1, 100, 10_000], 5000, 4096)
+    };
     let json = opt("--json");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let backends = Backends::start();
@@ -44,7 +57,7 @@ fn main() {
 
     // Memory first, each on a proxy of its own that has served nothing yet:
     // a heap that earlier load grew would hide the growth.
-    let n = 5000.min(room);
+    let n = idle.min(room);
     let tcp_idle = rt.block_on(idle_tcp(&Proxy::start(&backends), n));
     let udp_idle = rt.block_on(idle_udp(&Proxy::start(&backends), n));
     println!("memory (proxy RSS growth over {n} idle clients)");
@@ -61,9 +74,9 @@ fn main() {
         "concurrent", "conn/s", "p50 ms", "p99 ms"
     );
     let mut conn = Vec::new();
-    for want in [10usize, 1000, 10_000] {
+    for want in conns {
         let c = want.min(room);
-        let r = rt.block_on(conn_rate(proxy.tcp, c, Duration::from_secs(secs)));
+        let r = rt.block_on(conn_rate(proxy.tcp, c, level));
         let note = if c < want { " (descriptor limit)" } else { "" };
         println!(
             "{c:>12} {:>12.0} {:>10.2} {:>10.2}{note}",
@@ -76,17 +89,16 @@ fn main() {
     println!("\nUDP exchanges (64-byte datagram and its echo), 64 in flight, {secs} s a level");
     println!("{:>12} {:>12} {:>10}", "clients", "exchanges/s", "lost");
     let mut udp = Vec::new();
-    for want in [1usize, 100, 10_000] {
+    for want in clients {
         let n = want.min(room);
-        let r = rt.block_on(udp_rate(proxy.udp, n, Duration::from_secs(secs)));
+        let r = rt.block_on(udp_rate(proxy.udp, n, level));
         println!("{n:>12} {:>12.0} {:>10}", r.rate, r.lost);
         udp.push(serde_json::json!({"clients": n, "exchanges_s": r.rate, "lost": r.lost}));
     }
     report.insert("udp".into(), udp.into());
 
-    let gib = 4u64;
-    println!("\nCPU per GiB relayed ({gib} GiB one way, client to a discarding backend)");
-    let ours = cpu_per_gib(proxy.child.0.id(), proxy.bulk, gib);
+    println!("\nCPU per GiB relayed ({mib} MiB one way, client to a discarding backend)");
+    let ours = cpu_per_gib(proxy.child.0.id(), proxy.bulk, mib);
     println!(
         "  switchyard: {:.3} CPU s/GiB at {:.2} Gbit/s",
         ours.0, ours.1
@@ -95,7 +107,7 @@ fn main() {
         serde_json::json!({"switchyard_cpu_s_per_gib": ours.0, "switchyard_gbit_s": ours.1});
     match Haproxy::start(backends.sink) {
         Some(h) => {
-            let theirs = cpu_per_gib(h.child.0.id(), h.addr, gib);
+            let theirs = cpu_per_gib(h.child.0.id(), h.addr, mib);
             println!(
                 "  HAProxy (splice-auto): {:.3} CPU s/GiB at {:.2} Gbit/s; switchyard ÷ HAProxy {:.2}",
                 theirs.0,
@@ -543,9 +555,9 @@ async fn wait_metric(p: &Proxy, name: &str, listener: &str, value: usize) {
     }
 }
 
-/// CPU seconds per GiB `pid` spends while a client pushes `gib` GiB through
-/// `to`, and the rate it went at.
-fn cpu_per_gib(pid: u32, to: SocketAddr, gib: u64) -> (f64, f64) {
+/// CPU seconds per GiB `pid` spends while a client pushes `mib` MiB through
+/// `to`, and the rate it went at in Gbit/s.
+fn cpu_per_gib(pid: u32, to: SocketAddr, mib: u64) -> (f64, f64) {
     let cpu = || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let f: Vec<&str> = stat
@@ -560,7 +572,7 @@ fn cpu_per_gib(pid: u32, to: SocketAddr, gib: u64) -> (f64, f64) {
     let mut s = TcpStream::connect(to).unwrap();
     let chunk = vec![0x5au8; 1 << 20];
     let (c0, t0) = (cpu(), Instant::now());
-    for _ in 0..gib * 1024 {
+    for _ in 0..mib {
         s.write_all(&chunk).unwrap();
     }
     s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -568,8 +580,8 @@ fn cpu_per_gib(pid: u32, to: SocketAddr, gib: u64) -> (f64, f64) {
     let _ = s.read_to_end(&mut rest);
     let took = t0.elapsed().as_secs_f64();
     (
-        (cpu() - c0) / gib as f64,
-        gib as f64 * 8.0 * 1.073_741_824 / took,
+        (cpu() - c0) * 1024.0 / mib as f64,
+        mib as f64 * 8.0 * 1_048_576.0 / 1e9 / took,
     )
 }
 

@@ -204,6 +204,9 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
     // New clients of a listener with routes whose hello is not yet whole.
     let mut inspector = Inspector::default();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Made once: a wait made anew per datagram would take the token's lock twice.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let wake = inspector
             .next_deadline(shared.route.load().config.tls_inspect_timeout.as_millis() as u64);
@@ -241,7 +244,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
                 }
                 continue;
             }
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
         };
         let m = &shared.metrics;
         let route = shared.route.load();

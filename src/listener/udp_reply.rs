@@ -54,12 +54,16 @@ pub(super) async fn replies(t: ReplyTask) {
     let (mut datagrams_out, mut bytes_out) = (0u64, 0u64);
     let mut idle_ms = t.idle.as_millis() as u64;
     let mut draining = false;
+    // The waits live as long as the session, made once: a wait made anew for
+    // each datagram would add and remove a timer and three cancellation
+    // waiters (each under a lock) per reply. The idle timer fires at the
+    // deadline it was set for and is then moved on to the latest activity's.
+    let idle = tokio::time::sleep(Duration::from_millis(idle_ms));
+    let stopped = t.stop.cancelled();
+    let shutdown = t.shared.hard_stop.cancelled();
+    let retired = t.listener_stop.cancelled();
+    tokio::pin!(idle, stopped, shutdown, retired);
     let end = loop {
-        let deadline = t.last.load(Ordering::Relaxed).saturating_add(idle_ms);
-        let now = now_ms();
-        if now >= deadline {
-            break "idle_timeout";
-        }
         // ERROR readiness too: an ICMP port-unreachable raises only EPOLLERR.
         tokio::select! {
             r = t.upstream.ready(Interest::READABLE | Interest::ERROR) => {
@@ -68,14 +72,25 @@ pub(super) async fn replies(t: ReplyTask) {
                     break "error";
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(deadline - now)) => continue,
-            _ = t.stop.cancelled() => break "stopped",
-            _ = t.shared.hard_stop.cancelled() => break "shutdown",
-            _ = t.listener_stop.cancelled(), if !draining => {
+            _ = &mut idle => {
+                let deadline = t.last.load(Ordering::Relaxed).saturating_add(idle_ms);
+                let now = now_ms();
+                if now >= deadline {
+                    break "idle_timeout";
+                }
+                idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(deadline - now));
+                continue;
+            }
+            _ = &mut stopped => break "stopped",
+            _ = &mut shutdown => break "shutdown",
+            _ = &mut retired, if !draining => {
                 // The listener stopped (shutdown, reload, upgrade): no new
                 // datagrams come this way; wait for replies a short while.
                 draining = true;
                 idle_ms = idle_ms.min(DRAIN_IDLE.as_millis() as u64);
+                let deadline = t.last.load(Ordering::Relaxed).saturating_add(idle_ms);
+                let left = deadline.saturating_sub(now_ms());
+                idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(left));
                 continue;
             }
         }
