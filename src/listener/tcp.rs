@@ -17,7 +17,7 @@ use super::clients::{Limits, Refusal};
 use super::connect::{connect, Unserved};
 use super::greet::{self, Refused};
 use super::handover::Moved;
-pub use super::tcp_shared::{Slot, TcpShared};
+pub use super::tcp_shared::{LocalStops, Slot, TcpShared};
 use super::Route;
 use crate::clock::Every;
 use crate::fds::{self};
@@ -43,6 +43,7 @@ pub async fn accept_loop(
 ) {
     let mut backoff = Duration::ZERO;
     let failures = Every::ms(1000);
+    let stops = Arc::new(LocalStops::of(&shared));
     loop {
         let mut waiting = tokio::select! {
             r = listener.readable() => match r {
@@ -104,7 +105,9 @@ pub async fn accept_loop(
                     owed: shared.owed.clone(),
                     _fds: fds,
                 };
-                shared.tracker.spawn(serve(shared2, stream, peer, slot));
+                shared
+                    .tracker
+                    .spawn(serve(shared2, stream, peer, slot, stops.clone()));
             }
             Err(e) => {
                 drop((permit, fds));
@@ -235,7 +238,13 @@ fn per_address(route: &Route) -> Option<Limits> {
 }
 
 /// One client connection, from accept to close.
-async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, slot: Slot) {
+async fn serve(
+    shared: Arc<TcpShared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    stops: Arc<LocalStops>,
+) {
     let m = &shared.metrics;
     let route = shared.route.load_full();
     let name = route.config.name.as_str();
@@ -298,7 +307,7 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         let preamble = greet::preamble(&client, who, snap.config.proxy_protocol, greeting);
         tokio::select! {
             c = connect(&snap, who, name, &preamble) => c,
-            _ = shared.hard_stop.cancelled() => Err(Unserved::NoBackend),
+            _ = stops.hard.cancelled() => Err(Unserved::NoBackend),
         }
     };
     let (mut backend, guard) = match connected {
@@ -317,7 +326,7 @@ async fn serve(shared: Arc<TcpShared>, mut client: TcpStream, peer: SocketAddr, 
         }
     };
     carry(
-        &shared,
+        (&shared, &stops),
         (&route, pool),
         (&mut client, &mut backend),
         &guard,
@@ -366,7 +375,7 @@ pub async fn serve_moved(
         .checked_sub(Duration::from_millis(moved.age_ms))
         .unwrap_or(now);
     carry(
-        &shared,
+        (&shared, &LocalStops::of(&shared)),
         (&route, pool),
         (&mut client, &mut backend),
         &guard,
@@ -380,7 +389,7 @@ pub async fn serve_moved(
 /// on a binary upgrade, hands the connection to the new process. `before`
 /// is when it began and the bytes relayed before this process had it.
 async fn carry(
-    shared: &TcpShared,
+    (shared, stops): (&TcpShared, &LocalStops),
     (route, pool): (&Route, &Pool),
     (client, backend): (&mut TcpStream, &mut TcpStream),
     guard: &ActiveGuard,
@@ -396,8 +405,8 @@ async fn carry(
     let (outcome, closed_as_down) = match b.down_watch() {
         None => {
             let stop = Stops {
-                hard: &shared.hard_stop,
-                handover: &shared.handover.token,
+                hard: &stops.hard,
+                handover: &stops.handover,
             };
             let o = relay::relay(client, backend, idle, stop, splice, up, down).await;
             (o, false)
@@ -406,10 +415,10 @@ async fn carry(
         // when the backend goes down (plus the grace). Boxed, so that every
         // other connection's task keeps its size.
         Some((grace, signal)) => {
-            let own = shared.hard_stop.child_token();
+            let own = stops.hard.child_token();
             let stop = Stops {
                 hard: &own,
-                handover: &shared.handover.token,
+                handover: &stops.handover,
             };
             let relaying = relay::relay(client, backend, idle, stop, splice, up, down);
             Box::pin(until_down(relaying, &own, grace, signal)).await
@@ -518,8 +527,9 @@ mod tests {
         let (b, peer) = l.accept().await.unwrap();
         let guard = pool.snapshot().members[0].backend.open();
         let (mut a, mut b) = (a, b);
+        let stops = Arc::new(LocalStops::of(&shared));
         let carrying = carry(
-            &shared,
+            (&shared, &stops),
             (&route, &pool),
             (&mut a, &mut b),
             &guard,
@@ -534,7 +544,7 @@ mod tests {
             owed: shared.owed.clone(),
             _fds: fds::untracked(),
         };
-        let serving = serve(shared.clone(), c, peer, slot);
+        let serving = serve(shared.clone(), c, peer, slot, stops.clone());
         let serve_size = std::mem::size_of_val(&serving);
         // 1,360 bytes before this task learned per-address limits, reset
         // propagation and the upgrade's hand-over; 1,848 now, of which the

@@ -65,6 +65,27 @@ impl TcpShared {
 
 /// A connection's place under `max_connections`; returned (or, while a
 /// lowered limit is owed permits, given up) when the connection ends.
+/// One accept loop's own copies of the listener's stops (child tokens):
+/// each connection waits on its worker's, so no connection takes a lock that
+/// another worker's connections take, and a stop of the listener or the
+/// daemon still reaches every one.
+pub struct LocalStops {
+    /// Ends relays at once (the listener's grace is over).
+    pub hard: CancellationToken,
+    /// A binary upgrade asks relays to stop at a safe point.
+    pub handover: CancellationToken,
+}
+
+impl LocalStops {
+    /// Children of `shared`'s stops.
+    pub fn of(shared: &TcpShared) -> LocalStops {
+        LocalStops {
+            hard: shared.hard_stop.child_token(),
+            handover: shared.handover.token.child_token(),
+        }
+    }
+}
+
 pub struct Slot {
     pub(super) permit: Option<OwnedSemaphorePermit>,
     pub(super) owed: Arc<AtomicUsize>,
