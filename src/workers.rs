@@ -7,8 +7,9 @@
 //! moves between threads and no wake-up crosses one, which is what a
 //! work-stealing runtime spends on a short connection. With `reuse_port`
 //! each worker has a socket of its own and the kernel spreads clients over
-//! them; without it the one socket is watched by every worker and whoever
-//! wakes first accepts.
+//! them; without it a TCP listener's one socket is watched by every worker
+//! and whoever wakes first accepts, while a UDP listener's one socket has
+//! one receive loop, on one worker.
 //!
 //! The control plane (admin API, health checks, discovery, reloads) stays on
 //! the runtime `main` builds. Where no workers were started (the library
