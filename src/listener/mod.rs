@@ -149,18 +149,13 @@ impl Listener {
                     handover: cx.handover.clone(),
                 });
                 let mut watched = Vec::new();
-                for (worker, s) in accepting(sockets) {
-                    let original = s.is_ok();
-                    let s = match s {
-                        Ok(s) => s,
-                        Err(copy) => copy,
-                    };
-                    let handle = workers::handle(worker);
+                for w in accepting(sockets) {
+                    let handle = workers::handle(w.worker);
                     let listener = {
                         let _on = handle.enter();
-                        Arc::new(net::watch_listener(s).expect("tokio runtime is running"))
+                        Arc::new(net::watch_listener(w.socket).expect("tokio runtime is running"))
                     };
-                    if original {
+                    if !w.copy {
                         watched.push(Arc::downgrade(&listener));
                     }
                     cx.tracker.spawn_on(
@@ -214,18 +209,28 @@ impl Listener {
     }
 }
 
+/// One listening socket and the worker that watches it.
+struct Watch {
+    worker: usize,
+    socket: std::net::TcpListener,
+    /// A copy of another watch's descriptor (the same socket).
+    copy: bool,
+}
+
 /// Which worker watches which socket: socket `i` on worker `i`; where the
 /// data plane has more workers than sockets (no `reuse_port`), the others
-/// watch copies of the sockets' descriptors (`Err`), so every worker
-/// accepts. Without started workers, each socket once, as given.
-fn accepting(
-    sockets: Vec<std::net::TcpListener>,
-) -> Vec<(usize, Result<std::net::TcpListener, std::net::TcpListener>)> {
+/// watch copies of the sockets' descriptors, so every worker accepts.
+/// Without started workers, each socket once, as given.
+fn accepting(sockets: Vec<std::net::TcpListener>) -> Vec<Watch> {
     let mut copies = Vec::new();
     if workers::started() && !sockets.is_empty() {
-        for w in sockets.len()..workers::count() {
-            match sockets[w % sockets.len()].try_clone() {
-                Ok(copy) => copies.push((w, Err(copy))),
+        for worker in sockets.len()..workers::count() {
+            match sockets[worker % sockets.len()].try_clone() {
+                Ok(socket) => copies.push(Watch {
+                    worker,
+                    socket,
+                    copy: true,
+                }),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot copy a listening socket; fewer workers accept on it");
                     break;
@@ -235,8 +240,12 @@ fn accepting(
     }
     sockets
         .into_iter()
-        .map(Ok)
         .enumerate()
+        .map(|(worker, socket)| Watch {
+            worker,
+            socket,
+            copy: false,
+        })
         .chain(copies)
         .collect()
 }
