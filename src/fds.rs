@@ -39,15 +39,25 @@ fn budget() -> &'static Budget {
     BUDGET.get_or_init(|| {
         let limit = soft_limit();
         Budget {
-            // What is open when the data plane first asks (the runtimes'
-            // event loops, listening sockets, the admin socket, the log) is
-            // not the data plane's to spend either.
+            // What is open when the share is fixed (`settle` at start, or
+            // the data plane's first ask: the runtimes' event loops,
+            // listening sockets, the admin socket, the log) is not the data
+            // plane's to spend either.
             share: limit.saturating_sub(reserve_for(limit) + open_now()),
             used: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
         }
     })
+}
+
+/// Fixes the data plane's share now, once the daemon's own descriptors are
+/// open (listening sockets, the admin socket, the runtimes), and before a
+/// binary upgrade hands connections over: their descriptors are the data
+/// plane's, and counted as the daemon's own they would shrink the share for
+/// the rest of its life.
+pub(crate) fn settle() {
+    budget();
 }
 
 /// How many descriptors the process has open (0 where `/proc` is missing).

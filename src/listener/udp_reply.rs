@@ -88,9 +88,8 @@ pub(super) async fn replies(t: ReplyTask) {
                 // datagrams come this way; wait for replies a short while.
                 draining = true;
                 idle_ms = idle_ms.min(DRAIN_IDLE.as_millis() as u64);
-                let deadline = t.last.load(Ordering::Relaxed).saturating_add(idle_ms);
-                let left = deadline.saturating_sub(now_ms());
-                idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(left));
+                // The idle arm measures against the shorter wait at once.
+                idle.as_mut().reset(tokio::time::Instant::now());
                 continue;
             }
         }

@@ -121,6 +121,7 @@ impl Server {
         });
         let server = Server { inner };
         server.apply(config).await?;
+        crate::fds::settle();
         server.inner.bg_tracker.spawn(server.clone().sample());
         Ok(server)
     }
