@@ -111,6 +111,23 @@ impl Drop for Held {
     }
 }
 
+impl Held {
+    /// Adds `other`'s descriptors to this holding: one holding for many
+    /// sockets, given back one by one.
+    pub(crate) fn join(&mut self, other: Held) {
+        self.0 += other.0;
+        // Its descriptors are this holding's now; it has nothing else to drop.
+        std::mem::forget(other);
+    }
+
+    /// Gives `n` of this holding's descriptors back.
+    pub(crate) fn give_back(&mut self, n: usize) {
+        let n = n.min(self.0);
+        self.0 -= n;
+        drop(Held(n));
+    }
+}
+
 /// A holding of nothing: for a connection taken over when the budget is
 /// spent (it must be served; it is not counted).
 pub(crate) fn untracked() -> Held {

@@ -14,6 +14,7 @@ mod udp_io;
 mod udp_place;
 mod udp_reply;
 mod udp_route;
+mod udp_session;
 mod udp_shared;
 
 use std::net::SocketAddr;

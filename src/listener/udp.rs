@@ -6,10 +6,13 @@
 //! `max_sessions`. Sessions end after `idle_timeout` without a datagram
 //! either way.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,13 +22,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::udp_io;
-use super::udp_place::{Full, Place};
+use super::udp_place::{Full, Place, Places};
 use super::udp_reply::{replies, ReplyTask};
 use super::udp_route::{Inspector, Verdict};
+use super::udp_session::{End, IdleClock, Link, Parts};
 pub use super::udp_shared::UdpShared;
 use super::udp_shared::MAX_DATAGRAM;
 use super::Route;
-use crate::backend::Backend;
 use crate::clock::now_ms;
 use crate::fds::{self, Held};
 use crate::metrics::UdpListenerMetrics;
@@ -61,20 +64,12 @@ fn local_drop(shared: &UdpShared, reason: &'static str, e: Option<&io::Error>) {
     }
 }
 
+/// A new session, before its receive loop's table takes it.
 struct Session<'a> {
+    link: Arc<Link>,
     _place: Place<'a>,
     /// The session socket's descriptor, in the data plane's budget.
     _fds: Held,
-    id: u64,
-    upstream: Arc<UdpSocket>,
-    backend: Arc<Backend>,
-    last: Arc<AtomicU64>,
-    stop: CancellationToken,
-    /// The pool's passive-health settings when the session began.
-    max_fails: u32,
-    fail_timeout: Duration,
-    /// The pool's PROXY protocol v2 header, sent before each datagram.
-    header: Option<Box<[u8]>>,
 }
 
 /// What a receive loop starts sessions with.
@@ -83,7 +78,6 @@ struct Starter<'a> {
     socket: &'a Arc<UdpSocket>,
     /// The listener's own address (its port, for PROXY headers).
     bound: SocketAddr,
-    stop: &'a CancellationToken,
     ended: &'a mpsc::UnboundedSender<(SocketAddr, u64)>,
     next_id: u64,
 }
@@ -124,7 +118,7 @@ impl<'a> Starter<'a> {
             return None;
         };
         let upstream = match udp_io::open_upstream(backend.addr) {
-            Ok(u) => Arc::new(u),
+            Ok(u) => u,
             Err(e) => {
                 match local_cause(&e) {
                     // The proxy's own shortage: no backend is to blame.
@@ -145,49 +139,42 @@ impl<'a> Starter<'a> {
             proxy_protocol::v2(Some((peer, to)), Transport::Dgram, &[]).into_boxed_slice()
         });
         self.next_id += 1;
-        let session = Session {
-            _place: place,
-            _fds: fds,
+        let link = Arc::new(Link::new(Parts {
+            upstream,
+            guard: backend.open().established(),
+            peer,
+            local,
             id: self.next_id,
-            upstream: upstream.clone(),
-            backend: backend.clone(),
-            last: Arc::new(AtomicU64::new(now_ms())),
-            stop: CancellationToken::new(),
+            now_ms: now_ms(),
+            idle: route.config.idle_timeout,
             max_fails: snap.config.max_fails,
             fail_timeout: snap.config.fail_timeout,
             header,
-        };
+        }));
         for datagram in first {
-            forward(&session, datagram, m);
+            forward(&link, datagram, m);
         }
         m.sessions.inc();
         m.sessions_total.inc();
         shared.tracker.spawn(replies(ReplyTask {
             shared: shared.clone(),
             listener: self.socket.clone(),
-            upstream,
-            peer,
-            local,
-            id: self.next_id,
-            last: session.last.clone(),
-            idle: route.config.idle_timeout,
-            access_log: route.config.access_log,
-            stop: session.stop.clone(),
-            listener_stop: self.stop.clone(),
+            link: link.clone(),
             ended: self.ended.clone(),
-            guard: backend.open().established(),
-            max_fails: session.max_fails,
-            fail_timeout: session.fail_timeout,
         }));
-        Some(session)
+        Some(Session {
+            link,
+            _place: place,
+            _fds: fds,
+        })
     }
 }
 
 /// Receives client datagrams until `stop` fires. Sessions then run on for
 /// the replies still on their way (see `DRAIN_IDLE`), until the listener's
-/// hard stop.
+/// hard stop; the loop ends with its last session.
 pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: CancellationToken) {
-    // Each session sends its address here once, when it ends: at most
+    // A session whose socket fails sends its address here once: at most
     // `max_sessions` messages are ever outstanding.
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
     let mut starter = Starter {
@@ -196,20 +183,24 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         bound: socket
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-        stop: &stop,
         ended: &ended_tx,
         next_id: 0,
     };
-    let mut sessions: HashMap<SocketAddr, Session<'_>> = HashMap::new();
+    let mut table = Table::new(&shared.places);
     // New clients of a listener with routes whose hello is not yet whole.
     let mut inspector = Inspector::default();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // Made once: a wait made anew per datagram would take the token's lock twice.
     let stopped = stop.cancelled();
-    tokio::pin!(stopped);
+    let shutdown = shared.hard_stop.cancelled();
+    let mut alarm = Alarm::new();
+    tokio::pin!(stopped, shutdown);
     loop {
-        let wake = inspector
-            .next_deadline(shared.route.load().config.tls_inspect_timeout.as_millis() as u64);
+        let inspect_ms = shared.route.load().config.tls_inspect_timeout.as_millis() as u64;
+        alarm.set(earliest(
+            inspector.next_deadline(inspect_ms),
+            table.clock.next_ms(),
+        ));
         let (n, peer, local) = tokio::select! {
             r = receive(&socket, &mut buf, shared.wildcard) => match r {
                 Ok(x) => x,
@@ -221,12 +212,11 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
                 }
             },
             Some((peer, id)) = ended_rx.recv() => {
-                if sessions.get(&peer).is_some_and(|s| s.id == id) {
-                    sessions.remove(&peer);
-                }
+                table.forget(peer, id);
                 continue;
             }
-            _ = tokio::time::sleep(Duration::from_millis(wake.unwrap_or(0).saturating_sub(now_ms()))), if wake.is_some() => {
+            _ = alarm.rings() => {
+                table.end_idle();
                 // Hellos that never completed: the listener's pool, or
                 // dropped under sni_required.
                 let route = shared.route.load_full();
@@ -235,7 +225,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
                         Verdict::Go { route: i, held } => {
                             let first: Vec<&[u8]> = held.iter().map(|d| &d[..]).collect();
                             if let Some(s) = starter.start(&route, (peer, local), i, &first) {
-                                sessions.insert(peer, s);
+                                table.insert(s);
                             }
                         }
                         Verdict::Drop(n) => shared.metrics.dropped_sni.inc_by(n),
@@ -245,6 +235,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
                 continue;
             }
             _ = &mut stopped => break,
+            _ = &mut shutdown => break,
         };
         let m = &shared.metrics;
         let route = shared.route.load();
@@ -254,15 +245,16 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         }
         m.datagrams_in.inc();
         m.bytes_in.inc_by(n as u64);
-        if let Some(s) = sessions.get(&peer) {
-            if s.backend.is_healthy() && !s.backend.is_retired() {
-                forward(s, &buf[..n], m);
+        if let Some(link) = table.get(&peer) {
+            let backend = link.guard.backend();
+            if backend.is_healthy() && !backend.is_retired() {
+                forward(link, &buf[..n], m);
                 continue;
             }
             // Its backend died or left the pool: end the session and pick
             // again, so the client does not notice.
-            s.stop.cancel();
-            sessions.remove(&peer);
+            link.end(End::Stopped);
+            table.remove(&peer);
         }
         // The same snapshot, now kept for the session's lifetime.
         let route = arc_swap::Guard::into_inner(route);
@@ -289,33 +281,196 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             }
         };
         if let Some(s) = session {
-            sessions.insert(peer, s);
+            table.insert(s);
         }
     }
-    // Sessions are not ended here: each drains on its own (replies to
-    // datagrams already forwarded still reach their clients).
+    // No new datagrams come this way: each session waits a short while for
+    // replies still on their way, then ends, or all end at the hard stop.
+    table.clock.drain(table.sessions.iter().map(|s| &s.0));
+    while !table.sessions.is_empty() {
+        if shared.hard_stop.is_cancelled() {
+            for s in &table.sessions {
+                s.0.end(End::Shutdown);
+            }
+            break;
+        }
+        alarm.set(table.clock.next_ms());
+        tokio::select! {
+            Some((peer, id)) = ended_rx.recv() => table.forget(peer, id),
+            _ = alarm.rings() => table.end_idle(),
+            _ = &mut shutdown => {}
+        }
+    }
+}
+
+/// A receive loop's sessions, by client address, with their places and
+/// descriptors, and their idle clock. Each session costs the table one
+/// pointer: its address is read from its `Link`.
+struct Table<'a> {
+    sessions: HashSet<ByPeer>,
+    clock: IdleClock,
+    places: &'a Places,
+    /// The descriptors of the sessions' sockets, one each.
+    fds: Held,
+}
+
+/// A session in the table, found by its client's address.
+struct ByPeer(Arc<Link>);
+
+impl Hash for ByPeer {
+    /// As its address hashes, so that the table is searched by address.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.peer.hash(state);
+    }
+}
+
+impl PartialEq for ByPeer {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.peer == other.0.peer
+    }
+}
+
+impl Eq for ByPeer {}
+
+impl Borrow<SocketAddr> for ByPeer {
+    fn borrow(&self) -> &SocketAddr {
+        &self.0.peer
+    }
+}
+
+impl<'a> Table<'a> {
+    fn new(places: &'a Places) -> Table<'a> {
+        Table {
+            sessions: HashSet::new(),
+            clock: IdleClock::default(),
+            places,
+            fds: fds::untracked(),
+        }
+    }
+
+    fn get(&self, peer: &SocketAddr) -> Option<&Arc<Link>> {
+        self.sessions.get(peer).map(|s| &s.0)
+    }
+
+    fn insert(&mut self, s: Session<'a>) {
+        self.clock.watch(&s.link);
+        s._place.keep();
+        self.fds.join(s._fds);
+        if let Some(old) = self.sessions.replace(ByPeer(s.link)) {
+            self.give_back(&old.0);
+        }
+    }
+
+    /// Takes `peer`'s session off the table.
+    fn remove(&mut self, peer: &SocketAddr) {
+        if let Some(old) = self.sessions.take(peer) {
+            self.give_back(&old.0);
+        }
+    }
+
+    fn give_back(&mut self, link: &Link) {
+        self.places.release(link.peer.ip());
+        self.fds.give_back(1);
+    }
+
+    /// Takes session `id` of `peer` off the table, if it is still there.
+    fn forget(&mut self, peer: SocketAddr, id: u64) {
+        if self.get(&peer).is_some_and(|l| l.id == id) {
+            self.remove(&peer);
+        }
+    }
+
+    /// Ends the sessions that have gone idle.
+    fn end_idle(&mut self) {
+        for link in self.clock.expired(now_ms()) {
+            link.end(End::Idle);
+            self.forget(link.peer, link.id);
+        }
+    }
+}
+
+impl Drop for Table<'_> {
+    fn drop(&mut self) {
+        for s in self.sessions.drain() {
+            self.places.release(s.0.peer.ip());
+        }
+        // `fds` gives back the rest as it drops.
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One timer for a receive loop, moved only when the time it is set for
+/// changes (not re-made for every datagram).
+struct Alarm {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    at_ms: Option<u64>,
+}
+
+impl Alarm {
+    fn new() -> Alarm {
+        Alarm {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            at_ms: None,
+        }
+    }
+
+    /// Rings at `at_ms` (`clock::now_ms`), or never.
+    fn set(&mut self, at_ms: Option<u64>) {
+        if at_ms == self.at_ms {
+            return;
+        }
+        self.at_ms = at_ms;
+        if let Some(at) = at_ms {
+            let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+            self.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + wait);
+        }
+    }
+
+    /// Resolves when it rings; pending for ever when unset.
+    async fn rings(&mut self) {
+        if self.at_ms.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.at_ms = None;
+    }
 }
 
 /// Sends one client datagram on its session; a full socket buffer or an
 /// earlier ICMP error drops it (UDP's own semantics) and counts it.
-fn forward(s: &Session, data: &[u8], m: &UdpListenerMetrics) {
+fn forward(s: &Link, data: &[u8], m: &UdpListenerMetrics) {
     s.last.store(now_ms(), Ordering::Relaxed);
     let sent = match &s.header {
         None => udp_io::send(&s.upstream, data),
         Some(h) => udp_io::send_after(&s.upstream, h, data),
     };
     match sent {
-        Ok(_) => s.backend.metrics.bytes_out.inc_by(data.len() as u64),
+        Ok(_) => s
+            .guard
+            .backend()
+            .metrics
+            .bytes_out
+            .inc_by(data.len() as u64),
         Err(e) => {
             m.dropped_send.inc();
             // An earlier ICMP port-unreachable surfaces on whichever call
             // comes first, this send or the reply task's receive; either way
             // it counts against the backend.
+            let backend = s.guard.backend();
             if e.kind() == io::ErrorKind::ConnectionRefused {
-                s.backend.count_failure(&e);
-                s.backend.connect_failed(s.max_fails, s.fail_timeout);
+                backend.count_failure(&e);
+                backend.connect_failed(s.max_fails, s.fail_timeout());
             }
-            tracing::debug!(backend = %s.backend.addr, error = %e, "udp send to backend failed");
+            tracing::debug!(backend = %backend.addr, error = %e, "udp send to backend failed");
         }
     }
 }

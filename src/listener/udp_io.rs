@@ -12,21 +12,41 @@
 //! control messages are walked only with `CMSG_FIRSTHDR`/`CMSG_NXTHDR`
 //! within the length the kernel returned, and read with unaligned reads.
 //!
+//! A session's socket is registered with the reactor by [`open_upstream`],
+//! which owns it: the descriptor stays open and the same for the whole life
+//! of the `AsyncFd`, since the `UdpSocket` inside owns it.
+//!
 //! The calls go straight to the socket (through `socket2`), not through
 //! tokio's readiness cache: a fresh session socket has not yet been seen
 //! writable by the reactor, and a direct receive also collects a pending
 //! socket error (an ICMP port-unreachable) that a readiness-gated one would
 //! never attempt.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+/// A session's socket, connected to its backend.
+pub(crate) type Upstream = AsyncFd<std::net::UdpSocket>;
+
+/// `SO_SELECT_ERR_QUEUE` (asm-generic/socket.h; the `libc` crate does not
+/// export it for every Linux target). With it, a socket error raises
+/// `EPOLLPRI` beside `EPOLLERR`.
+const SO_SELECT_ERR_QUEUE: libc::c_int = 45;
+
 /// Opens a session's socket, connected to `backend` from an ephemeral port.
-pub(crate) fn open_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
+///
+/// An ICMP port-unreachable from the backend must wake the session's reply
+/// task, but it raises only `EPOLLERR`, which tokio passes to no plain read
+/// wait. With `SO_SELECT_ERR_QUEUE` it raises `EPOLLPRI` too, and a socket
+/// registered for priority events counts that as readable: so the task waits
+/// for readability alone, in the socket's own read slot, with no waiter of
+/// its own to store.
+pub(crate) fn open_upstream(backend: SocketAddr) -> io::Result<Upstream> {
     let any: SocketAddr = if backend.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -35,31 +55,34 @@ pub(crate) fn open_upstream(backend: SocketAddr) -> io::Result<UdpSocket> {
     let s = std::net::UdpSocket::bind(any)?;
     s.connect(backend)?;
     s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
+    set_int(s.as_raw_fd(), libc::SOL_SOCKET, SO_SELECT_ERR_QUEUE, 1)?;
+    // SAFETY: see the module documentation.
+    unsafe { AsyncFd::register_with_interest(s, Interest::READABLE | Interest::PRIORITY) }
+        .map_err(io::Error::from)
 }
 
 /// Sends one datagram on a connected session socket.
-pub(crate) fn send(upstream: &UdpSocket, data: &[u8]) -> io::Result<usize> {
-    socket2::SockRef::from(upstream).send(data)
+pub(crate) fn send(upstream: &Upstream, data: &[u8]) -> io::Result<usize> {
+    upstream.get_ref().send(data)
 }
 
 /// Sends `head` and `data` as one datagram on a connected session socket
 /// (a PROXY protocol header before the client's payload), without copying.
-pub(crate) fn send_after(upstream: &UdpSocket, head: &[u8], data: &[u8]) -> io::Result<usize> {
-    socket2::SockRef::from(upstream)
+pub(crate) fn send_after(upstream: &Upstream, head: &[u8], data: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(upstream.get_ref())
         .send_vectored(&[io::IoSlice::new(head), io::IoSlice::new(data)])
 }
 
 /// Receives one datagram from a connected session socket; `WouldBlock`
 /// when none is waiting (and then tokio's readiness is cleared, so the next
 /// wait sleeps).
-pub(crate) fn recv(upstream: &UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
-    let r = (&*socket2::SockRef::from(upstream)).read(buf);
+pub(crate) fn recv(upstream: &Upstream, buf: &mut [u8]) -> io::Result<usize> {
+    let r = upstream.get_ref().recv(buf);
     if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-        for interest in [Interest::READABLE, Interest::ERROR] {
-            // The WouldBlock is the point, not an error.
-            let _ = upstream.try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
-        }
+        // The WouldBlock is the point, not an error.
+        let _ = upstream.try_io(Interest::READABLE, |_| {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
     }
     r
 }
@@ -71,14 +94,18 @@ pub(crate) fn want_destination(socket: &std::net::UdpSocket, v6: bool) -> io::Re
     } else {
         (libc::IPPROTO_IP, libc::IP_PKTINFO)
     };
-    let on: libc::c_int = 1;
+    set_int(socket.as_raw_fd(), level, name, 1)
+}
+
+/// Sets an integer socket option.
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: setsockopt reads the int we own, of the size we pass.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            fd,
             level,
             name,
-            (&on as *const libc::c_int).cast(),
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

@@ -61,15 +61,30 @@ impl<'a> Place<'a> {
     }
 }
 
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = per_ip.get_mut(&self.ip) {
+impl Place<'_> {
+    /// Keeps the place without this guard: whoever takes it gives it back
+    /// with [`Places::release`].
+    pub(super) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Places {
+    /// Gives back a place of a client at `ip` that was kept.
+    pub(super) fn release(&self, ip: IpAddr) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = per_ip.get_mut(&ip) {
             *held -= 1;
             if *held == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&ip);
             }
         }
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.shared.release(self.ip);
     }
 }

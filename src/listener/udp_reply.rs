@@ -1,42 +1,29 @@
 //! A UDP session's reply task: carries the backend's datagrams back to the
-//! client from the listener's socket until the session is idle or stopped,
-//! and passes on what the backend's errors say of its health.
+//! client from the listener's socket until its receive loop ends the
+//! session, and passes on what the backend's errors say of its health.
 
+use std::future::poll_fn;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
 
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::udp_io;
-use super::udp_shared::{UdpShared, DGRAM_BUF, DRAIN_IDLE};
-use crate::backend::ActiveGuard;
+use super::udp_session::Link;
+use super::udp_shared::{UdpShared, DGRAM_BUF};
 use crate::clock::now_ms;
 
 pub(super) struct ReplyTask {
     pub(super) shared: Arc<UdpShared>,
     pub(super) listener: Arc<UdpSocket>,
-    pub(super) upstream: Arc<UdpSocket>,
-    pub(super) peer: SocketAddr,
-    /// The address the client sent its first datagram to (wildcard listeners).
-    pub(super) local: Option<IpAddr>,
-    pub(super) id: u64,
-    pub(super) last: Arc<AtomicU64>,
-    pub(super) idle: Duration,
-    pub(super) access_log: bool,
-    /// Ends the session at once (its backend went away: the client re-picks).
-    pub(super) stop: CancellationToken,
-    /// The receive loop's stop: the session then drains.
-    pub(super) listener_stop: CancellationToken,
+    pub(super) link: Arc<Link>,
+    /// Told when the session ends on its own (its socket failed); the
+    /// receive loop ends every other way itself.
     pub(super) ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
-    pub(super) guard: ActiveGuard,
-    pub(super) max_fails: u32,
-    pub(super) fail_timeout: Duration,
 }
 
 enum Got {
@@ -46,57 +33,33 @@ enum Got {
     BackendError(io::Error),
 }
 
-/// Carries a session's replies back to its client until it is idle or stopped.
+/// Carries a session's replies back to its client until it is ended.
 pub(super) async fn replies(t: ReplyTask) {
+    let link = &*t.link;
     let m = &t.shared.metrics;
-    let backend = t.guard.backend();
-    let started = tokio::time::Instant::now();
+    let backend = link.guard.backend();
     let (mut datagrams_out, mut bytes_out) = (0u64, 0u64);
-    let mut idle_ms = t.idle.as_millis() as u64;
-    let mut draining = false;
-    // The waits live as long as the session, made once: a wait made anew for
-    // each datagram would add and remove a timer and three cancellation
-    // waiters (each under a lock) per reply. The idle timer fires at the
-    // deadline it was set for and is then moved on to the latest activity's.
-    let idle = tokio::time::sleep(Duration::from_millis(idle_ms));
-    let stopped = t.stop.cancelled();
-    let shutdown = t.shared.hard_stop.cancelled();
-    let retired = t.listener_stop.cancelled();
-    tokio::pin!(idle, stopped, shutdown, retired);
     let end = loop {
-        // ERROR readiness too: an ICMP port-unreachable raises only EPOLLERR.
-        tokio::select! {
-            r = t.upstream.ready(Interest::READABLE | Interest::ERROR) => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "udp session socket failed");
-                    break "error";
-                }
+        // An ICMP error from the backend wakes this too (`open_upstream`).
+        let woke = poll_fn(|cx| {
+            if let Poll::Ready(end) = link.poll_ended(cx) {
+                return Poll::Ready(Err(end));
             }
-            _ = &mut idle => {
-                let deadline = t.last.load(Ordering::Relaxed).saturating_add(idle_ms);
-                let now = now_ms();
-                if now >= deadline {
-                    break "idle_timeout";
-                }
-                idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(deadline - now));
-                continue;
+            link.upstream.poll_read_ready(cx).map(|r| Ok(r.map(drop)))
+        })
+        .await;
+        match woke {
+            Err(end) => break end.as_str(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "udp session socket failed");
+                break "error";
             }
-            _ = &mut stopped => break "stopped",
-            _ = &mut shutdown => break "shutdown",
-            _ = &mut retired, if !draining => {
-                // The listener stopped (shutdown, reload, upgrade): no new
-                // datagrams come this way; wait for replies a short while.
-                draining = true;
-                idle_ms = idle_ms.min(DRAIN_IDLE.as_millis() as u64);
-                // The idle arm measures against the shorter wait at once.
-                idle.as_mut().reset(tokio::time::Instant::now());
-                continue;
-            }
+            Ok(Ok(_)) => {}
         }
         let got = DGRAM_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            match udp_io::recv(&t.upstream, &mut buf) {
-                Ok(n) => match udp_io::reply(&t.listener, &buf[..n], t.peer, t.local) {
+            match udp_io::recv(&link.upstream, &mut buf) {
+                Ok(n) => match udp_io::reply(&t.listener, &buf[..n], link.peer, link.local) {
                     Ok(_) => Got::Relayed(n),
                     Err(e) => Got::ClientUnreachable(e),
                 },
@@ -107,7 +70,7 @@ pub(super) async fn replies(t: ReplyTask) {
         match got {
             Got::Nothing => {}
             Got::Relayed(n) => {
-                t.last.store(now_ms(), Ordering::Relaxed);
+                link.last.store(now_ms(), Ordering::Relaxed);
                 datagrams_out += 1;
                 bytes_out += n as u64;
                 m.datagrams_out.inc();
@@ -124,26 +87,28 @@ pub(super) async fn replies(t: ReplyTask) {
             Got::BackendError(e) => {
                 backend.count_failure(&e);
                 if e.kind() == io::ErrorKind::ConnectionRefused {
-                    backend.connect_failed(t.max_fails, t.fail_timeout);
+                    backend.connect_failed(link.max_fails, link.fail_timeout());
                 }
                 tracing::debug!(backend = %backend.addr, error = %e, "udp session socket error");
             }
         }
     };
     m.sessions.dec();
-    // The receive loop may be gone already (shutdown); then nobody needs telling.
-    let _ = t.ended.send((t.peer, t.id));
-    if t.access_log {
-        let route = t.shared.route.load();
+    if link.ended().is_none() {
+        // The receive loop may be gone already (shutdown); then nobody needs telling.
+        let _ = t.ended.send((link.peer, link.id));
+    }
+    let route = t.shared.route.load();
+    if route.config.access_log {
         tracing::info!(
             target: "switchyard::access",
             listener = %route.config.name,
-            client = %t.peer,
+            client = %link.peer,
             backend = %backend.addr,
             backend_name = %backend.name,
             datagrams_out,
             bytes_out,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = now_ms().saturating_sub(link.started_ms),
             end,
             "udp session"
         );
