@@ -884,3 +884,34 @@ fn a_connection_mid_transfer_finishes_in_the_old_process() {
     signal_pid(successor, libc::SIGTERM);
     assert_eq!(wait_pid(successor, Duration::from_secs(20)), Some(0));
 }
+
+/// A UDP session still open when the shutdown grace is over is ended then,
+/// and its access-log line says so.
+#[test]
+fn a_udp_session_open_when_the_grace_ends_is_ended_as_shutdown() {
+    // A backend that never answers: the session stays open.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // A grace shorter than the second a stopped listener's sessions get.
+    let text = format!(
+        "shutdown_grace = \"100ms\"\n\
+         [[listeners]]\nname = \"dns\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        silent.local_addr().unwrap()
+    );
+    let mut daemon = Daemon::start(&text, &[], &[]);
+    let front = daemon.listeners()["dns"];
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"hi", front).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(silent.recv(&mut buf).unwrap(), 2, "the backend got it");
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0));
+    let session = daemon.wait_log("udp access line", Duration::from_secs(5), |v| {
+        v["target"] == "switchyard::access" && v["listener"] == "dns"
+    });
+    assert_eq!(session["end"], "shutdown");
+    assert_eq!(session["datagrams_out"].as_u64(), Some(0));
+}

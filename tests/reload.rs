@@ -364,3 +364,58 @@ async fn renaming_a_listener_or_changing_reuse_port_hands_its_sockets_over() {
     // The connection made on the first listener runs on.
     assert_eq!(line(&mut held, "2").await, "a: 2\n");
 }
+
+/// A UDP listener that a reload removes takes no more datagrams, but a reply
+/// still on its way reaches the client from the old socket; its sessions
+/// then end within a second, so a shutdown does not wait out their idle
+/// timeout (30 s here).
+#[tokio::test]
+async fn a_removed_udp_listener_delivers_late_replies_then_its_sessions_end() {
+    // A backend that answers only when told to.
+    let backend = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        let (n, from) = backend.recv_from(&mut buf).await.unwrap();
+        let _ = got_tx.send(());
+        let _ = go_rx.await;
+        backend.send_to(&buf[..n], from).await.unwrap();
+    });
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let server = Server::start(config(
+        &[("t", "tcp", any), ("u", "udp", any)],
+        &[backend_addr],
+    ))
+    .await
+    .unwrap();
+    let u = server.local_addr("u").unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(b"late", u).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), got_rx)
+        .await
+        .expect("the backend got the datagram")
+        .unwrap();
+    server
+        .reload(config(&[("t", "tcp", any)], &[backend_addr]))
+        .await
+        .unwrap();
+    // The listener is gone; the reply comes now, through its old socket.
+    go_tx.send(()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+        .await
+        .expect("the late reply reached the client")
+        .unwrap();
+    assert_eq!(&buf[..n], b"late");
+    // With nothing more on its way, the session ends a second after its
+    // last datagram, well inside the 30 s grace.
+    let started = std::time::Instant::now();
+    server.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown waited {:?} for a drained UDP session",
+        started.elapsed()
+    );
+}
