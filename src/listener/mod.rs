@@ -16,6 +16,7 @@ mod udp_reply;
 mod udp_route;
 mod udp_session;
 mod udp_shared;
+mod udp_table;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -6,15 +6,10 @@
 //! `max_sessions`. Sessions end after `idle_timeout` without a datagram
 //! either way.
 
-use std::borrow::Borrow;
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -22,15 +17,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::udp_io;
-use super::udp_place::{Full, Place, Places};
+use super::udp_place::{Full, Place};
 use super::udp_reply::{replies, ReplyTask};
 use super::udp_route::{Inspector, Verdict};
-use super::udp_session::{End, IdleClock, Link, Parts};
+use super::udp_session::{End, Link, Parts};
 pub use super::udp_shared::UdpShared;
 use super::udp_shared::MAX_DATAGRAM;
+use super::udp_table::{earliest, Alarm, Session, Table};
 use super::Route;
 use crate::clock::now_ms;
-use crate::fds::{self, Held};
+use crate::fds;
 use crate::metrics::UdpListenerMetrics;
 use crate::net::local_cause;
 use crate::wire::proxy_protocol::{self, Transport};
@@ -62,14 +58,6 @@ fn local_drop(shared: &UdpShared, reason: &'static str, e: Option<&io::Error>) {
             .unwrap_or_else(|| "the descriptor budget is spent".into());
         tracing::error!(listener = %shared.route.load().config.name, reason, error, "the proxy is out of its own resources; dropping datagrams of new clients (logged at most once a second)");
     }
-}
-
-/// A new session, before its receive loop's table takes it.
-struct Session<'a> {
-    link: Arc<Link>,
-    _place: Place<'a>,
-    /// The session socket's descriptor, in the data plane's budget.
-    _fds: Held,
 }
 
 /// What a receive loop starts sessions with.
@@ -162,11 +150,7 @@ impl<'a> Starter<'a> {
             link: link.clone(),
             ended: self.ended.clone(),
         }));
-        Some(Session {
-            link,
-            _place: place,
-            _fds: fds,
-        })
+        Some(Session { link, place, fds })
     }
 }
 
@@ -300,148 +284,6 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             _ = alarm.rings() => table.end_idle(),
             _ = &mut shutdown => {}
         }
-    }
-}
-
-/// A receive loop's sessions, by client address, with their places and
-/// descriptors, and their idle clock. Each session costs the table one
-/// pointer: its address is read from its `Link`.
-struct Table<'a> {
-    sessions: HashSet<ByPeer>,
-    clock: IdleClock,
-    places: &'a Places,
-    /// The descriptors of the sessions' sockets, one each.
-    fds: Held,
-}
-
-/// A session in the table, found by its client's address.
-struct ByPeer(Arc<Link>);
-
-impl Hash for ByPeer {
-    /// As its address hashes, so that the table is searched by address.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.peer.hash(state);
-    }
-}
-
-impl PartialEq for ByPeer {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.peer == other.0.peer
-    }
-}
-
-impl Eq for ByPeer {}
-
-impl Borrow<SocketAddr> for ByPeer {
-    fn borrow(&self) -> &SocketAddr {
-        &self.0.peer
-    }
-}
-
-impl<'a> Table<'a> {
-    fn new(places: &'a Places) -> Table<'a> {
-        Table {
-            sessions: HashSet::new(),
-            clock: IdleClock::default(),
-            places,
-            fds: fds::untracked(),
-        }
-    }
-
-    fn get(&self, peer: &SocketAddr) -> Option<&Arc<Link>> {
-        self.sessions.get(peer).map(|s| &s.0)
-    }
-
-    fn insert(&mut self, s: Session<'a>) {
-        self.clock.watch(&s.link);
-        s._place.keep();
-        self.fds.join(s._fds);
-        if let Some(old) = self.sessions.replace(ByPeer(s.link)) {
-            self.give_back(&old.0);
-        }
-    }
-
-    /// Takes `peer`'s session off the table.
-    fn remove(&mut self, peer: &SocketAddr) {
-        if let Some(old) = self.sessions.take(peer) {
-            self.give_back(&old.0);
-        }
-    }
-
-    fn give_back(&mut self, link: &Link) {
-        self.places.release(link.peer.ip());
-        self.fds.give_back(1);
-    }
-
-    /// Takes session `id` of `peer` off the table, if it is still there.
-    fn forget(&mut self, peer: SocketAddr, id: u64) {
-        if self.get(&peer).is_some_and(|l| l.id == id) {
-            self.remove(&peer);
-        }
-    }
-
-    /// Ends the sessions that have gone idle.
-    fn end_idle(&mut self) {
-        for link in self.clock.expired(now_ms()) {
-            link.end(End::Idle);
-            self.forget(link.peer, link.id);
-        }
-    }
-}
-
-impl Drop for Table<'_> {
-    fn drop(&mut self) {
-        for s in self.sessions.drain() {
-            self.places.release(s.0.peer.ip());
-        }
-        // `fds` gives back the rest as it drops.
-    }
-}
-
-/// The earlier of two optional times.
-fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// One timer for a receive loop, moved only when the time it is set for
-/// changes (not re-made for every datagram).
-struct Alarm {
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    at_ms: Option<u64>,
-}
-
-impl Alarm {
-    fn new() -> Alarm {
-        Alarm {
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            at_ms: None,
-        }
-    }
-
-    /// Rings at `at_ms` (`clock::now_ms`), or never.
-    fn set(&mut self, at_ms: Option<u64>) {
-        if at_ms == self.at_ms {
-            return;
-        }
-        self.at_ms = at_ms;
-        if let Some(at) = at_ms {
-            let wait = Duration::from_millis(at.saturating_sub(now_ms()));
-            self.sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + wait);
-        }
-    }
-
-    /// Resolves when it rings; pending for ever when unset.
-    async fn rings(&mut self) {
-        if self.at_ms.is_none() {
-            return std::future::pending().await;
-        }
-        self.sleep.as_mut().await;
-        self.at_ms = None;
     }
 }
 
