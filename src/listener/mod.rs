@@ -8,6 +8,8 @@ mod greet;
 pub mod handover;
 mod route;
 pub(crate) mod tcp;
+mod tcp_carry;
+mod tcp_conn;
 mod tcp_shared;
 pub(crate) mod udp;
 mod udp_io;
@@ -398,7 +400,7 @@ impl Listener {
                 // Spread over the workers, as accepted connections are.
                 let worker = ADOPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 shared.tracker.spawn_on(
-                    tcp::serve_moved(shared.clone(), client, backend, moved),
+                    tcp_conn::serve_moved(shared.clone(), client, backend, moved),
                     &workers::handle(worker),
                 );
             }
