@@ -98,3 +98,18 @@ impl Route {
         }
     }
 }
+
+#[cfg(test)]
+impl Route {
+    /// The route of the first listener of `text` (a whole config), to its
+    /// own pool, for tests that need one without a server.
+    pub(crate) fn of_text(text: &str) -> Route {
+        let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let l = &config.listeners[0];
+        Route {
+            config: l.clone(),
+            pool: Pool::new(&config.pools[&l.pool], Arc::new(Metrics::new())),
+            targets: Vec::new(),
+        }
+    }
+}

@@ -196,7 +196,6 @@ mod tests {
     use super::*;
     use crate::clock::Every;
     use crate::metrics::Metrics;
-    use crate::pool::Pool;
     use arc_swap::ArcSwap;
     use tokio::sync::Semaphore;
     use tokio_util::sync::CancellationToken;
@@ -207,20 +206,11 @@ mod tests {
     #[tokio::test]
     async fn a_connections_task_stays_small() {
         let text = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n";
-        let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
         let metrics = Metrics::new();
-        let pool = Pool::new(&config.pools["p"], Arc::new(Metrics::new()));
-        let route = Route {
-            config: config.listeners[0].clone(),
-            pool: pool.clone(),
-            targets: Vec::new(),
-        };
+        let route = Route::of_text(text);
+        let pool = route.pool.clone();
         let shared = Arc::new(TcpShared {
-            route: ArcSwap::from_pointee(Route {
-                config: config.listeners[0].clone(),
-                pool: pool.clone(),
-                targets: Vec::new(),
-            }),
+            route: ArcSwap::from_pointee(Route::of_text(text)),
             metrics: metrics.tcp_listener("l"),
             limit: Arc::new(Semaphore::new(1)),
             owed: Default::default(),

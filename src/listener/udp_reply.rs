@@ -121,7 +121,6 @@ mod tests {
     use crate::listener::udp_session::Parts;
     use crate::listener::Route;
     use crate::metrics::Metrics;
-    use crate::pool::Pool;
     use arc_swap::ArcSwap;
     use std::time::Duration;
     use tokio_util::sync::CancellationToken;
@@ -134,15 +133,11 @@ mod tests {
     #[tokio::test]
     async fn a_sessions_task_and_link_stay_small() {
         let text = "[[listeners]]\nname = \"u\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\nbackends = [{ addr = \"127.0.0.1:9\" }]\n";
-        let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
         let metrics = Metrics::new();
-        let pool = Pool::new(&config.pools["p"], Arc::new(Metrics::new()));
+        let route = Route::of_text(text);
+        let pool = route.pool.clone();
         let shared = Arc::new(UdpShared {
-            route: ArcSwap::from_pointee(Route {
-                config: config.listeners[0].clone(),
-                pool: pool.clone(),
-                targets: Vec::new(),
-            }),
+            route: ArcSwap::from_pointee(route),
             metrics: metrics.udp_listener("u"),
             tracker: TaskTracker::new(),
             places: Default::default(),
