@@ -176,9 +176,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
     let mut buf = vec![0u8; MAX_DATAGRAM];
     // Made once: a wait made anew per datagram would take the token's lock twice.
     let stopped = stop.cancelled();
-    let shutdown = shared.hard_stop.cancelled();
     let mut alarm = Alarm::new();
-    tokio::pin!(stopped, shutdown);
+    tokio::pin!(stopped);
     loop {
         let inspect_ms = shared.route.load().config.tls_inspect_timeout.as_millis() as u64;
         alarm.set(earliest(
@@ -218,8 +217,9 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
                 }
                 continue;
             }
+            // The hard stop never comes before this one (a listener stops,
+            // then its grace ends), so it is not waited on per datagram.
             _ = &mut stopped => break,
-            _ = &mut shutdown => break,
         };
         let m = &shared.metrics;
         let route = shared.route.load();
@@ -271,6 +271,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
     // No new datagrams come this way: each session waits a short while for
     // replies still on their way, then ends, or all end at the hard stop.
     table.clock.drain(table.sessions.iter().map(|s| &s.0));
+    let shutdown = shared.hard_stop.cancelled();
+    tokio::pin!(shutdown);
     while !table.sessions.is_empty() {
         if shared.hard_stop.is_cancelled() {
             for s in &table.sessions {

@@ -78,6 +78,8 @@ impl<'a> Table<'a> {
         s.place.keep();
         self.fds.join(s.fds);
         if let Some(old) = self.sessions.replace(ByPeer(s.link)) {
+            // A client has one session at a time: the one it replaces ends.
+            old.0.end(End::Stopped);
             self.give_back(&old.0);
         }
     }
