@@ -179,11 +179,10 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
     let mut alarm = Alarm::new();
     tokio::pin!(stopped);
     loop {
-        let inspect_ms = shared.route.load().config.tls_inspect_timeout.as_millis() as u64;
-        alarm.set(earliest(
-            inspector.next_deadline(inspect_ms),
-            table.clock.next_ms(),
-        ));
+        // The route is read for the hello timeout only while a hello waits.
+        let hellos = inspector
+            .next_deadline(|| shared.route.load().config.tls_inspect_timeout.as_millis() as u64);
+        alarm.set(earliest(hellos, table.next_idle_ms()));
         let (n, peer, local) = tokio::select! {
             r = receive(&socket, &mut buf, shared.wildcard) => match r {
                 Ok(x) => x,
@@ -270,17 +269,15 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
     }
     // No new datagrams come this way: each session waits a short while for
     // replies still on their way, then ends, or all end at the hard stop.
-    table.clock.drain(table.sessions.iter().map(|s| &s.0));
+    table.drain();
     let shutdown = shared.hard_stop.cancelled();
     tokio::pin!(shutdown);
-    while !table.sessions.is_empty() {
+    while !table.is_empty() {
         if shared.hard_stop.is_cancelled() {
-            for s in &table.sessions {
-                s.0.end(End::Shutdown);
-            }
+            table.end_all();
             break;
         }
-        alarm.set(table.clock.next_ms());
+        alarm.set(table.next_idle_ms());
         tokio::select! {
             Some((peer, id)) = ended_rx.recv() => table.forget(peer, id),
             _ = alarm.rings() => table.end_idle(),

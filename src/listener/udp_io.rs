@@ -16,7 +16,7 @@
 //! which owns it: the descriptor stays open and the same for the whole life
 //! of the `AsyncFd`, since the `UdpSocket` inside owns it.
 //!
-//! The calls go straight to the socket (through `socket2`), not through
+//! The calls go straight to the socket (std's or `socket2`'s), not through
 //! tokio's readiness cache: a fresh session socket has not yet been seen
 //! writable by the reactor, and a direct receive also collects a pending
 //! socket error (an ICMP port-unreachable) that a readiness-gated one would

@@ -155,12 +155,11 @@ impl Inspector {
         }
     }
 
-    /// When the oldest waiting client's time is up, if any waits.
-    pub fn next_deadline(&self, timeout_ms: u64) -> Option<u64> {
-        self.pending
-            .values()
-            .map(|p| p.since_ms.saturating_add(timeout_ms))
-            .min()
+    /// When the oldest waiting client's time is up, if any waits; the
+    /// timeout is asked for only then.
+    pub fn next_deadline(&self, timeout_ms: impl FnOnce() -> u64) -> Option<u64> {
+        let oldest = self.pending.values().map(|p| p.since_ms).min()?;
+        Some(oldest.saturating_add(timeout_ms()))
     }
 
     /// The clients whose time is up, with their verdicts (the listener's

@@ -28,15 +28,15 @@ pub(super) struct Session<'a> {
 /// descriptors, and their idle clock. Each session costs the table one
 /// pointer: its address is read from its `Link`.
 pub(super) struct Table<'a> {
-    pub(super) sessions: HashSet<ByPeer>,
-    pub(super) clock: IdleClock,
+    sessions: HashSet<ByPeer>,
+    clock: IdleClock,
     places: &'a Places,
     /// The descriptors of the sessions' sockets, one each.
     fds: Held,
 }
 
 /// A session in the table, found by its client's address.
-pub(super) struct ByPeer(pub(super) Arc<Link>);
+struct ByPeer(Arc<Link>);
 
 impl Hash for ByPeer {
     /// As its address hashes, so that the table is searched by address.
@@ -109,6 +109,29 @@ impl<'a> Table<'a> {
             link.end(End::Idle);
             self.forget(link.peer, link.id);
         }
+    }
+
+    /// When the next session may go idle.
+    pub(super) fn next_idle_ms(&self) -> Option<u64> {
+        self.clock.next_ms()
+    }
+
+    /// The listener stopped: each session goes idle after a short wait for
+    /// replies still on their way (see `IdleClock::drain`).
+    pub(super) fn drain(&mut self) {
+        self.clock.drain(self.sessions.iter().map(|s| &s.0));
+    }
+
+    /// Ends every session (the listener's grace is over) and empties the table.
+    pub(super) fn end_all(&mut self) {
+        for s in std::mem::take(&mut self.sessions) {
+            s.0.end(End::Shutdown);
+            self.give_back(&s.0);
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
     }
 }
 
