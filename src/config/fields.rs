@@ -103,12 +103,26 @@ impl Validator<'_> {
     }
 
     /// `tcp_keepalive`: the silence before probes start, default 60s;
-    /// `"0s"` turns keepalive off (`None`).
+    /// `"0s"` turns keepalive off (`None`). The kernel counts it in whole
+    /// seconds, so anything between 0 and 1s is refused (it would be 0,
+    /// which the kernel rejects on every socket).
     pub(super) fn keepalive(&mut self, v: Option<&S<String>>, key: &str) -> Option<Duration> {
-        match v {
-            None => Some(Duration::from_secs(60)),
-            Some(_) => self.duration(v, key).filter(|d| !d.is_zero()),
+        let Some(raw) = v else {
+            return Some(Duration::from_secs(60));
+        };
+        let d = self.duration(v, key)?;
+        if !d.is_zero() && d < Duration::from_secs(1) {
+            self.p.push(
+                raw.span(),
+                key,
+                format!(
+                    "`{}` is under a second; keepalive is counted in whole seconds: write \"1s\" or more, or \"0s\" to turn it off",
+                    raw.get_ref()
+                ),
+            );
+            return None;
         }
+        Some(d).filter(|d| !d.is_zero())
     }
 
     /// `connection_rate_per_ip` and `connection_burst_per_ip`: a positive
