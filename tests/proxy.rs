@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use sha2::{Digest, Sha256};
@@ -695,21 +695,73 @@ async fn keepalive_is_on_both_sides_and_can_be_turned_off() {
             Some(want),
             "{listener}: the proxy's client-side socket"
         );
-        // The proxy's socket to the backend: keepalive by the pool's default.
-        let ports: Vec<u16> = std::fs::read_to_string("/proc/net/tcp")
+        // The proxy's socket to the backend: keepalive by the pool's default,
+        // turned on once the connection has lived a second.
+        let backend_side = || {
+            std::fs::read_to_string("/proc/net/tcp")
+                .unwrap()
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let port = |x: &str| u16::from_str_radix(&x[x.len() - 4..], 16).unwrap();
+                    port(f[2]) == a.addr.port() && f[5].starts_with("02")
+                })
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while backend_side() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{listener}: no backend-side socket with keepalive"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A connection that ends within its first second never has keepalive
+/// turned on for its backend socket (no probe could have been due): the
+/// four `setsockopt` calls are saved on every short connection.
+#[tokio::test]
+async fn a_short_connection_skips_backend_keepalive() {
+    let a = Backend::start("a").await;
+    let text = format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pools.p]\ntcp_keepalive = \"30s\"\nbackends = [{{ addr = \"{}\" }}]\n",
+        a.addr
+    );
+    let server = start(&text).await;
+    let front = server.local_addr("l").unwrap();
+    let born = Instant::now();
+    let mut c = TcpStream::connect(front).await.unwrap();
+    c.write_all(b"who\n").await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = c.read(&mut buf).await.unwrap();
+    let timer = |want: &str| {
+        std::fs::read_to_string("/proc/net/tcp")
             .unwrap()
             .lines()
             .skip(1)
-            .filter_map(|l| {
+            .any(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 let port = |x: &str| u16::from_str_radix(&x[x.len() - 4..], 16).unwrap();
-                (port(f[2]) == a.addr.port() && f[5].starts_with("02")).then(|| port(f[1]))
+                port(f[2]) == a.addr.port() && f[3] == "01" && f[5].starts_with(want)
             })
-            .collect();
+    };
+    let none_yet = timer("00");
+    // Keepalive comes on a second after the relay began, which is after `born`.
+    if born.elapsed() < Duration::from_millis(900) {
         assert!(
-            !ports.is_empty(),
-            "{listener}: no backend-side socket with keepalive"
+            none_yet,
+            "keepalive was on before the connection had lived a second"
         );
+    }
+    // Past its first second, the same connection has it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !timer("02") {
+        assert!(Instant::now() < deadline, "keepalive never came on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -3,31 +3,29 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::backend::ActiveGuard;
-use crate::net::{self, local_cause};
+use crate::net::local_cause;
 use crate::pool::Snapshot;
 
-/// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting.
+/// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting
+/// (keepalive is the relay's to turn on, once the connection has lived a
+/// moment: see `relay`).
 ///
 /// The outcome is read from the readiness the connect raises (writable, or
 /// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
 /// that is asked only to name a failure.
-async fn dial(addr: SocketAddr, keepalive: Option<Duration>) -> io::Result<TcpStream> {
+async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
-    if keepalive.is_some() {
-        net::keepalive(socket2::SockRef::from(&socket), keepalive)?;
-    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -65,12 +63,8 @@ pub(super) enum Unserved {
 /// Opens a connection to `addr` and writes `preamble` (a PROXY header, the
 /// client's first bytes) on it: a backend that cannot take those has not
 /// taken the connection.
-async fn dial_and_greet(
-    addr: SocketAddr,
-    keepalive: Option<Duration>,
-    preamble: &[u8],
-) -> io::Result<TcpStream> {
-    let mut stream = dial(addr, keepalive).await?;
+async fn dial_and_greet(addr: SocketAddr, preamble: &[u8]) -> io::Result<TcpStream> {
+    let mut stream = dial(addr).await?;
     if !preamble.is_empty() {
         tokio::io::AsyncWriteExt::write_all(&mut stream, preamble).await?;
     }
@@ -94,15 +88,13 @@ pub(super) async fn connect(
         // Count it before connecting so least_conn sees in-flight connects.
         let guard = backend.open();
         let started = tokio::time::Instant::now();
-        let result = match tokio::time::timeout(
-            cfg.connect_timeout,
-            dial_and_greet(backend.addr, cfg.tcp_keepalive, preamble),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-        };
+        let result =
+            match tokio::time::timeout(cfg.connect_timeout, dial_and_greet(backend.addr, preamble))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            };
         match result {
             Ok(stream) => {
                 backend

@@ -16,7 +16,7 @@ use super::tcp_shared::{LocalStops, TcpShared};
 use super::Route;
 use crate::metrics::TcpListenerMetrics;
 use crate::pool::Pool;
-use crate::relay::{self, End, Meter, Side, Stops};
+use crate::relay::{self, End, Meter, Side, Stops, Timers};
 
 /// A backend that ends a connection within this long of taking it, without
 /// sending a byte, failed it: long enough for a crashing or refusing
@@ -53,10 +53,8 @@ async fn until_down(
 
 /// Relays a connection on when it could not be handed over.
 async fn finish_here(
-    shared: &TcpShared,
-    route: &Route,
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+    (shared, route, pool): (&TcpShared, &Route, &Pool),
+    (client, backend): (&mut TcpStream, &mut TcpStream),
     b: &crate::backend::Backend,
 ) -> relay::Outcome {
     let never = CancellationToken::new();
@@ -65,16 +63,16 @@ async fn finish_here(
         handover: &never,
     };
     let (splice, up, down) = meters(route, &shared.metrics, b);
-    relay::relay(
-        client,
-        backend,
-        route.config.idle_timeout,
-        stop,
-        splice,
-        up,
-        down,
-    )
-    .await
+    relay::relay(client, backend, timers(route, pool), stop, splice, up, down).await
+}
+
+/// A connection's idle timeout (its listener's) and the keepalive its
+/// backend socket gets (its pool's).
+fn timers(route: &Route, pool: &Pool) -> Timers {
+    Timers {
+        idle: route.config.idle_timeout,
+        keepalive: pool.tcp_keepalive(),
+    }
 }
 
 /// The splice switch and byte meters of one connection.
@@ -115,14 +113,14 @@ pub(super) async fn carry(
     let name = route.config.name.as_str();
     let b = guard.backend();
     let (splice, up, down) = meters(route, m, b);
-    let idle = route.config.idle_timeout;
+    let timers = timers(route, pool);
     let (outcome, closed_as_down) = match b.down_watch() {
         None => {
             let stop = Stops {
                 hard: &stops.hard,
                 handover: &stops.handover,
             };
-            let o = relay::relay(client, backend, idle, stop, splice, up, down).await;
+            let o = relay::relay(client, backend, timers, stop, splice, up, down).await;
             (o, false)
         }
         // on_backend_down = "close": a stop of the connection's own, fired
@@ -134,7 +132,7 @@ pub(super) async fn carry(
                 hard: &own,
                 handover: &stops.handover,
             };
-            let relaying = relay::relay(client, backend, idle, stop, splice, up, down);
+            let relaying = relay::relay(client, backend, timers, stop, splice, up, down);
             Box::pin(until_down(relaying, &own, grace, signal)).await
         }
     };
@@ -157,7 +155,7 @@ pub(super) async fn carry(
             Err(e) => {
                 tracing::warn!(listener = name, client = %peer, error = %e, "cannot hand a connection over; it finishes here");
                 // Boxed: this rare path's state is no part of every task.
-                let rest = Box::pin(finish_here(shared, route, client, backend, b));
+                let rest = Box::pin(finish_here((shared, route, pool), (client, backend), b));
                 let more = rest.await;
                 outcome = relay::Outcome {
                     up: outcome.up + more.up,

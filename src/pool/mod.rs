@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -188,6 +189,12 @@ impl Pool {
     /// The current snapshot; hold it for as long as one connection's pick and retries.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The keepalive idle time for connections to this pool's backends
+    /// (`None`: off), read without taking a reference to the snapshot.
+    pub fn tcp_keepalive(&self) -> Option<Duration> {
+        self.current.load().config.tcp_keepalive
     }
 
     /// The one door: `change` edits the pool's current configuration under

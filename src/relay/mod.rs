@@ -8,6 +8,13 @@
 //! whole scratch buffer is a bulk flow: with `zero_copy`, it switches to
 //! `splice(2)` for the rest of its life.
 //!
+//! TCP keepalive on the backend socket is turned on by the relay's timer
+//! once the connection has lived a moment (`KEEPALIVE_AFTER`), not when it
+//! is made: a short connection ends before a probe could ever be due, and
+//! skips the four `setsockopt` calls. The kernel counts the keepalive idle
+//! time from the last byte received, so probes fall due exactly when they
+//! would have had keepalive been on from the connect.
+//!
 //! An abortive close stays abortive: when one side resets (or a socket call
 //! on it fails), the other side is closed with `SO_LINGER {1, 0}`, so it sees
 //! a reset too, never a clean end that would make a cut-off transfer look
@@ -21,6 +28,7 @@ pub use end::{End, Side};
 
 use std::cell::RefCell;
 use std::future::poll_fn;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::task::Poll;
@@ -61,19 +69,35 @@ pub struct Outcome {
     pub first_eof: Option<Side>,
 }
 
+/// A connection's timers: how long it may stay silent, and the keepalive
+/// idle time to turn on for the backend socket (`None`: leave it as it is).
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub idle: Duration,
+    pub keepalive: Option<Duration>,
+}
+
+/// Keepalive is turned on for the backend socket once the connection has
+/// lived this long (or half its keepalive idle time, if that is shorter).
+const KEEPALIVE_AFTER_MS: u64 = 1000;
+
 /// Relays between `client` and `backend` until both directions end, `idle`
 /// passes with no traffic, or `stop` fires.
 pub async fn relay(
     client: &mut TcpStream,
     backend: &mut TcpStream,
-    idle: Duration,
+    timers: Timers,
     stop: Stops<'_>,
     splice: Splice<'_>,
     up_meter: Meter<'_>,
     down_meter: Meter<'_>,
 ) -> Outcome {
+    let started = now_ms();
+    let idle_ms = timers.idle.as_millis() as u64;
+    // Turned on once; kept outside the loop below, which may make a new idle watch.
+    let mut keepalive = Keepalive::later(timers.keepalive, started, backend.as_raw_fd());
     let progress = Progress {
-        last: AtomicU64::new(now_ms()),
+        last: AtomicU64::new(started),
         ended: AtomicU8::new(0),
         holding: AtomicU8::new(0),
         up: AtomicU64::new(0),
@@ -106,7 +130,7 @@ pub async fn relay(
         loop {
             tokio::select! {
                 r = &mut both => break r.err().unwrap_or(End::Closed),
-                _ = idle_watch(&progress.last, idle) => break End::Idle,
+                _ = idle_watch(&progress.last, idle_ms, &mut keepalive) => break End::Idle,
                 _ = stop.hard.cancelled() => break End::Shutdown,
                 _ = stop.handover.cancelled(), if may_hand_over => {
                     // Safe only while both directions wait to read with nothing
@@ -177,16 +201,52 @@ struct Progress {
     down: AtomicU64,
 }
 
-/// Resolves once `idle` has passed since the last recorded activity.
-async fn idle_watch(last: &AtomicU64, idle: Duration) {
-    let idle_ms = idle.as_millis() as u64;
+/// Keepalive to turn on for the backend socket `fd` at `at_ms` (never, once
+/// that is `u64::MAX`), with `idle_ms` of silence before probes.
+struct Keepalive {
+    at_ms: u64,
+    idle_ms: u32,
+    fd: RawFd,
+}
+
+impl Keepalive {
+    fn later(idle: Option<Duration>, started: u64, fd: RawFd) -> Keepalive {
+        let idle_ms = idle.map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32);
+        let at_ms = match idle {
+            Some(_) => started + KEEPALIVE_AFTER_MS.min(idle_ms as u64 / 2),
+            None => u64::MAX,
+        };
+        Keepalive { at_ms, idle_ms, fd }
+    }
+
+    fn turn_on(&mut self) {
+        self.at_ms = u64::MAX;
+        // SAFETY: `fd` is the backend socket's, taken from the `&mut TcpStream`
+        // that `relay` borrows (through its halves) for as long as this watch
+        // runs, so the descriptor is open and the same socket's.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let idle = Duration::from_millis(self.idle_ms as u64);
+        if let Err(e) = crate::net::keepalive(socket2::SockRef::from(&fd), Some(idle)) {
+            tracing::debug!(error = %e, "cannot turn keepalive on for a backend connection");
+        }
+    }
+}
+
+/// Resolves once `idle_ms` has passed since the last recorded activity; on
+/// the way, turns `keepalive` on when it is due (one timer for both).
+async fn idle_watch(last: &AtomicU64, idle_ms: u64, keepalive: &mut Keepalive) {
     loop {
         let deadline = last.load(Ordering::Relaxed).saturating_add(idle_ms);
         let now = now_ms();
         if now >= deadline {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        if now >= keepalive.at_ms {
+            keepalive.turn_on();
+            continue;
+        }
+        let wake = deadline.min(keepalive.at_ms);
+        tokio::time::sleep(Duration::from_millis(wake - now)).await;
     }
 }
 
@@ -371,7 +431,8 @@ mod tests {
     /// Every open connection's task holds this state, idle or not: keep it
     /// under 1.25 KiB (the splice path is boxed, so bulk-only state is not in
     /// it). It was 1,008 bytes before the wait for a binary upgrade's
-    /// hand-over (about 150 bytes: one more cancellation wait in the select).
+    /// hand-over (about 150 bytes: one more cancellation wait in the select),
+    /// 1,168 before it turned the backend's keepalive on late (48 bytes).
     #[tokio::test]
     async fn relay_state_stays_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -386,7 +447,10 @@ mod tests {
         let f = relay(
             &mut a,
             &mut b,
-            Duration::from_secs(1),
+            Timers {
+                idle: Duration::from_secs(1),
+                keepalive: Some(Duration::from_secs(60)),
+            },
             Stops {
                 hard: &stop,
                 handover: &stop,
