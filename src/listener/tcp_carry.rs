@@ -105,7 +105,7 @@ pub(super) async fn carry(
     (route, pool): (&Route, &Pool),
     (client, backend): (&mut TcpStream, &mut TcpStream),
     guard: &ActiveGuard,
-    peer: SocketAddr,
+    peer: &SocketAddr,
     before: (tokio::time::Instant, u64, u64),
 ) {
     let (started, up_before, down_before) = before;
@@ -140,7 +140,7 @@ pub(super) async fn carry(
     if outcome.end == End::HandedOver {
         let moved = Moved {
             listener: name.to_string(),
-            client: peer,
+            client: *peer,
             backend: b.addr,
             up: up_before + outcome.up,
             down: down_before + outcome.down,

@@ -136,7 +136,7 @@ pub(super) async fn serve(
         (&route, pool),
         (&mut client, &mut backend),
         &guard,
-        who,
+        &who,
         (started, 0, 0),
     )
     .await;
@@ -185,7 +185,7 @@ pub async fn serve_moved(
         (&route, pool),
         (&mut client, &mut backend),
         &guard,
-        moved.client,
+        &moved.client,
         (started, moved.up, moved.down),
     )
     .await;
@@ -232,7 +232,7 @@ mod tests {
             (&route, &pool),
             (&mut a, &mut b),
             &guard,
-            peer,
+            &peer,
             (tokio::time::Instant::now(), 0, 0),
         );
         let carry_size = std::mem::size_of_val(&carrying);
@@ -246,14 +246,17 @@ mod tests {
         let serving = serve(shared.clone(), c, peer, slot, stops.clone());
         let serve_size = std::mem::size_of_val(&serving);
         // 1,360 bytes before this task learned per-address limits, reset
-        // propagation and the upgrade's hand-over; 1,984 now (debug build), of
-        // which the relay is 1,216.
+        // propagation and the upgrade's hand-over; 1,904 now (1,936 in a
+        // debug build), of which the relay is 1,216. tokio aligns a task's
+        // cell to 128 bytes, so growth shows in steps: at 1,952 bytes an
+        // idle connection cost 0.12 KiB more (2.95 against 3.07 KiB in
+        // peers.py's idle scenario); hence the tight budget.
         assert!(
-            carry_size <= 1536,
+            carry_size <= 1472,
             "carrying a connection grew to {carry_size} bytes"
         );
         assert!(
-            serve_size <= 2048,
+            serve_size <= 1936,
             "a connection's task grew to {serve_size} bytes"
         );
     }
