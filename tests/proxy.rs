@@ -697,26 +697,33 @@ async fn keepalive_is_on_both_sides_and_can_be_turned_off() {
         );
         // The proxy's socket to the backend: keepalive by the pool's default,
         // turned on once the connection has lived a second.
-        let backend_side = || {
-            std::fs::read_to_string("/proc/net/tcp")
-                .unwrap()
-                .lines()
-                .skip(1)
-                .filter(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    let port = |x: &str| u16::from_str_radix(&x[x.len() - 4..], 16).unwrap();
-                    port(f[2]) == a.addr.port() && f[5].starts_with("02")
-                })
-                .count()
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while backend_side() < 1 {
-            assert!(
-                Instant::now() < deadline,
-                "{listener}: no backend-side socket with keepalive"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        keepalive_comes_on(a.addr.port(), listener).await;
+    }
+}
+
+/// Whether an established socket to `backend_port` shows the timer `want`
+/// in /proc/net/tcp (`00` none, `02` keepalive).
+fn backend_side_timer(backend_port: u16, want: &str) -> bool {
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = |x: &str| u16::from_str_radix(&x[x.len() - 4..], 16).unwrap();
+            port(f[2]) == backend_port && f[3] == "01" && f[5].starts_with(want)
+        })
+}
+
+/// Waits (up to 5 s) for a socket to `backend_port` to have keepalive on.
+async fn keepalive_comes_on(backend_port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !backend_side_timer(backend_port, "02") {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no backend-side socket with keepalive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -738,18 +745,7 @@ async fn a_short_connection_skips_backend_keepalive() {
     c.write_all(b"who\n").await.unwrap();
     let mut buf = [0u8; 64];
     let _ = c.read(&mut buf).await.unwrap();
-    let timer = |want: &str| {
-        std::fs::read_to_string("/proc/net/tcp")
-            .unwrap()
-            .lines()
-            .skip(1)
-            .any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let port = |x: &str| u16::from_str_radix(&x[x.len() - 4..], 16).unwrap();
-                port(f[2]) == a.addr.port() && f[3] == "01" && f[5].starts_with(want)
-            })
-    };
-    let none_yet = timer("00");
+    let none_yet = backend_side_timer(a.addr.port(), "00");
     // Keepalive comes on a second after the relay began, which is after `born`.
     if born.elapsed() < Duration::from_millis(900) {
         assert!(
@@ -758,11 +754,7 @@ async fn a_short_connection_skips_backend_keepalive() {
         );
     }
     // Past its first second, the same connection has it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !timer("02") {
-        assert!(Instant::now() < deadline, "keepalive never came on");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    keepalive_comes_on(a.addr.port(), "a short connection").await;
 }
 
 /// Connects to `front` from the local address `from` (127.0.0.0/8 is all ours).
