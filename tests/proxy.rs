@@ -697,7 +697,11 @@ async fn keepalive_is_on_both_sides_and_can_be_turned_off() {
         );
         // The proxy's socket to the backend: keepalive by the pool's default,
         // turned on once the connection has lived a second.
-        keepalive_comes_on(a.addr.port(), listener).await;
+        let what = format!("{listener}: a backend-side socket with keepalive");
+        wait_for(&what, Duration::from_secs(5), || {
+            backend_side_timer(a.addr.port(), "02")
+        })
+        .await;
     }
 }
 
@@ -713,18 +717,6 @@ fn backend_side_timer(backend_port: u16, want: &str) -> bool {
             let port = |x: &str| u16::from_str_radix(&x[x.len() - 4..], 16).unwrap();
             port(f[2]) == backend_port && f[3] == "01" && f[5].starts_with(want)
         })
-}
-
-/// Waits (up to 5 s) for a socket to `backend_port` to have keepalive on.
-async fn keepalive_comes_on(backend_port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !backend_side_timer(backend_port, "02") {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: no backend-side socket with keepalive"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A connection that ends within its first second never has keepalive
@@ -754,7 +746,12 @@ async fn a_short_connection_skips_backend_keepalive() {
         );
     }
     // Past its first second, the same connection has it.
-    keepalive_comes_on(a.addr.port(), "a short connection").await;
+    wait_for(
+        "keepalive on a connection past its first second",
+        Duration::from_secs(5),
+        || backend_side_timer(a.addr.port(), "02"),
+    )
+    .await;
 }
 
 /// Connects to `front` from the local address `from` (127.0.0.0/8 is all ours).

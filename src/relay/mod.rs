@@ -9,11 +9,16 @@
 //! `splice(2)` for the rest of its life.
 //!
 //! TCP keepalive on the backend socket is turned on by the relay's timer
-//! once the connection has lived a moment (`KEEPALIVE_AFTER`), not when it
+//! once the connection has lived a moment (`KEEPALIVE_AFTER_MS`), not when it
 //! is made: a short connection ends before a probe could ever be due, and
 //! skips the four `setsockopt` calls. The kernel counts the keepalive idle
 //! time from the last byte received, so probes fall due exactly when they
 //! would have had keepalive been on from the connect.
+//!
+//! Safety: the one unsafe call here borrows the backend socket's descriptor
+//! to set keepalive on it (`Keepalive::turn_on`) while `relay` holds the
+//! `&mut TcpStream` it came from, so the descriptor is open and the same
+//! socket's; `splice.rs` keeps its own.
 //!
 //! An abortive close stays abortive: when one side resets (or a socket call
 //! on it fails), the other side is closed with `SO_LINGER {1, 0}`, so it sees
