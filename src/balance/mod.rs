@@ -164,21 +164,29 @@ pub fn build_with(kind: StrategyKind, peers: &[Peer], options: &Options) -> Box<
 /// ineligible entry costs a tick of its own, so the picks are exactly the
 /// eligible entries in cycle order and a skipped backend's turns are shared
 /// by all the others, not handed to its neighbour.
+///
+/// Concurrent picks interleave their ticks, so `len` ticks of one pick need
+/// not visit every entry: one that only met ineligible entries walks the
+/// whole cycle once more from its last tick, without ticking, before it
+/// says none is eligible.
 fn next_in_cycle(
     counter: &std::sync::atomic::AtomicUsize,
     len: usize,
     entry: impl Fn(usize) -> usize,
     c: &dyn Candidates,
 ) -> Option<usize> {
-    // One full cycle of ticks visits every entry once.
-    for _ in 0..len {
-        let t = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let eligible = |t: usize| {
         let i = entry(t % len);
-        if i < c.len() && c.eligible(i) {
+        (i < c.len() && c.eligible(i)).then_some(i)
+    };
+    let mut last = 0;
+    for _ in 0..len {
+        last = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(i) = eligible(last) {
             return Some(i);
         }
     }
-    None
+    (1..=len).find_map(|k| eligible(last.wrapping_add(k)))
 }
 
 /// Whether `a` is less loaded than `b`, comparing active/weight without division.
@@ -254,6 +262,73 @@ pub(crate) mod testing {
         }
         fn active(&self, i: usize) -> u64 {
             self.active[i]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{flow, Fixed};
+    use super::*;
+
+    /// A candidate set whose every look yields the thread, so that
+    /// concurrent picks interleave as they do on a busy machine.
+    struct Yielding(Fixed);
+
+    impl Candidates for Yielding {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn eligible(&self, i: usize) -> bool {
+            std::thread::yield_now();
+            self.0.eligible(i)
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self.0.weight(i)
+        }
+        fn active(&self, i: usize) -> u64 {
+            self.0.active(i)
+        }
+    }
+
+    /// Every strategy finds the one eligible backend whenever it exists,
+    /// however many threads pick at once.
+    #[test]
+    fn concurrent_picks_always_find_the_eligible_backend() {
+        for kind in StrategyKind::ALL {
+            let peers: Vec<Peer> = (0..2)
+                .map(|i| Peer {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+                    weight: 1 + u32::from(i),
+                })
+                .collect();
+            let strategy = build(kind, &peers);
+            let mut c = Fixed::new(&[1, 2]);
+            c.down[0] = true;
+            let c = Yielding(c);
+            let missed = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for t in 0..8 {
+                    let (strategy, c, missed) = (&strategy, &c, &missed);
+                    s.spawn(move || {
+                        for _ in 0..5_000 {
+                            match strategy.pick(&flow(t), c) {
+                                Some(1) => {}
+                                Some(i) => panic!("{} picked ineligible {i}", kind.name()),
+                                None => {
+                                    missed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(
+                missed.into_inner(),
+                0,
+                "{}: picks that found no backend while one was eligible",
+                kind.name()
+            );
         }
     }
 }
