@@ -55,14 +55,15 @@ pub enum Command {
     /// is needed or wrong.
     Ctl {
         /// The admin endpoint, host:port (default: [admin] bind of --config,
-        /// else 127.0.0.1:9901).
-        #[arg(long)]
+        /// else 127.0.0.1:9901). Like every ctl flag, it may come before or
+        /// after the action.
+        #[arg(long, global = true)]
         admin: Option<String>,
         /// A file holding the admin token (default: [admin] token_file of --config).
-        #[arg(long)]
+        #[arg(long, global = true)]
         token_file: Option<PathBuf>,
         /// The daemon's configuration file, for the two defaults above.
-        #[arg(long, short)]
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         action: CtlAction,

@@ -45,13 +45,17 @@ pub enum CtlError {
     /// The command line or the config file is wrong (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// The table could not be written (exit 1); a closed pipe is not this,
+    /// it ends `top` quietly, as it ends any Unix tool.
+    #[error("cannot write: {0}")]
+    Output(std::io::Error),
 }
 
 impl CtlError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Refused { .. } => 1,
+            CtlError::Refused { .. } | CtlError::Output(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Unreachable { .. } => 3,
             CtlError::Unauthorized { .. } => 4,
@@ -176,9 +180,10 @@ impl Target {
         let action = if draining { "drain" } else { "enable" };
         let v = self.call("POST", &backend_path(pool, backend, action), "")?;
         Ok(format!(
-            "{pool}/{}: {}",
-            v["name"].as_str().unwrap_or(backend),
-            v["state"].as_str().unwrap_or("?")
+            "{}/{}: {}",
+            escaped(pool),
+            escaped(v["name"].as_str().unwrap_or(backend)),
+            escaped(v["state"].as_str().unwrap_or("?"))
         ))
     }
 
@@ -190,8 +195,9 @@ impl Target {
             &format!("{{\"weight\": {weight}}}"),
         )?;
         Ok(format!(
-            "{pool}/{}: weight {}",
-            v["name"].as_str().unwrap_or(backend),
+            "{}/{}: weight {}",
+            escaped(pool),
+            escaped(v["name"].as_str().unwrap_or(backend)),
             v["weight"]
         ))
     }
@@ -261,13 +267,19 @@ impl Target {
                     rate("bytes_out"),
                 )
             });
-            let _ = write!(
+            let written = write!(
                 out,
                 "\x1b[H\x1b[2J{} · {}\n\n{screen}",
-                self.admin,
+                escaped(&self.admin),
                 humantime::format_rfc3339_seconds(SystemTime::now())
-            );
-            let _ = out.flush();
+            )
+            .and_then(|()| out.flush());
+            match written {
+                Ok(()) => {}
+                // `ctl top | head`: the reader has gone, and so do we.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(CtlError::Output(e)),
+            }
             before = Some((now, pools));
             shown += 1;
             if count.is_some_and(|c| shown >= c) {
@@ -276,6 +288,21 @@ impl Target {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+}
+
+/// `text` with every control character written as an escape (`\u{1b}`):
+/// names and addresses come from the daemon, and so from a config file or a
+/// store, and must not move the cursor or recolour the terminal.
+fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn backend_path(pool: &str, backend: &str, action: &str) -> String {
@@ -316,10 +343,10 @@ fn table(
             let (new, inb, outb) = rates(pool, addr);
             let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             rows.push(vec![
-                pool.to_string(),
-                b["name"].as_str().unwrap_or(addr).to_string(),
-                addr.to_string(),
-                b["state"].as_str().unwrap_or("").to_string(),
+                escaped(pool),
+                escaped(b["name"].as_str().unwrap_or(addr)),
+                escaped(addr),
+                escaped(b["state"].as_str().unwrap_or("")),
                 b["weight"].to_string(),
                 b["active"].to_string(),
                 or_dash(new.map(|v| format!("{v:.1}"))),
@@ -342,4 +369,21 @@ fn table(
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_escapes_what_the_daemon_sent() {
+        let pools = serde_json::json!({"pools": [{"name": "p\x1b[31m", "backends": [
+            {"name": "a\nERROR fake", "addr": "127.0.0.1:1", "state": "up", "weight": 1, "active": 0}
+        ]}]});
+        let out = table(&pools, |_, _| (None, None, None));
+        assert!(!out.contains('\x1b'), "{out:?}");
+        assert_eq!(out.lines().count(), 2, "one header and one row: {out:?}");
+        assert!(out.contains("p\\u{1b}[31m"), "{out}");
+        assert!(out.contains("a\\u{a}ERROR fake"), "{out}");
+    }
 }

@@ -239,11 +239,20 @@ fn ctl(
     });
     match done {
         Ok(text) => {
-            print!("{text}");
-            if !text.is_empty() && !text.ends_with('\n') {
-                println!();
+            use std::io::Write;
+            let newline = if text.is_empty() || text.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            // A reader that has gone (`| head`) is no failure of ours.
+            match write!(std::io::stdout(), "{text}{newline}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("switchyard ctl: cannot write: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
             }
-            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("switchyard ctl: {e}");

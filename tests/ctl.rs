@@ -90,6 +90,13 @@ async fn ctl_drives_the_daemon_and_says_clearly_what_went_wrong() {
     let (code, out, _) = ctl(&["--config", &cfg, "enable", "p", &a.addr.to_string()]);
     assert_eq!((code, out.trim()), (0, "p/web-7: up"));
 
+    // Flags may follow the action, as kubectl's and git's do.
+    let (code, out, err) = ctl(&["status", "--config", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("POOL  BACKEND"), "{out}");
+    let (code, out, err) = ctl(&["drain", "p", "web-7", "--config", &cfg]);
+    assert_eq!((code, out.trim()), (0, "p/web-7: draining"), "{err}");
+
     // top: the table, refreshed.
     let (code, out, _) = ctl(&["--config", &cfg, "top", "--count", "2"]);
     assert_eq!(code, 0);
@@ -116,4 +123,48 @@ async fn ctl_drives_the_daemon_and_says_clearly_what_went_wrong() {
     // A broken file given as --config is a usage error: exit 2.
     let (code, _, err) = ctl(&["--config", &cfg, "status"]);
     assert_eq!(code, 2, "{err}");
+}
+
+/// `switchyard ctl top | head` ends when `head` does: a closed pipe stops
+/// it, as it stops every Unix tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_ends_when_its_reader_goes() {
+    use std::io::Read;
+    let a = Backend::start("a").await;
+    let admin = free_port(IpAddr::from([127, 0, 0, 1]));
+    let text = format!(
+        "[admin]\nbind = \"{admin}\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+        a.addr
+    );
+    let _daemon = Daemon::start(&text, &[], &[]);
+    let mut top = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["ctl", "top", "--admin", &admin.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = top.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first[..8], b"\x1b[H\x1b[2J1", "{first:?}");
+    drop(out);
+    // It writes again within a second or so and must then find the pipe
+    // closed; five refreshes' time is ample.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = top.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = top.kill();
+            panic!("ctl top still runs 5 s after its reader closed the pipe");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    top.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.is_empty(), "a closed pipe is no error to report: {err}");
 }
