@@ -87,6 +87,9 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // One form for the client from here on (a dual-stack
+                // socket shows an IPv4 client as `::ffff:a.b.c.d`).
+                let peer = crate::wire::canonical(peer);
                 backoff = Duration::ZERO;
                 let shared2 = shared.clone();
                 let slot = Slot {

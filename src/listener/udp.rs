@@ -82,8 +82,11 @@ impl<'a> Starter<'a> {
     ) -> Option<Session<'a>> {
         let shared = self.shared;
         let m = &shared.metrics;
+        // Replies go to `peer` as the socket gave it; limits, the pick and
+        // the header see the client in its one form.
+        let client = crate::wire::canonical(peer);
         // Claim a place first: receive loops of one listener share the bound.
-        let place = match Place::claim(&shared.places, peer.ip(), &route.config) {
+        let place = match Place::claim(&shared.places, client.ip(), &route.config) {
             Ok(p) => p,
             Err(Full::Table) => {
                 m.dropped_full.inc_by(first.len() as u64);
@@ -96,7 +99,7 @@ impl<'a> Starter<'a> {
         };
         let pool = route.pick_pool(i);
         let snap = pool.snapshot();
-        let Some(pick) = snap.pick(peer, &[]) else {
+        let Some(pick) = snap.pick(client, &[]) else {
             m.dropped_no_backend.inc_by(first.len() as u64);
             return None;
         };
@@ -124,7 +127,7 @@ impl<'a> Starter<'a> {
         };
         let header = snap.config.proxy_protocol.map(|_| {
             let to = SocketAddr::new(local.unwrap_or(self.bound.ip()), self.bound.port());
-            proxy_protocol::v2(Some((peer, to)), Transport::Dgram, &[]).into_boxed_slice()
+            proxy_protocol::v2(Some((client, to)), Transport::Dgram, &[]).into_boxed_slice()
         });
         self.next_id += 1;
         let link = Arc::new(Link::new(Parts {
@@ -222,7 +225,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
         };
         let m = &shared.metrics;
         let route = shared.route.load();
-        if !route.config.admits(peer.ip()) {
+        if !route.config.admits(crate::wire::canonical(peer).ip()) {
             m.rejected_denied.inc();
             continue;
         }

@@ -71,7 +71,19 @@ pub enum Invalid {
 /// Reads a header off the front of `buf`: `Ok(None)` while more bytes are
 /// needed, `Ok(Some((header, n)))` once the first `n` bytes are one (the
 /// rest is the connection's own data). `limit` bounds a v2 header's length.
+///
+/// The addresses come out in their [canonical](super::canonical) form: an
+/// IPv4 client written as `::ffff:a.b.c.d` is `a.b.c.d`.
 pub fn parse(buf: &[u8], limit: usize) -> Result<Option<(Header, usize)>, Invalid> {
+    Ok(parse_any(buf, limit)?.map(|(mut h, n)| {
+        h.addrs = h
+            .addrs
+            .map(|(src, dst)| (super::canonical(src), super::canonical(dst)));
+        (h, n)
+    }))
+}
+
+fn parse_any(buf: &[u8], limit: usize) -> Result<Option<(Header, usize)>, Invalid> {
     if buf.is_empty() {
         return Ok(None);
     }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use proptest::prelude::*;
 
 use super::*;
+use crate::wire::canonical;
 
 const LIMIT: usize = 4096;
 
@@ -118,6 +119,25 @@ fn same_family() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
     (any_addr(), any_addr()).prop_map(|(a, b)| one_family(a, b))
 }
 
+/// A dual-stack proxy in front names an IPv4 client as `::ffff:a.b.c.d`,
+/// in either version: it is read as the IPv4 client it is.
+#[test]
+fn mapped_clients_are_read_as_ipv4() {
+    let want = Some((addr("10.1.2.3:1234"), addr("192.0.2.1:443")));
+    let v1in = b"PROXY TCP6 ::ffff:10.1.2.3 ::ffff:192.0.2.1 1234 443\r\n";
+    assert_eq!(parse(v1in, LIMIT).unwrap().unwrap().0.addrs, want);
+    let v2in = v2(
+        Some((addr("[::ffff:10.1.2.3]:1234"), addr("[2001:db8::1]:443"))),
+        Transport::Stream,
+        &[],
+    );
+    let (h, _) = parse(&v2in, LIMIT).unwrap().unwrap();
+    assert_eq!(
+        h.addrs,
+        Some((addr("10.1.2.3:1234"), addr("[2001:db8::1]:443")))
+    );
+}
+
 proptest! {
     /// Any bytes: no panic, never more consumed than given, TLVs no longer
     /// than the input.
@@ -148,7 +168,9 @@ proptest! {
             let (header, n) = parse(&whole, LIMIT).unwrap().unwrap();
             prop_assert_eq!(n, h.len());
             prop_assert_eq!(header.version, version);
-            prop_assert_eq!(header.addrs, Some((src, dst)));
+            // Read back in their canonical form: a mapped IPv4 address
+            // written beside an IPv6 one is IPv4 again.
+            prop_assert_eq!(header.addrs, Some((canonical(src), canonical(dst))));
             for cut in 0..h.len() {
                 prop_assert_eq!(parse(&h[..cut], LIMIT), Ok(None));
             }
