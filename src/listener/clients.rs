@@ -80,6 +80,26 @@ impl Drop for Admitted {
     }
 }
 
+impl Admitted {
+    /// Moves this charge to `ip` (a PROXY header named the client behind the
+    /// address first charged): `ip` is admitted as a new connection, and the
+    /// first address gets back its place and the rate token it paid, whether
+    /// or not `ip` is admitted.
+    pub fn move_to(self, ip: IpAddr, limits: &Limits) -> Result<Admitted, Refusal> {
+        if ip == self.ip {
+            return Ok(self);
+        }
+        let moved = self.clients.admit(ip, limits);
+        if let Some((_, burst)) = limits.rate {
+            let mut shard = self.clients.shard(self.ip);
+            if let Some(e) = shard.get_mut(&self.ip) {
+                e.tokens = (e.tokens + 1.0).min(burst);
+            }
+        }
+        moved
+    }
+}
+
 impl Clients {
     fn shard(&self, ip: IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
         self.shards[self.hasher.hash_one(ip) as usize % SHARDS]
@@ -182,6 +202,34 @@ mod tests {
             "one token back after 0.5 s"
         );
         assert_eq!(clients.admit(c, &rate).err(), Some(Refusal::Rate));
+    }
+
+    #[test]
+    fn a_charge_moves_to_the_client_a_header_names() {
+        let clients = Arc::new(Clients::default());
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.1.1".parse().unwrap(), "10.0.1.2".parse().unwrap());
+        let limits = Limits {
+            open: Some(1),
+            rate: Some((0.001, 2.0)),
+        };
+        // The proxy's address is charged while its header is read...
+        let first = clients.admit(proxy, &limits).unwrap();
+        assert_eq!(clients.admit(proxy, &limits).err(), Some(Refusal::Open));
+        // ...and gives place and token back once the header names `a`.
+        let on_a = first.move_to(a, &limits).unwrap();
+        let second = clients.admit(proxy, &limits).unwrap();
+        assert_eq!(
+            second.move_to(a, &limits).err(),
+            Some(Refusal::Open),
+            "`a` has its one connection"
+        );
+        // The refusal gave the proxy's place back too, and its tokens hold:
+        // two more headers may be read at once at a rate of almost nothing.
+        let third = clients.admit(proxy, &limits).unwrap();
+        let _on_b = third.move_to(b, &limits).unwrap();
+        let _fourth = clients.admit(proxy, &limits).unwrap();
+        drop(on_a);
     }
 
     #[test]

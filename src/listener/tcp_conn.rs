@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::clients::{Limits, Refusal};
+use super::clients::{Admitted, Limits, Refusal};
 use super::connect::{connect, Unserved};
 use super::greet::{self, Refused};
 use super::handover::Moved;
@@ -18,6 +18,7 @@ use super::tcp_carry::carry;
 use super::tcp_shared::{LocalStops, Slot, TcpShared};
 use super::Route;
 use crate::fds;
+use crate::metrics::TcpListenerMetrics;
 
 /// Counts a connection as open until dropped.
 /// Its place goes back first: a scrape never shows a free place that is
@@ -43,6 +44,68 @@ fn per_address(route: &Route) -> Option<Limits> {
     limits.any().then_some(limits)
 }
 
+/// Counts and logs a client refused by its per-address limit.
+fn refused(m: &TcpListenerMetrics, listener: &str, who: SocketAddr, refusal: Refusal) {
+    match refusal {
+        Refusal::Open => m.rejected_ip_limit.inc(),
+        Refusal::Rate => m.rejected_ip_rate.inc(),
+    }
+    tracing::debug!(listener, client = %who, ?refusal, "client refused by its per-address limit");
+}
+
+/// Counts and logs a client refused by allow/deny.
+fn denied(m: &TcpListenerMetrics, listener: &str, who: SocketAddr) {
+    m.rejected_denied.inc();
+    tracing::debug!(listener, client = %who, "client refused by allow/deny");
+}
+
+/// Admits the peer as it is accepted, before anything is read: allow/deny
+/// (unless a proxy in front will name the client), and a charge against its
+/// address's limits, held while the connection is open or until a PROXY
+/// header names the client behind it.
+fn admit_peer(shared: &TcpShared, route: &Route, peer: SocketAddr) -> Result<Option<Admitted>, ()> {
+    let (m, name) = (&shared.metrics, route.config.name.as_str());
+    if route.config.accept_proxy.is_none() && !route.config.admits(peer.ip()) {
+        denied(m, name, peer);
+        return Err(());
+    }
+    let Some(limits) = per_address(route) else {
+        return Ok(None);
+    };
+    match shared.clients.admit(peer.ip(), &limits) {
+        Ok(admitted) => Ok(Some(admitted)),
+        Err(refusal) => {
+            refused(m, name, peer, refusal);
+            Err(())
+        }
+    }
+}
+
+/// Admits the client a PROXY header named (`who`, the peer itself when it
+/// named none): allow/deny, and the peer's charge moved to it.
+fn admit_client(
+    shared: &TcpShared,
+    route: &Route,
+    who: SocketAddr,
+    charge: Option<Admitted>,
+) -> Result<Option<Admitted>, ()> {
+    let (m, name) = (&shared.metrics, route.config.name.as_str());
+    if !route.config.admits(who.ip()) {
+        denied(m, name, who);
+        return Err(());
+    }
+    match (per_address(route), charge) {
+        (Some(limits), Some(charge)) => match charge.move_to(who.ip(), &limits) {
+            Ok(moved) => Ok(Some(moved)),
+            Err(refusal) => {
+                refused(m, name, who, refusal);
+                Err(())
+            }
+        },
+        (_, charge) => Ok(charge),
+    }
+}
+
 /// One client connection, from accept to close.
 ///
 /// An `async` block rather than an `async fn`: an `async fn` moves each
@@ -64,6 +127,11 @@ pub(super) fn serve(
         let m = &shared.metrics;
         let route = shared.route.load_full();
         let name = route.config.name.as_str();
+        // Per-address limits hold from accept: a client whose PROXY header
+        // or ClientHello is slow still counts.
+        let Ok(mut _charge) = admit_peer(&shared, &route, peer) else {
+            return;
+        };
         // A PROXY header or a ClientHello to read first; boxed, so that every
         // other connection's task keeps its size.
         let greeting = if route.config.accept_proxy.is_some() || !route.config.routes.is_empty() {
@@ -88,27 +156,12 @@ pub(super) fn serve(
             None
         };
         let who = greeting.as_ref().and_then(|g| g.client).unwrap_or(peer);
-        if !route.config.admits(who.ip()) {
-            m.rejected_denied.inc();
-            tracing::debug!(listener = name, client = %who, "client refused by allow/deny");
-            return;
-        }
-        // Scoped, so the limits are not part of the task's state while it relays.
-        let _client = if let Some(limits) = per_address(&route) {
-            match shared.clients.admit(who.ip(), &limits) {
-                Ok(admitted) => Some(admitted),
-                Err(refusal) => {
-                    match refusal {
-                        Refusal::Open => m.rejected_ip_limit.inc(),
-                        Refusal::Rate => m.rejected_ip_rate.inc(),
-                    }
-                    tracing::debug!(listener = name, client = %who, ?refusal, "client refused by its per-address limit");
-                    return;
-                }
+        if route.config.accept_proxy.is_some() {
+            match admit_client(&shared, &route, who, _charge) {
+                Ok(moved) => _charge = moved,
+                Err(()) => return,
             }
-        } else {
-            None
-        };
+        }
         m.connections.inc();
         m.active.inc();
         let _open = Open {
@@ -119,12 +172,14 @@ pub(super) fn serve(
         let pool = route.pick_pool(greeting.as_ref().and_then(|g| g.route));
         // Matched at once, not bound: a named result would keep its own
         // place in the task for the connection's whole life.
-        let (mut backend, guard) = match {
+        let (mut backend, guard, early) = match {
             // One snapshot for the header's version and every attempt.
             let snap = pool.snapshot();
+            // The client's bytes read while greeting it, sent first.
+            let early = greeting.as_ref().map_or(0, |g| g.early.len() as u64);
             let preamble = greet::preamble(&client, who, snap.config.proxy_protocol, greeting);
             tokio::select! {
-                c = connect(&snap, who, name, &preamble) => c,
+                c = connect(&snap, who, name, &preamble) => c.map(|(b, g)| (b, g, early)),
                 _ = stops.hard.cancelled() => Err(Unserved::NoBackend),
             }
         } {
@@ -142,13 +197,18 @@ pub(super) fn serve(
                 return;
             }
         };
+        // Forwarded with the connect: counted as the relay counts its bytes.
+        if early > 0 {
+            m.bytes_in.inc_by(early);
+            guard.backend().metrics.bytes_out.inc_by(early);
+        }
         carry(
             (&shared, &stops),
             (&route, pool),
             (&mut client, &mut backend),
             &guard,
             &who,
-            (started, 0, 0),
+            (started, early, 0),
         )
         .await;
     }
