@@ -96,8 +96,8 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 
 /// The data plane's workers (one per core), then the control plane's runtime.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    switchyard::workers::start(cores).context("cannot start the worker threads")?;
+    switchyard::workers::start(switchyard::workers::default_count())
+        .context("cannot start the worker threads")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

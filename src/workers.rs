@@ -12,9 +12,9 @@
 //! one receive loop, on one worker.
 //!
 //! The control plane (admin API, health checks, discovery, reloads) stays on
-//! the runtime `main` builds. Where no workers were started (the library
-//! used in-process, as the tests do) the data plane runs on the caller's
-//! runtime.
+//! the runtime `main` builds. `Server::start` starts the workers if nobody
+//! did, so the library used in-process (as the tests use it) runs its data
+//! plane exactly as the binary does.
 
 use std::sync::OnceLock;
 
@@ -56,6 +56,11 @@ pub fn start(n: usize) -> std::io::Result<()> {
     }
     let _ = WORKERS.set(handles);
     Ok(())
+}
+
+/// One worker per core, as the binary starts them.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// How many workers serve listeners: the started ones, or else the calling

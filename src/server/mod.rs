@@ -42,6 +42,9 @@ pub enum Error {
     /// The admin endpoint could not be set up.
     #[error(transparent)]
     Admin(#[from] admin::Error),
+    /// The data plane's worker threads could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(String),
 }
 
 struct PoolEntry {
@@ -94,6 +97,11 @@ impl Server {
     /// Binds everything in `config` and starts serving. Fails, with nothing
     /// left running, if any listener or the admin endpoint cannot bind.
     pub async fn start(config: Config) -> Result<Server, Error> {
+        // The data plane runs on its workers however the library is started
+        // (the binary starts them first; an embedding program or a test
+        // gets the same threads here).
+        crate::workers::start(crate::workers::default_count())
+            .map_err(|e| Error::Workers(e.to_string()))?;
         let inner = Arc::new(Inner {
             metrics: Arc::new(Metrics::new()),
             state: Mutex::new(State {
