@@ -19,9 +19,8 @@ impl Validator<'_> {
         binds: &mut HashMap<(Protocol, SocketAddr), String>,
     ) -> Option<ListenerConfig> {
         let name = l.name.get_ref().clone();
-        if name.is_empty() {
-            self.p
-                .push(l.name.span(), format!("{key}.name"), "must not be empty");
+        if let Some(why) = super::unfit_name(&name) {
+            self.p.push(l.name.span(), format!("{key}.name"), why);
         }
         if names.insert(name.clone(), 0).is_some() {
             self.p.push(

@@ -8,6 +8,7 @@ mod error;
 mod escape;
 mod fields;
 mod listener;
+mod name;
 mod raw;
 mod routes;
 mod validate;
@@ -21,6 +22,7 @@ use std::time::Duration;
 pub use discovery::{ClusterConfig, DiscoveryConfig, Source};
 pub use error::{ConfigError, Problem};
 pub use escape::parse_bytes;
+pub use name::unfit_name;
 pub use routes::{route_for, AcceptProxy, ProxyVersion, RouteConfig};
 
 use ipnet::IpNet;

@@ -276,6 +276,11 @@ impl Validator<'_> {
                 .push(r.span(), key, "a route needs `sni` or `alpn` to match on");
             return None;
         }
+        if let Some(n) = &raw.name {
+            if let Some(why) = super::unfit_name(n.get_ref()) {
+                self.p.push(n.span(), format!("{key}.name"), why);
+            }
+        }
         Some(RouteConfig {
             name: raw
                 .name

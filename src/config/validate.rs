@@ -115,8 +115,8 @@ impl Validator<'_> {
         for (name, pool) in raw.pools {
             let span = name.span();
             let name = name.into_inner();
-            if name.is_empty() {
-                self.p.push(span, "pools", "a pool name must not be empty");
+            if let Some(why) = super::unfit_name(&name) {
+                self.p.push(span, "pools", format!("a pool name {why}"));
             }
             let cfg = self.pool(&name, pool);
             pools.insert(name, cfg);
@@ -348,12 +348,13 @@ impl Validator<'_> {
             ) as u32
         });
         let name = match &b.name {
-            Some(n) if n.get_ref().trim().is_empty() => {
-                self.p
-                    .push(n.span(), format!("{key}.name"), "must not be empty");
-                None
-            }
-            Some(n) => Some(n.get_ref().clone()),
+            Some(n) => match super::unfit_name(n.get_ref()) {
+                Some(why) => {
+                    self.p.push(n.span(), format!("{key}.name"), why);
+                    None
+                }
+                None => Some(n.get_ref().clone()),
+            },
             None => None,
         };
         let addr = addr?;

@@ -34,10 +34,14 @@ fn entry(value: &[u8]) -> Result<(Found, Value), String> {
             o.get("draining")
                 .map_or(Some(false), Value::as_bool)
                 .ok_or("\"draining\" is not true or false")?,
-            o.get("name")
-                .and_then(Value::as_str)
-                .filter(|n| !n.trim().is_empty())
-                .map(str::to_string),
+            match o.get("name").and_then(Value::as_str) {
+                Some(n) if n.trim().is_empty() => None,
+                Some(n) => match crate::config::unfit_name(n) {
+                    Some(why) => return Err(format!("its \"name\" {n:?}: {why}")),
+                    None => Some(n.to_string()),
+                },
+                None => None,
+            },
         ),
         _ => return Err("neither an address nor an object".into()),
     };
@@ -123,7 +127,7 @@ impl Context {
                 }
                 Err(why) => {
                     if refused.get(key) != Some(&why) {
-                        tracing::warn!(pool = %self.pool.name, key, error = %why, "an etcd entry names no backend; it is left out");
+                        tracing::warn!(pool = %self.pool.name, key = ?key, error = ?why, "an etcd entry names no backend; it is left out");
                         refused.insert(key.clone(), why);
                     }
                 }
@@ -159,6 +163,9 @@ mod tests {
             br#"{"weight": 2}"#,
             br#"{"addr": "1.2.3.4:5", "weight": 0}"#,
             b"[1,2]",
+            // A name that would forge a log line or rewrite a terminal.
+            br#"{"addr": "1.2.3.4:5", "name": "a\nERROR fake"}"#,
+            br#"{"addr": "1.2.3.4:5", "name": "\u001b[2J"}"#,
         ] {
             assert!(entry(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
