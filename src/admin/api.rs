@@ -37,7 +37,7 @@ fn backend_json(m: &Member) -> Value {
         "connections_total": mt.connections.get(),
         "bytes_in": mt.bytes_in.get(),
         "bytes_out": mt.bytes_out.get(),
-        "connect_failures": mt.fail_refused.get() + mt.fail_timeout.get() + mt.fail_other.get(),
+        "connect_failures": mt.connect_failures(),
         "last_check": b.last_check().map(|c| json!({"ok": c.ok, "detail": c.detail, "age_ms": c.at_ms})),
     })
 }

@@ -136,6 +136,16 @@ impl Metrics {
 }
 
 impl BackendMetrics {
+    /// Every failed connect, whatever the reason (refused, timed out,
+    /// failed otherwise, or taken and closed at once): the one sum the API,
+    /// the history and `ctl` show as `connect_failures`.
+    pub fn connect_failures(&self) -> u64 {
+        self.fail_refused.get()
+            + self.fail_timeout.get()
+            + self.fail_other.get()
+            + self.fail_closed.get()
+    }
+
     /// Removes this backend's series from scrapes (it left its pool).
     pub fn forget(&self) {
         self.series.forget();

@@ -46,10 +46,7 @@ fn read(st: &State) -> Reading {
                     b.active(),
                     mt.bytes_in.get(),
                     mt.bytes_out.get(),
-                    mt.fail_refused.get()
-                        + mt.fail_timeout.get()
-                        + mt.fail_other.get()
-                        + mt.fail_closed.get(),
+                    mt.connect_failures(),
                     s,
                 ],
             });
