@@ -59,8 +59,8 @@ pub(crate) struct Endpoint {
     pub addr: SocketAddr,
     pub settings: Arc<ArcSwap<Settings>>,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
-    /// The listening socket's descriptor, to hand to a new process.
-    pub fd: std::os::fd::RawFd,
+    /// A copy of the listening socket, from which a new process's is made.
+    socket: std::os::fd::OwnedFd,
     header_timeout: std::time::Duration,
     stop: CancellationToken,
 }
@@ -87,16 +87,23 @@ impl Endpoint {
             cause,
         };
         let addr = listener.local_addr().map_err(err)?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let socket = std::os::fd::AsFd::as_fd(&listener)
+            .try_clone_to_owned()
+            .map_err(err)?;
         Ok(Endpoint {
             bind: cfg.bind,
             addr,
             settings: Arc::new(ArcSwap::from_pointee(Settings::new(cfg, token))),
             listener: std::sync::Mutex::new(Some(listener)),
-            fd,
+            socket,
             header_timeout: cfg.header_timeout,
             stop: CancellationToken::new(),
         })
+    }
+
+    /// A copy of the listening socket of our own, to hand to a new process.
+    pub fn socket_copy(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.socket.try_clone()
     }
 
     /// Starts serving; `parent` cancels it along with the daemon.

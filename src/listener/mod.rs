@@ -21,7 +21,7 @@ mod udp_shared;
 mod udp_table;
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -314,13 +314,7 @@ fn grow<S>(
 /// it, so the group shrinks only at the next start.
 pub(crate) fn take_over(from: &Listener, l: &ListenerConfig) -> Result<Bound, BindError> {
     let err = |cause| BindError::of(l, cause);
-    let mut fds = Vec::new();
-    for fd in from.listening_fds() {
-        // SAFETY: the descriptor is open while `from` serves, and it does
-        // until after this returns; the copy is a new descriptor we own.
-        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        fds.push(borrowed.try_clone_to_owned().map_err(err)?);
-    }
+    let fds = from.listening_fds().map_err(err)?;
     if !l.reuse_port && fds.len() > 1 {
         tracing::info!(listener = %l.name, sockets = fds.len(), "reuse_port is off: the listener keeps its sockets until the next start, so no queued client is reset");
     }
@@ -410,19 +404,22 @@ impl Listener {
         }
     }
 
-    /// The listening sockets' descriptors, to hand to a new process (valid
-    /// while this listener serves).
-    pub fn listening_fds(&self) -> Vec<RawFd> {
+    /// Copies of the listening sockets' descriptors, to hand to a new
+    /// process or to the listener that takes this one's address over. Each
+    /// is duplicated while the socket is held, so it is ours whatever
+    /// becomes of this listener: a number is never borrowed from an accept
+    /// loop that may end (and free it for reuse) in the meantime.
+    pub fn listening_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
         match &self.kind {
             Kind::Tcp(_, s) => s
                 .iter()
                 .filter_map(Weak::upgrade)
-                .map(|s| s.get_ref().as_raw_fd())
+                .map(|s| s.get_ref().as_fd().try_clone_to_owned())
                 .collect(),
             Kind::Udp(_, s) => s
                 .iter()
                 .filter_map(Weak::upgrade)
-                .map(|s| s.as_raw_fd())
+                .map(|s| s.as_fd().try_clone_to_owned())
                 .collect(),
         }
     }

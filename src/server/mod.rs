@@ -28,7 +28,7 @@ use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::pool::{Change, Pool};
-use upgrade::{Handed, HandedListener, Inherited, UpgradeError};
+use upgrade::{Handed, Inherited, UpgradeError};
 
 /// Why the daemon could not start or a reload could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -211,29 +211,38 @@ impl Server {
         if self.inner.upgrading.swap(true, Ordering::SeqCst) {
             return Err(UpgradeError::Busy);
         }
-        // The state stays locked until the new process has its copies, so
-        // no reload closes a socket (and frees its number) in between.
+        // The state stays locked until the new process has started, so no
+        // reload changes the set of sockets in between; each handed socket
+        // is a copy of our own, open until the new process has inherited it.
         let st = self.inner.state.lock().await;
-        let handed = Handed {
-            listeners: st
-                .listeners
-                .values()
-                .map(|l| HandedListener {
-                    name: l.config.name.clone(),
-                    protocol: l.config.protocol.as_str().to_string(),
-                    bind: l.config.bind,
-                    reuse_port: l.config.reuse_port,
-                    fds: l.listening_fds(),
-                })
-                .collect(),
-            admin: st.admin.as_ref().map(|a| (a.bind, a.fd)),
+        let handed = match Handed::of(
+            st.listeners.values().map(|l| {
+                let c = &l.config;
+                (
+                    c.name.as_str(),
+                    c.protocol.as_str(),
+                    c.bind,
+                    c.reuse_port,
+                    l.listening_fds(),
+                )
+            }),
+            st.admin.as_ref().map(|a| (a.bind, a.socket_copy())),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                drop(st);
+                self.inner.upgrading.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
         };
         let result = upgrade::start_successor(&handed).await;
         drop(st);
         match result {
             Ok((pid, channel)) => {
                 // Connections stop at a safe point and move to it.
-                self.inner.handover.begin(channel);
+                if let Err(e) = self.inner.handover.begin(channel) {
+                    tracing::warn!(error = %e, "upgrade: cannot hand connections over; they drain here");
+                }
                 Ok(pid)
             }
             Err(e) => {

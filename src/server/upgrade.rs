@@ -58,13 +58,44 @@ pub(crate) struct Handed {
     pub listeners: Vec<HandedListener>,
     /// The admin endpoint's configured address and socket.
     pub admin: Option<(SocketAddr, RawFd)>,
+    /// The descriptors named above: this process's own copies, open until
+    /// the new process has inherited them.
+    #[serde(skip)]
+    owned: Vec<OwnedFd>,
 }
 
 impl Handed {
+    /// What to hand over: each listener (name, protocol, address,
+    /// `reuse_port`, copies of its sockets) and the admin endpoint's
+    /// address and socket copy. The copies are owned by the result until
+    /// the new process has inherited them.
+    pub(crate) fn of<'a>(
+        listeners: impl Iterator<Item = (&'a str, &'a str, SocketAddr, bool, io::Result<Vec<OwnedFd>>)>,
+        admin: Option<(SocketAddr, io::Result<OwnedFd>)>,
+    ) -> Result<Handed, UpgradeError> {
+        let mut handed = Handed::default();
+        for (name, protocol, bind, reuse_port, fds) in listeners {
+            let fds = fds.map_err(UpgradeError::Sockets)?;
+            handed.listeners.push(HandedListener {
+                name: name.to_string(),
+                protocol: protocol.to_string(),
+                bind,
+                reuse_port,
+                fds: fds.iter().map(AsRawFd::as_raw_fd).collect(),
+            });
+            handed.owned.extend(fds);
+        }
+        if let Some((bind, fd)) = admin {
+            let fd = fd.map_err(UpgradeError::Sockets)?;
+            handed.admin = Some((bind, fd.as_raw_fd()));
+            handed.owned.push(fd);
+        }
+        Ok(handed)
+    }
+
+    /// The descriptors the new process inherits.
     fn fds(&self) -> Vec<RawFd> {
-        let mut fds: Vec<RawFd> = self.listeners.iter().flat_map(|l| l.fds.clone()).collect();
-        fds.extend(self.admin.map(|(_, fd)| fd));
-        fds
+        self.owned.iter().map(AsRawFd::as_raw_fd).collect()
     }
 }
 
@@ -122,6 +153,10 @@ pub enum UpgradeError {
     /// Another upgrade is under way.
     #[error("an upgrade is already under way")]
     Busy,
+    /// The listening sockets could not be copied for the new process
+    /// (out of descriptors).
+    #[error("cannot copy the listening sockets for the new process: {0}")]
+    Sockets(io::Error),
 }
 
 /// Starts the new process with `handed`'s sockets and waits until it
@@ -356,5 +391,52 @@ impl Inherited {
     /// Whether anything is left over (closed when this is dropped).
     pub fn is_empty(&self) -> bool {
         self.listeners.is_empty() && self.admin.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// What is handed over is this process's own copy of each socket: it
+    /// stays a listening socket (and the same one) when the listener that
+    /// owned the original has closed it, so its number cannot have been
+    /// reused for something else by the time the new process starts.
+    #[test]
+    fn handed_sockets_are_owned_copies() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let copy = l.as_fd().try_clone_to_owned();
+        let handed = Handed::of(
+            [("front", "tcp", addr, false, copy.map(|c| vec![c]))].into_iter(),
+            None,
+        )
+        .unwrap();
+        drop(l);
+        // A descriptor opened now could take a freed number; it does not
+        // take the handed one.
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_ne!(other.as_raw_fd(), handed.listeners[0].fds[0]);
+        let fds = handed.fds();
+        assert_eq!(fds, handed.listeners[0].fds);
+        assert!(is_socket(fds[0], libc::SOCK_STREAM));
+        assert!(
+            std::net::TcpStream::connect(addr).is_ok(),
+            "still listening"
+        );
+        // A copy that cannot be made fails the hand-over, before any process starts.
+        let failed = Handed::of(
+            [(
+                "front",
+                "tcp",
+                addr,
+                false,
+                Err(io::Error::from_raw_os_error(libc::EMFILE)),
+            )]
+            .into_iter(),
+            None,
+        );
+        assert!(matches!(failed, Err(UpgradeError::Sockets(_))));
     }
 }
