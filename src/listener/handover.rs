@@ -15,9 +15,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
 
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// One moved connection, as the new process needs to know it.
@@ -39,28 +40,69 @@ pub struct Moved {
 
 /// The old process's side: asks relays to stop at a safe point, and sends
 /// the stopped connections on.
+///
+/// The sending is done by one thread of its own, never on a data-plane
+/// worker: `sendmsg` on the channel blocks while the new process is slow to
+/// take messages, and a worker blocked there would stall every other
+/// connection it carries. A relay hands its connection to that thread and
+/// awaits the outcome like any other event.
 #[derive(Debug, Default)]
 pub struct Handover {
     /// Fired when a new process is ready to take connections.
     pub token: CancellationToken,
-    channel: Mutex<Option<OwnedFd>>,
+    sender: std::sync::OnceLock<mpsc::Sender<Job>>,
+}
+
+/// One connection to send: its description, copies of its two sockets, and
+/// where to say how it went.
+struct Job {
+    body: Vec<u8>,
+    fds: [OwnedFd; 2],
+    done: oneshot::Sender<io::Result<()>>,
 }
 
 impl Handover {
     /// A new process serves and listens on `channel`: hand connections over.
-    pub fn begin(&self, channel: OwnedFd) {
-        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = Some(channel);
+    pub fn begin(&self, channel: OwnedFd) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("switchyard-handover".into())
+            .spawn(move || {
+                // Ends when the last sender goes (the daemon is gone), and
+                // closes the channel, which tells the new process so.
+                for job in rx {
+                    let fds = [job.fds[0].as_raw_fd(), job.fds[1].as_raw_fd()];
+                    let _ = job.done.send(send(&channel, &job.body, &fds));
+                }
+            })?;
+        if self.sender.set(tx).is_err() {
+            return Err(io::Error::other(
+                "connections are being handed over already",
+            ));
+        }
         self.token.cancel();
+        Ok(())
     }
 
     /// Sends one stopped connection; its sockets here may then be closed.
-    pub fn send(&self, moved: &Moved, client: RawFd, backend: RawFd) -> io::Result<()> {
-        let channel = self.channel.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(channel) = channel.as_ref() else {
+    pub async fn send(
+        &self,
+        moved: &Moved,
+        client: BorrowedFd<'_>,
+        backend: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let Some(sender) = self.sender.get() else {
             return Err(io::Error::other("no new process to hand over to"));
         };
         let body = serde_json::to_vec(moved).map_err(io::Error::other)?;
-        send(channel, &body, &[client, backend])
+        let fds = [client.try_clone_to_owned()?, backend.try_clone_to_owned()?];
+        let (done, outcome) = oneshot::channel();
+        sender
+            .send(Job { body, fds, done })
+            .map_err(|_| io::Error::other("the hand-over thread has ended"))?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the hand-over thread has ended")))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +64,27 @@ async fn finish_here(
     };
     let (splice, up, down) = meters(route, &shared.metrics, b);
     relay::relay(client, backend, timers(route, pool), stop, splice, up, down).await
+}
+
+/// Hands a stopped connection to the new process of an upgrade; `None`
+/// once it has it, else what relaying it on here to the end gave.
+async fn hand_over(
+    (shared, route, pool): (&TcpShared, &Route, &Pool),
+    (client, backend): (&mut TcpStream, &mut TcpStream),
+    b: &crate::backend::Backend,
+    moved: Moved,
+) -> Option<relay::Outcome> {
+    let sent = shared
+        .handover
+        .send(&moved, client.as_fd(), backend.as_fd())
+        .await;
+    match sent {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::warn!(listener = %moved.listener, client = %moved.client, error = %e, "cannot hand a connection over; it finishes here");
+            Some(finish_here((shared, route, pool), (client, backend), b).await)
+        }
+    }
 }
 
 /// A connection's idle timeout (its listener's) and the keepalive its
@@ -146,17 +167,18 @@ pub(super) async fn carry(
             down: down_before + outcome.down,
             age_ms: started.elapsed().as_millis() as u64,
         };
-        match shared
-            .handover
-            .send(&moved, client.as_raw_fd(), backend.as_raw_fd())
+        // Boxed: this rare path's state is no part of every task.
+        match Box::pin(hand_over(
+            (shared, route, pool),
+            (client, backend),
+            b,
+            moved,
+        ))
+        .await
         {
             // The new process has its own copies; this one's close with it.
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(listener = name, client = %peer, error = %e, "cannot hand a connection over; it finishes here");
-                // Boxed: this rare path's state is no part of every task.
-                let rest = Box::pin(finish_here((shared, route, pool), (client, backend), b));
-                let more = rest.await;
+            None => return,
+            Some(more) => {
                 outcome = relay::Outcome {
                     up: outcome.up + more.up,
                     down: outcome.down + more.down,
