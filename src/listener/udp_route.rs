@@ -17,6 +17,11 @@ use crate::wire::quic::{read_initials, Crypto, NotInitial};
 /// hello is incomplete goes to the listener's pool at once.
 const MAX_PENDING: usize = 1024;
 
+/// Clients one source address may have waiting at once (a sixteenth of
+/// the table): one host cycling through source ports cannot take every
+/// place and push other clients' split hellos to the listener's pool.
+const MAX_PENDING_PER_IP: u32 = (MAX_PENDING / 16) as u32;
+
 /// Datagrams held per waiting client.
 const MAX_HELD: usize = 8;
 
@@ -51,6 +56,8 @@ pub(super) enum Verdict {
 #[derive(Default)]
 pub(super) struct Inspector {
     pending: HashMap<SocketAddr, Pending>,
+    /// Waiting clients per source address (in its canonical form).
+    per_ip: HashMap<IpAddr, u32>,
     /// Bytes of the datagrams held in `pending`.
     held_bytes: usize,
 }
@@ -107,7 +114,34 @@ impl Inspector {
     fn take(&mut self, peer: &SocketAddr) -> Option<Pending> {
         let p = self.pending.remove(peer)?;
         self.held_bytes -= size(&p);
+        let ip = crate::wire::canonical(*peer).ip();
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
         Some(p)
+    }
+
+    /// Holds a waiting client.
+    fn hold(&mut self, peer: SocketAddr, p: Pending) {
+        self.held_bytes += size(&p);
+        *self
+            .per_ip
+            .entry(crate::wire::canonical(peer).ip())
+            .or_insert(0) += 1;
+        self.pending.insert(peer, p);
+    }
+
+    /// Whether a new client from `peer` finds no place to wait: the table
+    /// is full, or its address has its share.
+    fn no_place(&self, peer: SocketAddr) -> bool {
+        self.pending.len() >= MAX_PENDING
+            || self
+                .per_ip
+                .get(&crate::wire::canonical(peer).ip())
+                .is_some_and(|&n| n >= MAX_PENDING_PER_IP)
     }
 
     /// Reads a datagram of a client without a session.
@@ -141,14 +175,13 @@ impl Inspector {
                 decide(config, m, Err(NotHello::TooLarge.as_str()), p.held)
             }
             Ok(None)
-                if (!known && self.pending.len() >= MAX_PENDING)
+                if (!known && self.no_place(peer))
                     || self.held_bytes + size(&p) > MAX_HELD_BYTES =>
             {
                 decide(config, m, Err("timeout"), p.held)
             }
             Ok(None) => {
-                self.held_bytes += size(&p);
-                self.pending.insert(peer, p);
+                self.hold(peer, p);
                 Verdict::Wait
             }
             Err(why) => decide(config, m, Err(why), p.held),
@@ -236,5 +269,43 @@ mod tests {
             "{waited} held"
         );
         assert!(m.inspected.timeout.get() > 0);
+    }
+
+    /// One host cycling through source ports (1,030 of them here) gets its
+    /// share of the waiting places, not all of them: another client's hello
+    /// split over two datagrams is still waited for and routed.
+    #[test]
+    fn one_address_gets_only_its_share_of_waiting_places() {
+        let (config, m) = (listener(), Metrics::new().udp_listener("q"));
+        let msg = client_hello(Some("quic.example"), &["h3"], 1500);
+        let a = initial(&[1; 8], 0, &crypto_frame(0, &msg[..1000]), 1160);
+        let b = initial(&[1; 8], 1, &crypto_frame(1000, &msg[1000..]), 1160);
+        let mut inspector = Inspector::default();
+        let mut waited = 0;
+        for port in 0..1030u16 {
+            let attacker = SocketAddr::from(([127, 0, 0, 9], 10_000 + port));
+            if let Verdict::Wait = inspector.offer(attacker, None, &a, &config, &m.inspected, 0) {
+                waited += 1;
+            }
+        }
+        assert_eq!(waited, MAX_PENDING_PER_IP, "one address's share");
+        // The same host in its mapped form has no second share.
+        let mapped: SocketAddr = "[::ffff:127.0.0.9]:9999".parse().unwrap();
+        assert!(!matches!(
+            inspector.offer(mapped, None, &a, &config, &m.inspected, 0),
+            Verdict::Wait
+        ));
+        let client: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        assert!(matches!(
+            inspector.offer(client, None, &a, &config, &m.inspected, 1),
+            Verdict::Wait
+        ));
+        match inspector.offer(client, None, &b, &config, &m.inspected, 2) {
+            Verdict::Go { route, held } => assert_eq!((route, held.len()), (Some(0), 2)),
+            _ => panic!("the legitimate client's whole hello routes"),
+        }
+        // Places come back as hellos complete or time out.
+        let _ = inspector.expired(u64::MAX, &config, &m.inspected);
+        assert!(inspector.per_ip.is_empty() && inspector.pending.is_empty());
     }
 }
