@@ -539,3 +539,92 @@ async fn backends_go_by_their_names_in_the_api_metrics_and_log() {
     assert!(text.contains(&up), "{text}");
     server.shutdown().await;
 }
+
+/// Times a `GET /healthz` that runs while an attack holds the endpoint.
+async fn probe(admin: SocketAddr) -> (u16, Duration) {
+    let began = std::time::Instant::now();
+    let (status, _) = get(admin, "/healthz").await;
+    (status, began.elapsed())
+}
+
+/// Clients that connect and say nothing, far past the endpoint's cap of
+/// connections: a probe gets in at once, because the connection idle
+/// longest is closed to make room for it.
+#[tokio::test]
+async fn silent_connections_cannot_keep_a_probe_out() {
+    let a = Backend::start("a").await;
+    let (_server, admin) = with_admin(&[a.addr], "header_timeout = \"8s\"", "round_robin").await;
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        silent.push(TcpStream::connect(admin).await.unwrap());
+    }
+    for _ in 0..3 {
+        let (status, took) = probe(admin).await;
+        assert_eq!(status, 200);
+        assert!(
+            took < Duration::from_secs(2),
+            "/healthz answered after {took:?}, with header_timeout 8s"
+        );
+    }
+    // The ones closed for it were the oldest: the newest are still open.
+    let mut newest = silent.pop().unwrap();
+    newest
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), newest.read_exact(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
+
+/// Request bodies that trickle in (no token needed: the default) hold their
+/// connections no longer than `header_timeout`: they are answered 408 and
+/// closed, and a probe is answered within that time meanwhile.
+#[tokio::test]
+async fn slow_request_bodies_end_at_the_deadline() {
+    let a = Backend::start("a").await;
+    let (_server, admin) = with_admin(&[a.addr], "header_timeout = \"1s\"", "round_robin").await;
+    let path = format!("/api/v1/pools/p/backends/{}/weight", a.addr);
+    let mut slow = Vec::new();
+    for _ in 0..70 {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        s.write_all(
+            format!(
+                "PUT {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        slow.push(s);
+    }
+    // Each keeps sending a byte every 200 ms while the probes run.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..15 {
+            for s in slow.iter_mut() {
+                let _ = s.write_all(b" ").await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        slow
+    });
+    for _ in 0..3 {
+        let (status, took) = probe(admin).await;
+        assert_eq!(status, 200);
+        assert!(
+            took < Duration::from_secs(3),
+            "/healthz answered after {took:?}, with header_timeout 1s"
+        );
+    }
+    let mut slow = trickle.await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), slow[0].read_to_string(&mut answer))
+        .await
+        .expect("answered and closed in time")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("header_timeout"), "{answer}");
+}

@@ -2,8 +2,10 @@
 //! socket), then serve each connection with hyper, capped in number and in
 //! how long a request head may take.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -15,11 +17,14 @@ use tokio_util::task::TaskTracker;
 use super::{route, Daemon, Error};
 use crate::config::AdminConfig;
 
-/// Who may do what.
+/// Who may do what, and how long a request body may take.
 pub(crate) struct Settings {
     pub(super) token: Option<String>,
     pub(super) protect_reads: bool,
     pub(super) hosts: Vec<String>,
+    /// `header_timeout`: a request's body, once its head is in, must
+    /// arrive within it too.
+    pub(super) body_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -28,6 +33,70 @@ impl Settings {
             token,
             protect_reads: cfg.protect_reads,
             hosts: cfg.hosts.clone(),
+            body_timeout: cfg.header_timeout,
+        }
+    }
+}
+
+/// A connection between requests since this many milliseconds (of
+/// [`crate::clock::now_ms`]), or in one.
+const IN_REQUEST: u64 = u64::MAX;
+
+/// One open admin connection, as the accept loop sees it.
+struct Open {
+    /// When it last finished a request (or was accepted), or `IN_REQUEST`.
+    idle_since_ms: Arc<AtomicU64>,
+    /// Closes it.
+    close: CancellationToken,
+}
+
+/// The open admin connections. When all places are taken and another
+/// client waits, the one idle longest (between requests, or accepted and
+/// silent) is closed to make room, as nginx reclaims idle keep-alive
+/// connections: a probe always gets in. A connection in a request is never
+/// closed for this; its body is bounded by `header_timeout` instead.
+#[derive(Default)]
+struct Conns {
+    open: std::sync::Mutex<HashMap<u64, Open>>,
+    next: AtomicU64,
+}
+
+impl Conns {
+    fn add(&self, close: CancellationToken) -> (u64, Arc<AtomicU64>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let idle_since_ms = Arc::new(AtomicU64::new(crate::clock::now_ms()));
+        let open = Open {
+            idle_since_ms: idle_since_ms.clone(),
+            close,
+        };
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, open);
+        (id, idle_since_ms)
+    }
+
+    fn remove(&self, id: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Closes the connection idle longest; whether there was one.
+    fn close_longest_idle(&self) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = open
+            .values()
+            .map(|o| (o.idle_since_ms.load(Ordering::Relaxed), &o.close))
+            .filter(|(since, _)| *since != IN_REQUEST)
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, close)) => {
+                close.cancel();
+                true
+            }
+            None => false,
         }
     }
 }
@@ -125,16 +194,13 @@ impl Endpoint {
         let connections = tracker.clone();
         tracing::info!(addr = %self.addr, "admin endpoint listening");
         tracker.spawn(async move {
-            // Excess clients wait in the backlog: a slow or hostile client
-            // cannot take the descriptors the proxy needs.
+            // A slow or hostile client cannot take the descriptors the proxy
+            // needs: past the cap, a new client waits until the connection
+            // idle longest is closed for it, or a request ends.
             let open = Arc::new(Semaphore::new(crate::fds::admin_connections()));
+            let conns = Arc::new(Conns::default());
             let failures = crate::clock::Every::ms(1000);
             loop {
-                let permit = tokio::select! {
-                    p = open.clone().acquire_owned() => p.expect("never closed"),
-                    _ = stop.cancelled() => return,
-                    _ = parent.cancelled() => return,
-                };
                 let (stream, _) = tokio::select! {
                     r = listener.accept() => match r {
                         Ok(x) => x,
@@ -149,16 +215,38 @@ impl Endpoint {
                     _ = stop.cancelled() => return,
                     _ = parent.cancelled() => return,
                 };
+                let permit = match open.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        if conns.close_longest_idle() {
+                            tracing::debug!("admin connections at their cap: closed the one idle longest");
+                        }
+                        tokio::select! {
+                            p = open.clone().acquire_owned() => p.expect("never closed"),
+                            _ = stop.cancelled() => return,
+                            _ = parent.cancelled() => return,
+                        }
+                    }
+                };
                 let server = server.clone();
                 let settings = settings.clone();
                 let stop = stop.clone();
                 let parent = parent.clone();
+                let close = CancellationToken::new();
+                let (id, idle_since_ms) = conns.add(close.clone());
+                let conns = conns.clone();
                 connections.spawn(async move {
                     let _permit = permit;
                     let service = hyper::service::service_fn(move |req| {
                         let server = server.clone();
                         let settings = settings.load_full();
-                        async move { Ok::<_, Infallible>(route(server, &settings, req).await) }
+                        let idle_since_ms = idle_since_ms.clone();
+                        async move {
+                            idle_since_ms.store(IN_REQUEST, Ordering::Relaxed);
+                            let response = route(server, &settings, req).await;
+                            idle_since_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+                            Ok::<_, Infallible>(response)
+                        }
                     });
                     // A request's head must arrive within header_timeout,
                     // and so must the next one on a kept-alive connection
@@ -175,11 +263,14 @@ impl Endpoint {
                         r = conn => if let Err(e) = r {
                             tracing::debug!(error = %e, "admin connection ended with an error");
                         },
+                        // Closed to make room for a new client.
+                        _ = close.cancelled() => {}
                         _ = stop.cancelled() => {}
                         // The daemon stops: a page polling on a kept-alive
                         // connection must not hold its shutdown.
                         _ = parent.cancelled() => {}
                     }
+                    conns.remove(id);
                 });
             }
         });

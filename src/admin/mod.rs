@@ -77,14 +77,31 @@ fn text(content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-/// Reads a small request body, refusing oversized ones.
-pub(crate) async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) => Err(error(
+/// Reads a small request body, refusing oversized ones and those that do
+/// not arrive within `within` (a client trickling a body would otherwise
+/// hold an admin connection for as long as it likes).
+pub(crate) async fn read_body(
+    req: Request<Incoming>,
+    within: std::time::Duration,
+) -> Result<Bytes, Response<Body>> {
+    match tokio::time::timeout(within, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("cannot read the body: {e}"),
         )),
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} (header_timeout)",
+                    humantime::format_duration(within)
+                ),
+            );
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
     }
 }
 
@@ -165,7 +182,7 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
         },
         (&Method::PUT, ["api", "v1", "pools", pool, "backends", addr, "weight"]) => {
             let (pool, addr) = (pool.to_string(), addr.to_string());
-            match read_body(req).await {
+            match read_body(req, settings.body_timeout).await {
                 Ok(body) => api::set_weight(&*server, &pool, &addr, &body).await,
                 Err(r) => r,
             }
