@@ -86,11 +86,12 @@ impl Conns {
     /// Closes the connection idle longest; whether there was one.
     fn close_longest_idle(&self) -> bool {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        // Ties (the same millisecond) go to the one accepted first.
         let oldest = open
-            .values()
-            .map(|o| (o.idle_since_ms.load(Ordering::Relaxed), &o.close))
-            .filter(|(since, _)| *since != IN_REQUEST)
-            .min_by_key(|(since, _)| *since);
+            .iter()
+            .map(|(id, o)| ((o.idle_since_ms.load(Ordering::Relaxed), *id), &o.close))
+            .filter(|((since, _), _)| *since != IN_REQUEST)
+            .min_by_key(|(key, _)| *key);
         match oldest {
             Some((_, close)) => {
                 close.cancel();
