@@ -19,10 +19,19 @@ impl Daemon {
     /// Writes `toml` to a file and runs `switchyard run` on it, through
     /// `wrapper` (e.g. `prlimit --nofile=…`) when given; waits until ready.
     pub fn start(toml: &str, wrapper: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        Daemon::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_switchyard")),
+            toml,
+            wrapper,
+            envs,
+        )
+    }
+
+    /// As [`Daemon::start`], running the binary at `bin` (an installed one).
+    pub fn start_binary(bin: &Path, toml: &str, wrapper: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("switchyard.toml");
         std::fs::write(&config, toml).unwrap();
-        let bin = env!("CARGO_BIN_EXE_switchyard");
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
