@@ -235,9 +235,14 @@ async fn the_status_page_renders_backends_and_drains_on_click() {
         .call("Page.captureScreenshot", json!({ "format": "png" }))
         .await;
     let png = shot["data"].as_str().unwrap();
-    assert!(png.len() > 1000, "a screenshot of the page was taken");
+    // A PNG of the whole emulated screen (its IHDR chunk gives the size).
+    let png = decode_base64(png);
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    assert_eq!(&png[12..16], b"IHDR");
+    let size = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!((size(16), size(20)), (1400, 900), "the screenshot's size");
     if let Ok(path) = std::env::var("SWITCHYARD_SCREENSHOT") {
-        std::fs::write(path, decode_base64(png)).unwrap();
+        std::fs::write(path, &png).unwrap();
     }
 }
 
