@@ -5,19 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{start, value, wait_metric, Backend};
+use common::{connect_from, start, value, wait_metric, Backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// Connects to `front` from the local address `from` (127.0.0.0/8 is all ours).
-async fn connect_from(from: &str, front: SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    s.connect(front).await.unwrap()
-}
+use tokio::net::TcpStream;
 
 /// Sends `bytes` and reads the answer; `None` when the proxy closed instead.
 async fn answer(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {

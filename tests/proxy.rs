@@ -758,13 +758,6 @@ async fn a_short_connection_skips_backend_keepalive() {
     .await;
 }
 
-/// Connects to `front` from the local address `from` (127.0.0.0/8 is all ours).
-async fn connect_from(from: &str, front: std::net::SocketAddr) -> TcpStream {
-    let s = tokio::net::TcpSocket::new_v4().unwrap();
-    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    s.connect(front).await.unwrap()
-}
-
 /// Sends a line and reads the answer; `None` when the proxy closed instead.
 async fn answer(s: &mut TcpStream) -> Option<String> {
     s.write_all(b"who\n").await.ok()?;

@@ -21,6 +21,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
+/// Connects to `front` from the local address `from` (127.0.0.0/8 is all
+/// ours: each address plays another client).
+pub async fn connect_from(from: &str, front: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(front).await.unwrap()
+}
+
 /// Starts the daemon from TOML text.
 pub async fn start(toml: &str) -> Server {
     let config = Config::parse(toml, Path::new("test.toml"))
