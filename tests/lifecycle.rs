@@ -546,11 +546,12 @@ fn the_access_log_has_one_structured_line_per_connection_and_session() {
     assert_eq!(udp.recv(&mut buf).unwrap(), 5);
 
     let is_access = |v: &serde_json::Value| v["target"] == "switchyard::access";
+    // The three connections end on whichever worker took each, in any
+    // order: the first client's line is the one that names it.
     let tcp = daemon.wait_log("tcp access line", Duration::from_secs(5), |v| {
-        is_access(v) && v["listener"] == "logged"
+        is_access(v) && v["listener"] == "logged" && v["client"] == client_addr.as_str()
     });
     assert_eq!(tcp["message"], "tcp connection");
-    assert_eq!(tcp["client"], client_addr.as_str());
     assert_eq!(tcp["backend"], a.addr.to_string().as_str());
     assert_eq!(
         (tcp["bytes_in"].as_u64(), tcp["bytes_out"].as_u64()),
