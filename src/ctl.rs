@@ -267,18 +267,14 @@ impl Target {
                     rate("bytes_out"),
                 )
             });
-            let written = write!(
-                out,
+            let frame = format!(
                 "\x1b[H\x1b[2J{} · {}\n\n{screen}",
                 escaped(&self.admin),
                 humantime::format_rfc3339_seconds(SystemTime::now())
-            )
-            .and_then(|()| out.flush());
-            match written {
-                Ok(()) => {}
-                // `ctl top | head`: the reader has gone, and so do we.
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                Err(e) => return Err(CtlError::Output(e)),
+            );
+            // `ctl top | head`: the reader has gone, and so do we.
+            if !emit(out, &frame)? {
+                return Ok(());
             }
             before = Some((now, pools));
             shown += 1;
@@ -287,6 +283,17 @@ impl Target {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+}
+
+/// Writes `text` to `out` and flushes it; `Ok(false)` when the reader has
+/// gone (a closed pipe, as after `| head`), which ends the output quietly
+/// as it ends any Unix tool's.
+pub fn emit(out: &mut dyn Write, text: &str) -> Result<bool, CtlError> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CtlError::Output(e)),
     }
 }
 

@@ -237,23 +237,16 @@ fn ctl(
         } => t.weight(&pool, &backend, weight),
         CtlAction::Reload => t.reload(),
     });
+    let done = done.and_then(|text| {
+        let newline = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        switchyard::ctl::emit(&mut std::io::stdout(), &format!("{text}{newline}"))
+    });
     match done {
-        Ok(text) => {
-            use std::io::Write;
-            let newline = if text.is_empty() || text.ends_with('\n') {
-                ""
-            } else {
-                "\n"
-            };
-            // A reader that has gone (`| head`) is no failure of ours.
-            match write!(std::io::stdout(), "{text}{newline}") {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    eprintln!("switchyard ctl: cannot write: {e}");
-                    ExitCode::FAILURE
-                }
-                _ => ExitCode::SUCCESS,
-            }
-        }
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard ctl: {e}");
             ExitCode::from(e.exit_code())

@@ -7,20 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connect_from, start, value, wait_metric, Backend};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{connect_from, reply, start, value, wait_metric, Backend};
 use tokio::net::TcpStream;
-
-/// Sends `bytes` and reads the answer; `None` when the proxy closed instead.
-async fn answer(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {
-    s.write_all(bytes).await.ok()?;
-    let mut buf = [0u8; 128];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("an answer or a close in time")
-        .ok()?;
-    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).to_string())
-}
 
 fn rejected(server: &switchyard::Server, listener: &str, reason: &str) -> f64 {
     value(
@@ -49,11 +37,11 @@ async fn a_mapped_address_in_a_proxy_header_is_the_ipv4_client() {
 
     let mut plain = TcpStream::connect(front).await.unwrap();
     let header = b"PROXY TCP4 10.1.2.3 127.0.0.1 1000 80\r\nwho\n";
-    assert_eq!(answer(&mut plain, header).await, None, "10.1.2.3 is denied");
+    assert_eq!(reply(&mut plain, header).await, None, "10.1.2.3 is denied");
     let mut mapped = TcpStream::connect(front).await.unwrap();
     let header = b"PROXY TCP6 ::ffff:10.1.2.3 ::1 1000 80\r\nwho\n";
     assert_eq!(
-        answer(&mut mapped, header).await,
+        reply(&mut mapped, header).await,
         None,
         "::ffff:10.1.2.3 is 10.1.2.3, and denied too"
     );
@@ -61,14 +49,11 @@ async fn a_mapped_address_in_a_proxy_header_is_the_ipv4_client() {
 
     let mut first = TcpStream::connect(front).await.unwrap();
     let header = b"PROXY TCP4 11.9.9.9 127.0.0.1 1000 80\r\nwho\n";
-    assert_eq!(
-        answer(&mut first, header).await.as_deref(),
-        Some("b: who\n")
-    );
+    assert_eq!(reply(&mut first, header).await.as_deref(), Some("b: who\n"));
     let mut second = TcpStream::connect(front).await.unwrap();
     let header = b"PROXY TCP6 ::ffff:11.9.9.9 ::1 1001 80\r\nwho\n";
     assert_eq!(
-        answer(&mut second, header).await,
+        reply(&mut second, header).await,
         None,
         "the same client in its mapped form has no second budget"
     );
@@ -77,10 +62,7 @@ async fn a_mapped_address_in_a_proxy_header_is_the_ipv4_client() {
     // address was charged only while the header was read.
     let mut other = TcpStream::connect(front).await.unwrap();
     let header = b"PROXY TCP4 11.9.9.10 127.0.0.1 1000 80\r\nwho\n";
-    assert_eq!(
-        answer(&mut other, header).await.as_deref(),
-        Some("b: who\n")
-    );
+    assert_eq!(reply(&mut other, header).await.as_deref(), Some("b: who\n"));
 }
 
 /// Clients that connect and say nothing hold no more than their address's
@@ -117,7 +99,7 @@ async fn per_address_limits_hold_while_a_hello_is_awaited() {
     let began = Instant::now();
     let mut other = connect_from("127.0.0.6", front).await;
     assert_eq!(
-        answer(&mut other, b"who\n").await.as_deref(),
+        reply(&mut other, b"who\n").await.as_deref(),
         Some("plain: who\n")
     );
     assert!(
@@ -147,14 +129,14 @@ async fn bytes_read_while_greeting_are_counted() {
         .await
         .unwrap();
     let sent = b"PROXY TCP4 10.1.2.3 127.0.0.1 1000 80\r\nwho\n";
-    assert_eq!(answer(&mut s, sent).await.as_deref(), Some("b: who\n"));
+    assert_eq!(reply(&mut s, sent).await.as_deref(), Some("b: who\n"));
     drop(s);
     // Read while looking for a ClientHello (it is none: the listener's pool).
     let mut s = TcpStream::connect(server.local_addr("routed").unwrap())
         .await
         .unwrap();
     assert_eq!(
-        answer(&mut s, b"hello there\n").await.as_deref(),
+        reply(&mut s, b"hello there\n").await.as_deref(),
         Some("b: hello there\n")
     );
     drop(s);

@@ -8,8 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, value, wait_metric, Backend};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{reply, start, value, wait_metric, Backend};
 use tokio::net::{TcpStream, UdpSocket};
 
 /// How many workers the daemon runs here: one per core, at least one.
@@ -19,13 +18,7 @@ fn cores() -> usize {
 
 /// Sends `bytes`, reads the answer.
 async fn exchange(s: &mut TcpStream, bytes: &[u8]) -> String {
-    s.write_all(bytes).await.unwrap();
-    let mut buf = [0u8; 128];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n]).to_string()
+    reply(s, bytes).await.expect("an answer, not a close")
 }
 
 /// With `reuse_port = false` the one listening socket is watched by every

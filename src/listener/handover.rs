@@ -64,6 +64,11 @@ struct Job {
 impl Handover {
     /// A new process serves and listens on `channel`: hand connections over.
     pub fn begin(&self, channel: OwnedFd) -> io::Result<()> {
+        if self.sender.get().is_some() {
+            return Err(io::Error::other(
+                "connections are being handed over already",
+            ));
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("switchyard-handover".into())
@@ -72,6 +77,8 @@ impl Handover {
                 // closes the channel, which tells the new process so.
                 for job in rx {
                     let fds = [job.fds[0].as_raw_fd(), job.fds[1].as_raw_fd()];
+                    // A relay that stopped waiting (its daemon stopped)
+                    // needs no answer.
                     let _ = job.done.send(send(&channel, &job.body, &fds));
                 }
             })?;

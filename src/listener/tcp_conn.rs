@@ -129,7 +129,7 @@ pub(super) fn serve(
         let name = route.config.name.as_str();
         // Per-address limits hold from accept: a client whose PROXY header
         // or ClientHello is slow still counts.
-        let Ok(mut _charge) = admit_peer(&shared, &route, peer) else {
+        let Ok(charge) = admit_peer(&shared, &route, peer) else {
             return;
         };
         // A PROXY header or a ClientHello to read first; boxed, so that every
@@ -156,12 +156,15 @@ pub(super) fn serve(
             None
         };
         let who = greeting.as_ref().and_then(|g| g.client).unwrap_or(peer);
-        if route.config.accept_proxy.is_some() {
-            match admit_client(&shared, &route, who, _charge) {
-                Ok(moved) => _charge = moved,
+        // Held until the connection ends: behind a proxy, moved to the
+        // client its header named.
+        let _charge = match route.config.accept_proxy {
+            Some(_) => match admit_client(&shared, &route, who, charge) {
+                Ok(moved) => moved,
                 Err(()) => return,
-            }
-        }
+            },
+            None => charge,
+        };
         m.connections.inc();
         m.active.inc();
         let _open = Open {

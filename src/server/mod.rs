@@ -43,8 +43,8 @@ pub enum Error {
     #[error(transparent)]
     Admin(#[from] admin::Error),
     /// The data plane's worker threads could not be started.
-    #[error("cannot start the worker threads: {0}")]
-    Workers(String),
+    #[error("cannot start the worker threads")]
+    Workers(#[source] std::io::Error),
 }
 
 struct PoolEntry {
@@ -100,8 +100,7 @@ impl Server {
         // The data plane runs on its workers however the library is started
         // (the binary starts them first; an embedding program or a test
         // gets the same threads here).
-        crate::workers::start(crate::workers::default_count())
-            .map_err(|e| Error::Workers(e.to_string()))?;
+        crate::workers::start(crate::workers::default_count()).map_err(Error::Workers)?;
         let inner = Arc::new(Inner {
             metrics: Arc::new(Metrics::new()),
             state: Mutex::new(State {
@@ -215,27 +214,19 @@ impl Server {
         // reload changes the set of sockets in between; each handed socket
         // is a copy of our own, open until the new process has inherited it.
         let st = self.inner.state.lock().await;
-        let handed = match Handed::of(
-            st.listeners.values().map(|l| {
+        let result = async {
+            let mut handed = Handed::default();
+            for l in st.listeners.values() {
                 let c = &l.config;
-                (
-                    c.name.as_str(),
-                    c.protocol.as_str(),
-                    c.bind,
-                    c.reuse_port,
-                    l.listening_fds(),
-                )
-            }),
-            st.admin.as_ref().map(|a| (a.bind, a.socket_copy())),
-        ) {
-            Ok(h) => h,
-            Err(e) => {
-                drop(st);
-                self.inner.upgrading.store(false, Ordering::SeqCst);
-                return Err(e);
+                let fds = l.listening_fds().map_err(UpgradeError::Sockets)?;
+                handed.add_listener(&c.name, c.protocol.as_str(), c.bind, c.reuse_port, fds);
             }
-        };
-        let result = upgrade::start_successor(&handed).await;
+            if let Some(a) = &st.admin {
+                handed.add_admin(a.bind, a.socket_copy().map_err(UpgradeError::Sockets)?);
+            }
+            upgrade::start_successor(&handed).await
+        }
+        .await;
         drop(st);
         match result {
             Ok((pid, channel)) => {

@@ -65,32 +65,31 @@ pub(crate) struct Handed {
 }
 
 impl Handed {
-    /// What to hand over: each listener (name, protocol, address,
-    /// `reuse_port`, copies of its sockets) and the admin endpoint's
-    /// address and socket copy. The copies are owned by the result until
-    /// the new process has inherited them.
-    pub(crate) fn of<'a>(
-        listeners: impl Iterator<Item = (&'a str, &'a str, SocketAddr, bool, io::Result<Vec<OwnedFd>>)>,
-        admin: Option<(SocketAddr, io::Result<OwnedFd>)>,
-    ) -> Result<Handed, UpgradeError> {
-        let mut handed = Handed::default();
-        for (name, protocol, bind, reuse_port, fds) in listeners {
-            let fds = fds.map_err(UpgradeError::Sockets)?;
-            handed.listeners.push(HandedListener {
-                name: name.to_string(),
-                protocol: protocol.to_string(),
-                bind,
-                reuse_port,
-                fds: fds.iter().map(AsRawFd::as_raw_fd).collect(),
-            });
-            handed.owned.extend(fds);
-        }
-        if let Some((bind, fd)) = admin {
-            let fd = fd.map_err(UpgradeError::Sockets)?;
-            handed.admin = Some((bind, fd.as_raw_fd()));
-            handed.owned.push(fd);
-        }
-        Ok(handed)
+    /// Adds a listener (its name, protocol, address and `reuse_port`) with
+    /// copies of its sockets, owned here until the new process has
+    /// inherited them.
+    pub(crate) fn add_listener(
+        &mut self,
+        name: &str,
+        protocol: &str,
+        bind: SocketAddr,
+        reuse_port: bool,
+        fds: Vec<OwnedFd>,
+    ) {
+        self.listeners.push(HandedListener {
+            name: name.to_string(),
+            protocol: protocol.to_string(),
+            bind,
+            reuse_port,
+            fds: fds.iter().map(AsRawFd::as_raw_fd).collect(),
+        });
+        self.owned.extend(fds);
+    }
+
+    /// Adds the admin endpoint's address and a copy of its socket.
+    pub(crate) fn add_admin(&mut self, bind: SocketAddr, fd: OwnedFd) {
+        self.admin = Some((bind, fd.as_raw_fd()));
+        self.owned.push(fd);
     }
 
     /// The descriptors the new process inherits.
@@ -407,12 +406,14 @@ mod tests {
     fn handed_sockets_are_owned_copies() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let copy = l.as_fd().try_clone_to_owned();
-        let handed = Handed::of(
-            [("front", "tcp", addr, false, copy.map(|c| vec![c]))].into_iter(),
-            None,
-        )
-        .unwrap();
+        let mut handed = Handed::default();
+        handed.add_listener(
+            "front",
+            "tcp",
+            addr,
+            false,
+            vec![l.as_fd().try_clone_to_owned().unwrap()],
+        );
         drop(l);
         // A descriptor opened now could take a freed number; it does not
         // take the handed one.
@@ -425,18 +426,5 @@ mod tests {
             std::net::TcpStream::connect(addr).is_ok(),
             "still listening"
         );
-        // A copy that cannot be made fails the hand-over, before any process starts.
-        let failed = Handed::of(
-            [(
-                "front",
-                "tcp",
-                addr,
-                false,
-                Err(io::Error::from_raw_os_error(libc::EMFILE)),
-            )]
-            .into_iter(),
-            None,
-        );
-        assert!(matches!(failed, Err(UpgradeError::Sockets(_))));
     }
 }

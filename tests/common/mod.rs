@@ -29,6 +29,18 @@ pub async fn connect_from(from: &str, front: SocketAddr) -> TcpStream {
     s.connect(front).await.unwrap()
 }
 
+/// Sends `bytes` on `s` and reads the answer; `None` when the proxy closed
+/// the connection instead (fails after 5 s with neither).
+pub async fn reply(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {
+    s.write_all(bytes).await.ok()?;
+    let mut buf = [0u8; 128];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer or a close in time")
+        .ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
 /// Starts the daemon from TOML text.
 pub async fn start(toml: &str) -> Server {
     let config = Config::parse(toml, Path::new("test.toml"))
