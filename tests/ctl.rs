@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::process::Command;
 
 use common::daemon::Daemon;
-use common::process::free_port;
+use common::process::free_addr;
 use common::Backend;
 
 /// Runs `switchyard ctl ARGS`: exit code, stdout, stderr.
@@ -30,7 +29,7 @@ async fn ctl_drives_the_daemon_and_says_clearly_what_went_wrong() {
     let secrets = tempfile::tempdir().unwrap();
     let token = secrets.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let admin = free_port(IpAddr::from([127, 0, 0, 1]));
+    let admin = free_addr();
     let text = format!(
         "[admin]\nbind = \"{admin}\"\ntoken_file = \"{}\"\n\
          [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
@@ -131,7 +130,7 @@ async fn ctl_drives_the_daemon_and_says_clearly_what_went_wrong() {
 async fn top_ends_when_its_reader_goes() {
     use std::io::Read;
     let a = Backend::start("a").await;
-    let admin = free_port(IpAddr::from([127, 0, 0, 1]));
+    let admin = free_addr();
     let text = format!(
         "[admin]\nbind = \"{admin}\"\n\
          [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\

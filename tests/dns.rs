@@ -8,19 +8,19 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, Proc};
+use common::process::{free_addr, Proc};
 use common::{installed, value, Backend};
 use switchyard::Server;
 
 /// A real dnsmasq answering for `svc.test` from a hosts file.
 struct Dnsmasq {
     proc: Option<Proc>,
-    port: u16,
+    addr: SocketAddr,
     dir: PathBuf,
 }
 
@@ -36,23 +36,23 @@ impl Dnsmasq {
         cmd.args([
             "-k",
             "--conf-file=/dev/null",
-            "--listen-address=127.0.0.1",
             "--bind-interfaces",
         ])
+        .arg(format!("--listen-address={}", self.addr.ip()))
         .args([
             "--no-resolv",
             "--no-hosts",
             "--user=root",
             "--log-facility=-",
         ])
-        .arg(format!("--port={}", self.port))
+        .arg(format!("--port={}", self.addr.port()))
         .arg(format!("--pid-file={}", self.dir.join("pid").display()))
         .args(args);
         self.proc = Some(Proc::spawn(&mut cmd, &log));
         // Ready when it answers: a query for a name it has.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if query(self.port).await {
+            if query(self.addr).await {
                 return;
             }
             assert!(
@@ -76,8 +76,8 @@ impl Dnsmasq {
     }
 }
 
-/// Whether anything answers a DNS query on 127.0.0.1:`port`.
-async fn query(port: u16) -> bool {
+/// Whether anything answers a DNS query at `addr`.
+async fn query(addr: SocketAddr) -> bool {
     let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     // A query for `ready.svc.test`, type A.
     let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -86,7 +86,7 @@ async fn query(port: u16) -> bool {
         q.extend_from_slice(label.as_bytes());
     }
     q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    let _ = s.send_to(&q, ("127.0.0.1", port)).await;
+    let _ = s.send_to(&q, addr).await;
     let mut buf = [0u8; 512];
     tokio::time::timeout(Duration::from_millis(200), s.recv(&mut buf))
         .await
@@ -127,18 +127,20 @@ async fn dns_records_become_backends_and_follow_changes() {
     let dir = tempfile::tempdir().unwrap();
     // Three backends on one port of three loopback addresses, for A records;
     // two on ports of their own, for SRV.
-    let port = free_port(IpAddr::from([127, 0, 0, 21])).port();
+    // The kernel picks the port on the first address; nothing else binds
+    // the other two.
+    let _b21 = Backend::start_at("b21", SocketAddr::from(([127, 0, 0, 21], 0))).await;
+    let port = _b21.addr.port();
     let at = |last: u8| SocketAddr::from(([127, 0, 0, last], port));
-    let (_b21, _b22, _b23) = (
-        Backend::start_at("b21", at(21)).await,
+    let (_b22, _b23) = (
         Backend::start_at("b22", at(22)).await,
         Backend::start_at("b23", at(23)).await,
     );
     let (s1, s2) = (Backend::start("s1").await, Backend::start("s2").await);
-    let refuser_port = free_port(IpAddr::from([127, 0, 0, 1])).port();
+    let refuser_addr = free_addr();
     let mut dns = Dnsmasq {
         proc: None,
-        port: free_port(IpAddr::from([127, 0, 0, 1])).port(),
+        addr: free_addr(),
         dir: dir.path().to_path_buf(),
     };
     let mut lines = vec![
@@ -164,7 +166,7 @@ async fn dns_records_become_backends_and_follow_changes() {
         format!("--srv-host=_web._tcp.svc.test,s1.svc.test,1,5,10"),
     ];
     dns.start(&serving).await;
-    let resolver = format!("127.0.0.1:{}", dns.port);
+    let resolver = dns.addr.to_string();
     let server = common::start(&format!(
         "state_dir = \"{}\"\n\
          [[listeners]]\nname = \"api\"\nbind = \"127.0.0.1:0\"\npool = \"api\"\n\
@@ -222,7 +224,7 @@ async fn dns_records_become_backends_and_follow_changes() {
     // An error answer (dnsmasq forwarding to a server that refuses): kept.
     let mut refuser = Dnsmasq {
         proc: None,
-        port: refuser_port,
+        addr: refuser_addr,
         dir: dir.path().join("refuser"),
     };
     std::fs::create_dir_all(&refuser.dir).unwrap();
@@ -233,7 +235,11 @@ async fn dns_records_become_backends_and_follow_changes() {
     dns.stop();
     dns.start(&[
         format!("--addn-hosts={}", dns.hosts().display()),
-        format!("--server=/svc.test/127.0.0.1#{refuser_port}"),
+        format!(
+            "--server=/svc.test/{}#{}",
+            refuser_addr.ip(),
+            refuser_addr.port()
+        ),
     ])
     .await;
     let errors = count("error");

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::{free_port, wait_listening, Proc};
+use common::process::{free_addr, wait_listening, Proc};
 use common::{installed, value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -21,7 +21,7 @@ use tokio::net::{TcpSocket, TcpStream};
 /// A real nginx answering each request with the PROXY header's client
 /// (`$proxy_protocol_addr $proxy_protocol_port`), on 127.0.0.1 and [::1].
 async fn nginx(dir: &Path) -> (Proc, SocketAddr) {
-    let addr = free_port(IpAddr::from([127, 0, 0, 1]));
+    let addr = free_addr();
     let d = dir.display();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
@@ -140,8 +140,8 @@ async fn nginx_sees_the_client_for_v1_and_v2_over_ipv4_and_ipv6() {
 /// A real HAProxy in `mode tcp` with two frontends, one sending PROXY v1
 /// (`send-proxy`) and one v2 (`send-proxy-v2`), both to `to`.
 async fn haproxy(dir: &Path, to: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
-    let v1 = free_port(IpAddr::from([127, 0, 0, 1]));
-    let v2 = free_port(IpAddr::from([127, 0, 0, 1]));
+    let v1 = free_addr();
+    let v2 = free_addr();
     let conf = format!(
         "global\n  maxconn 256\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
          listen v1\n  bind {v1}\n  server s {to} send-proxy\n\

@@ -6,13 +6,13 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::process::{free_port, wait_listening, Proc};
+use common::process::{free_addr, wait_listening, Proc};
 use common::{installed, value, Backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -49,7 +49,7 @@ fn cert(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
 /// A real `openssl s_server` presenting a certificate for `cn`.
 async fn s_server(dir: &Path, cn: &str) -> (Proc, SocketAddr) {
     let (c, k) = cert(dir, cn);
-    let addr = free_port(IpAddr::from(LOCAL));
+    let addr = free_addr();
     let log = dir.join(format!("{cn}.log"));
     let mut child = Proc::spawn(
         Command::new("openssl")

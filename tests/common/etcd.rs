@@ -1,12 +1,12 @@
 //! A real etcd (Debian's `etcd-server`) on free loopback ports with a
 //! temporary data directory, and `etcdctl` (`etcd-client`) to write to it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::process::{free_port, wait_listening, Proc};
+use super::process::{free_addr, wait_listening, Proc};
 
 /// A running etcd; killed when dropped.
 pub struct Etcd {
@@ -20,11 +20,10 @@ impl Etcd {
     /// Starts a one-member cluster with its data under `dir`.
     pub async fn start(dir: &Path) -> Etcd {
         std::fs::create_dir_all(dir).expect("etcd's directory");
-        let local = IpAddr::from([127, 0, 0, 1]);
         let mut e = Etcd {
             proc: None,
-            client: free_port(local),
-            peer: free_port(local),
+            client: free_addr(),
+            peer: free_addr(),
             dir: dir.to_path_buf(),
         };
         e.restart().await;

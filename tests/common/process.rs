@@ -2,7 +2,8 @@
 //! killed when dropped, a free port for one to listen on, and waiting for it
 //! to listen.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,11 +32,30 @@ impl Drop for Proc {
     }
 }
 
-/// A port on `ip` that nothing listens on now (the kernel's pick, released
-/// for a peer that cannot be given a socket).
-pub fn free_port(ip: IpAddr) -> SocketAddr {
-    let l = TcpListener::bind((ip, 0)).expect("bind port 0");
-    l.local_addr().unwrap()
+/// An address for a peer that cannot be handed a socket (etcd, nginx,
+/// openssl, dnsmasq): a loopback address of this call's own, 127.128.0.2 and
+/// up (one per call, offset by the process id), with a port the kernel picks
+/// free for TCP and UDP alike. The port is released before the peer binds
+/// it, but nothing else binds that address, so no other test or outgoing
+/// connection can take it in between, as one could a port on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 250 * 256, "too many peer addresses");
+    let ip = Ipv4Addr::new(
+        127,
+        128 + (std::process::id() % 64) as u8,
+        (n / 250) as u8,
+        2 + (n % 250) as u8,
+    );
+    for _ in 0..16 {
+        let tcp = TcpListener::bind((ip, 0)).expect("bind port 0 on a loopback address");
+        let addr = tcp.local_addr().unwrap();
+        if UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no port free for TCP and UDP on {ip}");
 }
 
 /// Waits until something accepts connections at `addr`, failing after
