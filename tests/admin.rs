@@ -495,6 +495,13 @@ async fn slow_admin_clients_are_closed_and_capped() {
                 began.elapsed()
             );
         }
+        // The rest at header_timeout (500 ms after each began, the last a
+        // few milliseconds after the first), not long after.
+        assert!(
+            began.elapsed() < Duration::from_millis(2000),
+            "client {i} was closed {:?} after the first began, with header_timeout 500ms",
+            began.elapsed()
+        );
         if let Ok(n) = n {
             // hyper may answer 408 before closing; never a real response.
             let head = String::from_utf8_lossy(&buf[..n]);

@@ -33,21 +33,17 @@ impl Dnsmasq {
     async fn start(&mut self, args: &[String]) {
         let log = self.dir.join("dnsmasq.log");
         let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "-k",
-            "--conf-file=/dev/null",
-            "--bind-interfaces",
-        ])
-        .arg(format!("--listen-address={}", self.addr.ip()))
-        .args([
-            "--no-resolv",
-            "--no-hosts",
-            "--user=root",
-            "--log-facility=-",
-        ])
-        .arg(format!("--port={}", self.addr.port()))
-        .arg(format!("--pid-file={}", self.dir.join("pid").display()))
-        .args(args);
+        cmd.args(["-k", "--conf-file=/dev/null", "--bind-interfaces"])
+            .arg(format!("--listen-address={}", self.addr.ip()))
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={}", self.addr.port()))
+            .arg(format!("--pid-file={}", self.dir.join("pid").display()))
+            .args(args);
         self.proc = Some(Proc::spawn(&mut cmd, &log));
         // Ready when it answers: a query for a name it has.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -413,9 +413,9 @@ async fn a_removed_udp_listener_delivers_late_replies_then_its_sessions_end() {
     // last datagram, well inside the 30 s grace.
     let started = std::time::Instant::now();
     server.shutdown().await;
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "shutdown waited {:?} for a drained UDP session",
-        started.elapsed()
+        waited < Duration::from_millis(2500),
+        "shutdown waited {waited:?} for a drained UDP session, which ends a second after its last datagram"
     );
 }
