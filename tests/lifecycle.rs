@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -660,21 +660,51 @@ fn three_binary_upgrades_in_a_row_drop_nothing() {
     let mut held = echoing(front);
 
     let stop = Arc::new(AtomicBool::new(false));
+    // The longest any new client waited for its answer, and the longest
+    // round trip on an established connection pinged every 10 ms, both in
+    // microseconds, over the whole run (three upgrades included).
+    let (new_wait, live_wait) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (tcp_ok, tcp_failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (udp_ok, udp_failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut load = Vec::new();
     for _ in 0..2 {
         let (stop, ok, failed) = (stop.clone(), tcp_ok.clone(), tcp_failed.clone());
+        let longest = new_wait.clone();
         load.push(std::thread::spawn(move || {
             let started = Instant::now();
             while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
-                match blocking_ask(front) {
+                let asked = Instant::now();
+                let answer = blocking_ask(front);
+                longest.fetch_max(asked.elapsed().as_micros() as u64, Ordering::SeqCst);
+                match answer {
                     Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
                     Err(e) => {
                         eprintln!("tcp client failed: {e}");
                         failed.fetch_add(1, Ordering::SeqCst)
                     }
                 };
+            }
+        }));
+    }
+    {
+        let (stop, longest) = (stop.clone(), live_wait.clone());
+        let mut live = echoing(front);
+        load.push(std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut line = String::new();
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                let sent = Instant::now();
+                live.write_all(b"ping\n").unwrap();
+                line.clear();
+                let mut byte = [0u8; 1];
+                while !line.ends_with('\n') {
+                    live.read_exact(&mut byte)
+                        .expect("the live connection answers");
+                    line.push(byte[0] as char);
+                }
+                assert_eq!(line, "a: ping\n");
+                longest.fetch_max(sent.elapsed().as_micros() as u64, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
             }
         }));
     }
@@ -783,6 +813,25 @@ fn three_binary_upgrades_in_a_row_drop_nothing() {
         0,
         "UDP queries unanswered ({} answered)",
         served(&udp_ok)
+    );
+    // No client waits longer than a new process takes to start, and a live
+    // connection pauses no longer than its hand-over takes; either far
+    // below a second, even on a busy machine.
+    let ms = |us: &Arc<AtomicU64>| us.load(Ordering::SeqCst) as f64 / 1000.0;
+    eprintln!(
+        "longest wait: new client {:.1} ms, live connection {:.1} ms",
+        ms(&new_wait),
+        ms(&live_wait)
+    );
+    assert!(
+        ms(&new_wait) < 500.0,
+        "a new client waited {:.1} ms",
+        ms(&new_wait)
+    );
+    assert!(
+        ms(&live_wait) < 500.0,
+        "a live connection waited {:.1} ms for its answer",
+        ms(&live_wait)
     );
 
     drop(held);
