@@ -244,7 +244,7 @@ pub fn tell_ready(server: &Server) {
         return;
     }
     // SAFETY: an open socket, handed to this process for this use alone.
-    let channel = unsafe { OwnedFd::from_raw_fd(fd) };
+    let channel = unsafe { adopt(fd) };
     if let Err(e) = handover::send(&channel, b"ready", &[]) {
         tracing::warn!(error = %e, "upgrade: cannot tell the old process this one serves");
         return;
@@ -353,18 +353,14 @@ impl Inherited {
                 continue;
             }
             // SAFETY: checked open sockets, handed to this process to own.
-            let fds = l
-                .fds
-                .iter()
-                .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-                .collect();
+            let fds = l.fds.iter().map(|&fd| unsafe { adopt(fd) }).collect();
             out.listeners
                 .insert((l.name, protocol, l.bind, l.reuse_port), fds);
         }
         if let Some((bind, fd)) = handed.admin {
             if is_socket(fd, libc::SOCK_STREAM) {
                 // SAFETY: as above.
-                out.admin = Some((bind, unsafe { OwnedFd::from_raw_fd(fd) }));
+                out.admin = Some((bind, unsafe { adopt(fd) }));
             }
         }
         out
@@ -391,6 +387,22 @@ impl Inherited {
     pub fn is_empty(&self) -> bool {
         self.listeners.is_empty() && self.admin.is_none()
     }
+}
+
+/// Takes an inherited descriptor as this process's own, closed on exec
+/// like every other: it came without `FD_CLOEXEC` so that it survived the
+/// exec that started us, and a later upgrade hands over its own copies, so
+/// this one must not reach that successor too (each upgrade would leave
+/// another set open in the next process).
+///
+/// # Safety
+/// `fd` is open and owned by nothing else in this process.
+unsafe fn adopt(fd: RawFd) -> OwnedFd {
+    // SAFETY: fcntl on a descriptor the caller vouches for; a failure
+    // leaves it inheritable, which costs a descriptor, not correctness.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the caller's promise.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 #[cfg(test)]
