@@ -86,3 +86,20 @@ pub fn handle(i: usize) -> Handle {
 pub fn started() -> bool {
     WORKERS.get().is_some()
 }
+
+/// Tasks alive now on the workers, and on the calling runtime when it is
+/// not a worker's (the control runtime, where the admin endpoint renders
+/// its metrics). A count that grows while the load stays level is a leak.
+pub fn alive_tasks() -> (usize, usize) {
+    let on_workers = WORKERS
+        .get()
+        .map_or(0, |w| w.iter().map(|h| h.metrics().num_alive_tasks()).sum());
+    let on_a_worker = std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with("switchyard-w"));
+    let control = match Handle::try_current() {
+        Ok(h) if !on_a_worker => h.metrics().num_alive_tasks(),
+        _ => 0,
+    };
+    (on_workers, control)
+}

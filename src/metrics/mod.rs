@@ -83,6 +83,10 @@ pub struct Metrics {
     pub reloads_failure: IntCounter,
     /// Unix time of the last successful load.
     pub last_reload_success: Gauge,
+    /// Tasks alive on the workers, set when the metrics are rendered.
+    worker_tasks: IntGauge,
+    /// Tasks alive on the control runtime, likewise.
+    control_tasks: IntGauge,
 }
 
 impl Metrics {
@@ -117,7 +121,18 @@ impl Metrics {
         )
         .expect("valid metric");
         register(Box::new(last_reload_success.clone()));
+        let tasks = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_runtime_alive_tasks",
+                "Tasks alive now: on the data plane's workers, and on the control runtime (admin, health, discovery).",
+            ),
+            &["runtime"],
+        )
+        .expect("valid metric");
+        register(Box::new(tasks.clone()));
         Metrics {
+            worker_tasks: tasks.with_label_values(&["workers"]),
+            control_tasks: tasks.with_label_values(&["control"]),
             reloads_success: reloads.with_label_values(&["success"]),
             reloads_failure: reloads.with_label_values(&["failure"]),
             last_reload_success,
@@ -174,6 +189,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let (workers, control) = crate::workers::alive_tasks();
+        self.worker_tasks.set(workers as i64);
+        self.control_tasks.set(control as i64);
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
