@@ -8,8 +8,8 @@
 //! longer than one packet). Pure functions over bytes: no panic, nothing read
 //! past the input, at most [`MAX_HELLO`] kept.
 
-use aes::cipher::{BlockEncrypt, KeyInit};
 use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aes::cipher::{BlockEncrypt, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce};
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -203,8 +203,8 @@ fn decrypt(
     let sample = packet
         .get(pn_offset + 4..pn_offset + 20)
         .ok_or(NotInitial::Malformed)?;
-    let mut mask = aes::Block::clone_from_slice(sample);
-    aes::Aes128::new(&k.hp.into()).encrypt_block(&mut mask);
+    let mut mask = aes_gcm::aes::Block::clone_from_slice(sample);
+    aes_gcm::aes::Aes128::new(&k.hp.into()).encrypt_block(&mut mask);
     let first = packet[0] ^ (mask[0] & 0x0f);
     let pn_len = usize::from(first & 0x3) + 1;
     let mut header = packet[..pn_offset + pn_len].to_vec();

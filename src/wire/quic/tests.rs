@@ -3,8 +3,8 @@
 //! any input as a property. `PROPTEST_CASES=1000000 cargo test --release
 //! quic` runs the properties longer.
 
-use aes::cipher::{BlockEncrypt, KeyInit};
 use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::aes::cipher::{BlockEncrypt, KeyInit};
 use aes_gcm::{Aes128Gcm, Nonce};
 use proptest::prelude::*;
 
@@ -44,8 +44,8 @@ pub(crate) fn initial(dcid: &[u8], pn: u32, payload: &[u8], padded: usize) -> Ve
         )
         .unwrap();
     let mut packet = [header, sealed].concat();
-    let mut mask = aes::Block::clone_from_slice(&packet[pn_offset + 4..pn_offset + 20]);
-    aes::Aes128::new(&k.hp.into()).encrypt_block(&mut mask);
+    let mut mask = aes_gcm::aes::Block::clone_from_slice(&packet[pn_offset + 4..pn_offset + 20]);
+    aes_gcm::aes::Aes128::new(&k.hp.into()).encrypt_block(&mut mask);
     packet[0] ^= mask[0] & 0x0f;
     for i in 0..4 {
         packet[pn_offset + i] ^= mask[1 + i];
