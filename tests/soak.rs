@@ -26,9 +26,18 @@ use common::{installed, metric, Backend};
 /// How long one quiet point may wait for the load to settle.
 const SETTLE: Duration = Duration::from_secs(20);
 
-fn config(etcd: &str, backends: &[SocketAddr], udp: &[SocketAddr], weight_c: u32) -> String {
+/// The daemon's file: `state` is the test's own directory for discovered
+/// sets (the default, /var/lib/switchyard, is shared with anything else
+/// running on the machine).
+fn config(
+    etcd: &str,
+    state: &std::path::Path,
+    backends: &[SocketAddr],
+    udp: &[SocketAddr],
+    weight_c: u32,
+) -> String {
     format!(
-        "shutdown_grace = \"20s\"\n\
+        "shutdown_grace = \"20s\"\nstate_dir = \"{}\"\n\
          [admin]\nbind = \"127.0.0.1:0\"\nheader_timeout = \"1s\"\n\
          [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
          [[listeners]]\nname = \"disc\"\nbind = \"127.0.0.1:0\"\npool = \"d\"\naccess_log = false\n\
@@ -38,7 +47,12 @@ fn config(etcd: &str, backends: &[SocketAddr], udp: &[SocketAddr], weight_c: u32
          [pools.u]\nbackends = [{{ addr = \"{}\" }}, {{ addr = \"{}\" }}]\n\
          [pools.d]\nstrategy = \"round_robin\"\n\
          [pools.d.discovery]\nkind = \"etcd\"\nendpoints = [\"{etcd}\"]\nprefix = \"/soak/d/\"\n",
-        backends[0], backends[1], backends[2], udp[0], udp[1]
+        state.display(),
+        backends[0],
+        backends[1],
+        backends[2],
+        udp[0],
+        udp[1]
     )
 }
 
@@ -455,7 +469,8 @@ fn everything_churns_at_once_and_nothing_leaks() {
     rt.block_on(etcd.ctl(&["put", "/soak/d/d2", &d2.addr.to_string()]));
 
     let ep = etcd.endpoint();
-    let mut daemon = Daemon::start(&config(&ep, &tcp_addrs, &udp_addrs, 1), &[], &[]);
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(&config(&ep, &state, &tcp_addrs, &udp_addrs, 1), &[], &[]);
     let ls = daemon.listeners();
     let (front, disc, dns) = (ls["front"], ls["disc"], ls["dns"]);
     let admin = daemon.admin();
@@ -511,7 +526,7 @@ fn everything_churns_at_once_and_nothing_leaks() {
         // A reload that changes a weight.
         std::fs::write(
             daemon.path(),
-            config(&ep, &tcp_addrs, &udp_addrs, 1 + (cycle % 3) as u32),
+            config(&ep, &state, &tcp_addrs, &udp_addrs, 1 + (cycle % 3) as u32),
         )
         .unwrap();
         reloads += 1;
@@ -575,10 +590,23 @@ fn everything_churns_at_once_and_nothing_leaks() {
         let cut = e.starts_with("closed without a reply")
             || e.contains("reset by peer")
             || e.contains("Broken pipe");
-        assert!(
-            *what == "front" && in_window && cut,
-            "an unexplained client failure on {what}: {e}"
-        );
+        if !(*what == "front" && in_window && cut) {
+            let said: Vec<String> = daemon
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|v| v["level"] != "DEBUG")
+                .filter(|v| v["listener"] != "front" && v["pool"] != "p")
+                .map(|v| v.to_string())
+                .collect();
+            panic!(
+                "an unexplained client failure on {what}: {e}, {:?} into the run; \
+                 the daemon's warnings and errors:\n{}",
+                at.duration_since(started),
+                said.join("\n")
+            );
+        }
         by_kill += 1;
     }
 
