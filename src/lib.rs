@@ -27,11 +27,12 @@
 //!   - `net`: listening sockets with the options a proxy needs.
 //!   - `relay`: the TCP byte relay (half-close exact, splice for bulk).
 //!   - [`listener`]: one listener's sockets: bind, launch, re-point, retire;
-//!     `listener::tcp` (accept, connect with retries, relay) and
-//!     `listener::udp` (per-client sessions, bounded, expiring when idle;
-//!     the socket calls in `listener::udp_io`); `listener::greet` reads a
-//!     PROXY header and a ClientHello before connecting, `listener::route`
-//!     holds a listener's pools by route.
+//!     a folder per path: `listener::tcp` (accept, greet: the PROXY header
+//!     and the ClientHello read before connecting, connect with retries,
+//!     carry, hand over) and `listener::udp` (the receive loop, per-client
+//!     sessions, bounded, expiring when idle; the socket calls in
+//!     `listener::udp::sock`); `listener::route` holds a listener's pools by
+//!     route, `listener::clients` the per-address limits.
 //! - **control**
 //!   - `health`: active checks (`tcp`, `http`, `udp`) with rise/fall,
 //!     following each pool's membership by difference.

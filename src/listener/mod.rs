@@ -3,22 +3,11 @@
 //! live beside it: `tcp` (accept, connect, relay) and `udp` (sessions).
 
 mod clients;
-mod connect;
-mod greet;
-pub mod handover;
 mod route;
 pub(crate) mod tcp;
-mod tcp_carry;
-mod tcp_conn;
-mod tcp_shared;
 pub(crate) mod udp;
-mod udp_io;
-mod udp_place;
-mod udp_reply;
-mod udp_route;
-mod udp_session;
-mod udp_shared;
-mod udp_table;
+
+pub use tcp::handover;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -182,7 +171,7 @@ impl Listener {
                 let mut watched = Vec::new();
                 for s in sockets {
                     if config.bind.ip().is_unspecified() {
-                        if let Err(e) = udp_io::want_destination(&s, config.bind.is_ipv6()) {
+                        if let Err(e) = udp::want_destination(&s, config.bind.is_ipv6()) {
                             tracing::warn!(listener = %config.name, error = %e, "cannot learn datagrams' destination addresses; replies leave from the kernel's choice");
                         }
                     }
@@ -394,7 +383,7 @@ impl Listener {
                 // Spread over the workers, as accepted connections are.
                 let worker = ADOPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 shared.tracker.spawn_on(
-                    tcp_conn::serve_moved(shared.clone(), client, backend, moved),
+                    tcp::serve_moved(shared.clone(), client, backend, moved),
                     &workers::handle(worker),
                 );
             }

@@ -13,7 +13,7 @@ use crate::backend::ActiveGuard;
 
 use super::handover::Moved;
 use super::shared::{LocalStops, TcpShared};
-use crate::listener::Route;
+use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 use crate::pool::Pool;
 use crate::relay::{self, End, Meter, Side, Stops, Timers};

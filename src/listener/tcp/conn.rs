@@ -1,6 +1,6 @@
 //! One TCP connection's life up to the relay: admit it (allow/deny,
 //! per-address limits, a PROXY header or a ClientHello first), pick and
-//! connect with retries, then carry it (`tcp_carry`); and a connection
+//! connect with retries, then carry it (`carry`); and a connection
 //! handed over by the process this one replaced, carried on from where it
 //! stopped.
 
@@ -17,7 +17,7 @@ use super::handover::Moved;
 use super::shared::{LocalStops, Slot, TcpShared};
 use crate::fds;
 use crate::listener::clients::{Admitted, Limits, Refusal};
-use crate::listener::Route;
+use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 
 /// Counts a connection as open until dropped.

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::ProxyVersion;
-use crate::listener::Route;
+use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 use crate::wire::hello::{self, NotHello, MAX_HELLO};
 use crate::wire::proxy_protocol::{self, Invalid, Transport};

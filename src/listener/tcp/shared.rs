@@ -14,7 +14,7 @@ use super::handover::Handover;
 use crate::clock::Every;
 use crate::fds::Held;
 use crate::listener::clients::Clients;
-use crate::listener::Route;
+use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 
 /// State shared by a listener's accept tasks and its connections.

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::fds;
-use crate::listener::Route;
+use crate::listener::route::Route;
 use crate::metrics::UdpListenerMetrics;
 use crate::net::local_cause;
 use crate::wire::proxy_protocol::{self, Transport};

@@ -118,8 +118,8 @@ pub(super) async fn replies(t: ReplyTask) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listener::route::Route;
     use crate::listener::udp::session::Parts;
-    use crate::listener::Route;
     use crate::metrics::Metrics;
     use arc_swap::ArcSwap;
     use std::time::Duration;

@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::place::Places;
 use crate::clock::Every;
-use crate::listener::Route;
+use crate::listener::route::Route;
 use crate::metrics::UdpListenerMetrics;
 
 /// Once its listener stops, a session waits this long after its last
