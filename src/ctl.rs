@@ -65,14 +65,14 @@ impl CtlError {
 
 /// Where the daemon is, and the token to show it.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct AdminTarget {
     /// `host:port` of the admin endpoint.
     pub admin: String,
     /// The bearer token, if any.
     pub token: Option<String>,
 }
 
-impl Target {
+impl AdminTarget {
     /// From the command line: `--admin` wins, then the config file's
     /// `[admin] bind` (a wildcard address asked on loopback), then
     /// `127.0.0.1:9901`; `--token-file` wins over the file's `token_file`.
@@ -80,7 +80,7 @@ impl Target {
         admin: Option<&str>,
         token_file: Option<&Path>,
         config: Option<&Path>,
-    ) -> Result<Target, CtlError> {
+    ) -> Result<AdminTarget, CtlError> {
         let config = match config {
             Some(path) => Some(
                 Config::load(path)
@@ -121,7 +121,7 @@ impl Target {
             ),
             None => None,
         };
-        Ok(Target { admin, token })
+        Ok(AdminTarget { admin, token })
     }
 
     /// One request; the JSON answer of a 2xx.

@@ -17,34 +17,34 @@ pub const SAMPLES: usize = 720;
 
 /// How a series turns readings into points.
 #[derive(Clone, Copy)]
-enum Kind {
+enum PointKind {
     /// The counter's increase per second since the previous reading.
     Rate,
     /// The value as read.
     Level,
 }
 
-const LISTENER_TCP: &[(&str, Kind)] = &[
-    ("new_per_s", Kind::Rate),
-    ("active", Kind::Level),
-    ("bytes_in_per_s", Kind::Rate),
-    ("bytes_out_per_s", Kind::Rate),
+const LISTENER_TCP: &[(&str, PointKind)] = &[
+    ("new_per_s", PointKind::Rate),
+    ("active", PointKind::Level),
+    ("bytes_in_per_s", PointKind::Rate),
+    ("bytes_out_per_s", PointKind::Rate),
 ];
-const LISTENER_UDP: &[(&str, Kind)] = &[
-    ("new_per_s", Kind::Rate),
-    ("active", Kind::Level),
-    ("bytes_in_per_s", Kind::Rate),
-    ("bytes_out_per_s", Kind::Rate),
-    ("datagrams_per_s", Kind::Rate),
-    ("dropped_per_s", Kind::Rate),
+const LISTENER_UDP: &[(&str, PointKind)] = &[
+    ("new_per_s", PointKind::Rate),
+    ("active", PointKind::Level),
+    ("bytes_in_per_s", PointKind::Rate),
+    ("bytes_out_per_s", PointKind::Rate),
+    ("datagrams_per_s", PointKind::Rate),
+    ("dropped_per_s", PointKind::Rate),
 ];
-const BACKEND: &[(&str, Kind)] = &[
-    ("new_per_s", Kind::Rate),
-    ("active", Kind::Level),
-    ("bytes_in_per_s", Kind::Rate),
-    ("bytes_out_per_s", Kind::Rate),
-    ("failures_per_s", Kind::Rate),
-    ("state", Kind::Level),
+const BACKEND: &[(&str, PointKind)] = &[
+    ("new_per_s", PointKind::Rate),
+    ("active", PointKind::Level),
+    ("bytes_in_per_s", PointKind::Rate),
+    ("bytes_out_per_s", PointKind::Rate),
+    ("failures_per_s", PointKind::Rate),
+    ("state", PointKind::Level),
 ];
 
 /// A backend's state as a point of its `state` series.
@@ -93,14 +93,14 @@ pub struct Reading {
 
 /// The points of one owner's series, aligned with [`History`]'s times.
 struct Track {
-    kinds: &'static [(&'static str, Kind)],
+    kinds: &'static [(&'static str, PointKind)],
     last: Vec<u64>,
     points: Vec<VecDeque<f32>>,
 }
 
 impl Track {
     /// A track that joins after `before` samples (padded with gaps).
-    fn new(kinds: &'static [(&'static str, Kind)], before: usize) -> Track {
+    fn new(kinds: &'static [(&'static str, PointKind)], before: usize) -> Track {
         let gap: VecDeque<f32> = std::iter::repeat_n(f32::NAN, before).collect();
         Track {
             kinds,
@@ -113,8 +113,8 @@ impl Track {
         for (i, (_, kind)) in self.kinds.iter().enumerate() {
             let now = values.get(i).copied().unwrap_or(0);
             let point = match kind {
-                Kind::Level => now as f32,
-                Kind::Rate => match self.last.get(i) {
+                PointKind::Level => now as f32,
+                PointKind::Rate => match self.last.get(i) {
                     Some(&before) if dt_s > 0.0 => {
                         (now.saturating_sub(before) as f64 / dt_s) as f32
                     }

@@ -224,8 +224,8 @@ fn ctl(
     config: Option<&Path>,
     action: CtlAction,
 ) -> ExitCode {
-    use switchyard::ctl::Target;
-    let done = Target::resolve(admin, token_file, config).and_then(|t| match action {
+    use switchyard::ctl::AdminTarget;
+    let done = AdminTarget::resolve(admin, token_file, config).and_then(|t| match action {
         CtlAction::Status => t.status(),
         CtlAction::Top { count } => t.top(count, &mut std::io::stdout()).map(|()| String::new()),
         CtlAction::Drain { pool, backend } => t.drain(&pool, &backend, true),

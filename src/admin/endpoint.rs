@@ -43,7 +43,7 @@ impl Settings {
 const IN_REQUEST: u64 = u64::MAX;
 
 /// One open admin connection, as the accept loop sees it.
-struct Open {
+struct AdminConn {
     /// When it last finished a request (or was accepted), or `IN_REQUEST`.
     idle_since_ms: Arc<AtomicU64>,
     /// Closes it.
@@ -57,7 +57,7 @@ struct Open {
 /// closed for this; its body is bounded by `header_timeout` instead.
 #[derive(Default)]
 struct Conns {
-    open: std::sync::Mutex<HashMap<u64, Open>>,
+    open: std::sync::Mutex<HashMap<u64, AdminConn>>,
     next: AtomicU64,
 }
 
@@ -65,7 +65,7 @@ impl Conns {
     fn add(&self, close: CancellationToken) -> (u64, Arc<AtomicU64>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let idle_since_ms = Arc::new(AtomicU64::new(crate::clock::now_ms()));
-        let open = Open {
+        let open = AdminConn {
             idle_since_ms: idle_since_ms.clone(),
             close,
         };

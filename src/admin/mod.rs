@@ -9,7 +9,7 @@ mod view;
 
 pub(crate) use endpoint::{load_token, Endpoint, Settings};
 
-pub use view::{Control, ListenerView, Pending, RouteView, View};
+pub use view::{Control, ControlFuture, ListenerView, RouteView, View};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -240,7 +240,7 @@ mod tests {
         fn ready(&self) -> bool {
             false
         }
-        fn reload(&self) -> Pending<'_, Result<(), String>> {
+        fn reload(&self) -> ControlFuture<'_, Result<(), String>> {
             Box::pin(async { Err("fake.toml:1:1: no".to_string()) })
         }
         fn share(
@@ -248,10 +248,10 @@ mod tests {
             _: &str,
             _: SocketAddr,
             _: crate::pool::Change,
-        ) -> Pending<'_, Option<Result<(), String>>> {
+        ) -> ControlFuture<'_, Option<Result<(), String>>> {
             Box::pin(async { None })
         }
-        fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>> {
+        fn cluster(&self) -> ControlFuture<'_, Option<Result<Vec<serde_json::Value>, String>>> {
             Box::pin(async { Some(Err("etcd unreachable".to_string())) })
         }
         fn history(&self, q: &crate::history::Query) -> serde_json::Value {

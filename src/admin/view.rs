@@ -59,7 +59,7 @@ pub struct View {
 }
 
 /// A boxed future, for the one asynchronous call of [`Control`].
-pub type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type ControlFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the admin endpoint needs from the daemon.
 pub trait Control: Send + Sync + 'static {
@@ -70,7 +70,7 @@ pub trait Control: Send + Sync + 'static {
     /// Whether the daemon is serving and every pool has a healthy backend.
     fn ready(&self) -> bool;
     /// Re-reads the configuration file and applies it; the error says why not.
-    fn reload(&self) -> Pending<'_, Result<(), String>>;
+    fn reload(&self) -> ControlFuture<'_, Result<(), String>>;
     /// For a pool whose members live in a shared store (etcd): writes
     /// `change` of backend `addr` there, so every instance follows; `None`
     /// when the pool's changes stay local.
@@ -79,10 +79,10 @@ pub trait Control: Send + Sync + 'static {
         pool: &str,
         addr: SocketAddr,
         change: Change,
-    ) -> Pending<'_, Option<Result<(), String>>>;
+    ) -> ControlFuture<'_, Option<Result<(), String>>>;
     /// The history of the last hour, as `/api/v1/history` serves it.
     fn history(&self, q: &crate::history::Query) -> serde_json::Value;
     /// The fleet's instances as each describes itself; `None` without
     /// `[cluster]`.
-    fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>>;
+    fn cluster(&self) -> ControlFuture<'_, Option<Result<Vec<serde_json::Value>, String>>>;
 }

@@ -26,13 +26,13 @@ pub struct Weighted {
 
 /// Backend `i`'s pick number `k` (from 0), weight `w`.
 #[derive(Debug, PartialEq, Eq)]
-struct Due {
+struct PickDue {
     k: u64,
     w: u64,
     i: u32,
 }
 
-impl Ord for Due {
+impl Ord for PickDue {
     /// Earlier due time first (the heap is a max-heap, so reversed), then
     /// the backend listed first. (2a+1)/(2wa) against (2b+1)/(2wb) compares
     /// without division as (2a+1)·wb against (2b+1)·wa.
@@ -43,7 +43,7 @@ impl Ord for Due {
     }
 }
 
-impl PartialOrd for Due {
+impl PartialOrd for PickDue {
     fn partial_cmp(&self, other: &Self) -> Option<Order> {
         Some(self.cmp(other))
     }
@@ -56,10 +56,10 @@ impl Weighted {
         let g = weights.iter().copied().fold(0, gcd).max(1);
         let w: Vec<u64> = weights.iter().map(|&x| u64::from(x.max(1) / g)).collect();
         let total: u64 = w.iter().sum();
-        let mut due: BinaryHeap<Due> = w
+        let mut due: BinaryHeap<PickDue> = w
             .iter()
             .enumerate()
-            .map(|(i, &w)| Due {
+            .map(|(i, &w)| PickDue {
                 k: 0,
                 w,
                 i: i as u32,

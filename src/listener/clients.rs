@@ -43,7 +43,7 @@ struct Entry {
 
 /// Why a client was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub(crate) enum LimitRefusal {
     /// It has `max_connections_per_ip` open.
     Open,
     /// It opened connections faster than `connection_rate_per_ip` allows.
@@ -85,7 +85,7 @@ impl Admitted {
     /// address first charged): `ip` is admitted as a new connection, and the
     /// first address gets back its place and the rate token it paid, whether
     /// or not `ip` is admitted.
-    pub fn move_to(self, ip: IpAddr, limits: &Limits) -> Result<Admitted, Refusal> {
+    pub fn move_to(self, ip: IpAddr, limits: &Limits) -> Result<Admitted, LimitRefusal> {
         if ip == self.ip {
             return Ok(self);
         }
@@ -108,7 +108,7 @@ impl Clients {
     }
 
     /// Admits a new connection from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Admitted, Refusal> {
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Admitted, LimitRefusal> {
         let now = now_ms();
         let mut shard = self.shard(ip);
         if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&ip) {
@@ -129,7 +129,7 @@ impl Clients {
         });
         if let Some(max) = limits.open {
             if e.open >= max {
-                return Err(Refusal::Open);
+                return Err(LimitRefusal::Open);
             }
         }
         if let Some((rate, burst)) = limits.rate {
@@ -137,7 +137,7 @@ impl Clients {
             e.tokens = (e.tokens + elapsed * rate).min(burst);
             e.at_ms = now;
             if e.tokens < 1.0 {
-                return Err(Refusal::Rate);
+                return Err(LimitRefusal::Rate);
             }
             e.tokens -= 1.0;
         }
@@ -175,7 +175,7 @@ mod tests {
         };
         let one = clients.admit(a, &open).unwrap();
         let _two = clients.admit(a, &open).unwrap();
-        assert_eq!(clients.admit(a, &open).err(), Some(Refusal::Open));
+        assert_eq!(clients.admit(a, &open).err(), Some(LimitRefusal::Open));
         assert!(
             clients.admit(b, &open).is_ok(),
             "another address is not limited"
@@ -195,13 +195,13 @@ mod tests {
         for _ in 0..3 {
             assert!(clients.admit(c, &rate).is_ok());
         }
-        assert_eq!(clients.admit(c, &rate).err(), Some(Refusal::Rate));
+        assert_eq!(clients.admit(c, &rate).err(), Some(LimitRefusal::Rate));
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(
             clients.admit(c, &rate).is_ok(),
             "one token back after 0.5 s"
         );
-        assert_eq!(clients.admit(c, &rate).err(), Some(Refusal::Rate));
+        assert_eq!(clients.admit(c, &rate).err(), Some(LimitRefusal::Rate));
     }
 
     #[test]
@@ -215,13 +215,16 @@ mod tests {
         };
         // The proxy's address is charged while its header is read...
         let first = clients.admit(proxy, &limits).unwrap();
-        assert_eq!(clients.admit(proxy, &limits).err(), Some(Refusal::Open));
+        assert_eq!(
+            clients.admit(proxy, &limits).err(),
+            Some(LimitRefusal::Open)
+        );
         // ...and gives place and token back once the header names `a`.
         let on_a = first.move_to(a, &limits).unwrap();
         let second = clients.admit(proxy, &limits).unwrap();
         assert_eq!(
             second.move_to(a, &limits).err(),
-            Some(Refusal::Open),
+            Some(LimitRefusal::Open),
             "`a` has its one connection"
         );
         // The refusal gave the proxy's place back too, and its tokens hold:

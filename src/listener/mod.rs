@@ -72,7 +72,7 @@ pub(crate) struct Tasks<'a> {
     pub handover: &'a Arc<handover::Handover>,
 }
 
-enum Kind {
+enum Sockets {
     /// With its listening sockets, weakly: the accept loops own them, so
     /// they close as soon as the listener stops accepting.
     Tcp(
@@ -86,7 +86,7 @@ enum Kind {
 /// A listener that is serving.
 pub(crate) struct Listener {
     pub config: ListenerConfig,
-    kind: Kind,
+    kind: Sockets,
     /// Stops accepting (or receiving) on this listener.
     pub stop: CancellationToken,
     /// Ends this listener's established connections.
@@ -156,7 +156,7 @@ impl Listener {
                         &handle,
                     );
                 }
-                Kind::Tcp(shared, watched)
+                Sockets::Tcp(shared, watched)
             }
             Bound::Udp(sockets) => {
                 let shared = Arc::new(udp::UdpShared {
@@ -188,7 +188,7 @@ impl Listener {
                         &handle,
                     );
                 }
-                Kind::Udp(shared, watched)
+                Sockets::Udp(shared, watched)
             }
         };
         tracing::info!(listener = %config.name, protocol = config.protocol.as_str(), %addr, pool = %config.pool, "listening");
@@ -203,7 +203,7 @@ impl Listener {
 }
 
 /// One listening socket and the worker that watches it.
-struct Watch {
+struct Watched {
     worker: usize,
     socket: std::net::TcpListener,
     /// A copy of another watch's descriptor (the same socket).
@@ -214,12 +214,12 @@ struct Watch {
 /// data plane has more workers than sockets (no `reuse_port`), the others
 /// watch copies of the sockets' descriptors, so every worker accepts.
 /// Without started workers, each socket once, as given.
-fn accepting(sockets: Vec<std::net::TcpListener>) -> Vec<Watch> {
+fn accepting(sockets: Vec<std::net::TcpListener>) -> Vec<Watched> {
     let mut copies = Vec::new();
     if workers::started() && !sockets.is_empty() {
         for worker in sockets.len()..workers::count() {
             match sockets[worker % sockets.len()].try_clone() {
-                Ok(socket) => copies.push(Watch {
+                Ok(socket) => copies.push(Watched {
                     worker,
                     socket,
                     copy: true,
@@ -234,7 +234,7 @@ fn accepting(sockets: Vec<std::net::TcpListener>) -> Vec<Watch> {
     sockets
         .into_iter()
         .enumerate()
-        .map(|(worker, socket)| Watch {
+        .map(|(worker, socket)| Watched {
             worker,
             socket,
             copy: false,
@@ -335,7 +335,7 @@ impl Listener {
     pub fn reroute(mut self, l: &ListenerConfig, pools: Pools, metrics: &Metrics) -> Listener {
         let route = Arc::new(Route::new(l, pools, metrics));
         match &self.kind {
-            Kind::Tcp(shared, sockets) => {
+            Sockets::Tcp(shared, sockets) => {
                 shared.resize_limit(self.config.max_connections.get(), l.max_connections.get());
                 if l.tcp_keepalive != self.config.tcp_keepalive {
                     // Accepted sockets inherit it from the listening ones.
@@ -348,7 +348,7 @@ impl Listener {
                     }
                 }
             }
-            Kind::Udp(..) => {}
+            Sockets::Udp(..) => {}
         }
         self.route().swap(route).forget_routes(Some(l));
         self.config = l.clone();
@@ -379,7 +379,7 @@ impl Listener {
         backend: std::net::TcpStream,
     ) {
         match &self.kind {
-            Kind::Tcp(shared, _) => {
+            Sockets::Tcp(shared, _) => {
                 // Spread over the workers, as accepted connections are.
                 let worker = ADOPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 shared.tracker.spawn_on(
@@ -387,7 +387,7 @@ impl Listener {
                     &workers::handle(worker),
                 );
             }
-            Kind::Udp(..) => {
+            Sockets::Udp(..) => {
                 tracing::warn!(listener = %self.config.name, "a TCP connection handed over to a UDP listener is closed");
             }
         }
@@ -400,12 +400,12 @@ impl Listener {
     /// loop that may end (and free it for reuse) in the meantime.
     pub fn listening_fds(&self) -> std::io::Result<Vec<OwnedFd>> {
         match &self.kind {
-            Kind::Tcp(_, s) => s
+            Sockets::Tcp(_, s) => s
                 .iter()
                 .filter_map(Weak::upgrade)
                 .map(|s| s.get_ref().as_fd().try_clone_to_owned())
                 .collect(),
-            Kind::Udp(_, s) => s
+            Sockets::Udp(_, s) => s
                 .iter()
                 .filter_map(Weak::upgrade)
                 .map(|s| s.as_fd().try_clone_to_owned())
@@ -419,7 +419,7 @@ impl Listener {
     pub fn totals(&self) -> (&'static str, Vec<u64>) {
         let u = |v: i64| v.max(0) as u64;
         match &self.kind {
-            Kind::Tcp(s, _) => {
+            Sockets::Tcp(s, _) => {
                 let m = &s.metrics;
                 (
                     "tcp",
@@ -431,7 +431,7 @@ impl Listener {
                     ],
                 )
             }
-            Kind::Udp(s, _) => {
+            Sockets::Udp(s, _) => {
                 let m = &s.metrics;
                 let dropped = m.dropped_full.get()
                     + m.dropped_no_backend.get()
@@ -462,8 +462,8 @@ impl Listener {
     /// Drops this listener's series (it is removed, or changes protocol).
     pub fn forget_metrics(&self) {
         match &self.kind {
-            Kind::Tcp(shared, _) => shared.metrics.forget(),
-            Kind::Udp(shared, _) => shared.metrics.forget(),
+            Sockets::Tcp(shared, _) => shared.metrics.forget(),
+            Sockets::Udp(shared, _) => shared.metrics.forget(),
         }
         self.route().load().forget_routes(None);
     }
@@ -471,8 +471,8 @@ impl Listener {
     /// Where the listener sends traffic, whatever its protocol.
     fn route(&self) -> &arc_swap::ArcSwap<Route> {
         match &self.kind {
-            Kind::Tcp(shared, _) => &shared.route,
-            Kind::Udp(shared, _) => &shared.route,
+            Sockets::Tcp(shared, _) => &shared.route,
+            Sockets::Udp(shared, _) => &shared.route,
         }
     }
 }

@@ -17,7 +17,7 @@ pub(crate) struct Pools {
 }
 
 /// One route's pool and its series.
-pub(crate) struct Target {
+pub(crate) struct RouteTarget {
     pub pool: Arc<Pool>,
     pub metrics: RouteMetrics,
 }
@@ -29,7 +29,7 @@ pub(crate) struct Route {
     pub pool: Arc<Pool>,
     /// With routes: the listener's own pool's series (route `default`)
     /// first, then one target per `config.routes`. Empty without routes.
-    pub targets: Vec<Target>,
+    pub targets: Vec<RouteTarget>,
 }
 
 impl Route {
@@ -37,12 +37,12 @@ impl Route {
     pub fn new(config: &ListenerConfig, pools: Pools, metrics: &Metrics) -> Route {
         let mut targets = Vec::new();
         if !config.routes.is_empty() {
-            targets.push(Target {
+            targets.push(RouteTarget {
                 pool: pools.default.clone(),
                 metrics: metrics.route(&config.name, "default"),
             });
             for (r, pool) in config.routes.iter().zip(pools.routes) {
-                targets.push(Target {
+                targets.push(RouteTarget {
                     pool,
                     metrics: metrics.route(&config.name, &r.name),
                 });

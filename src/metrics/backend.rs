@@ -2,7 +2,7 @@
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 
-use super::{Family, Kind, Metrics, Series};
+use super::{Family, Metrics, Series, SeriesKind};
 
 const POOL_BACKEND: &[&str] = &["pool", "backend", "backend_name"];
 
@@ -15,27 +15,27 @@ const CONNECT_BUCKETS: &[f64] = &[
 const UP: Family = Family::new(
     "switchyard_backend_up",
     "1 when the backend is healthy.",
-    Kind::Gauge,
+    SeriesKind::Gauge,
 );
 const DRAINING: Family = Family::new(
     "switchyard_backend_draining",
     "1 when an operator drains the backend.",
-    Kind::Gauge,
+    SeriesKind::Gauge,
 );
 const WEIGHT: Family = Family::new(
     "switchyard_backend_weight",
     "The backend's current weight.",
-    Kind::Gauge,
+    SeriesKind::Gauge,
 );
 const ACTIVE: Family = Family::new(
     "switchyard_backend_active_connections",
     "Connections and UDP sessions open to the backend now.",
-    Kind::Gauge,
+    SeriesKind::Gauge,
 );
 const CONNECTIONS: Family = Family::new(
     "switchyard_backend_connections_total",
     "Connections and UDP sessions established to the backend.",
-    Kind::Counter,
+    SeriesKind::Counter,
 );
 const CONNECT_FAILURES: Family = Family::by(
     "switchyard_backend_connect_failures_total",
@@ -60,12 +60,12 @@ const TRANSITIONS: Family = Family::by(
 const CLOSED_ON_DOWN: Family = Family::new(
     "switchyard_backend_connections_closed_total",
     "Established connections closed because their backend went down or left its pool (on_backend_down = \"close\").",
-    Kind::Counter,
+    SeriesKind::Counter,
 );
 const CONNECT_DURATION: Family = Family::new(
     "switchyard_backend_connect_duration_seconds",
     "Time to establish a TCP connection to the backend.",
-    Kind::Histogram(CONNECT_BUCKETS),
+    SeriesKind::Histogram(CONNECT_BUCKETS),
 );
 
 /// Handles of one backend of one pool.

@@ -2,7 +2,7 @@
 
 use prometheus::{IntCounter, IntGauge};
 
-use super::{Family, Kind, Metrics, Series};
+use super::{Family, Metrics, Series, SeriesKind};
 
 const POOL: &[&str] = &["pool"];
 
@@ -14,12 +14,12 @@ const UPDATES: Family = Family::by(
 const BACKENDS: Family = Family::new(
     "switchyard_discovery_backends",
     "Backends the pool's discovery found last.",
-    Kind::Gauge,
+    SeriesKind::Gauge,
 );
 const LAST_SUCCESS: Family = Family::new(
     "switchyard_discovery_last_success_timestamp_seconds",
     "When the pool's discovery last got an answer (Unix time); its age tells how stale the set may be.",
-    Kind::Gauge,
+    SeriesKind::Gauge,
 );
 
 /// Handles of one discovered pool.

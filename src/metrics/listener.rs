@@ -3,7 +3,7 @@
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 
-use super::{Family, Kind, Metrics, Series};
+use super::{Family, Metrics, Series, SeriesKind};
 
 const LISTENER: &[&str] = &["listener"];
 
@@ -15,12 +15,12 @@ const DURATION_BUCKETS: &[f64] = &[
 const CONNECTIONS: Family = Family::new(
     "switchyard_listener_connections_total",
     "TCP connections accepted.",
-    Kind::Counter,
+    SeriesKind::Counter,
 );
 const ACTIVE: Family = Family::new(
     "switchyard_listener_active_connections",
     "TCP connections open now.",
-    Kind::Gauge,
+    SeriesKind::Gauge,
 );
 const BYTES: Family = Family::by(
     "switchyard_listener_bytes_total",
@@ -30,7 +30,7 @@ const BYTES: Family = Family::by(
 const NO_BACKEND: Family = Family::new(
     "switchyard_listener_no_backend_total",
     "Connections closed because no backend could take them.",
-    Kind::Counter,
+    SeriesKind::Counter,
 );
 const REJECTED: Family = Family::by(
     "switchyard_listener_rejected_total",
@@ -45,27 +45,27 @@ const LOCAL_ERRORS: Family = Family::by(
 const ACCEPT_ERRORS: Family = Family::new(
     "switchyard_accept_errors_total",
     "Errors from accept().",
-    Kind::Counter,
+    SeriesKind::Counter,
 );
 const ZERO_COPY: Family = Family::new(
     "switchyard_listener_zero_copy_total",
     "TCP connection directions that turned bulk and moved on with splice(2).",
-    Kind::Counter,
+    SeriesKind::Counter,
 );
 const DURATION: Family = Family::new(
     "switchyard_connection_duration_seconds",
     "How long proxied TCP connections lasted.",
-    Kind::Histogram(DURATION_BUCKETS),
+    SeriesKind::Histogram(DURATION_BUCKETS),
 );
 const UDP_SESSIONS: Family = Family::new(
     "switchyard_udp_sessions",
     "UDP sessions open now.",
-    Kind::Gauge,
+    SeriesKind::Gauge,
 );
 const UDP_SESSIONS_TOTAL: Family = Family::new(
     "switchyard_udp_sessions_total",
     "UDP sessions created.",
-    Kind::Counter,
+    SeriesKind::Counter,
 );
 const UDP_DATAGRAMS: Family = Family::by(
     "switchyard_udp_datagrams_total",
@@ -86,7 +86,7 @@ const INSPECTED: Family = Family::by(
 const ROUTED: Family = Family::new(
     "switchyard_listener_routed_total",
     "TCP connections and UDP sessions sent to each route; route=\"default\" is the listener's own pool.",
-    Kind::Counter,
+    SeriesKind::Counter,
 );
 const ROUTE: &[&str] = &["listener", "route"];
 

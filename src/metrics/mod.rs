@@ -27,7 +27,7 @@ pub use listener::{Inspected, LocalErrors, RouteMetrics, TcpListenerMetrics, Udp
 
 /// What kind of series a family holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Kind {
+pub(crate) enum SeriesKind {
     Counter,
     Gauge,
     /// With these bucket bounds.
@@ -40,14 +40,14 @@ pub(crate) enum Kind {
 pub(crate) struct Family {
     pub name: &'static str,
     pub help: &'static str,
-    pub kind: Kind,
+    pub kind: SeriesKind,
     /// A label of the family's own beyond the owner's (`direction`, `reason`).
     pub extra: Option<&'static str>,
 }
 
 impl Family {
     /// A family whose series are labelled by their owner alone.
-    pub const fn new(name: &'static str, help: &'static str, kind: Kind) -> Family {
+    pub const fn new(name: &'static str, help: &'static str, kind: SeriesKind) -> Family {
         Family {
             name,
             help,
@@ -61,7 +61,7 @@ impl Family {
         Family {
             name,
             help,
-            kind: Kind::Counter,
+            kind: SeriesKind::Counter,
             extra: Some(extra),
         }
     }
@@ -164,15 +164,15 @@ impl Metrics {
             labels.extend(family.extra);
             let opts = Opts::new(family.name, family.help);
             let (registered, collector): (Registered, Box<dyn Collector>) = match family.kind {
-                Kind::Counter => {
+                SeriesKind::Counter => {
                     let v = IntCounterVec::new(opts, &labels).expect("valid metric");
                     (Registered::Counter(v.clone()), Box::new(v))
                 }
-                Kind::Gauge => {
+                SeriesKind::Gauge => {
                     let v = IntGaugeVec::new(opts, &labels).expect("valid metric");
                     (Registered::Gauge(v.clone()), Box::new(v))
                 }
-                Kind::Histogram(buckets) => {
+                SeriesKind::Histogram(buckets) => {
                     let v = HistogramVec::new(
                         HistogramOpts::from(opts).buckets(buckets.to_vec()),
                         &labels,

@@ -5,7 +5,7 @@ use std::io;
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
+pub enum RelayEnd {
     /// Both sides closed their write half.
     Closed,
     /// No byte moved either way for the idle timeout.
@@ -31,18 +31,18 @@ pub enum Side {
     Backend,
 }
 
-impl End {
+impl RelayEnd {
     /// The `end` field of the access log.
     pub fn as_str(self) -> &'static str {
         match self {
-            End::Closed => "closed",
-            End::Idle => "idle_timeout",
-            End::Shutdown => "shutdown",
-            End::HandedOver => "handed_over",
-            End::Reset(Side::Client) => "client_reset",
-            End::Reset(Side::Backend) => "backend_reset",
-            End::Error(Side::Client) => "client_error",
-            End::Error(Side::Backend) => "backend_error",
+            RelayEnd::Closed => "closed",
+            RelayEnd::Idle => "idle_timeout",
+            RelayEnd::Shutdown => "shutdown",
+            RelayEnd::HandedOver => "handed_over",
+            RelayEnd::Reset(Side::Client) => "client_reset",
+            RelayEnd::Reset(Side::Backend) => "backend_reset",
+            RelayEnd::Error(Side::Client) => "client_error",
+            RelayEnd::Error(Side::Backend) => "backend_error",
         }
     }
 }
@@ -79,15 +79,15 @@ impl Broken {
     }
 
     /// How the relay ends, given which side this direction reads from.
-    pub(super) fn end(&self, reads_from: Side) -> End {
+    pub(super) fn end(&self, reads_from: Side) -> RelayEnd {
         let side = match (self.at, reads_from) {
             (At::Read, s) => s,
             (At::Write, Side::Client) => Side::Backend,
             (At::Write, Side::Backend) => Side::Client,
         };
         match self.error.kind() {
-            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => End::Reset(side),
-            _ => End::Error(side),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => RelayEnd::Reset(side),
+            _ => RelayEnd::Error(side),
         }
     }
 }

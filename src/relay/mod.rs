@@ -29,7 +29,7 @@ mod end;
 mod splice;
 
 use end::Broken;
-pub use end::{End, Side};
+pub use end::{RelayEnd, Side};
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -69,7 +69,7 @@ pub struct Outcome {
     /// Bytes from the backend to the client.
     pub down: u64,
     /// How it ended.
-    pub end: End,
+    pub end: RelayEnd,
     /// Whose EOF came first, if either side closed.
     pub first_eof: Option<Side>,
 }
@@ -134,9 +134,9 @@ pub async fn relay(
         let mut may_hand_over = true;
         loop {
             tokio::select! {
-                r = &mut both => break r.err().unwrap_or(End::Closed),
-                _ = idle_watch(&progress.last, idle_ms, &mut keepalive) => break End::Idle,
-                _ = stop.hard.cancelled() => break End::Shutdown,
+                r = &mut both => break r.err().unwrap_or(RelayEnd::Closed),
+                _ = idle_watch(&progress.last, idle_ms, &mut keepalive) => break RelayEnd::Idle,
+                _ = stop.hard.cancelled() => break RelayEnd::Shutdown,
                 _ = stop.handover.cancelled(), if may_hand_over => {
                     // Safe only while both directions wait to read with nothing
                     // held: dropping the pumps then loses no byte. Otherwise
@@ -144,14 +144,14 @@ pub async fn relay(
                     if progress.holding.load(Ordering::Relaxed) == 0
                         && progress.ended.load(Ordering::Relaxed) == 0
                     {
-                        break End::HandedOver;
+                        break RelayEnd::HandedOver;
                     }
                     may_hand_over = false;
                 }
             }
         }
     };
-    if let End::Reset(side) | End::Error(side) = end {
+    if let RelayEnd::Reset(side) | RelayEnd::Error(side) = end {
         // The other side learns of the abort as an abort: a reset on close.
         let other = match side {
             Side::Client => &*backend,
@@ -310,7 +310,7 @@ async fn pump(
     progress: &Progress,
     meter: Meter<'_>,
     splice: &Splice<'_>,
-) -> Result<(), End> {
+) -> Result<(), RelayEnd> {
     let (last, ended) = (&progress.last, &progress.ended);
     let total = match side {
         Side::Client => &progress.up,

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Control, Pending, View};
+use crate::admin::{self, Control, ControlFuture, View};
 use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::discovery::Discovery;
@@ -320,7 +320,7 @@ impl Control for Server {
         Server::ready(self)
     }
 
-    fn reload(&self) -> Pending<'_, Result<(), String>> {
+    fn reload(&self) -> ControlFuture<'_, Result<(), String>> {
         let server = self.clone();
         Box::pin(async move {
             // On a task of its own: a client that goes away mid-reload must
@@ -339,7 +339,7 @@ impl Control for Server {
         pool: &str,
         addr: SocketAddr,
         change: Change,
-    ) -> Pending<'_, Option<Result<(), String>>> {
+    ) -> ControlFuture<'_, Option<Result<(), String>>> {
         let pool = pool.to_string();
         Box::pin(async move {
             let writer = self
@@ -363,7 +363,7 @@ impl Control for Server {
             .json(q)
     }
 
-    fn cluster(&self) -> Pending<'_, Option<Result<Vec<serde_json::Value>, String>>> {
+    fn cluster(&self) -> ControlFuture<'_, Option<Result<Vec<serde_json::Value>, String>>> {
         Box::pin(async move {
             let st = self.inner.state.lock().await;
             let cluster = st.cluster.as_ref()?;

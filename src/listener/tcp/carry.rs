@@ -16,7 +16,7 @@ use super::shared::{LocalStops, TcpShared};
 use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 use crate::pool::Pool;
-use crate::relay::{self, End, Meter, Side, Stops, Timers};
+use crate::relay::{self, Meter, RelayEnd, Side, Stops, Timers};
 
 /// A backend that ends a connection within this long of taking it, without
 /// sending a byte, failed it: long enough for a crashing or refusing
@@ -26,8 +26,8 @@ const EARLY_CLOSE: Duration = Duration::from_secs(1);
 /// Whether the backend, not the client, ended the relay.
 fn backend_ended_it(o: &relay::Outcome) -> bool {
     match o.end {
-        End::Reset(Side::Backend) | End::Error(Side::Backend) => true,
-        End::Closed => o.first_eof == Some(Side::Backend),
+        RelayEnd::Reset(Side::Backend) | RelayEnd::Error(Side::Backend) => true,
+        RelayEnd::Closed => o.first_eof == Some(Side::Backend),
         _ => false,
     }
 }
@@ -158,7 +158,7 @@ pub(super) async fn carry(
         }
     };
     let mut outcome = outcome;
-    if outcome.end == End::HandedOver {
+    if outcome.end == RelayEnd::HandedOver {
         let moved = Moved {
             listener: name.to_string(),
             client: *peer,

@@ -11,24 +11,24 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::carry::carry;
-use super::connect::{connect, Unserved};
-use super::greet::{self, Refused};
+use super::connect::{connect, ConnectRefusal};
+use super::greet::{self, GreetRefusal};
 use super::handover::Moved;
-use super::shared::{LocalStops, Slot, TcpShared};
+use super::shared::{ConnPermit, LocalStops, TcpShared};
 use crate::fds;
-use crate::listener::clients::{Admitted, Limits, Refusal};
+use crate::listener::clients::{Admitted, LimitRefusal, Limits};
 use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 
 /// Counts a connection as open until dropped.
 /// Its place goes back first: a scrape never shows a free place that is
 /// not yet free.
-struct Open<'a> {
+struct OpenGuard<'a> {
     gauge: &'a prometheus::IntGauge,
-    slot: Option<Slot>,
+    slot: Option<ConnPermit>,
 }
 
-impl Drop for Open<'_> {
+impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         drop(self.slot.take());
         self.gauge.dec();
@@ -45,10 +45,10 @@ fn per_address(route: &Route) -> Option<Limits> {
 }
 
 /// Counts and logs a client refused by its per-address limit.
-fn refused(m: &TcpListenerMetrics, listener: &str, who: SocketAddr, refusal: Refusal) {
+fn refused(m: &TcpListenerMetrics, listener: &str, who: SocketAddr, refusal: LimitRefusal) {
     match refusal {
-        Refusal::Open => m.rejected_ip_limit.inc(),
-        Refusal::Rate => m.rejected_ip_rate.inc(),
+        LimitRefusal::Open => m.rejected_ip_limit.inc(),
+        LimitRefusal::Rate => m.rejected_ip_rate.inc(),
     }
     tracing::debug!(listener, client = %who, ?refusal, "client refused by its per-address limit");
 }
@@ -120,7 +120,7 @@ pub(super) fn serve(
     shared: Arc<TcpShared>,
     mut client: TcpStream,
     peer: SocketAddr,
-    slot: Slot,
+    slot: ConnPermit,
     stops: Arc<LocalStops>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
@@ -139,15 +139,15 @@ pub(super) fn serve(
                 Ok(g) => Some(Box::new(g)),
                 Err(refused) => {
                     match refused {
-                        Refused::ProxyHeader(why) => {
+                        GreetRefusal::ProxyHeader(why) => {
                             m.rejected_proxy_header.inc();
                             tracing::debug!(listener = name, client = %peer, why, "connection refused: its PROXY protocol header");
                         }
-                        Refused::NoSni(why) => {
+                        GreetRefusal::NoSni(why) => {
                             m.rejected_sni.inc();
                             tracing::debug!(listener = name, client = %peer, why, "connection refused: no server name (sni_required)");
                         }
-                        Refused::Gone => {}
+                        GreetRefusal::Gone => {}
                     }
                     return;
                 }
@@ -167,7 +167,7 @@ pub(super) fn serve(
         };
         m.connections.inc();
         m.active.inc();
-        let _open = Open {
+        let _open = OpenGuard {
             gauge: &m.active,
             slot: Some(slot),
         };
@@ -183,16 +183,16 @@ pub(super) fn serve(
             let preamble = greet::preamble(&client, who, snap.config.proxy_protocol, greeting);
             tokio::select! {
                 c = connect(&snap, who, name, &preamble) => c.map(|(b, g)| (b, g, early)),
-                _ = stops.hard.cancelled() => Err(Unserved::NoBackend),
+                _ = stops.hard.cancelled() => Err(ConnectRefusal::NoBackend),
             }
         } {
             Ok(c) => c,
-            Err(Unserved::NoBackend) => {
+            Err(ConnectRefusal::NoBackend) => {
                 m.no_backend.inc();
                 tracing::warn!(listener = name, client = %who, "no backend could take the connection; closing it");
                 return;
             }
-            Err(Unserved::Local(reason, e)) => {
+            Err(ConnectRefusal::Local(reason, e)) => {
                 m.local.count(reason);
                 if shared.local_log.ready() {
                     tracing::error!(listener = name, reason, error = %e, "the proxy is out of its own resources; closing connections it cannot serve (logged at most once a second)");
@@ -243,9 +243,9 @@ pub async fn serve_moved(
     m.active.inc();
     // Its place: under max_connections if one is free (it was admitted by
     // the old process already, so it is never refused here).
-    let _open = Open {
+    let _open = OpenGuard {
         gauge: &m.active,
-        slot: Some(Slot {
+        slot: Some(ConnPermit {
             permit: shared.limit.clone().try_acquire_owned().ok(),
             owed: shared.owed.clone(),
             _fds: fds::try_take(2).unwrap_or_else(fds::untracked),
@@ -313,7 +313,7 @@ mod tests {
         let carry_size = std::mem::size_of_val(&carrying);
         drop(carrying);
         let c = TcpStream::connect(addr).await.unwrap();
-        let slot = Slot {
+        let slot = ConnPermit {
             permit: None,
             owed: shared.owed.clone(),
             _fds: fds::untracked(),

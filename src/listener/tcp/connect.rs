@@ -52,7 +52,7 @@ async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// Why a client could not be given a backend.
-pub(super) enum Unserved {
+pub(super) enum ConnectRefusal {
     /// Every backend tried failed, or none was available.
     NoBackend,
     /// The proxy itself ran short (`descriptors`, `buffers`, `ports`):
@@ -78,11 +78,11 @@ pub(super) async fn connect(
     client: SocketAddr,
     listener: &str,
     preamble: &[u8],
-) -> Result<(TcpStream, ActiveGuard), Unserved> {
+) -> Result<(TcpStream, ActiveGuard), ConnectRefusal> {
     let cfg = &snap.config;
     let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
     for _ in 0..=cfg.retries {
-        let i = snap.pick(client, &tried).ok_or(Unserved::NoBackend)?;
+        let i = snap.pick(client, &tried).ok_or(ConnectRefusal::NoBackend)?;
         tried.push(i);
         let backend = &snap.members[i].backend;
         // Count it before connecting so least_conn sees in-flight connects.
@@ -108,7 +108,7 @@ pub(super) async fn connect(
             }
             Err(e) if local_cause(&e).is_some() => {
                 let reason = local_cause(&e).expect("checked in the guard");
-                return Err(Unserved::Local(reason, e));
+                return Err(ConnectRefusal::Local(reason, e));
             }
             Err(e) => {
                 backend.count_failure(&e);
@@ -117,5 +117,5 @@ pub(super) async fn connect(
             }
         }
     }
-    Err(Unserved::NoBackend)
+    Err(ConnectRefusal::NoBackend)
 }

@@ -35,7 +35,7 @@ pub(super) struct Greeting {
 
 /// Why a connection is closed before it reaches a backend.
 #[derive(Debug)]
-pub(super) enum Refused {
+pub(super) enum GreetRefusal {
     /// Its PROXY header: from an untrusted address, malformed, too long,
     /// incomplete or too slow.
     ProxyHeader(&'static str),
@@ -85,11 +85,11 @@ pub(super) async fn greet(
     peer: SocketAddr,
     route: &Route,
     m: &TcpListenerMetrics,
-) -> Result<Greeting, Refused> {
+) -> Result<Greeting, GreetRefusal> {
     let mut g = Greeting::default();
     if let Some(accept) = &route.config.accept_proxy {
         if !accept.trusts(peer.ip()) {
-            return Err(Refused::ProxyHeader("untrusted"));
+            return Err(GreetRefusal::ProxyHeader("untrusted"));
         }
         let deadline = Instant::now() + accept.timeout;
         let mut buf = Vec::new();
@@ -97,9 +97,9 @@ pub(super) async fn greet(
             match proxy_protocol::parse(&buf, accept.max_header) {
                 Ok(Some(done)) => break done,
                 Ok(None) => {}
-                Err(Invalid::NotProxy) => return Err(Refused::ProxyHeader("not_proxy")),
-                Err(Invalid::TooLong) => return Err(Refused::ProxyHeader("too_long")),
-                Err(Invalid::Malformed(_)) => return Err(Refused::ProxyHeader("malformed")),
+                Err(Invalid::NotProxy) => return Err(GreetRefusal::ProxyHeader("not_proxy")),
+                Err(Invalid::TooLong) => return Err(GreetRefusal::ProxyHeader("too_long")),
+                Err(Invalid::Malformed(_)) => return Err(GreetRefusal::ProxyHeader("malformed")),
             }
             match read_more(
                 stream,
@@ -110,10 +110,10 @@ pub(super) async fn greet(
             .await
             {
                 Ok(true) => {}
-                Ok(false) if buf.is_empty() => return Err(Refused::Gone),
-                Ok(false) => return Err(Refused::ProxyHeader("truncated")),
-                Err("error") => return Err(Refused::Gone),
-                Err(why) => return Err(Refused::ProxyHeader(why)),
+                Ok(false) if buf.is_empty() => return Err(GreetRefusal::Gone),
+                Ok(false) => return Err(GreetRefusal::ProxyHeader("truncated")),
+                Err("error") => return Err(GreetRefusal::Gone),
+                Err(why) => return Err(GreetRefusal::ProxyHeader(why)),
             }
         };
         if let Some((src, dst)) = header.addrs {
@@ -138,10 +138,10 @@ pub(super) async fn greet(
             }
             match read_more(stream, &mut g.early, MAX_HELD, deadline).await {
                 Ok(true) => {}
-                Ok(false) if g.early.is_empty() => return Err(Refused::Gone),
+                Ok(false) if g.early.is_empty() => return Err(GreetRefusal::Gone),
                 Ok(false) => closed = true,
                 Err("too_large") => break Err(NotHello::TooLarge.as_str()),
-                Err("error") => return Err(Refused::Gone),
+                Err("error") => return Err(GreetRefusal::Gone),
                 Err(why) => break Err(why),
             }
         };
@@ -155,7 +155,7 @@ pub(super) async fn greet(
                     (None, None) => {
                         i.no_sni.inc();
                         if route.config.sni_required {
-                            return Err(Refused::NoSni("no_sni"));
+                            return Err(GreetRefusal::NoSni("no_sni"));
                         }
                     }
                 }
@@ -163,7 +163,7 @@ pub(super) async fn greet(
             Err(why) => {
                 i.by(why).inc();
                 if route.config.sni_required {
-                    return Err(Refused::NoSni(why));
+                    return Err(GreetRefusal::NoSni(why));
                 }
             }
         }

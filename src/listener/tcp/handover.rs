@@ -133,11 +133,11 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Room for two descriptors' control message.
-type Control = [u64; 4];
+type FdCmsgSpace = [u64; 4];
 
 /// Sends one message with `fds` attached (blocking).
 pub fn send(channel: &OwnedFd, body: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let mut control: Control = [0; 4];
+    let mut control: FdCmsgSpace = [0; 4];
     // SAFETY: see the module documentation.
     let n = unsafe {
         let mut iov = libc::iovec {
@@ -173,7 +173,7 @@ pub fn send(channel: &OwnedFd, body: &[u8], fds: &[RawFd]) -> io::Result<()> {
 /// Receives one message and the descriptors attached (blocking); `None`
 /// once the other end has closed.
 pub fn recv(channel: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
-    let mut control: Control = [0; 4];
+    let mut control: FdCmsgSpace = [0; 4];
     let mut fds = Vec::new();
     // SAFETY: see the module documentation.
     let n = unsafe {
@@ -185,7 +185,7 @@ pub fn recv(channel: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of::<Control>() as _;
+        msg.msg_controllen = std::mem::size_of::<FdCmsgSpace>() as _;
         let n = libc::recvmsg(channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
         if n >= 0 {
             let mut c = libc::CMSG_FIRSTHDR(&msg);

@@ -20,7 +20,7 @@ use crate::clock::Every;
 use crate::fds;
 use crate::net::{self, local_cause};
 pub(crate) use conn::serve_moved;
-pub use shared::{LocalStops, Slot, TcpShared};
+pub use shared::{ConnPermit, LocalStops, TcpShared};
 
 /// Accepts until `stop` fires.
 ///
@@ -99,7 +99,7 @@ pub async fn accept_loop(
                 let peer = crate::wire::canonical(peer);
                 backoff = Duration::ZERO;
                 let shared2 = shared.clone();
-                let slot = Slot {
+                let slot = ConnPermit {
                     permit: Some(permit),
                     owed: shared.owed.clone(),
                     _fds: fds,

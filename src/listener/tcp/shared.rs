@@ -1,6 +1,6 @@
 //! What a TCP listener's accept loops and connections share: its route and
 //! series, its connection limit (which a reload may move), its stops; and
-//! the `Slot` each connection holds under that limit.
+//! the `ConnPermit` each connection holds under that limit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,8 +63,6 @@ impl TcpShared {
     }
 }
 
-/// A connection's place under `max_connections`; returned (or, while a
-/// lowered limit is owed permits, given up) when the connection ends.
 /// One accept loop's own copies of the listener's stops (child tokens):
 /// each connection waits on its worker's, so no connection takes a lock that
 /// another worker's connections take, and a stop of the listener or the
@@ -86,14 +84,17 @@ impl LocalStops {
     }
 }
 
-pub struct Slot {
+/// A connection's place under `max_connections` and its two descriptors;
+/// returned (or, while a lowered limit is owed permits, given up) when the
+/// connection ends. UDP's counterpart is `udp::place::SessionPermit`.
+pub struct ConnPermit {
     pub(super) permit: Option<OwnedSemaphorePermit>,
     pub(super) owed: Arc<AtomicUsize>,
     /// The client's and the backend's descriptors.
     pub(super) _fds: Held,
 }
 
-impl Drop for Slot {
+impl Drop for ConnPermit {
     fn drop(&mut self) {
         let pay = self
             .owed

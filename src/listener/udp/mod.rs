@@ -30,10 +30,10 @@ use crate::listener::route::Route;
 use crate::metrics::UdpListenerMetrics;
 use crate::net::local_cause;
 use crate::wire::proxy_protocol::{self, Transport};
-use place::{Full, Place};
+use place::{SessionPermit, SessionRefusal};
 use reply::{replies, ReplyTask};
 use route::{Inspector, Verdict};
-use session::{End, Link, Parts};
+use session::{Link, Parts, SessionEnd};
 pub use shared::UdpShared;
 use shared::MAX_DATAGRAM;
 pub(crate) use sock::want_destination;
@@ -94,13 +94,13 @@ impl<'a> Starter<'a> {
         // the header see the client in its one form.
         let client = crate::wire::canonical(peer);
         // Claim a place first: receive loops of one listener share the bound.
-        let place = match Place::claim(&shared.places, client.ip(), &route.config) {
+        let place = match SessionPermit::claim(&shared.places, client.ip(), &route.config) {
             Ok(p) => p,
-            Err(Full::Table) => {
+            Err(SessionRefusal::Table) => {
                 m.dropped_full.inc_by(first.len() as u64);
                 return None;
             }
-            Err(Full::Ip) => {
+            Err(SessionRefusal::Ip) => {
                 m.dropped_ip_limit.inc_by(first.len() as u64);
                 return None;
             }
@@ -247,7 +247,7 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             }
             // Its backend died or left the pool: end the session and pick
             // again, so the client does not notice.
-            link.end(End::Stopped);
+            link.end(SessionEnd::Stopped);
             table.remove(&peer);
         }
         // The same snapshot, now kept for the session's lifetime.

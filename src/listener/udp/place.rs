@@ -13,7 +13,7 @@ use crate::config::ListenerConfig;
 
 /// The places of one listener's sessions, shared by its receive loops.
 #[derive(Default)]
-pub(crate) struct Places {
+pub(crate) struct SessionPermits {
     /// Sessions of all the listener's receive loops, against `max_sessions`.
     sessions: AtomicUsize,
     /// Sessions per client address, against `max_sessions_per_ip`.
@@ -22,46 +22,46 @@ pub(crate) struct Places {
 
 /// A session's place under `max_sessions` and `max_sessions_per_ip`; given
 /// back when dropped.
-pub(super) struct Place<'a> {
-    shared: &'a Places,
+pub(super) struct SessionPermit<'a> {
+    shared: &'a SessionPermits,
     ip: IpAddr,
 }
 
 /// Why a new client got no session.
-pub(super) enum Full {
+pub(super) enum SessionRefusal {
     /// `max_sessions` are open.
     Table,
     /// Its address holds `max_sessions_per_ip` already.
     Ip,
 }
 
-impl<'a> Place<'a> {
+impl<'a> SessionPermit<'a> {
     /// Claims a place for a client at `ip`.
     pub(super) fn claim(
-        shared: &'a Places,
+        shared: &'a SessionPermits,
         ip: IpAddr,
         cfg: &ListenerConfig,
-    ) -> Result<Place<'a>, Full> {
+    ) -> Result<SessionPermit<'a>, SessionRefusal> {
         shared
             .sessions
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < cfg.max_sessions.get()).then_some(n + 1)
             })
-            .map_err(|_| Full::Table)?;
+            .map_err(|_| SessionRefusal::Table)?;
         // Taken at session start and end only, never per datagram.
         let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let held = per_ip.entry(ip).or_insert(0);
         if *held as usize >= cfg.max_sessions_per_ip.get() {
             drop(per_ip);
             shared.sessions.fetch_sub(1, Ordering::Relaxed);
-            return Err(Full::Ip);
+            return Err(SessionRefusal::Ip);
         }
         *held += 1;
-        Ok(Place { shared, ip })
+        Ok(SessionPermit { shared, ip })
     }
 }
 
-impl Place<'_> {
+impl SessionPermit<'_> {
     /// Keeps the place without this guard: whoever takes it gives it back
     /// with [`Places::release`].
     pub(super) fn keep(self) {
@@ -69,7 +69,7 @@ impl Place<'_> {
     }
 }
 
-impl Places {
+impl SessionPermits {
     /// Gives back a place of a client at `ip` that was kept.
     pub(super) fn release(&self, ip: IpAddr) {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
@@ -83,7 +83,7 @@ impl Places {
     }
 }
 
-impl Drop for Place<'_> {
+impl Drop for SessionPermit<'_> {
     fn drop(&mut self) {
         self.shared.release(self.ip);
     }

@@ -31,7 +31,7 @@ const MAX_HELD: usize = 8;
 const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
 
 /// A client whose ClientHello is not yet whole.
-struct Pending {
+struct PendingHello {
     crypto: Crypto,
     held: Vec<Box<[u8]>>,
     local: Option<IpAddr>,
@@ -55,7 +55,7 @@ pub(super) enum Verdict {
 /// One receive loop's clients that are still being read.
 #[derive(Default)]
 pub(super) struct Inspector {
-    pending: HashMap<SocketAddr, Pending>,
+    pending: HashMap<SocketAddr, PendingHello>,
     /// Waiting clients per source address (in its canonical form).
     per_ip: HashMap<IpAddr, u32>,
     /// Bytes of the datagrams held in `pending`.
@@ -105,13 +105,13 @@ fn decide(
 }
 
 /// The bytes a waiting client's held datagrams take.
-fn size(p: &Pending) -> usize {
+fn size(p: &PendingHello) -> usize {
     p.held.iter().map(|d| d.len()).sum()
 }
 
 impl Inspector {
     /// Takes a waiting client out, its held bytes with it.
-    fn take(&mut self, peer: &SocketAddr) -> Option<Pending> {
+    fn take(&mut self, peer: &SocketAddr) -> Option<PendingHello> {
         let p = self.pending.remove(peer)?;
         self.held_bytes -= size(&p);
         let ip = crate::wire::canonical(*peer).ip();
@@ -125,7 +125,7 @@ impl Inspector {
     }
 
     /// Holds a waiting client.
-    fn hold(&mut self, peer: SocketAddr, p: Pending) {
+    fn hold(&mut self, peer: SocketAddr, p: PendingHello) {
         self.held_bytes += size(&p);
         *self
             .per_ip
@@ -155,7 +155,7 @@ impl Inspector {
         now_ms: u64,
     ) -> Verdict {
         let known = self.pending.contains_key(&peer);
-        let mut p = self.take(&peer).unwrap_or_else(|| Pending {
+        let mut p = self.take(&peer).unwrap_or_else(|| PendingHello {
             crypto: Crypto::default(),
             held: Vec::new(),
             local,

@@ -26,7 +26,7 @@ use crate::backend::ActiveGuard;
 
 /// Why the receive loop ended a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum End {
+pub(super) enum SessionEnd {
     /// No datagram either way for its idle timeout.
     Idle,
     /// Its backend went down or left the pool: the client re-picks.
@@ -35,29 +35,29 @@ pub(super) enum End {
     Shutdown,
 }
 
-impl End {
+impl SessionEnd {
     /// As the access log says it.
     pub(super) fn as_str(self) -> &'static str {
         match self {
-            End::Idle => "idle_timeout",
-            End::Stopped => "stopped",
-            End::Shutdown => "shutdown",
+            SessionEnd::Idle => "idle_timeout",
+            SessionEnd::Stopped => "stopped",
+            SessionEnd::Shutdown => "shutdown",
         }
     }
 
     fn code(self) -> u8 {
         match self {
-            End::Idle => 1,
-            End::Stopped => 2,
-            End::Shutdown => 3,
+            SessionEnd::Idle => 1,
+            SessionEnd::Stopped => 2,
+            SessionEnd::Shutdown => 3,
         }
     }
 
-    fn of(code: u8) -> Option<End> {
+    fn of(code: u8) -> Option<SessionEnd> {
         match code {
-            1 => Some(End::Idle),
-            2 => Some(End::Stopped),
-            3 => Some(End::Shutdown),
+            1 => Some(SessionEnd::Idle),
+            2 => Some(SessionEnd::Stopped),
+            3 => Some(SessionEnd::Shutdown),
             _ => None,
         }
     }
@@ -86,7 +86,7 @@ pub(super) struct Link {
     fail_timeout_ms: u32,
     /// The pool's PROXY protocol v2 header, sent before each datagram.
     pub header: Option<Box<[u8]>>,
-    /// 0 while it runs, then its [`End`].
+    /// 0 while it runs, then its [`SessionEnd`].
     end: AtomicU8,
     /// The reply task, to wake when the session is ended.
     waker: AtomicWaker,
@@ -133,7 +133,7 @@ impl Link {
     }
 
     /// Ends the session (the first reason given stands) and wakes its task.
-    pub(super) fn end(&self, why: End) {
+    pub(super) fn end(&self, why: SessionEnd) {
         let _first = self
             .end
             .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
@@ -141,13 +141,13 @@ impl Link {
     }
 
     /// Why it was ended, if it was.
-    pub(super) fn ended(&self) -> Option<End> {
-        End::of(self.end.load(Ordering::Acquire))
+    pub(super) fn ended(&self) -> Option<SessionEnd> {
+        SessionEnd::of(self.end.load(Ordering::Acquire))
     }
 
     /// Ready with the reason once the session is ended; otherwise the task
     /// of `cx` is woken when it is.
-    pub(super) fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<End> {
+    pub(super) fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<SessionEnd> {
         if let Some(end) = self.ended() {
             return Poll::Ready(end);
         }
@@ -161,26 +161,26 @@ impl Link {
 }
 
 /// A time to look at a session again.
-struct Due {
+struct IdleDue {
     at_ms: u64,
     link: Weak<Link>,
 }
 
-impl PartialEq for Due {
+impl PartialEq for IdleDue {
     fn eq(&self, other: &Self) -> bool {
         self.at_ms == other.at_ms
     }
 }
 
-impl Eq for Due {}
+impl Eq for IdleDue {}
 
-impl PartialOrd for Due {
+impl PartialOrd for IdleDue {
     fn partial_cmp(&self, other: &Self) -> Option<Order> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for Due {
+impl Ord for IdleDue {
     /// Reversed: the heap's top is the earliest.
     fn cmp(&self, other: &Self) -> Order {
         other.at_ms.cmp(&self.at_ms)
@@ -194,7 +194,7 @@ impl Ord for Due {
 /// session is looked at about once per idle timeout, not once per datagram.
 #[derive(Default)]
 pub(super) struct IdleClock {
-    due: BinaryHeap<Due>,
+    due: BinaryHeap<IdleDue>,
     /// The listener stopped: sessions end after [`DRAIN_IDLE`] at most.
     draining: bool,
 }
@@ -216,7 +216,7 @@ impl IdleClock {
             .last
             .load(Ordering::Relaxed)
             .saturating_add(self.idle_ms(link));
-        self.due.push(Due {
+        self.due.push(IdleDue {
             at_ms,
             link: Arc::downgrade(link),
         });
@@ -244,7 +244,7 @@ impl IdleClock {
             if at_ms <= now_ms {
                 idle.push(link);
             } else {
-                self.due.push(Due {
+                self.due.push(IdleDue {
                     at_ms,
                     link: d.link,
                 });
@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(idle.iter().map(|l| l.id).collect::<Vec<_>>(), [1]);
         assert_eq!(clock.next_ms(), Some(1_300));
         // Ended another way, or dropped: no longer timed.
-        b.end(End::Stopped);
+        b.end(SessionEnd::Stopped);
         assert!(clock.expired(2_000).is_empty());
         assert_eq!(clock.next_ms(), None);
     }
@@ -331,9 +331,9 @@ mod tests {
     async fn the_first_end_stands() {
         let l = link(1, 1, 100);
         assert_eq!(l.ended(), None);
-        l.end(End::Stopped);
-        l.end(End::Shutdown);
-        assert_eq!(l.ended(), Some(End::Stopped));
-        assert_eq!(End::Stopped.as_str(), "stopped");
+        l.end(SessionEnd::Stopped);
+        l.end(SessionEnd::Shutdown);
+        assert_eq!(l.ended(), Some(SessionEnd::Stopped));
+        assert_eq!(SessionEnd::Stopped.as_str(), "stopped");
     }
 }

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::place::Places;
+use super::place::SessionPermits;
 use crate::clock::Every;
 use crate::listener::route::Route;
 use crate::metrics::UdpListenerMetrics;
@@ -30,7 +30,7 @@ pub struct UdpShared {
     pub metrics: UdpListenerMetrics,
     pub tracker: TaskTracker,
     /// Places of its sessions, under `max_sessions` and `max_sessions_per_ip`.
-    pub places: Places,
+    pub places: SessionPermits,
     /// Paces warnings that a flood of datagrams could repeat.
     pub warn_log: Every,
     /// Ends every session (the listener's grace is over).

@@ -117,7 +117,7 @@ fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int)
 }
 
 /// Room for one `in6_pktinfo` control message (the larger of the two).
-type Control = [u64; 8];
+type PktinfoCmsgSpace = [u64; 8];
 
 /// Receives one datagram with the client's address and, when the socket
 /// asked for it ([`want_destination`]), the local address it was sent to.
@@ -125,7 +125,7 @@ pub(crate) fn recv_from_to(
     socket: &UdpSocket,
     buf: &mut [u8],
 ) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
-    let mut control: Control = [0; 8];
+    let mut control: PktinfoCmsgSpace = [0; 8];
     let mut local = None;
     // SAFETY: see the module documentation.
     let (n, peer) = unsafe {
@@ -140,7 +140,7 @@ pub(crate) fn recv_from_to(
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
             msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = std::mem::size_of::<Control>() as _;
+            msg.msg_controllen = std::mem::size_of::<PktinfoCmsgSpace>() as _;
             let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, 0);
             if n < 0 {
                 return Err(io::Error::last_os_error());
@@ -182,7 +182,7 @@ pub(crate) fn reply(
         return socket2::SockRef::from(listener).send_to(data, &client.into());
     };
     let to = socket2::SockAddr::from(client);
-    let mut control: Control = [0; 8];
+    let mut control: PktinfoCmsgSpace = [0; 8];
     // SAFETY: see the module documentation.
     let n = unsafe {
         let mut iov = libc::iovec {

@@ -11,15 +11,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::place::{Place, Places};
-use super::session::{End, IdleClock, Link};
+use super::place::{SessionPermit, SessionPermits};
+use super::session::{IdleClock, Link, SessionEnd};
 use crate::clock::now_ms;
 use crate::fds::{self, Held};
 
 /// A new session, before its receive loop's table takes it.
 pub(super) struct Session<'a> {
     pub(super) link: Arc<Link>,
-    pub(super) place: Place<'a>,
+    pub(super) place: SessionPermit<'a>,
     /// The session socket's descriptor, in the data plane's budget.
     pub(super) fds: Held,
 }
@@ -30,7 +30,7 @@ pub(super) struct Session<'a> {
 pub(super) struct Table<'a> {
     sessions: HashSet<ByPeer>,
     clock: IdleClock,
-    places: &'a Places,
+    places: &'a SessionPermits,
     /// The descriptors of the sessions' sockets, one each.
     fds: Held,
 }
@@ -60,7 +60,7 @@ impl Borrow<SocketAddr> for ByPeer {
 }
 
 impl<'a> Table<'a> {
-    pub(super) fn new(places: &'a Places) -> Table<'a> {
+    pub(super) fn new(places: &'a SessionPermits) -> Table<'a> {
         Table {
             sessions: HashSet::new(),
             clock: IdleClock::default(),
@@ -79,7 +79,7 @@ impl<'a> Table<'a> {
         self.fds.join(s.fds);
         if let Some(old) = self.sessions.replace(ByPeer(s.link)) {
             // A client has one session at a time: the one it replaces ends.
-            old.0.end(End::Stopped);
+            old.0.end(SessionEnd::Stopped);
             self.give_back(&old.0);
         }
     }
@@ -106,7 +106,7 @@ impl<'a> Table<'a> {
     /// Ends the sessions that have gone idle.
     pub(super) fn end_idle(&mut self) {
         for link in self.clock.expired(now_ms()) {
-            link.end(End::Idle);
+            link.end(SessionEnd::Idle);
             self.forget(link.peer, link.id);
         }
     }
@@ -125,7 +125,7 @@ impl<'a> Table<'a> {
     /// Ends every session (the listener's grace is over) and empties the table.
     pub(super) fn end_all(&mut self) {
         for s in std::mem::take(&mut self.sessions) {
-            s.0.end(End::Shutdown);
+            s.0.end(SessionEnd::Shutdown);
             self.give_back(&s.0);
         }
     }
