@@ -8,6 +8,7 @@
 //! made and given back when its holder (`Held`) drops: two atomics per
 //! connection, and a wake-up only when someone is waiting.
 
+use rustix::process as rlimit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -66,35 +67,23 @@ fn open_now() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
 }
 
-/// The soft `RLIMIT_NOFILE`.
+/// The soft `RLIMIT_NOFILE` (`None`: unlimited, counted as `usize::MAX`).
 pub(crate) fn soft_limit() -> usize {
-    rlimit().map(|l| l.rlim_cur as usize).unwrap_or(1024)
-}
-
-fn rlimit() -> Option<libc::rlimit> {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0).then_some(l)
+    rlimit::getrlimit(rlimit::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 /// Raises the soft descriptor limit to the hard one (systemd's
 /// `LimitNOFILE=` sets both; a shell's `ulimit -n` often only the hard).
 /// Returns the limit in force. Call it before anything reads the budget.
 pub fn raise_soft_limit() -> std::io::Result<u64> {
-    let Some(mut l) = rlimit() else {
-        return Err(std::io::Error::last_os_error());
-    };
-    if l.rlim_cur < l.rlim_max {
-        l.rlim_cur = l.rlim_max;
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    let mut l = rlimit::getrlimit(rlimit::Resource::Nofile);
+    if l.current != l.maximum {
+        l.current = l.maximum;
+        rlimit::setrlimit(rlimit::Resource::Nofile, l)?;
     }
-    Ok(l.rlim_cur)
+    Ok(l.current.unwrap_or(u64::MAX))
 }
 
 /// Descriptors the data plane holds; given back when dropped.

@@ -1,12 +1,5 @@
 //! Listening sockets, made with the options a proxy needs, and accepting on
-//! them.
-//!
-//! Safety: [`watch_listener`] registers a listener it owns with the reactor
-//! (the descriptor stays open and the same for the `AsyncFd`'s whole life,
-//! since the `TcpListener` inside owns it). [`accept`] calls `accept4`, whose new descriptor is owned by
-//! nobody else and is wrapped in a `TcpStream` at once (closed exactly once,
-//! on drop); the address is written by the kernel into storage that
-//! `socket2::SockAddr::try_init` owns and sizes.
+//! them. The system calls go through rustix, which wraps each safely.
 
 use std::io;
 use std::net::SocketAddr;
@@ -96,7 +89,9 @@ pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::Ud
 pub(crate) fn watch_listener(
     listener: std::net::TcpListener,
 ) -> io::Result<tokio::io::unix::AsyncFd<std::net::TcpListener>> {
-    // SAFETY: see the module documentation.
+    // SAFETY: the `TcpListener` moved into the `AsyncFd` owns its
+    // descriptor, so it stays open, and the same socket, for as long as the
+    // registration lives, and is closed only after it is deregistered.
     unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
     }
@@ -106,17 +101,15 @@ pub(crate) fn watch_listener(
 /// Whether a client waits in `listener`'s accept queue (one `poll`, asked
 /// only on the slow path, when the listener is at a limit).
 pub(crate) fn client_waiting(listener: &std::net::TcpListener) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll reads and writes the one pollfd we own; timeout 0 never blocks.
-    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(listener, PollFlags::IN)];
     // On an error, assume someone waits: the caller then waits for a place,
     // which is never wrong, only possibly counted.
-    n != 0 && (n < 0 || fd.revents & libc::POLLIN != 0)
+    match poll(&mut fds, Some(&Timespec::default())) {
+        Ok(0) => false,
+        Ok(_) => fds[0].revents().contains(PollFlags::IN),
+        Err(_) => true,
+    }
 }
 
 /// Accepts one client, its socket already non-blocking and close-on-exec
@@ -124,29 +117,12 @@ pub(crate) fn client_waiting(listener: &std::net::TcpListener) -> bool {
 pub(crate) fn accept(
     listener: &std::net::TcpListener,
 ) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: see the module documentation.
-    let (fd, addr) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| {
-            let fd = libc::accept4(
-                listener.as_raw_fd(),
-                storage.cast(),
-                len,
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            );
-            if fd < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(fd)
-            }
-        })?
-    };
-    // SAFETY: `fd` is a new, open socket that nothing else owns.
-    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    use rustix::net::{acceptfrom_with, SocketFlags};
+    let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
     let peer = addr
-        .as_socket()
+        .and_then(|a| SocketAddr::try_from(a).ok())
         .ok_or_else(|| io::Error::other("accepted a socket without an IP address"))?;
-    Ok((stream, peer))
+    Ok((std::net::TcpStream::from(fd), peer))
 }
 
 /// Whether `e` is the proxy's own shortage, not the peer's doing, and which:

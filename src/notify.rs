@@ -28,12 +28,7 @@ fn send(path: &str, state: &str) -> io::Result<()> {
 
 /// `RELOADING=1` with the monotonic timestamp systemd asks reloads to carry.
 pub fn reloading() {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000;
     notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
 }

@@ -78,13 +78,10 @@ pub struct ClusterConfig {
 
 /// The host name, for `[cluster] name`.
 fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match rc {
-        0 if end > 0 => String::from_utf8_lossy(&buf[..end]).into_owned(),
-        _ => "switchyard".into(),
+    let name = rustix::system::uname();
+    match name.nodename().to_bytes() {
+        [] => "switchyard".into(),
+        bytes => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 

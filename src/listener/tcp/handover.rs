@@ -6,16 +6,19 @@
 //! stopped only at a safe point (both directions waiting to read, no byte
 //! held in the process, neither side half-closed), so nothing is in flight
 //! in user space when its sockets move: the new process simply relays on.
-//!
-//! Safety: `sendmsg` and `recvmsg` get a `msghdr` whose one `iovec` and whose
-//! control buffer (`u64`-aligned, as `cmsghdr` needs) are memory this module
-//! owns for the whole call. Descriptors received are each wrapped in an
-//! `OwnedFd` at once (closed exactly once), and any beyond the two expected
-//! are closed too.
+//! The pair and its messages go through rustix, whose ancillary buffers
+//! borrow the descriptors sent and own the ones received.
 
 use std::io;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
@@ -76,7 +79,7 @@ impl Handover {
                 // Ends when the last sender goes (the daemon is gone), and
                 // closes the channel, which tells the new process so.
                 for job in rx {
-                    let fds = [job.fds[0].as_raw_fd(), job.fds[1].as_raw_fd()];
+                    let fds = [job.fds[0].as_fd(), job.fds[1].as_fd()];
                     // A relay that stopped waiting (its daemon stopped)
                     // needs no answer.
                     let _ = job.done.send(send(&channel, &job.body, &fds));
@@ -115,96 +118,53 @@ impl Handover {
 
 /// A `SOCK_SEQPACKET` pair, both ends close-on-exec.
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: socketpair writes two descriptors into the array we own.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are new descriptors nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
-/// Room for two descriptors' control message.
-type FdCmsgSpace = [u64; 4];
+/// Room for the control message of the two descriptors a connection takes.
+const FD_CMSG_SPACE: usize = rustix::cmsg_space!(ScmRights(2));
 
 /// Sends one message with `fds` attached (blocking).
-pub fn send(channel: &OwnedFd, body: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let mut control: FdCmsgSpace = [0; 4];
-    // SAFETY: see the module documentation.
-    let n = unsafe {
-        let mut iov = libc::iovec {
-            iov_base: body.as_ptr() as *mut libc::c_void,
-            iov_len: body.len(),
-        };
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if !fds.is_empty() {
-            let size = std::mem::size_of_val(fds) as u32;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(size) as _;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(size) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr(),
-                libc::CMSG_DATA(c) as *mut RawFd,
-                fds.len(),
-            );
-        }
-        libc::sendmsg(channel.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+pub fn send(channel: &OwnedFd, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = [MaybeUninit::<u8>::uninit(); FD_CMSG_SPACE];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one message"));
     }
+    rustix::net::sendmsg(
+        channel,
+        &[IoSlice::new(body)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
 }
 
 /// Receives one message and the descriptors attached (blocking); `None`
 /// once the other end has closed.
 pub fn recv(channel: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
-    let mut control: FdCmsgSpace = [0; 4];
+    let mut space = [MaybeUninit::<u8>::uninit(); FD_CMSG_SPACE];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        channel,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    // Every descriptor received is owned here, and closed if not wanted.
     let mut fds = Vec::new();
-    // SAFETY: see the module documentation.
-    let n = unsafe {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of::<FdCmsgSpace>() as _;
-        let n = libc::recvmsg(channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n >= 0 {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    let data = libc::CMSG_DATA(c) as *const RawFd;
-                    for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                        fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
         }
-        n
-    };
-    match n {
-        n if n < 0 => Err(io::Error::last_os_error()),
+    }
+    match got.bytes {
         0 => Ok(None),
-        n => Ok(Some((n as usize, fds))),
+        n => Ok(Some((n, fds))),
     }
 }
