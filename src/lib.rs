@@ -52,6 +52,7 @@
 //! `main.rs` parses arguments, sets up logging and signals, and calls [`Server`].
 
 #![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
 pub mod backend;
@@ -72,6 +73,7 @@ pub mod notify;
 pub mod pool;
 pub(crate) mod relay;
 pub mod server;
+pub(crate) mod sys;
 pub mod wire;
 pub mod workers;
 

@@ -89,13 +89,7 @@ pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::Ud
 pub(crate) fn watch_listener(
     listener: std::net::TcpListener,
 ) -> io::Result<tokio::io::unix::AsyncFd<std::net::TcpListener>> {
-    // SAFETY: the `TcpListener` moved into the `AsyncFd` owns its
-    // descriptor, so it stays open, and the same socket, for as long as the
-    // registration lives, and is closed only after it is deregistered.
-    unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
-    }
-    .map_err(io::Error::from)
+    crate::sys::watch(listener, tokio::io::Interest::READABLE)
 }
 
 /// Whether a client waits in `listener`'s accept queue (one `poll`, asked

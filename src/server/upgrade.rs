@@ -13,15 +13,14 @@
 //! and says why. The same channel then carries the old process's idle
 //! established connections over (see `listener::handover`).
 //!
-//! Safety: the child-side hook only calls `fcntl(F_SETFD)` on descriptors the
-//! parent keeps open across the spawn (async-signal-safe, as `pre_exec`
-//! requires). Inherited descriptors are checked to be open sockets of the
-//! right kind before they are wrapped, and each is wrapped once.
+//! The descriptors themselves are passed and taken in `sys`: kept open
+//! across the exec in the child only, and claimed once, checked to be
+//! sockets of the right kind.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -31,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::Server;
 use crate::config::{ListenerConfig, Protocol};
 use crate::listener::handover;
+use crate::sys;
 
 /// The listening sockets a new process inherits, as JSON.
 pub const SOCKETS_ENV: &str = "SWITCHYARD_INHERITED_SOCKETS";
@@ -171,17 +171,7 @@ pub(crate) async fn start_successor(handed: &Handed) -> Result<(u32, OwnedFd), U
         .env(SOCKETS_ENV, json)
         .env(CHANNEL_ENV, theirs.as_raw_fd().to_string())
         .kill_on_drop(false);
-    // SAFETY: see the module documentation; the closure only calls fcntl.
-    unsafe {
-        cmd.pre_exec(move || {
-            for &fd in &inherit {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    sys::keep_on_exec(&mut cmd, inherit);
     let mut child = cmd.spawn().map_err(|cause| UpgradeError::Spawn {
         path: origin.exe.clone(),
         cause,
@@ -236,15 +226,13 @@ pub fn tell_ready(server: &Server) {
     if TOLD.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    if !is_socket(fd, libc::SOCK_SEQPACKET) {
+    let Some(channel) = sys::inherited(fd, libc::SOCK_SEQPACKET) else {
         tracing::warn!(
             fd,
             "upgrade: the channel descriptor is not a socket; not answering"
         );
         return;
-    }
-    // SAFETY: an open socket, handed to this process for this use alone.
-    let channel = unsafe { adopt(fd) };
+    };
     if let Err(e) = handover::send(&channel, b"ready", &[]) {
         tracing::warn!(error = %e, "upgrade: cannot tell the old process this one serves");
         return;
@@ -296,23 +284,6 @@ fn take_connections(channel: OwnedFd, server: Server, runtime: tokio::runtime::H
     );
 }
 
-/// Whether `fd` is an open socket of `kind` (`SOCK_STREAM`, `SOCK_DGRAM`).
-fn is_socket(fd: RawFd, kind: libc::c_int) -> bool {
-    let mut got: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes one int into memory we own, of the size we pass.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut got as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && got == kind
-}
-
 /// Sockets handed over by the process this one replaces, taken as the
 /// configuration asks for them; those never asked for close at the end.
 #[derive(Default)]
@@ -348,19 +319,18 @@ impl Inherited {
                 "udp" => (Protocol::Udp, libc::SOCK_DGRAM),
                 _ => continue,
             };
-            if l.fds.is_empty() || !l.fds.iter().all(|&fd| is_socket(fd, kind)) {
+            let fds: Option<Vec<OwnedFd>> =
+                l.fds.iter().map(|&fd| sys::inherited(fd, kind)).collect();
+            let Some(fds) = fds.filter(|f| !f.is_empty()) else {
                 tracing::warn!(listener = %l.name, "upgrade: an inherited descriptor is not a socket; binding anew");
                 continue;
-            }
-            // SAFETY: checked open sockets, handed to this process to own.
-            let fds = l.fds.iter().map(|&fd| unsafe { adopt(fd) }).collect();
+            };
             out.listeners
                 .insert((l.name, protocol, l.bind, l.reuse_port), fds);
         }
         if let Some((bind, fd)) = handed.admin {
-            if is_socket(fd, libc::SOCK_STREAM) {
-                // SAFETY: as above.
-                out.admin = Some((bind, unsafe { adopt(fd) }));
+            if let Some(fd) = sys::inherited(fd, libc::SOCK_STREAM) {
+                out.admin = Some((bind, fd));
             }
         }
         out
@@ -387,22 +357,6 @@ impl Inherited {
     pub fn is_empty(&self) -> bool {
         self.listeners.is_empty() && self.admin.is_none()
     }
-}
-
-/// Takes an inherited descriptor as this process's own, closed on exec
-/// like every other: it came without `FD_CLOEXEC` so that it survived the
-/// exec that started us, and a later upgrade hands over its own copies, so
-/// this one must not reach that successor too (each upgrade would leave
-/// another set open in the next process).
-///
-/// # Safety
-/// `fd` is open and owned by nothing else in this process.
-unsafe fn adopt(fd: RawFd) -> OwnedFd {
-    // SAFETY: fcntl on a descriptor the caller vouches for; a failure
-    // leaves it inheritable, which costs a descriptor, not correctness.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    // SAFETY: the caller's promise.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 #[cfg(test)]
@@ -433,7 +387,7 @@ mod tests {
         assert_ne!(other.as_raw_fd(), handed.listeners[0].fds[0]);
         let fds = handed.fds();
         assert_eq!(fds, handed.listeners[0].fds);
-        assert!(is_socket(fds[0], libc::SOCK_STREAM));
+        assert!(crate::sys::is_socket(fds[0], libc::SOCK_STREAM));
         assert!(
             std::net::TcpStream::connect(addr).is_ok(),
             "still listening"
