@@ -17,6 +17,29 @@ const KEEP: u64 = u64::MAX;
 /// Passive ejections double `fail_timeout` each time, up to this factor.
 const MAX_EJECTION_FACTOR: u32 = 16;
 
+/// A backend's state, one definition for every reader (see [`Backend::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Health (the active check, or passive ejection) keeps it out.
+    Down,
+    /// It takes new connections.
+    Up,
+    /// An operator drained it: no new connections, established ones run on.
+    Draining,
+}
+
+impl BackendState {
+    /// As the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Down => "down",
+            BackendState::Up => "up",
+            BackendState::Draining => "draining",
+        }
+    }
+}
+
 /// The last active check of a backend, for the admin API.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CheckResult {
@@ -177,6 +200,18 @@ impl Backend {
     /// Whether an operator drained it.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Its state as the API, `ctl`, the status page and the history show
+    /// it: a drain comes first, then health (active and passive).
+    pub fn state(&self) -> BackendState {
+        if self.is_draining() {
+            BackendState::Draining
+        } else if self.is_healthy() {
+            BackendState::Up
+        } else {
+            BackendState::Down
+        }
     }
 
     /// Connections and sessions open to it now.

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::admin::status::{BackendStatus, PoolsStatus};
+
 use crate::config::Config;
 
 /// How long the daemon has to answer.
@@ -49,13 +51,17 @@ pub enum CtlError {
     /// it ends `top` quietly, as it ends any Unix tool.
     #[error("cannot write: {0}")]
     Output(std::io::Error),
+    /// The daemon answered with something that is not the status it
+    /// describes (exit 1): a daemon of another version, or not switchyard.
+    #[error("the daemon's answer is not what ctl reads: {0}")]
+    Answer(String),
 }
 
 impl CtlError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Refused { .. } | CtlError::Output(_) => 1,
+            CtlError::Refused { .. } | CtlError::Output(_) | CtlError::Answer(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Unreachable { .. } => 3,
             CtlError::Unauthorized { .. } => 4,
@@ -178,27 +184,28 @@ impl AdminTarget {
     /// Drains (`true`) or enables a backend, by name or address.
     pub fn drain(&self, pool: &str, backend: &str, draining: bool) -> Result<String, CtlError> {
         let action = if draining { "drain" } else { "enable" };
-        let v = self.call("POST", &backend_path(pool, backend, action), "")?;
+        let b: BackendStatus =
+            typed(self.call("POST", &backend_path(pool, backend, action), "")?)?;
         Ok(format!(
             "{}/{}: {}",
             escaped(pool),
-            escaped(v["name"].as_str().unwrap_or(backend)),
-            escaped(v["state"].as_str().unwrap_or("?"))
+            escaped(&b.name),
+            b.state.as_str()
         ))
     }
 
     /// Sets a backend's weight.
     pub fn weight(&self, pool: &str, backend: &str, weight: u32) -> Result<String, CtlError> {
-        let v = self.call(
+        let b: BackendStatus = typed(self.call(
             "PUT",
             &backend_path(pool, backend, "weight"),
             &format!("{{\"weight\": {weight}}}"),
-        )?;
+        )?)?;
         Ok(format!(
             "{}/{}: weight {}",
             escaped(pool),
-            escaped(v["name"].as_str().unwrap_or(backend)),
-            v["weight"]
+            escaped(&b.name),
+            b.weight
         ))
     }
 
@@ -211,7 +218,7 @@ impl AdminTarget {
     /// The table of pools and backends, with rates from the daemon's
     /// history (the last 15 s).
     pub fn status(&self) -> Result<String, CtlError> {
-        let pools = self.call("GET", "/api/v1/pools", "")?;
+        let pools: PoolsStatus = typed(self.call("GET", "/api/v1/pools", "")?)?;
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -240,31 +247,25 @@ impl AdminTarget {
     /// The table refreshed every second, like `top`, `count` times (or for
     /// ever); rates between refreshes.
     pub fn top(&self, count: Option<u32>, out: &mut dyn Write) -> Result<(), CtlError> {
-        let mut before: Option<(Instant, Value)> = None;
+        let mut before: Option<(Instant, PoolsStatus)> = None;
         let mut shown = 0;
         loop {
             let now = Instant::now();
-            let pools = self.call("GET", "/api/v1/pools", "")?;
+            let pools: PoolsStatus = typed(self.call("GET", "/api/v1/pools", "")?)?;
             let screen = table(&pools, |pool, addr| {
                 let Some((then, old)) = &before else {
                     return (None, None, None);
                 };
                 let dt = now.duration_since(*then).as_secs_f64().max(0.001);
-                let find = |v: &Value| {
-                    v["pools"].as_array()?.iter().find(|p| p["name"] == pool)?["backends"]
-                        .as_array()?
-                        .iter()
-                        .find(|b| b["addr"] == addr)
-                        .cloned()
-                };
-                let (Some(a), Some(b)) = (find(old), find(&pools)) else {
+                let (Some(a), Some(b)) = (find(old, pool, addr), find(&pools, pool, addr)) else {
                     return (None, None, None);
                 };
-                let rate = |k: &str| Some((b[k].as_f64()? - a[k].as_f64()?).max(0.0) / dt);
+                let rate =
+                    |f: fn(&BackendStatus) -> u64| Some(f(b).saturating_sub(f(a)) as f64 / dt);
                 (
-                    rate("connections_total"),
-                    rate("bytes_in"),
-                    rate("bytes_out"),
+                    rate(|b| b.connections_total),
+                    rate(|b| b.bytes_in),
+                    rate(|b| b.bytes_out),
                 )
             });
             let frame = format!(
@@ -332,10 +333,26 @@ fn bytes(v: f64) -> String {
     format!("{v:.1} {}/s", units[i])
 }
 
+/// `value` read as the status type `T`.
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, CtlError> {
+    serde_json::from_value(value).map_err(|e| CtlError::Answer(e.to_string()))
+}
+
+/// Backend `addr` of pool `pool` in `status`.
+fn find<'s>(status: &'s PoolsStatus, pool: &str, addr: &str) -> Option<&'s BackendStatus> {
+    status
+        .pools
+        .iter()
+        .find(|p| p.name == pool)?
+        .backends
+        .iter()
+        .find(|b| b.addr == addr)
+}
+
 /// The table of `/api/v1/pools`, with the rates `rates(pool, addr)` gives
 /// (new connections, bytes in, bytes out per second).
 fn table(
-    pools: &Value,
+    pools: &PoolsStatus,
     rates: impl Fn(&str, &str) -> (Option<f64>, Option<f64>, Option<f64>),
 ) -> String {
     let mut rows = vec![[
@@ -343,19 +360,17 @@ fn table(
     ]
     .map(String::from)
     .to_vec()];
-    for p in pools["pools"].as_array().into_iter().flatten() {
-        let pool = p["name"].as_str().unwrap_or("");
-        for b in p["backends"].as_array().into_iter().flatten() {
-            let addr = b["addr"].as_str().unwrap_or("");
-            let (new, inb, outb) = rates(pool, addr);
+    for p in &pools.pools {
+        for b in &p.backends {
+            let (new, inb, outb) = rates(&p.name, &b.addr);
             let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             rows.push(vec![
-                escaped(pool),
-                escaped(b["name"].as_str().unwrap_or(addr)),
-                escaped(addr),
-                escaped(b["state"].as_str().unwrap_or("")),
-                b["weight"].to_string(),
-                b["active"].to_string(),
+                escaped(&p.name),
+                escaped(&b.name),
+                escaped(&b.addr),
+                b.state.as_str().to_string(),
+                b.weight.to_string(),
+                b.active.to_string(),
                 or_dash(new.map(|v| format!("{v:.1}"))),
                 or_dash(inb.map(bytes)),
                 or_dash(outb.map(bytes)),
@@ -384,9 +399,16 @@ mod tests {
 
     #[test]
     fn the_table_escapes_what_the_daemon_sent() {
-        let pools = serde_json::json!({"pools": [{"name": "p\x1b[31m", "backends": [
-            {"name": "a\nERROR fake", "addr": "127.0.0.1:1", "state": "up", "weight": 1, "active": 0}
-        ]}]});
+        let pools: PoolsStatus = typed(serde_json::json!({"pools": [{
+            "name": "p\x1b[31m", "strategy": "round_robin", "health_check": "none",
+            "proxy_protocol": null, "listeners": [], "backends": [{
+                "name": "a\nERROR fake", "addr": "127.0.0.1:1", "state": "up",
+                "healthy": true, "draining": false, "weight": 1, "max_connections": null,
+                "active": 0, "connections_total": 0, "bytes_in": 0, "bytes_out": 0,
+                "connect_failures": 0, "last_check": null
+            }]
+        }]}))
+        .unwrap();
         let out = table(&pools, |_, _| (None, None, None));
         assert!(!out.contains('\x1b'), "{out:?}");
         assert_eq!(out.lines().count(), 2, "one header and one row: {out:?}");

@@ -5,42 +5,12 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 
 use hyper::{Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::status::{BackendStatus, PoolStatus};
 use super::{error, Body, Control};
 use crate::config::MAX_WEIGHT;
-use crate::pool::{Change, Member, Pool};
-
-fn state(m: &Member) -> &'static str {
-    let b = &m.backend;
-    if b.is_draining() {
-        "draining"
-    } else if b.is_healthy() {
-        "up"
-    } else {
-        "down"
-    }
-}
-
-fn backend_json(m: &Member) -> Value {
-    let b = &m.backend;
-    let mt = &b.metrics;
-    json!({
-        "addr": b.label,
-        "name": b.name,
-        "state": state(m),
-        "healthy": b.is_healthy(),
-        "draining": b.is_draining(),
-        "weight": m.weight.get(),
-        "max_connections": m.max_connections.map(|x| x.get()),
-        "active": b.active(),
-        "connections_total": mt.connections.get(),
-        "bytes_in": mt.bytes_in.get(),
-        "bytes_out": mt.bytes_out.get(),
-        "connect_failures": mt.connect_failures(),
-        "last_check": b.last_check().map(|c| json!({"ok": c.ok, "detail": c.detail, "age_ms": c.at_ms})),
-    })
-}
+use crate::pool::{Change, Pool};
 
 pub fn pools(
     server: &dyn Control,
@@ -48,25 +18,25 @@ pub fn pools(
     reads_need_token: bool,
 ) -> Response<Body> {
     let view = server.view();
-    let pools: Vec<Value> = view
+    let pools: Vec<PoolStatus> = view
         .pools
         .values()
         .map(|p| {
             let snap = p.snapshot();
-            let listeners: Vec<&str> = view
+            let listeners = view
                 .listeners
                 .iter()
                 .filter(|l| l.pool == p.name || l.routes.iter().any(|r| r.pool == p.name))
-                .map(|l| l.name.as_str())
+                .map(|l| l.name.clone())
                 .collect();
-            json!({
-                "name": p.name,
-                "strategy": snap.config.strategy.name(),
-                "health_check": snap.config.health.check.name(),
-                "proxy_protocol": snap.config.proxy_protocol.map(|v| v.name()),
-                "listeners": listeners,
-                "backends": snap.members.iter().map(backend_json).collect::<Vec<_>>(),
-            })
+            PoolStatus {
+                name: p.name.clone(),
+                strategy: snap.config.strategy.name().to_string(),
+                health_check: snap.config.health.check.name().to_string(),
+                proxy_protocol: snap.config.proxy_protocol.map(|v| v.name().to_string()),
+                listeners,
+                backends: snap.members.iter().map(BackendStatus::of).collect(),
+            }
         })
         .collect();
     super::json(
@@ -213,7 +183,7 @@ pub async fn set_weight(
 fn describe(pool: &Pool, addr: SocketAddr) -> Response<Body> {
     let snap = pool.snapshot();
     match snap.find(addr) {
-        Some(m) => super::json(StatusCode::OK, &backend_json(m)),
+        Some(m) => super::json(StatusCode::OK, &BackendStatus::of(m)),
         None => error(
             StatusCode::NOT_FOUND,
             format!("pool `{}` has no backend {addr}", pool.name),

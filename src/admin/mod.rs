@@ -5,6 +5,7 @@
 mod api;
 mod endpoint;
 mod guard;
+pub mod status;
 mod view;
 
 pub(crate) use endpoint::{load_token, Endpoint, Settings};
@@ -53,8 +54,12 @@ const STATUS_PAGE: &str = include_str!("status.html");
 pub(crate) type Body = Full<Bytes>;
 
 /// A JSON response.
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let text = serde_json::to_string(value).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot write a JSON answer");
+        "{}".into()
+    });
+    let mut r = Response::new(Full::new(Bytes::from(text)));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Server, State};
+use crate::backend::BackendState;
 use crate::history::{state, BackendReading, ListenerReading, Reading};
 
 /// Everything's totals now.
@@ -30,12 +31,10 @@ fn read(st: &State) -> Reading {
         for m in &entry.pool.snapshot().members {
             let b = &m.backend;
             let mt = &b.metrics;
-            let s = if b.is_draining() {
-                state::DRAINING
-            } else if b.is_healthy() {
-                state::UP
-            } else {
-                state::DOWN
+            let s = match b.state() {
+                BackendState::Draining => state::DRAINING,
+                BackendState::Up => state::UP,
+                BackendState::Down => state::DOWN,
             };
             backends.push(BackendReading {
                 pool: pool.clone(),

@@ -1,0 +1,102 @@
+//! The typed status the API answers with and `switchyard ctl` reads: a
+//! backend's state and counts are defined once (`Backend::state`,
+//! `BackendMetrics::connect_failures`) and travel as these types, so the
+//! API, `ctl`, the status page and the history cannot disagree.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendState;
+use crate::pool::Member;
+
+/// One backend, as `/api/v1/pools` and the backend actions answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// Its address, as configured or discovered.
+    pub addr: String,
+    /// Its name (the address unless one was given).
+    pub name: String,
+    /// Up, down or draining.
+    pub state: BackendState,
+    /// Whether health (active and passive) lets it take traffic.
+    pub healthy: bool,
+    /// Whether an operator drained it.
+    pub draining: bool,
+    /// Its weight now.
+    pub weight: u32,
+    /// Its own cap on open connections, if any.
+    pub max_connections: Option<u32>,
+    /// Connections and sessions open to it now.
+    pub active: u64,
+    /// Connections made to it.
+    pub connections_total: u64,
+    /// Bytes from it.
+    pub bytes_in: u64,
+    /// Bytes to it.
+    pub bytes_out: u64,
+    /// Failed connects, every reason counted.
+    pub connect_failures: u64,
+    /// Its last active check, if it has one.
+    pub last_check: Option<CheckStatus>,
+}
+
+/// A backend's last active check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckStatus {
+    /// Whether it passed.
+    pub ok: bool,
+    /// What it saw, or why it failed.
+    pub detail: String,
+    /// Milliseconds since it ran.
+    pub age_ms: u64,
+}
+
+/// One pool, as `/api/v1/pools` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Its name.
+    pub name: String,
+    /// Its strategy.
+    pub strategy: String,
+    /// Its active check's kind (`none` without one).
+    pub health_check: String,
+    /// The PROXY protocol version it sends, if any.
+    pub proxy_protocol: Option<String>,
+    /// The listeners that send to it (by default or by a route).
+    pub listeners: Vec<String>,
+    /// Its backends, in order.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// The part of `/api/v1/pools` that `ctl` reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PoolsStatus {
+    /// Every pool.
+    pub pools: Vec<PoolStatus>,
+}
+
+impl BackendStatus {
+    /// The status of pool member `m` now.
+    pub(crate) fn of(m: &Member) -> BackendStatus {
+        let b = &m.backend;
+        let mt = &b.metrics;
+        BackendStatus {
+            addr: b.label.clone(),
+            name: b.name.clone(),
+            state: b.state(),
+            healthy: b.is_healthy(),
+            draining: b.is_draining(),
+            weight: m.weight.get(),
+            max_connections: m.max_connections.map(|x| x.get()),
+            active: b.active(),
+            connections_total: mt.connections.get(),
+            bytes_in: mt.bytes_in.get(),
+            bytes_out: mt.bytes_out.get(),
+            connect_failures: mt.connect_failures(),
+            last_check: b.last_check().map(|c| CheckStatus {
+                ok: c.ok,
+                detail: c.detail,
+                age_ms: c.at_ms,
+            }),
+        }
+    }
+}
