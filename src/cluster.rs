@@ -134,3 +134,33 @@ async fn register(etcd: Etcd, config: ClusterConfig, describe: Describe, stop: C
         }
     }
 }
+
+/// How an instance running `view` describes itself in the registry: its
+/// admin address, version, listeners, and each pool's backends and how
+/// many are up.
+pub(crate) fn describe(view: &crate::admin::View) -> serde_json::Value {
+    let pools: serde_json::Map<String, serde_json::Value> = view
+        .pools
+        .iter()
+        .map(|(name, p)| {
+            let snap = p.snapshot();
+            let up = snap
+                .members
+                .iter()
+                .filter(|m| m.backend.is_healthy())
+                .count();
+            (
+                name.clone(),
+                serde_json::json!({ "backends": snap.members.len(), "up": up }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "admin": view.admin.map(|a| format!("http://{a}/")),
+        "version": env!("CARGO_PKG_VERSION"),
+        "listeners": view.listeners.iter().map(|l| serde_json::json!({
+            "name": l.name, "protocol": l.protocol, "addr": l.addr,
+        })).collect::<Vec<_>>(),
+        "pools": pools,
+    })
+}

@@ -33,6 +33,35 @@ pub struct ListenerView {
     pub sni_required: bool,
 }
 
+impl ListenerView {
+    /// Listener `l` as configured, bound at `addr`.
+    pub(crate) fn of(l: &crate::config::ListenerConfig, addr: SocketAddr) -> ListenerView {
+        ListenerView {
+            name: l.name.clone(),
+            protocol: l.protocol.as_str(),
+            addr,
+            pool: l.pool.clone(),
+            routes: l
+                .routes
+                .iter()
+                .map(|r| RouteView {
+                    name: r.name.clone(),
+                    sni: r.sni.clone(),
+                    alpn: r.alpn.clone(),
+                    pool: r.pool.clone(),
+                })
+                .collect(),
+            accept_proxy: l.accept_proxy.is_some(),
+            proxy_trusted: l
+                .accept_proxy
+                .iter()
+                .flat_map(|a| a.trusted.iter().map(|n| n.to_string()))
+                .collect(),
+            sni_required: l.sni_required,
+        }
+    }
+}
+
 /// One route of a listener, as the admin side sees it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RouteView {

@@ -6,24 +6,35 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::plan::{self, AdminStep, Current, ListenerStep, PoolStep};
+use super::plan::{self, AdminStep, Current, ListenerStep, Plan, PoolStep};
 use super::upgrade::Inherited;
-use super::{off_runtime, Error, PoolEntry, Server};
-use crate::admin::{self, ListenerView, RouteView, View};
+use super::{off_runtime, Error, PoolEntry, Server, State};
+use crate::admin::{self, ListenerView, View};
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::discovery::Discovery;
 use crate::health::Checks;
 use crate::listener::{self, Bound, Listener, Pools, Tasks};
 use crate::pool::Pool;
 
+/// What the prepare phase made: every socket and file a reload needs, so
+/// that nothing after it can fail.
+struct Prepared {
+    /// Sockets of the listeners not kept, by name.
+    fresh: HashMap<String, Bound>,
+    /// The admin token, read.
+    token: Option<String>,
+    /// A new admin endpoint, when the plan binds one.
+    admin: Option<admin::Endpoint>,
+}
+
 impl Server {
-    /// Plans the change from what runs to `config`, then carries it out:
-    /// everything that can fail (binding, reading the token) first, so a
-    /// failure changes nothing.
+    /// Plans the change from what runs to `config`, then carries it out in
+    /// four phases: prepare (everything that can fail: binding, taking
+    /// sockets over, reading the token; a failure changes nothing), commit
+    /// pools, commit listeners (and the admin endpoint), publish.
     pub(super) async fn apply(&self, config: Config) -> Result<(), Error> {
-        let inner = &self.inner;
-        let mut st = inner.state.lock().await;
+        let mut st = self.inner.state.lock().await;
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
@@ -35,67 +46,18 @@ impl Server {
             },
             &config,
         );
-
-        let by_name: HashMap<&str, &crate::config::ListenerConfig> = config
-            .listeners
-            .iter()
-            .map(|l| (l.name.as_str(), l))
-            .collect();
-        let mut fresh: HashMap<&str, Bound> = HashMap::new();
-        for (name, step) in &plan.listeners {
-            if *step == ListenerStep::Keep {
-                continue;
-            }
-            let name = name.as_str();
-            let l = by_name[name];
-            let inherited = st.inherited.take_listener(l);
-            let taking_over = match step {
-                ListenerStep::TakeOver { from } => st.listeners.get(from),
-                _ => None,
-            };
-            let bound = match (inherited, taking_over) {
-                (Some(fds), _) => {
-                    tracing::info!(listener = %name, "listening on the socket the previous process handed over");
-                    Bound::inherit(l.protocol, fds)
-                }
-                (None, Some(from)) => {
-                    tracing::info!(listener = %name, from = %from.config.name, "taking over the sockets of a listener on the same address");
-                    listener::take_over(from, l)?
-                }
-                (None, None) => listener::bind(l)?,
-            };
-            fresh.insert(name, bound);
-        }
-        let token = match &config.admin {
-            Some(a) => admin::load_token(a)?,
-            None => None,
-        };
-        let new_admin = match (plan.admin, &config.admin) {
-            (AdminStep::Bind, Some(a)) => Some(match st.inherited.take_admin(a.bind) {
-                Some(socket) => admin::Endpoint::serve_on(a, token.clone(), socket)?,
-                None => admin::Endpoint::bind(a, token.clone())?,
-            }),
-            _ => None,
-        };
-        if !st.inherited.is_empty() {
-            tracing::info!("upgrade: sockets of listeners the new configuration lacks are closed");
-        }
-        st.inherited = Inherited::default();
-
+        let prepared = prepare(&mut st, &plan, &config)?;
         // Nothing fails from here on.
-        match (plan.admin, &config.admin, &st.admin) {
-            (AdminStep::Keep, Some(a), Some(running)) => running
-                .settings
-                .store(Arc::new(admin::Settings::new(a, token))),
-            (AdminStep::Stop, ..) => st.admin = None,
-            _ => {}
-        }
-        if let Some(next) = new_admin {
-            let daemon: admin::Daemon = Arc::new(self.clone());
-            next.spawn(daemon, &inner.background, &inner.bg_tracker);
-            st.admin = Some(next);
-        }
+        self.commit_pools(&mut st, &plan, &config).await;
+        self.commit_listeners(&mut st, &plan, &config, prepared);
+        self.publish(&mut st, config);
+        Ok(())
+    }
 
+    /// Adds and updates pools (the dropped ones go after the listeners that
+    /// used them).
+    async fn commit_pools(&self, st: &mut State, plan: &Plan, config: &Config) {
+        let inner = &self.inner;
         for (name, step) in &plan.pools {
             let cfg = config.pools[name].clone();
             match step {
@@ -131,11 +93,35 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// The admin endpoint kept, stopped or replaced; listeners kept
+    /// (re-pointed), launched on their prepared sockets, or retired; then
+    /// the pools no one uses are dropped.
+    fn commit_listeners(&self, st: &mut State, plan: &Plan, config: &Config, prepared: Prepared) {
+        let inner = &self.inner;
+        let Prepared {
+            mut fresh,
+            token,
+            admin: new_admin,
+        } = prepared;
+        match (plan.admin, &config.admin, &st.admin) {
+            (AdminStep::Keep, Some(a), Some(running)) => running
+                .settings
+                .store(Arc::new(admin::Settings::new(a, token))),
+            (AdminStep::Stop, ..) => st.admin = None,
+            _ => {}
+        }
+        if let Some(next) = new_admin {
+            let daemon: admin::Daemon = Arc::new(self.clone());
+            next.spawn(daemon, &inner.background, &inner.bg_tracker);
+            st.admin = Some(next);
+        }
 
         let grace = config.shutdown_grace;
         let tasks = self.tasks();
         for (name, step) in &plan.listeners {
-            let l = by_name[name.as_str()];
+            let l = listener_config(config, name);
             let pools = Pools {
                 default: st.pools[&l.pool].pool.clone(),
                 routes: l
@@ -145,7 +131,7 @@ impl Server {
                     .collect(),
             };
             let old = st.listeners.remove(name);
-            let running = match (step, fresh.remove(name.as_str()), old) {
+            let running = match (step, fresh.remove(name), old) {
                 (ListenerStep::Keep, _, Some(old)) => old.reroute(l, pools, &inner.metrics),
                 (step, Some(bound), old) => {
                     if let Some(old) = old {
@@ -178,36 +164,16 @@ impl Server {
                 entry.pool.close();
             }
         }
+    }
 
+    /// Publishes what now runs: the admin side's view, the history's
+    /// interval, the fleet registration, and the reload's metrics.
+    fn publish(&self, st: &mut State, config: Config) {
+        let inner = &self.inner;
         let listeners = config
             .listeners
             .iter()
-            .map(|l| {
-                let r = &st.listeners[&l.name];
-                ListenerView {
-                    name: l.name.clone(),
-                    protocol: l.protocol.as_str(),
-                    addr: r.addr,
-                    pool: l.pool.clone(),
-                    routes: l
-                        .routes
-                        .iter()
-                        .map(|r| RouteView {
-                            name: r.name.clone(),
-                            sni: r.sni.clone(),
-                            alpn: r.alpn.clone(),
-                            pool: r.pool.clone(),
-                        })
-                        .collect(),
-                    accept_proxy: l.accept_proxy.is_some(),
-                    proxy_trusted: l
-                        .accept_proxy
-                        .iter()
-                        .flat_map(|a| a.trusted.iter().map(|n| n.to_string()))
-                        .collect(),
-                    sni_required: l.sni_required,
-                }
-            })
+            .map(|l| ListenerView::of(l, st.listeners[&l.name].addr))
             .collect();
         let pools = st
             .pools
@@ -245,7 +211,6 @@ impl Server {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         inner.metrics.last_reload_success.set(now.as_secs_f64());
-        Ok(())
     }
 
     fn tasks(&self) -> Tasks<'_> {
@@ -262,41 +227,73 @@ impl Server {
     }
 }
 
+/// Listener `name` of `config` (the plan names only listeners it has).
+fn listener_config<'c>(config: &'c Config, name: &str) -> &'c ListenerConfig {
+    config
+        .listeners
+        .iter()
+        .find(|l| l.name == name)
+        .expect("the plan names only listeners of the new file")
+}
+
+/// Everything that can fail, before anything changes: sockets for every
+/// listener not kept (inherited, taken over or bound anew), the admin token,
+/// and a new admin endpoint's socket.
+fn prepare(st: &mut State, plan: &Plan, config: &Config) -> Result<Prepared, Error> {
+    let mut fresh = HashMap::new();
+    for (name, step) in &plan.listeners {
+        if *step == ListenerStep::Keep {
+            continue;
+        }
+        let l = listener_config(config, name);
+        let inherited = st.inherited.take_listener(l);
+        let taking_over = match step {
+            ListenerStep::TakeOver { from } => st.listeners.get(from),
+            _ => None,
+        };
+        let bound = match (inherited, taking_over) {
+            (Some(fds), _) => {
+                tracing::info!(listener = %name, "listening on the socket the previous process handed over");
+                Bound::inherit(l.protocol, fds)
+            }
+            (None, Some(from)) => {
+                tracing::info!(listener = %name, from = %from.config.name, "taking over the sockets of a listener on the same address");
+                listener::take_over(from, l)?
+            }
+            (None, None) => listener::bind(l)?,
+        };
+        fresh.insert(name.clone(), bound);
+    }
+    let token = match &config.admin {
+        Some(a) => admin::load_token(a)?,
+        None => None,
+    };
+    let admin = match (plan.admin, &config.admin) {
+        (AdminStep::Bind, Some(a)) => Some(match st.inherited.take_admin(a.bind) {
+            Some(socket) => admin::Endpoint::serve_on(a, token.clone(), socket)?,
+            None => admin::Endpoint::bind(a, token.clone())?,
+        }),
+        _ => None,
+    };
+    if !st.inherited.is_empty() {
+        tracing::info!("upgrade: sockets of listeners the new configuration lacks are closed");
+    }
+    st.inherited = Inherited::default();
+    Ok(Prepared {
+        fresh,
+        token,
+        admin,
+    })
+}
+
 impl Server {
     /// How this instance describes itself in the fleet's registry: made
     /// fresh from what runs at each renewal.
     fn describe(&self) -> crate::cluster::Describe {
         let weak = Arc::downgrade(&self.inner);
         Arc::new(move || match weak.upgrade() {
-            Some(inner) => describe(&inner.view.load()),
+            Some(inner) => crate::cluster::describe(&inner.view.load()),
             None => serde_json::Value::Null,
         })
     }
-}
-
-fn describe(view: &View) -> serde_json::Value {
-    let pools: serde_json::Map<String, serde_json::Value> = view
-        .pools
-        .iter()
-        .map(|(name, p)| {
-            let snap = p.snapshot();
-            let up = snap
-                .members
-                .iter()
-                .filter(|m| m.backend.is_healthy())
-                .count();
-            (
-                name.clone(),
-                serde_json::json!({ "backends": snap.members.len(), "up": up }),
-            )
-        })
-        .collect();
-    serde_json::json!({
-        "admin": view.admin.map(|a| format!("http://{a}/")),
-        "version": env!("CARGO_PKG_VERSION"),
-        "listeners": view.listeners.iter().map(|l| serde_json::json!({
-            "name": l.name, "protocol": l.protocol, "addr": l.addr,
-        })).collect::<Vec<_>>(),
-        "pools": pools,
-    })
 }
