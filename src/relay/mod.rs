@@ -439,9 +439,7 @@ mod tests {
 
     /// Every open connection's task holds this state, idle or not: keep it
     /// under 1.25 KiB (the splice path is boxed, so bulk-only state is not in
-    /// it). It was 1,008 bytes before the wait for a binary upgrade's
-    /// hand-over (about 150 bytes: one more cancellation wait in the select),
-    /// 1,168 before it turned the backend's keepalive on late (48 bytes).
+    /// it).
     #[tokio::test]
     async fn relay_state_stays_small() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

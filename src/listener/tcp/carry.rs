@@ -118,18 +118,48 @@ fn meters<'a>(
     )
 }
 
+/// Where a carried connection belongs: its listener and that worker's
+/// stops, the route and pool it was sent through, its backend's open-count
+/// guard, and its client.
+pub(super) struct Carried<'a> {
+    pub shared: &'a TcpShared,
+    pub stops: &'a LocalStops,
+    pub route: &'a Route,
+    pub pool: &'a Pool,
+    pub guard: &'a ActiveGuard,
+    pub peer: &'a SocketAddr,
+}
+
+/// What a connection had done before the relay: when it began, and the
+/// bytes each way before this process had it (a hand-over) or while it was
+/// greeted.
+pub(super) struct Before {
+    pub started: tokio::time::Instant,
+    pub up: u64,
+    pub down: u64,
+}
+
 /// Relays a connected client and backend until done, then counts, logs and,
-/// on a binary upgrade, hands the connection to the new process. `before`
-/// is when it began and the bytes relayed before this process had it.
+/// on a binary upgrade, hands the connection to the new process.
 pub(super) async fn carry(
-    (shared, stops): (&TcpShared, &LocalStops),
-    (route, pool): (&Route, &Pool),
-    (client, backend): (&mut TcpStream, &mut TcpStream),
-    guard: &ActiveGuard,
-    peer: &SocketAddr,
-    before: (tokio::time::Instant, u64, u64),
+    at: Carried<'_>,
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    before: Before,
 ) {
-    let (started, up_before, down_before) = before;
+    let Carried {
+        shared,
+        stops,
+        route,
+        pool,
+        guard,
+        peer,
+    } = at;
+    let Before {
+        started,
+        up: up_before,
+        down: down_before,
+    } = before;
     let m = &shared.metrics;
     let name = route.config.name.as_str();
     let b = guard.backend();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use super::carry::carry;
+use super::carry::{carry, Before, Carried};
 use super::connect::{connect, ConnectRefusal};
 use super::greet::{self, GreetRefusal};
 use super::handover::Moved;
@@ -206,12 +206,21 @@ pub(super) fn serve(
             guard.backend().metrics.bytes_out.inc_by(early);
         }
         carry(
-            (&shared, &stops),
-            (&route, pool),
-            (&mut client, &mut backend),
-            &guard,
-            &who,
-            (started, early, 0),
+            Carried {
+                shared: &shared,
+                stops: &stops,
+                route: &route,
+                pool,
+                guard: &guard,
+                peer: &who,
+            },
+            &mut client,
+            &mut backend,
+            Before {
+                started,
+                up: early,
+                down: 0,
+            },
         )
         .await;
     }
@@ -256,12 +265,21 @@ pub async fn serve_moved(
         .checked_sub(Duration::from_millis(moved.age_ms))
         .unwrap_or(now);
     carry(
-        (&shared, &LocalStops::of(&shared)),
-        (&route, pool),
-        (&mut client, &mut backend),
-        &guard,
-        &moved.client,
-        (started, moved.up, moved.down),
+        Carried {
+            shared: &shared,
+            stops: &LocalStops::of(&shared),
+            route: &route,
+            pool,
+            guard: &guard,
+            peer: &moved.client,
+        },
+        &mut client,
+        &mut backend,
+        Before {
+            started,
+            up: moved.up,
+            down: moved.down,
+        },
     )
     .await;
 }
@@ -303,12 +321,21 @@ mod tests {
         let (mut a, mut b) = (a, b);
         let stops = Arc::new(LocalStops::of(&shared));
         let carrying = carry(
-            (&shared, &stops),
-            (&route, &pool),
-            (&mut a, &mut b),
-            &guard,
-            &peer,
-            (tokio::time::Instant::now(), 0, 0),
+            Carried {
+                shared: &shared,
+                stops: &stops,
+                route: &route,
+                pool: &pool,
+                guard: &guard,
+                peer: &peer,
+            },
+            &mut a,
+            &mut b,
+            Before {
+                started: tokio::time::Instant::now(),
+                up: 0,
+                down: 0,
+            },
         );
         let carry_size = std::mem::size_of_val(&carrying);
         drop(carrying);
@@ -320,14 +347,11 @@ mod tests {
         };
         let serving = serve(shared.clone(), c, peer, slot, stops.clone());
         let serve_size = std::mem::size_of_val(&serving);
-        // 1,360 bytes before this task learned per-address limits, reset
-        // propagation and the upgrade's hand-over; 1,784 now (1,800 in a
-        // debug build), of which the relay is 1,216. tokio aligns a task's
-        // cell to 128 bytes (32-byte header, 48-byte trailer, the future
-        // plus 32 bytes between), so growth shows in steps: up to 1,808
-        // bytes the cell is 1,920; at 1,904 it was 2,048, and an idle
-        // connection cost 0.12 KiB more in peers.py's idle scenario (2.95
-        // against 2.83 KiB). Hence the tight budget.
+        // tokio aligns a task's cell to 128 bytes (32-byte header, 48-byte
+        // trailer, the future plus 32 bytes between), so growth shows in
+        // steps: up to 1,808 bytes the cell is 1,920, one step more is
+        // 2,048, which an idle connection pays. Hence the tight budget; the
+        // relay is most of it.
         assert!(
             carry_size <= 1472,
             "carrying a connection grew to {carry_size} bytes"
