@@ -26,6 +26,42 @@ use crate::metrics::Metrics;
 use crate::net;
 use crate::workers;
 
+/// A listener's totals: connections (TCP) or sessions (UDP) made and
+/// open, and bytes each way; for UDP, datagrams and drops too.
+pub(crate) struct ListenerTotals {
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// Connections or sessions made.
+    pub new: u64,
+    /// Connections or sessions open now.
+    pub active: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// A UDP listener's datagrams and drops.
+    pub udp: Option<UdpTotals>,
+}
+
+/// A UDP listener's datagram totals.
+pub(crate) struct UdpTotals {
+    /// Datagrams from clients.
+    pub datagrams_in: u64,
+    /// Datagrams dropped, every reason counted.
+    pub dropped: u64,
+}
+
+impl ListenerTotals {
+    /// In the order of the history's series for its protocol.
+    pub(crate) fn values(&self) -> Vec<u64> {
+        let mut v = vec![self.new, self.active, self.bytes_in, self.bytes_out];
+        if let Some(u) = &self.udp {
+            v.extend([u.datagrams_in, u.dropped]);
+        }
+        v
+    }
+}
+
 /// Handed-over connections taken so far: which worker takes the next.
 static ADOPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -292,42 +328,38 @@ impl Listener {
         }
     }
 
-    /// The listener's protocol and its running totals, for the history:
-    /// new connections (UDP: sessions), open ones, bytes in, bytes out;
-    /// for UDP also datagrams in and datagrams dropped.
-    pub fn totals(&self) -> (&'static str, Vec<u64>) {
+    /// Its totals now, as the history samples them.
+    pub fn totals(&self) -> ListenerTotals {
         let u = |v: i64| v.max(0) as u64;
         match &self.kind {
             Sockets::Tcp(s, _) => {
                 let m = &s.metrics;
-                (
-                    "tcp",
-                    vec![
-                        m.connections.get(),
-                        u(m.active.get()),
-                        m.bytes_in.get(),
-                        m.bytes_out.get(),
-                    ],
-                )
+                ListenerTotals {
+                    protocol: "tcp",
+                    new: m.connections.get(),
+                    active: u(m.active.get()),
+                    bytes_in: m.bytes_in.get(),
+                    bytes_out: m.bytes_out.get(),
+                    udp: None,
+                }
             }
             Sockets::Udp(s, _) => {
                 let m = &s.metrics;
-                let dropped = m.dropped_full.get()
-                    + m.dropped_no_backend.get()
-                    + m.dropped_send.get()
-                    + m.dropped_ip_limit.get()
-                    + m.dropped_sni.get();
-                (
-                    "udp",
-                    vec![
-                        m.sessions_total.get(),
-                        u(m.sessions.get()),
-                        m.bytes_in.get(),
-                        m.bytes_out.get(),
-                        m.datagrams_in.get(),
-                        dropped,
-                    ],
-                )
+                ListenerTotals {
+                    protocol: "udp",
+                    new: m.sessions_total.get(),
+                    active: u(m.sessions.get()),
+                    bytes_in: m.bytes_in.get(),
+                    bytes_out: m.bytes_out.get(),
+                    udp: Some(UdpTotals {
+                        datagrams_in: m.datagrams_in.get(),
+                        dropped: m.dropped_full.get()
+                            + m.dropped_no_backend.get()
+                            + m.dropped_send.get()
+                            + m.dropped_ip_limit.get()
+                            + m.dropped_sni.get(),
+                    }),
+                }
             }
         }
     }

@@ -18,11 +18,11 @@ fn read(st: &State) -> Reading {
         .listeners
         .iter()
         .map(|(name, l)| {
-            let (protocol, values) = l.totals();
+            let totals = l.totals();
             ListenerReading {
                 name: name.clone(),
-                protocol,
-                values,
+                protocol: totals.protocol,
+                values: totals.values(),
             }
         })
         .collect();
