@@ -6,7 +6,7 @@
 //! - **leaves**
 //!   - [`config`]: the TOML file, parsed into raw types and validated into
 //!     [`config::Config`], with every problem located by file, line and column.
-//!   - [`metrics`]: the Prometheus registry; each family declared once beside
+//!   - `metrics`: the Prometheus registry; each family declared once beside
 //!     its owner's handle set (listener, backend).
 //!   - [`balance`]: the strategies (`random`, `round_robin`, `weighted`, `maglev`,
 //!     `least_conn`, `p2c`) behind one small trait, built from the backends'
@@ -17,16 +17,16 @@
 //!     functions with property tests: the PROXY protocol (v1, v2), the TLS
 //!     ClientHello's server name and ALPN, QUIC v1 Initial packets.
 //! - **model**
-//!   - [`backend`]: one backend's live state: health (active verdict, passive
+//!   - `backend`: one backend's live state: health (active verdict, passive
 //!     ejection), drain, open connections, as atomics.
-//!   - [`pool`]: pools: an immutable snapshot per pool behind an atomic swap,
+//!   - `pool`: pools: an immutable snapshot per pool behind an atomic swap,
 //!     changed through one door (`Pool::update`) under one lock.
 //! - **data plane**
 //!   - [`workers`]: the data plane's threads, one single-threaded runtime
 //!     each; a connection lives on the worker that accepted it.
 //!   - `net`: listening sockets with the options a proxy needs.
 //!   - `relay`: the TCP byte relay (half-close exact, splice for bulk).
-//!   - [`listener`]: one listener's sockets: bind, launch, re-point, retire;
+//!   - `listener`: one listener's sockets: bind, launch, re-point, retire;
 //!     a folder per path: `listener::tcp` (accept, greet: the PROXY header
 //!     and the ClientHello read before connecting, connect with retries,
 //!     carry, hand over) and `listener::udp` (the receive loop, per-client
@@ -40,12 +40,12 @@
 //!     client over etcd's JSON gateway, read then watched), fed to each pool
 //!     through its one door and kept in `state_dir`; `cluster`: this
 //!     instance's lease-bound entry in the fleet's registry.
-//!   - [`admin`]: `/metrics`, the JSON API, `/healthz`, `/readyz` and the
-//!     status page, over the small [`admin::Control`] trait.
+//!   - `admin`: `/metrics`, the JSON API, `/healthz`, `/readyz` and the
+//!     status page, over the small `admin::Control` trait.
 //!   - [`server`]: the running daemon: a reload is planned as data
 //!     (`server::plan`) and then carried out in one step; drains on shutdown.
 //!   - [`demo`]: echo backends and a generated config for `switchyard demo`.
-//!   - [`history`]: the last hour of every listener and backend, sampled by
+//!   - `history`: the last hour of every listener and backend, sampled by
 //!     the server, served to the page and `/api/v1/history`.
 //!   - [`ctl`]: `switchyard ctl`, the admin API from a shell.
 //!
@@ -54,8 +54,8 @@
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod admin;
-pub mod backend;
+pub(crate) mod admin;
+pub(crate) mod backend;
 pub mod balance;
 pub(crate) mod clock;
 pub(crate) mod cluster;
@@ -65,12 +65,12 @@ pub mod demo;
 pub(crate) mod discovery;
 pub mod fds;
 pub(crate) mod health;
-pub mod history;
-pub mod listener;
-pub mod metrics;
+pub(crate) mod history;
+pub(crate) mod listener;
+pub(crate) mod metrics;
 pub(crate) mod net;
 pub mod notify;
-pub mod pool;
+pub(crate) mod pool;
 pub(crate) mod relay;
 pub mod server;
 pub(crate) mod sys;

@@ -10,7 +10,7 @@ mod view;
 
 pub(crate) use endpoint::{load_token, Endpoint, Settings};
 
-pub use view::{Control, ControlFuture, ListenerView, RouteView, View};
+pub use view::{Control, ControlFuture, ListenerView, View};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

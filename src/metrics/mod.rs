@@ -23,7 +23,7 @@ use prometheus::{
 
 pub use backend::BackendMetrics;
 pub use discovery::DiscoveryMetrics;
-pub use listener::{Inspected, LocalErrors, RouteMetrics, TcpListenerMetrics, UdpListenerMetrics};
+pub use listener::{Inspected, RouteMetrics, TcpListenerMetrics, UdpListenerMetrics};
 
 /// What kind of series a family holds.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,7 +1,7 @@
 //! The running daemon: binds listeners, owns pools and their health checks,
 //! applies a new configuration as one difference (reload: `plan` decides,
 //! `Server::apply` carries it out), and drains on shutdown. Everything the
-//! admin side reads comes from an immutable [`View`].
+//! admin side reads comes from an immutable `View`.
 
 mod apply;
 mod plan;
