@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::daemon::{http, Daemon};
+use common::daemon::{http, Daemon, Successors};
 use common::Backend;
 
 fn blocking_ask(addr: SocketAddr) -> Result<String, String> {
@@ -608,25 +608,6 @@ fn wait_pid(pid: u32, limit: Duration) -> Option<i32> {
     }
 }
 
-/// Processes a test started indirectly (an upgrade's successors): killed
-/// when the test ends, passed or not, so none outlives it.
-struct Successors(Vec<u32>);
-
-impl Drop for Successors {
-    fn drop(&mut self) {
-        let me = format!("PPid:\t{}", std::process::id());
-        for &pid in &self.0 {
-            // Only a process still ours (not a reused pid).
-            let ours = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .is_ok_and(|s| s.lines().any(|l| l == me));
-            if ours {
-                // SAFETY: kill sends a signal to a process this test started.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
 fn signal_pid(pid: u32, sig: libc::c_int) {
     // SAFETY: kill sends a signal to a process we started.
     assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
@@ -752,21 +733,7 @@ fn three_binary_upgrades_in_a_row_drop_nothing() {
         wait_until("traffic", Duration::from_secs(10), || {
             served(&tcp_ok) > t + 50 && served(&udp_ok) > u + 20
         });
-        signal_pid(*pids.last().unwrap(), libc::SIGUSR2);
-        let said =
-            "upgrade: the new process serves; this one stops accepting and drains its connections";
-        wait_until("the new process to serve", Duration::from_secs(30), || {
-            daemon.count_log(|v| v["message"] == said) == round
-        });
-        let successor = daemon
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .rfind(|v| v["message"] == said)
-            .unwrap()["successor"]
-            .as_u64()
-            .unwrap() as u32;
+        let successor = daemon.upgrade(*pids.last().unwrap(), round);
         pids.push(successor);
         successors.0.push(successor);
         // The old process hands its established connection over and exits
@@ -909,13 +876,7 @@ fn a_connection_mid_transfer_finishes_in_the_old_process() {
     while got < 1 << 20 {
         got += client.read(&mut buf).unwrap();
     }
-    daemon.signal("USR2");
-    let said =
-        "upgrade: the new process serves; this one stops accepting and drains its connections";
-    let line = daemon.wait_log("the new process to serve", Duration::from_secs(30), |v| {
-        v["message"] == said
-    });
-    let successor = line["successor"].as_u64().unwrap() as u32;
+    let successor = daemon.upgrade(daemon.child.id(), 1);
     let _successors = Successors(vec![successor]);
     assert!(
         daemon.child.try_wait().unwrap().is_none(),

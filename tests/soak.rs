@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{http, Daemon};
+use common::daemon::{http, Daemon, Successors};
 use common::etcd::Etcd;
 use common::{installed, metric, Backend};
 
@@ -406,25 +406,6 @@ fn admin_flood(admin: SocketAddr) -> Duration {
     longest
 }
 
-/// Processes an upgrade started: killed when the test ends, passed or not,
-/// so none outlives it.
-struct Successors(Vec<u32>);
-
-impl Drop for Successors {
-    fn drop(&mut self) {
-        let me = format!("PPid:\t{}", std::process::id());
-        for &pid in &self.0 {
-            // Only a process still ours (not a reused pid).
-            let ours = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .is_ok_and(|s| s.lines().any(|l| l == me));
-            if ours {
-                // SAFETY: kill sends a signal to a process this test started.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
 /// A kill: from the moment a backend stopped to a moment after it was
 /// marked down, the only clients that may fail are those its end cut.
 struct Window {
@@ -499,26 +480,12 @@ fn everything_churns_at_once_and_nothing_leaks() {
     let mut reloads = 0;
     let mut flood_longest = Duration::ZERO;
     let mut cycle = 0;
-    while started.elapsed() < run || cycle < 3 {
+    while started.elapsed() < run || cycle <= every + 1 {
         let pid = *pids.last().unwrap();
         // A binary upgrade.
         if cycle > 0 && cycle % every == 0 {
             upgrades += 1;
-            // SAFETY: kill sends a signal to a process of this test.
-            assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR2) }, 0);
-            let said = "upgrade: the new process serves; this one stops accepting and drains its connections";
-            wait_until("the new process to serve", Duration::from_secs(30), || {
-                daemon.count_log(|v| v["message"] == said) == upgrades
-            });
-            let successor = daemon
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .rfind(|v| v["message"] == said)
-                .unwrap()["successor"]
-                .as_u64()
-                .unwrap() as u32;
+            let successor = daemon.upgrade(pid, upgrades);
             pids.push(successor);
             successors.0.push(successor);
             samples.push(Vec::new());

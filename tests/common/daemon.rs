@@ -8,6 +8,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// What the old process logs once its successor serves.
+pub const UPGRADED: &str =
+    "upgrade: the new process serves; this one stops accepting and drains its connections";
+
+/// Processes a test started indirectly (an upgrade's successors): killed
+/// when the test ends, passed or not, so none outlives it.
+pub struct Successors(pub Vec<u32>);
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        let me = format!("PPid:\t{}", std::process::id());
+        for &pid in &self.0 {
+            // Only a process still ours (not a reused pid).
+            let ours = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .is_ok_and(|s| s.lines().any(|l| l == me));
+            if ours {
+                // SAFETY: kill sends a signal to a process this test started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 pub struct Daemon {
     pub child: Child,
     pub config: PathBuf,
@@ -116,6 +139,29 @@ impl Daemon {
             v["message"] == "admin endpoint listening"
         });
         v["addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Signals process `pid` (this daemon or a successor) to upgrade and
+    /// waits until the `nth` new process since the start serves; its pid.
+    pub fn upgrade(&self, pid: u32, nth: usize) -> u32 {
+        // SAFETY: kill sends a signal to a process of this test.
+        assert_eq!(
+            unsafe { libc::kill(pid as i32, libc::SIGUSR2) },
+            0,
+            "kill -USR2 {pid}"
+        );
+        let serves = |v: &serde_json::Value| v["message"] == UPGRADED;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.count_log(serves) < nth {
+            assert!(
+                Instant::now() < deadline,
+                "upgrade {nth}: no new process served in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log = self.log.lock().unwrap();
+        let line = log.iter().filter(|v| serves(v)).nth(nth - 1).unwrap();
+        line["successor"].as_u64().unwrap() as u32
     }
 
     pub fn signal(&self, sig: &str) {
