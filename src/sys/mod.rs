@@ -131,3 +131,33 @@ pub(crate) fn keep_on_exec(cmd: &mut tokio::process::Command, fds: Vec<RawFd>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsFd, IntoRawFd};
+
+    /// A number is claimed once, only as the kind of socket it is, and
+    /// comes out close-on-exec.
+    #[test]
+    fn an_inherited_descriptor_is_claimed_once_and_closed_on_exec() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = l.as_fd().try_clone_to_owned().unwrap().into_raw_fd();
+        rustix::io::fcntl_setfd(
+            // SAFETY: `fd` is open (just made) and used only in this test.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            rustix::io::FdFlags::empty(),
+        )
+        .unwrap();
+        assert!(
+            inherited(fd, libc::SOCK_DGRAM).is_none(),
+            "not a UDP socket"
+        );
+        let owned = inherited(fd, libc::SOCK_STREAM).expect("a TCP socket");
+        assert!(inherited(fd, libc::SOCK_STREAM).is_none(), "claimed twice");
+        let flags = rustix::io::fcntl_getfd(&owned).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        assert!(!is_socket(read.as_fd().as_raw_fd(), libc::SOCK_STREAM));
+    }
+}
