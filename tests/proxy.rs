@@ -690,10 +690,14 @@ async fn keepalive_is_on_both_sides_and_can_be_turned_off() {
         let mut buf = [0u8; 64];
         let _ = c.read(&mut buf).await.unwrap();
         let client_port = c.local_addr().unwrap().port();
-        assert_eq!(
-            tcp_timer(front.port(), client_port).as_deref(),
-            Some(want),
-            "{listener}: the proxy's client-side socket"
+        // Keepalive's timer, or (turned off) any other: a retransmit timer
+        // can be on for a moment on a busy machine.
+        let timer = tcp_timer(front.port(), client_port);
+        assert!(
+            timer
+                .as_deref()
+                .is_some_and(|t| (t == "02") == (want == "02")),
+            "{listener}: the proxy's client-side socket shows timer {timer:?}"
         );
         // The proxy's socket to the backend: keepalive by the pool's default,
         // turned on once the connection has lived a second.
@@ -730,41 +734,47 @@ fn backend_side_timer(backend_port: u16, want: &str) -> bool {
 /// four `setsockopt` calls are saved on every short connection.
 #[tokio::test]
 async fn a_short_connection_skips_backend_keepalive() {
-    let a = Backend::start("a").await;
-    let text = format!(
-        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
-         [pools.p]\ntcp_keepalive = \"30s\"\nbackends = [{{ addr = \"{}\" }}]\n",
-        a.addr
-    );
-    let server = start(&text).await;
-    let front = server.local_addr("l").unwrap();
-    let born = Instant::now();
-    let mut c = TcpStream::connect(front).await.unwrap();
-    c.write_all(b"who\n").await.unwrap();
-    let mut buf = [0u8; 64];
-    let _ = c.read(&mut buf).await.unwrap();
-    // Keepalive's timer is not on (a retransmit or loss-probe timer may be,
-    // for a moment, on a busy machine).
-    let timers = backend_side_timers(a.addr.port());
-    let none_yet = !timers.is_empty() && !timers.iter().any(|t| t == "02");
-    // Keepalive comes on a second after the relay began, which is after
-    // `born`: a look taken later than that proves nothing, so it fails.
-    let looked = born.elapsed();
-    assert!(
-        looked < Duration::from_millis(900),
-        "the first look at the socket came {looked:?} after the connect, too late to tell"
-    );
-    assert!(
-        none_yet,
-        "keepalive was on before the connection had lived a second: {timers:?}"
-    );
-    // Past its first second, the same connection has it.
-    wait_for(
-        "keepalive on a connection past its first second",
-        Duration::from_secs(5),
-        || backend_side_timer(a.addr.port(), "02"),
-    )
-    .await;
+    // A look at the socket later than a second after the connect proves
+    // nothing; on a busy machine one can come late, so a late try is made
+    // again (with a backend of its own, so an earlier try's socket is never
+    // the one looked at), and five late tries fail.
+    let mut late = Vec::new();
+    for _ in 0..5 {
+        let a = Backend::start("a").await;
+        let text = format!(
+            "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+             [pools.p]\ntcp_keepalive = \"30s\"\nbackends = [{{ addr = \"{}\" }}]\n",
+            a.addr
+        );
+        let server = start(&text).await;
+        let front = server.local_addr("l").unwrap();
+        let born = Instant::now();
+        let mut c = TcpStream::connect(front).await.unwrap();
+        c.write_all(b"who\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = c.read(&mut buf).await.unwrap();
+        // Keepalive's timer is not on (a retransmit or loss-probe timer may
+        // be, for a moment, on a busy machine).
+        let timers = backend_side_timers(a.addr.port());
+        let looked = born.elapsed();
+        if looked >= Duration::from_millis(900) {
+            late.push(looked);
+            continue;
+        }
+        assert!(
+            !timers.is_empty() && !timers.iter().any(|t| t == "02"),
+            "keepalive was on before the connection had lived a second: {timers:?}"
+        );
+        // Past its first second, the same connection has it.
+        wait_for(
+            "keepalive on a connection past its first second",
+            Duration::from_secs(5),
+            || backend_side_timer(a.addr.port(), "02"),
+        )
+        .await;
+        return;
+    }
+    panic!("every look at the socket came too late to tell: {late:?} after the connect");
 }
 
 /// Sends a line and reads the answer; `None` when the proxy closed instead.
