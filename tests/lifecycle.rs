@@ -695,7 +695,6 @@ fn three_binary_upgrades_in_a_row_drop_nothing() {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let started = Instant::now();
-            let mut buf = [0u8; 128];
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
                 i += 1;
@@ -703,16 +702,7 @@ fn three_binary_upgrades_in_a_row_drop_nothing() {
                 // As a DNS client does: a query unanswered in 2 s is sent
                 // again (twice at most); a late answer to an earlier query
                 // is skipped, not taken for this one's.
-                let answered = (0..3).any(|_| {
-                    s.send_to(q.as_bytes(), dns).unwrap();
-                    loop {
-                        match s.recv(&mut buf) {
-                            Ok(n) if buf[..n].ends_with(q.as_bytes()) => return true,
-                            Ok(_) => continue,
-                            Err(_) => return false,
-                        }
-                    }
-                });
+                let answered = common::query_with_retries(&s, dns, &q, || {});
                 if answered {
                     ok.fetch_add(1, Ordering::SeqCst);
                 } else {

@@ -229,21 +229,12 @@ fn spawn_load(
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
             let started = Instant::now();
-            let mut buf = [0u8; 256];
             let mut i = 0u64;
             while started.elapsed() < limit && gate.enter() {
                 i += 1;
                 let q = format!("q{i}");
-                let answered = (0..3).any(|_| {
-                    s.send_to(q.as_bytes(), dns).unwrap();
+                let answered = common::query_with_retries(&s, dns, &q, || {
                     seen.udp_sent.fetch_add(1, Ordering::SeqCst);
-                    loop {
-                        match s.recv(&mut buf) {
-                            Ok(n) if buf[..n].ends_with(q.as_bytes()) => return true,
-                            Ok(_) => continue,
-                            Err(_) => return false,
-                        }
-                    }
                 });
                 if answered {
                     seen.udp_answered.fetch_add(1, Ordering::SeqCst);

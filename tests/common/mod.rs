@@ -214,6 +214,30 @@ pub async fn ask_udp(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> String
     text.split(':').next().unwrap().to_string()
 }
 
+/// Asks `q` at `to` from the blocking socket `s` (its read timeout set) as a
+/// DNS client does: unanswered, it is sent again (three sends at most), and
+/// a late answer to an earlier query is skipped, not taken for this one's.
+/// `sent` is told of every send. Whether it was answered.
+pub fn query_with_retries(
+    s: &std::net::UdpSocket,
+    to: SocketAddr,
+    q: &str,
+    mut sent: impl FnMut(),
+) -> bool {
+    let mut buf = [0u8; 256];
+    (0..3).any(|_| {
+        s.send_to(q.as_bytes(), to).unwrap();
+        sent();
+        loop {
+            match s.recv(&mut buf) {
+                Ok(n) if buf[..n].ends_with(q.as_bytes()) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+}
+
 /// Like [`ask`] but reports failure instead of panicking.
 pub async fn try_ask(addr: SocketAddr) -> Result<String, String> {
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
