@@ -40,15 +40,23 @@ impl BackendState {
     }
 }
 
-/// The last active check of a backend, for the admin API.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// The last active check of a backend, as the admin API shows it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct CheckResult {
     /// Whether it passed.
     pub ok: bool,
     /// What it saw, or why it failed.
     pub detail: String,
-    /// Milliseconds since the check, filled in when read.
-    pub at_ms: u64,
+    /// Milliseconds since it ran.
+    pub age_ms: u64,
+}
+
+/// The last active check as kept: when it ran, on `now_ms`'s clock.
+#[derive(Clone)]
+struct LastCheck {
+    ok: bool,
+    detail: String,
+    at_ms: u64,
 }
 
 /// One backend of one pool, with its live state.
@@ -78,7 +86,7 @@ pub struct Backend {
     passive_fails: AtomicU32,
     ejected_until: AtomicU64,
     ejections: AtomicU32,
-    last_check: Mutex<Option<CheckResult>>,
+    last_check: Mutex<Option<LastCheck>>,
     /// Its series.
     pub metrics: BackendMetrics,
 }
@@ -264,7 +272,7 @@ impl Backend {
             self.metrics.checks_failed.inc();
         }
         let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
-        *last = Some(CheckResult {
+        *last = Some(LastCheck {
             ok,
             detail,
             at_ms: now_ms(),
@@ -274,9 +282,10 @@ impl Backend {
     /// The last active check, with its age.
     pub fn last_check(&self) -> Option<CheckResult> {
         let last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
-        last.clone().map(|mut c| {
-            c.at_ms = now_ms().saturating_sub(c.at_ms);
-            c
+        last.clone().map(|c| CheckResult {
+            ok: c.ok,
+            detail: c.detail,
+            age_ms: now_ms().saturating_sub(c.at_ms),
         })
     }
 

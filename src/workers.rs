@@ -22,6 +22,9 @@ use tokio::runtime::Handle;
 
 static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
 
+/// Worker threads are named this, then their number.
+const THREAD_NAME: &str = "switchyard-w";
+
 /// Starts `n` worker threads (at least one), each running a single-threaded
 /// runtime until the process exits. Called once, before any listener binds;
 /// a second call changes nothing.
@@ -33,7 +36,7 @@ pub fn start(n: usize) -> std::io::Result<()> {
     for i in 0..n.max(1) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
-            .name(format!("switchyard-w{i}"))
+            .name(format!("{THREAD_NAME}{i}"))
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -96,7 +99,7 @@ pub fn alive_tasks() -> (usize, usize) {
         .map_or(0, |w| w.iter().map(|h| h.metrics().num_alive_tasks()).sum());
     let on_a_worker = std::thread::current()
         .name()
-        .is_some_and(|n| n.starts_with("switchyard-w"));
+        .is_some_and(|n| n.starts_with(THREAD_NAME));
     let control = match Handle::try_current() {
         Ok(h) if !on_a_worker => h.metrics().num_alive_tasks(),
         _ => 0,

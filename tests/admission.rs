@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{connect_from, reply, start, value, wait_metric, Backend};
+use common::{connect_from, reply, start, value, wait_idle, wait_metric, Backend};
 use tokio::net::TcpStream;
 
 fn rejected(server: &switchyard::Server, listener: &str, reason: &str) -> f64 {
@@ -141,13 +141,7 @@ async fn bytes_read_while_greeting_are_counted() {
     );
     drop(s);
     for (listener, want) in [("proxied", 4.0), ("routed", 12.0)] {
-        wait_metric(
-            &server,
-            &format!("switchyard_listener_active_connections{{listener=\"{listener}\"}}"),
-            0.0,
-            Duration::from_secs(5),
-        )
-        .await;
+        wait_idle(&server, listener).await;
         assert_eq!(
             value(
                 &server,

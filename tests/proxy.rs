@@ -579,14 +579,6 @@ fn read_to_end_or_reset(s: &mut std::net::TcpStream) -> (usize, bool) {
     }
 }
 
-/// Closes with a reset (`SO_LINGER {1, 0}`), as a crashing or aborting peer does.
-fn reset(s: std::net::TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    drop(s);
-}
-
 #[test]
 fn a_backend_reset_reaches_the_client_as_a_reset() {
     use std::io::Write;

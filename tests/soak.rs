@@ -140,6 +140,25 @@ fn ask(front: SocketAddr) -> Result<String, String> {
         .ok_or_else(|| format!("closed without a reply ({line:?})"))
 }
 
+/// A client thread: `turn` again and again, each through the gate, then
+/// `pause`, until `limit` or the end of the run.
+fn client(
+    gate: &Arc<Gate>,
+    limit: Duration,
+    pause: Duration,
+    mut turn: impl FnMut() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let gate = gate.clone();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < limit && gate.enter() {
+            turn();
+            gate.leave();
+            std::thread::sleep(pause);
+        }
+    })
+}
+
 fn spawn_load(
     front: SocketAddr,
     disc: SocketAddr,
@@ -156,117 +175,77 @@ fn spawn_load(
         ("front", front),
         ("disc", disc),
     ] {
-        let (seen, gate) = (seen.clone(), gate.clone());
-        threads.push(std::thread::spawn(move || {
-            let started = Instant::now();
-            while started.elapsed() < limit && gate.enter() {
-                let asked = Instant::now();
-                let r = ask(addr);
-                seen.longest
-                    .fetch_max(asked.elapsed().as_micros() as u64, Ordering::SeqCst);
-                match r {
-                    Ok(_) => {
-                        seen.opened[listener].fetch_add(1, Ordering::SeqCst);
-                        seen.answered.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => {
-                        if !e.starts_with("connect:") {
-                            seen.opened[listener].fetch_add(1, Ordering::SeqCst);
-                        }
-                        seen.fail(listener, e);
-                    }
+        let seen = seen.clone();
+        threads.push(client(gate, limit, Duration::from_millis(2), move || {
+            let asked = Instant::now();
+            let r = ask(addr);
+            seen.longest
+                .fetch_max(asked.elapsed().as_micros() as u64, Ordering::SeqCst);
+            match r {
+                Ok(_) => {
+                    seen.opened[listener].fetch_add(1, Ordering::SeqCst);
+                    seen.answered.fetch_add(1, Ordering::SeqCst);
                 }
-                gate.leave();
-                std::thread::sleep(Duration::from_millis(2));
+                Err(e) => {
+                    if !e.starts_with("connect:") {
+                        seen.opened[listener].fetch_add(1, Ordering::SeqCst);
+                    }
+                    seen.fail(listener, e);
+                }
             }
         }));
     }
     // A client that resets: half a line, then RST.
-    {
-        let (seen, gate) = (seen.clone(), gate.clone());
-        threads.push(std::thread::spawn(move || {
-            let started = Instant::now();
-            while started.elapsed() < limit && gate.enter() {
-                match TcpStream::connect(front) {
-                    Ok(mut s) => {
-                        seen.opened["front"].fetch_add(1, Ordering::SeqCst);
-                        let _ = s.write_all(b"wh");
-                        linger_zero(&s);
-                        drop(s);
-                        seen.resets.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => seen.fail("reset", format!("connect: {e}")),
-                }
-                gate.leave();
-                std::thread::sleep(Duration::from_millis(20));
+    let s2 = seen.clone();
+    threads.push(client(
+        gate,
+        limit,
+        Duration::from_millis(20),
+        move || match TcpStream::connect(front) {
+            Ok(mut s) => {
+                s2.opened["front"].fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(b"wh");
+                common::reset(s);
+                s2.resets.fetch_add(1, Ordering::SeqCst);
             }
-        }));
-    }
+            Err(e) => s2.fail("reset", format!("connect: {e}")),
+        },
+    ));
     // A client that stalls: connects, says nothing for half a second, goes.
-    {
-        let (seen, gate) = (seen.clone(), gate.clone());
-        threads.push(std::thread::spawn(move || {
-            let started = Instant::now();
-            while started.elapsed() < limit && gate.enter() {
-                match TcpStream::connect(front) {
-                    Ok(s) => {
-                        seen.opened["front"].fetch_add(1, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(500));
-                        drop(s);
-                        seen.stalls.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(e) => seen.fail("stall", format!("connect: {e}")),
-                }
-                gate.leave();
+    let s3 = seen.clone();
+    threads.push(client(
+        gate,
+        limit,
+        Duration::ZERO,
+        move || match TcpStream::connect(front) {
+            Ok(s) => {
+                s3.opened["front"].fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(500));
+                drop(s);
+                s3.stalls.fetch_add(1, Ordering::SeqCst);
             }
-        }));
-    }
+            Err(e) => s3.fail("stall", format!("connect: {e}")),
+        },
+    ));
     // UDP: queries as a DNS client sends them, again after a second unanswered
     // (three tries), a late answer to an earlier query skipped.
-    {
-        let (seen, gate) = (seen.clone(), gate.clone());
-        threads.push(std::thread::spawn(move || {
-            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-            let started = Instant::now();
-            let mut i = 0u64;
-            while started.elapsed() < limit && gate.enter() {
-                i += 1;
-                let q = format!("q{i}");
-                let answered = common::query_with_retries(&s, dns, &q, || {
-                    seen.udp_sent.fetch_add(1, Ordering::SeqCst);
-                });
-                if answered {
-                    seen.udp_answered.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    seen.fail("dns", format!("{q} unanswered in three tries"));
-                }
-                gate.leave();
-                std::thread::sleep(Duration::from_millis(3));
-            }
-        }));
-    }
+    let s4 = seen.clone();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut i = 0u64;
+    threads.push(client(gate, limit, Duration::from_millis(3), move || {
+        i += 1;
+        let q = format!("q{i}");
+        let answered = common::query_with_retries(&udp, dns, &q, || {
+            s4.udp_sent.fetch_add(1, Ordering::SeqCst);
+        });
+        if answered {
+            s4.udp_answered.fetch_add(1, Ordering::SeqCst);
+        } else {
+            s4.fail("dns", format!("{q} unanswered in three tries"));
+        }
+    }));
     threads
-}
-
-/// Sets SO_LINGER to zero, so closing `s` sends a reset.
-fn linger_zero(s: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a value of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
 }
 
 /// A process's resources at a quiet point.

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendState;
+use crate::backend::{BackendState, CheckResult};
 use crate::pool::Member;
 
 /// One backend, as `/api/v1/pools` and the backend actions answer.
@@ -36,18 +36,7 @@ pub struct BackendStatus {
     /// Failed connects, every reason counted.
     pub connect_failures: u64,
     /// Its last active check, if it has one.
-    pub last_check: Option<CheckStatus>,
-}
-
-/// A backend's last active check.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckStatus {
-    /// Whether it passed.
-    pub ok: bool,
-    /// What it saw, or why it failed.
-    pub detail: String,
-    /// Milliseconds since it ran.
-    pub age_ms: u64,
+    pub last_check: Option<CheckResult>,
 }
 
 /// One pool, as `/api/v1/pools` answers.
@@ -92,11 +81,7 @@ impl BackendStatus {
             bytes_in: mt.bytes_in.get(),
             bytes_out: mt.bytes_out.get(),
             connect_failures: mt.connect_failures(),
-            last_check: b.last_check().map(|c| CheckStatus {
-                ok: c.ok,
-                detail: c.detail,
-                age_ms: c.at_ms,
-            }),
+            last_check: b.last_check(),
         }
     }
 }

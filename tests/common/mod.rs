@@ -29,6 +29,14 @@ pub async fn connect_from(from: &str, front: SocketAddr) -> TcpStream {
     s.connect(front).await.unwrap()
 }
 
+/// Closes with a reset (`SO_LINGER {1, 0}`), as a crashing or aborting peer does.
+pub fn reset(s: std::net::TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
 /// Sends `bytes` on `s` and reads the answer; `None` when the proxy closed
 /// the connection instead (fails after 5 s with neither).
 pub async fn reply(s: &mut TcpStream, bytes: &[u8]) -> Option<String> {
