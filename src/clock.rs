@@ -4,6 +4,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+/// Seconds since the Unix epoch, by the wall clock.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Milliseconds on tokio's clock since the first call, plus one, so that 0
 /// can mean "never".
 pub fn now_ms() -> u64 {

@@ -356,7 +356,7 @@ fn table(
     rates: impl Fn(&str, &str) -> (Option<f64>, Option<f64>, Option<f64>),
 ) -> String {
     let mut rows = vec![[
-        "POOL", "BACKEND", "ADDRESS", "STATE", "WEIGHT", "ACTIVE", "NEW/S", "IN", "OUT",
+        "POOL", "BACKEND", "ADDRESS", "TLS", "STATE", "WEIGHT", "ACTIVE", "NEW/S", "IN", "OUT",
     ]
     .map(String::from)
     .to_vec()];
@@ -368,6 +368,12 @@ fn table(
                 escaped(&p.name),
                 escaped(&b.name),
                 escaped(&b.addr),
+                // The pool's TLS to its backends: verified, or not.
+                match &p.tls {
+                    None => "-".to_string(),
+                    Some(t) if t.verify => "yes".to_string(),
+                    Some(_) => "unverified".to_string(),
+                },
                 b.state.as_str().to_string(),
                 b.weight.to_string(),
                 b.active.to_string(),

@@ -74,6 +74,7 @@ pub(crate) mod pool;
 pub(crate) mod relay;
 pub mod server;
 pub(crate) mod sys;
+pub mod tls;
 pub mod wire;
 pub mod workers;
 

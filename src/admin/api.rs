@@ -34,6 +34,11 @@ pub fn pools(
                 strategy: snap.config.strategy.name().to_string(),
                 health_check: snap.config.health.check.name().to_string(),
                 proxy_protocol: snap.config.proxy_protocol.map(|v| v.name().to_string()),
+                tls: snap
+                    .config
+                    .tls
+                    .as_ref()
+                    .map(super::status::PoolTlsStatus::of),
                 listeners,
                 backends: snap.members.iter().map(BackendStatus::of).collect(),
             }

@@ -235,6 +235,7 @@ mod tests {
                     accept_proxy: false,
                     proxy_trusted: Vec::new(),
                     sni_required: false,
+                    tls: None,
                 }],
                 admin: None,
             })

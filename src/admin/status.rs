@@ -50,10 +50,35 @@ pub struct PoolStatus {
     pub health_check: String,
     /// The PROXY protocol version it sends, if any.
     pub proxy_protocol: Option<String>,
+    /// Its TLS to backends, if it starts one.
+    #[serde(default)]
+    pub tls: Option<PoolTlsStatus>,
     /// The listeners that send to it (by default or by a route).
     pub listeners: Vec<String>,
     /// Its backends, in order.
     pub backends: Vec<BackendStatus>,
+}
+
+/// A pool's TLS to its backends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolTlsStatus {
+    /// The name sent and verified, when one is set for the pool.
+    pub server_name: Option<String>,
+    /// Whether backends' certificates are verified.
+    pub verify: bool,
+    /// Whether we present a client certificate.
+    pub client_certificate: bool,
+}
+
+impl PoolTlsStatus {
+    /// The status of `t`.
+    pub(crate) fn of(t: &crate::config::PoolTls) -> PoolTlsStatus {
+        PoolTlsStatus {
+            server_name: t.server_name.clone(),
+            verify: t.verify,
+            client_certificate: t.cert.is_some(),
+        }
+    }
 }
 
 /// The part of `/api/v1/pools` that `ctl` reads.

@@ -31,6 +31,32 @@ pub struct ListenerView {
     pub proxy_trusted: Vec<String>,
     /// Whether clients without a readable server name are closed.
     pub sni_required: bool,
+    /// Its own TLS ending, if it ends TLS.
+    pub tls: Option<TlsView>,
+}
+
+/// A certificate a listener or route ends TLS with.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TlsView {
+    /// The certificate file.
+    pub cert: String,
+    /// When it expires, Unix time.
+    pub not_after: i64,
+    /// Its subject's common name.
+    pub common_name: Option<String>,
+    /// Whether clients must present a certificate.
+    pub client_certificate_required: bool,
+}
+
+impl TlsView {
+    fn of(t: &crate::config::ListenerTls) -> TlsView {
+        TlsView {
+            cert: t.cert.display().to_string(),
+            not_after: t.built.leaf.not_after,
+            common_name: t.built.leaf.common_name.clone(),
+            client_certificate_required: t.client_ca.is_some(),
+        }
+    }
 }
 
 impl ListenerView {
@@ -49,6 +75,14 @@ impl ListenerView {
                     sni: r.sni.clone(),
                     alpn: r.alpn.clone(),
                     pool: r.pool.clone(),
+                    tls: match &r.tls {
+                        crate::config::RouteTls::Own(t) => RouteTlsView::Own(TlsView::of(t)),
+                        crate::config::RouteTls::Passthrough => RouteTlsView::Passthrough,
+                        crate::config::RouteTls::Listener if l.tls.is_some() => {
+                            RouteTlsView::Listener
+                        }
+                        crate::config::RouteTls::Listener => RouteTlsView::Passthrough,
+                    },
                 })
                 .collect(),
             accept_proxy: l.accept_proxy.is_some(),
@@ -58,6 +92,7 @@ impl ListenerView {
                 .flat_map(|a| a.trusted.iter().map(|n| n.to_string()))
                 .collect(),
             sni_required: l.sni_required,
+            tls: l.tls.as_ref().map(TlsView::of),
         }
     }
 }
@@ -73,6 +108,20 @@ pub struct RouteView {
     pub alpn: Vec<String>,
     /// Its pool.
     pub pool: String,
+    /// What happens to its clients' TLS.
+    pub tls: RouteTlsView,
+}
+
+/// Whether a route's clients have their TLS ended here, and with what.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteTlsView {
+    /// Passed through untouched.
+    Passthrough,
+    /// Ended with the listener's certificate.
+    Listener,
+    /// Ended with the route's own.
+    Own(TlsView),
 }
 
 /// What is running now; replaced whole after every start and reload.

@@ -124,6 +124,7 @@ impl Validator<'_> {
             initial_up,
             // The pool sets the version (see `pool`).
             proxy_header: None,
+            tls: h.tls.unwrap_or(true),
         }
     }
 }

@@ -133,7 +133,25 @@ impl Validator<'_> {
             65535,
             1024,
         );
-        let identity = self.identity(key, &l, protocol, pools);
+        let tls = match (&l.tls, protocol) {
+            (Some(t), Protocol::Udp) => {
+                self.p.push(
+                    t.span(),
+                    format!("{key}.tls"),
+                    "TLS ends on TCP listeners only (QUIC carries its own)",
+                );
+                None
+            }
+            (Some(t), Protocol::Tcp) => self.listener_tls(key, t),
+            (None, _) => None,
+        };
+        let identity = self.identity(key, &l, protocol, pools, tls.as_ref());
+        let tls_handshake_timeout = self
+            .positive_duration(
+                l.tls_handshake_timeout.as_ref(),
+                &format!("{key}.tls_handshake_timeout"),
+            )
+            .unwrap_or(Duration::from_secs(10));
         if protocol == Protocol::Udp {
             // Datagrams carry v2 headers only.
             let targets = std::iter::once((l.pool.get_ref(), l.pool.span(), format!("{key}.pool")))
@@ -190,6 +208,8 @@ impl Validator<'_> {
             routes: identity.routes,
             tls_inspect_timeout: identity.tls_inspect_timeout,
             sni_required: identity.sni_required,
+            tls,
+            tls_handshake_timeout,
         })
     }
 }

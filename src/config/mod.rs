@@ -15,6 +15,7 @@ mod listener;
 mod name;
 mod raw;
 mod routes;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub use error::{ConfigError, Problem};
 pub use escape::parse_bytes;
 pub use name::unfit_name;
 pub use routes::{route_for, AcceptProxy, ProxyVersion, RouteConfig};
+pub use tls::{ListenerTls, PoolTls, RouteTls};
 
 use ipnet::IpNet;
 
@@ -170,6 +172,11 @@ pub struct ListenerConfig {
     /// read (not TLS, no name, too large, too slow) is closed instead of
     /// going to `pool`.
     pub sni_required: bool,
+    /// `[listeners.tls]` (TCP): TLS ends here with this certificate.
+    pub tls: Option<ListenerTls>,
+    /// `tls_handshake_timeout`, default 10s: a handshake this listener ends
+    /// must finish within it.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -177,6 +184,25 @@ impl ListenerConfig {
     pub fn admits(&self, ip: std::net::IpAddr) -> bool {
         !self.deny.iter().any(|n| n.contains(&ip))
             && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// The certificate a client sent to `route` (`None`: the listener's own
+    /// pool) is terminated with; `None` when it is passed through.
+    pub fn terminator(&self, route: Option<usize>) -> Option<&ListenerTls> {
+        match route.and_then(|i| self.routes.get(i)).map(|r| &r.tls) {
+            Some(RouteTls::Own(t)) => Some(t),
+            Some(RouteTls::Passthrough) => None,
+            Some(RouteTls::Listener) | None => self.tls.as_ref(),
+        }
+    }
+
+    /// Whether any client of this listener may have TLS ended here.
+    pub fn terminates(&self) -> bool {
+        self.tls.is_some()
+            || self
+                .routes
+                .iter()
+                .any(|r| matches!(r.tls, RouteTls::Own(_)))
     }
 
     /// The part of a listener that owns its socket: a reload keeps the socket
@@ -223,6 +249,8 @@ pub struct PoolConfig {
     pub proxy_protocol: Option<ProxyVersion>,
     /// `[pools.NAME.health]`.
     pub health: HealthConfig,
+    /// `[pools.NAME.tls]`: TLS to the backends.
+    pub tls: Option<PoolTls>,
 }
 
 /// One backend of a pool.
@@ -260,6 +288,9 @@ pub struct HealthConfig {
     /// (v2: the `LOCAL` command; v1: the check connection's own addresses).
     /// The pool's version when on.
     pub proxy_header: Option<ProxyVersion>,
+    /// `tls`, default true: `tcp` and `http` checks run over TLS when the
+    /// pool has `tls`.
+    pub tls: bool,
 }
 
 impl Default for HealthConfig {
@@ -273,6 +304,7 @@ impl Default for HealthConfig {
             port: None,
             initial_up: true,
             proxy_header: None,
+            tls: true,
         }
     }
 }

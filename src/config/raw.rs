@@ -178,6 +178,69 @@ pub struct RawListener {
     pub tls_inspect_timeout: Option<S<String>>,
     /// Close clients whose server name cannot be read instead of sending them to `pool`. Default false.
     pub sni_required: Option<bool>,
+    /// TCP: end TLS here; the backend gets the plaintext.
+    #[schemars(with = "Option<RawListenerTls>")]
+    pub tls: Option<S<RawListenerTls>>,
+    /// TCP: a TLS handshake this listener ends must finish within this. Default "10s".
+    #[schemars(with = "Option<String>")]
+    pub tls_handshake_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// PEM: the certificate and its chain, leaf first.
+    #[schemars(with = "String")]
+    pub cert: S<String>,
+    /// PEM: the certificate's private key (PKCS#8, SEC1 or PKCS#1).
+    #[schemars(with = "String")]
+    pub key: S<String>,
+    /// PEM: require a client certificate signed by one of these (mTLS).
+    #[schemars(with = "Option<String>")]
+    pub client_ca: Option<S<String>>,
+    /// Protocols offered by ALPN, in order of preference.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub alpn: Option<Vec<S<String>>>,
+    /// "1.2" (default) or "1.3": the oldest TLS version spoken.
+    #[schemars(with = "Option<String>")]
+    pub min_version: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteTls {
+    /// PEM: the certificate and its chain, leaf first.
+    #[schemars(with = "String")]
+    pub cert: S<String>,
+    /// PEM: the certificate's private key (PKCS#8, SEC1 or PKCS#1).
+    #[schemars(with = "String")]
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolTls {
+    /// PEM: backends are verified against these roots (required unless verify = false).
+    #[schemars(with = "Option<String>")]
+    pub ca: Option<S<String>>,
+    /// The name sent (SNI) and verified. Default the backend's name when it is a DNS name, else its IP address.
+    #[schemars(with = "Option<String>")]
+    pub server_name: Option<S<String>>,
+    /// PEM: a client certificate to present (mTLS to the backend), with `key`.
+    #[schemars(with = "Option<String>")]
+    pub cert: Option<S<String>>,
+    /// PEM: the client certificate's private key.
+    #[schemars(with = "Option<String>")]
+    pub key: Option<S<String>>,
+    /// Verify backends' certificates. Default true; false encrypts without knowing who answers.
+    #[schemars(with = "Option<bool>")]
+    pub verify: Option<S<bool>>,
+    /// Protocols offered by ALPN.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub alpn: Option<Vec<S<String>>>,
+    /// "1.2" (default) or "1.3": the oldest TLS version spoken.
+    #[schemars(with = "Option<String>")]
+    pub min_version: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -195,6 +258,11 @@ pub struct RawRoute {
     /// The pool traffic goes to.
     #[schemars(with = "String")]
     pub pool: S<String>,
+    /// End TLS for this route's clients with this certificate (the listener's other settings apply).
+    #[schemars(with = "Option<RawRouteTls>")]
+    pub tls: Option<S<RawRouteTls>>,
+    /// Pass this route's clients through untouched even when the listener ends TLS. Default false.
+    pub passthrough: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -245,6 +313,9 @@ pub struct RawPool {
     /// Active health checks.
     #[schemars(with = "Option<RawHealth>")]
     pub health: Option<S<RawHealth>>,
+    /// TCP: start TLS to the backends.
+    #[schemars(with = "Option<RawPoolTls>")]
+    pub tls: Option<S<RawPoolTls>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -306,4 +377,6 @@ pub struct RawHealth {
     /// Pool: "v1" or "v2": a PROXY protocol header starts each backend connection (UDP: each datagram, v2). Check: send the pool's header too.
     #[schemars(with = "Option<bool>")]
     pub proxy_protocol: Option<S<bool>>,
+    /// tcp/http check: over TLS when the pool has `tls`. Default true.
+    pub tls: Option<bool>,
 }

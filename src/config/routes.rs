@@ -61,6 +61,8 @@ pub struct RouteConfig {
     pub alpn: Vec<String>,
     /// `pool`: where matching clients go.
     pub pool: String,
+    /// `tls` and `passthrough`: whether its clients' TLS ends here.
+    pub tls: super::RouteTls,
 }
 
 impl RouteConfig {
@@ -155,6 +157,7 @@ impl Validator<'_> {
         l: &RawListener,
         protocol: Protocol,
         pools: &BTreeMap<String, PoolConfig>,
+        tls: Option<&super::ListenerTls>,
     ) -> Identity {
         let accept = l.accept_proxy.as_ref().is_some_and(|a| *a.get_ref());
         let trusted = self.networks(l.proxy_trusted.as_deref(), &format!("{key}.proxy_trusted"));
@@ -197,7 +200,8 @@ impl Validator<'_> {
         let mut routes = Vec::new();
         for (i, r) in l.routes.iter().flatten().enumerate() {
             let rkey = format!("{key}.routes[{i}]");
-            if let Some(route) = self.route(&rkey, r, pools) {
+            if let Some(mut route) = self.route(&rkey, r, pools) {
+                route.tls = self.route_tls_of(&rkey, r.get_ref(), protocol, tls, l);
                 if !names.insert(route.name.clone()) || route.name == "default" {
                     self.p.push(
                         r.span(),
@@ -290,7 +294,48 @@ impl Validator<'_> {
             sni,
             alpn,
             pool,
+            tls: super::RouteTls::Listener,
         })
+    }
+
+    /// A route's `tls` and `passthrough`.
+    fn route_tls_of(
+        &mut self,
+        key: &str,
+        r: &RawRoute,
+        protocol: Protocol,
+        listener: Option<&super::ListenerTls>,
+        l: &RawListener,
+    ) -> super::RouteTls {
+        if protocol == Protocol::Udp {
+            if let Some(t) = &r.tls {
+                self.p.push(
+                    t.span(),
+                    format!("{key}.tls"),
+                    "TLS ends on TCP listeners only (QUIC carries its own)",
+                );
+            }
+            return super::RouteTls::Listener;
+        }
+        match (&r.tls, r.passthrough.unwrap_or(false)) {
+            (Some(t), true) => {
+                self.p.push(
+                    t.span(),
+                    format!("{key}.passthrough"),
+                    "a route either ends TLS (`tls`) or passes it through, not both",
+                );
+                super::RouteTls::Listener
+            }
+            (Some(t), false) => {
+                let ca = l.tls.as_ref().and_then(|t| t.get_ref().client_ca.as_ref());
+                match self.route_tls(key, t, listener.map(|lt| (lt, ca))) {
+                    Some(own) => super::RouteTls::Own(own),
+                    None => super::RouteTls::Listener,
+                }
+            }
+            (None, true) => super::RouteTls::Passthrough,
+            (None, false) => super::RouteTls::Listener,
+        }
     }
 }
 
@@ -304,6 +349,7 @@ mod tests {
             sni: sni.iter().map(|s| s.to_string()).collect(),
             alpn: alpn.iter().map(|s| s.to_string()).collect(),
             pool: name.into(),
+            tls: Default::default(),
         }
     }
 

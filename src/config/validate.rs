@@ -42,7 +42,7 @@ pub(super) fn validate(source: &str, path: &Path) -> Result<Config, ConfigError>
 pub(super) struct Validator<'a> {
     pub(super) p: Problems<'a>,
     source: &'a str,
-    path: &'a Path,
+    pub(super) path: &'a Path,
     warnings: Vec<String>,
 }
 
@@ -284,6 +284,7 @@ impl Validator<'_> {
                 None
             }
         };
+        let tls = pool.tls.as_ref().and_then(|t| self.pool_tls(&key, t));
         let balance = self.balance_options(
             (pool.hash_key.as_ref(), pool.table_size.as_ref()),
             &key,
@@ -308,6 +309,7 @@ impl Validator<'_> {
             proxy_protocol,
             balance,
             health,
+            tls,
         }
     }
 

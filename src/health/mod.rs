@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
-use crate::config::{CheckKind, HealthConfig};
+use crate::config::{CheckKind, HealthConfig, PoolTls};
 use crate::pool::{Pool, Snapshot};
+use crate::tls::Originator;
 
 /// The running checks of one pool; they stop when this is dropped.
 pub struct Checks {
@@ -67,7 +68,8 @@ impl Drop for Checks {
 
 /// One pool's checker tasks, by backend.
 struct Checkers {
-    settings: Option<HealthConfig>,
+    /// The checks' settings and the pool's TLS they run over.
+    settings: Option<(HealthConfig, Option<PoolTls>)>,
     running: HashMap<SocketAddr, (Arc<Backend>, CancellationToken)>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -77,13 +79,16 @@ impl Checkers {
     /// Brings the running checkers in line with `snap`.
     fn follow(&mut self, snap: &Snapshot) {
         let cfg = &snap.config.health;
-        if self.settings.as_ref() != Some(cfg) {
+        let tls = snap.config.tls.as_ref().filter(|_| cfg.tls);
+        let now = (cfg.clone(), tls.cloned());
+        if self.settings.as_ref() != Some(&now) {
             // New settings: every checker starts over with them.
             for (_, (_, stop)) in self.running.drain() {
                 stop.cancel();
             }
-            self.settings = Some(cfg.clone());
+            self.settings = Some(now);
         }
+        let tls = tls.map(|t| t.built.clone());
         self.running.retain(|addr, (backend, stop)| {
             let stays = snap
                 .find(*addr)
@@ -101,7 +106,7 @@ impl Checkers {
             if !self.running.contains_key(&b.addr) {
                 let stop = self.stop.child_token();
                 self.tracker
-                    .spawn(watch(b.clone(), cfg.clone(), stop.clone()));
+                    .spawn(watch(b.clone(), cfg.clone(), tls.clone(), stop.clone()));
                 self.running.insert(b.addr, (b.clone(), stop));
             }
         }
@@ -117,7 +122,12 @@ async fn pause(d: Duration, stop: &CancellationToken) -> bool {
 }
 
 /// Checks one backend every `interval` until stopped.
-async fn watch(backend: Arc<Backend>, cfg: HealthConfig, stop: CancellationToken) {
+async fn watch(
+    backend: Arc<Backend>,
+    cfg: HealthConfig,
+    tls: Option<Arc<Originator>>,
+    stop: CancellationToken,
+) {
     // A random start spreads a pool's checks over the interval.
     let jitter = rand::rng().random_range(Duration::ZERO..cfg.interval);
     if !pause(jitter, &stop).await {
@@ -126,7 +136,7 @@ async fn watch(backend: Arc<Backend>, cfg: HealthConfig, stop: CancellationToken
     let (mut passes, mut fails) = (0u32, 0u32);
     loop {
         let result = tokio::select! {
-            r = tokio::time::timeout(cfg.timeout, probe::run(&cfg, backend.addr)) => match r {
+            r = tokio::time::timeout(cfg.timeout, probe::run(&cfg, (backend.addr, &backend.name), tls.as_deref())) => match r {
                 Ok(r) => r,
                 Err(_) => Err(Fault::Backend(format!("no answer within {}", humantime::format_duration(cfg.timeout)))),
             },

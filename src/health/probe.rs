@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::either::Either;
 
 use crate::config::{CheckKind, HealthConfig, ProxyVersion};
+use crate::tls::Originator;
 use crate::wire::proxy_protocol::{self, Transport};
 
 /// Why a probe did not pass.
@@ -36,7 +38,13 @@ fn fault(what: &str, e: std::io::Error) -> Fault {
     }
 }
 
-pub async fn run(cfg: &HealthConfig, addr: SocketAddr) -> Result<String, Fault> {
+/// Probes backend `name` at `addr`, over the pool's TLS (`tls`) when it
+/// has one and the check is a stream's.
+pub async fn run(
+    cfg: &HealthConfig,
+    (addr, name): (SocketAddr, &str),
+    tls: Option<&Originator>,
+) -> Result<String, Fault> {
     let mut target = addr;
     if let Some(port) = cfg.port {
         target.set_port(port);
@@ -45,6 +53,7 @@ pub async fn run(cfg: &HealthConfig, addr: SocketAddr) -> Result<String, Fault> 
         CheckKind::None => Ok("no check".into()),
         CheckKind::Tcp { send, expect } => {
             let s = open(target, cfg.proxy_header).await?;
+            let s = secure(s, tls, (target, name)).await?;
             tcp(s, send.as_deref(), expect.as_deref()).await
         }
         CheckKind::Http {
@@ -53,6 +62,7 @@ pub async fn run(cfg: &HealthConfig, addr: SocketAddr) -> Result<String, Fault> 
             host,
         } => {
             let s = open(target, cfg.proxy_header).await?;
+            let s = secure(s, tls, (target, name)).await?;
             http(s, target, path, *expect_status, host.as_deref()).await
         }
         CheckKind::Udp { send, expect } => {
@@ -85,6 +95,28 @@ async fn open(addr: SocketAddr, header: Option<ProxyVersion>) -> Result<TcpStrea
     Ok(s)
 }
 
+/// A check's stream: plain, or with the pool's TLS started on it.
+type Checked = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// Starts the pool's TLS on `s` when it has one: a handshake the backend
+/// fails is a failed check.
+async fn secure(
+    s: TcpStream,
+    tls: Option<&Originator>,
+    (addr, name): (SocketAddr, &str),
+) -> Result<Checked, Fault> {
+    let Some(tls) = tls else {
+        return Ok(Either::Left(s));
+    };
+    match tls.connect(s, name, addr).await {
+        Ok(t) => Ok(Either::Right(Box::new(t))),
+        Err(e) => Err(Fault::Backend(format!(
+            "TLS handshake failed ({}): {e}",
+            crate::tls::classify(&e)
+        ))),
+    }
+}
+
 fn connect_error(e: std::io::Error) -> Fault {
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => Fault::Backend("connection refused".into()),
@@ -98,7 +130,7 @@ fn shown(bytes: &[u8]) -> String {
 }
 
 async fn tcp(
-    mut s: TcpStream,
+    mut s: impl AsyncRead + AsyncWrite + Unpin,
     send: Option<&[u8]>,
     expect: Option<&[u8]>,
 ) -> Result<String, Fault> {
@@ -108,8 +140,11 @@ async fn tcp(
             .map_err(|e| format!("send failed: {e}"))?;
     }
     let Some(expect) = expect else {
+        // Over TLS, what was sent must leave before the check ends.
+        s.flush().await.map_err(|e| format!("send failed: {e}"))?;
         return Ok("connected".into());
     };
+    s.flush().await.map_err(|e| format!("send failed: {e}"))?;
     let mut got = Vec::with_capacity(expect.len());
     while got.len() < expect.len() {
         let mut buf = [0u8; 512];
@@ -136,7 +171,7 @@ async fn tcp(
 }
 
 async fn http(
-    stream: TcpStream,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     addr: SocketAddr,
     path: &str,
     expect_status: u16,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::config::ListenerConfig;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{CertExpiry, Metrics, RouteMetrics, TlsHandshakes};
 use crate::pool::Pool;
 
 /// A listener's pools, as the server hands them over: its own, and one per
@@ -22,6 +22,25 @@ pub(crate) struct RouteTarget {
     pub metrics: RouteMetrics,
 }
 
+/// The series of a listener that ends TLS: its handshakes, and when each
+/// certificate it serves expires.
+pub(crate) struct ClientTls {
+    pub handshakes: TlsHandshakes,
+    expiry: Vec<(String, CertExpiry)>,
+}
+
+/// The certificate files `config` serves, with when each expires.
+fn served_certs(config: &ListenerConfig) -> Vec<(String, i64)> {
+    let own = config.tls.iter();
+    let routes = config.routes.iter().filter_map(|r| match &r.tls {
+        crate::config::RouteTls::Own(t) => Some(t),
+        _ => None,
+    });
+    own.chain(routes)
+        .map(|t| (t.cert.display().to_string(), t.built.leaf.not_after))
+        .collect()
+}
+
 /// Where a listener sends traffic; swapped whole on reload.
 pub(crate) struct Route {
     pub config: ListenerConfig,
@@ -30,6 +49,8 @@ pub(crate) struct Route {
     /// With routes: the listener's own pool's series (route `default`)
     /// first, then one target per `config.routes`. Empty without routes.
     pub targets: Vec<RouteTarget>,
+    /// When it ends TLS for some clients.
+    pub tls: Option<ClientTls>,
 }
 
 impl Route {
@@ -48,10 +69,21 @@ impl Route {
                 });
             }
         }
+        let tls = config.terminates().then(|| ClientTls {
+            handshakes: metrics.tls_clients(&config.name),
+            expiry: served_certs(config)
+                .into_iter()
+                .map(|(file, not_after)| {
+                    let e = metrics.cert_expiry(&config.name, "", &[(file.clone(), not_after)]);
+                    (file, e)
+                })
+                .collect(),
+        });
         Route {
             config: config.clone(),
             pool: pools.default,
             targets,
+            tls,
         }
     }
 
@@ -96,6 +128,17 @@ impl Route {
                 t.metrics.forget();
             }
         }
+        if let Some(tls) = &self.tls {
+            if !next.is_some_and(|n| n.terminates()) {
+                tls.handshakes.forget();
+            }
+            let still = next.map(served_certs).unwrap_or_default();
+            for (file, e) in &tls.expiry {
+                if !still.iter().any(|(f, _)| f == file) {
+                    e.forget();
+                }
+            }
+        }
     }
 }
 
@@ -110,6 +153,7 @@ impl Route {
             config: l.clone(),
             pool: Pool::new(&config.pools[&l.pool], Arc::new(Metrics::new())),
             targets: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -39,7 +39,7 @@ const CONNECTIONS: Family = Family::new(
 );
 const CONNECT_FAILURES: Family = Family::by(
     "switchyard_backend_connect_failures_total",
-    "Failed connects to the backend, by reason.",
+    "Failed connects to the backend, by reason: refused, timeout, error, closed (taken and ended at once without a byte), tls (the pool's TLS handshake failed).",
     "reason",
 );
 const BYTES: Family = Family::by(
@@ -89,6 +89,8 @@ pub struct BackendMetrics {
     pub fail_other: IntCounter,
     /// Connections the backend took and ended at once, without a byte.
     pub fail_closed: IntCounter,
+    /// The pool's TLS handshake with it failed.
+    pub fail_tls: IntCounter,
     /// Bytes sent to the backend.
     pub bytes_out: IntCounter,
     /// Bytes received from the backend.
@@ -122,6 +124,7 @@ impl Metrics {
             fail_timeout: o.counter(&CONNECT_FAILURES, Some("timeout")),
             fail_other: o.counter(&CONNECT_FAILURES, Some("error")),
             fail_closed: o.counter(&CONNECT_FAILURES, Some("closed")),
+            fail_tls: o.counter(&CONNECT_FAILURES, Some("tls")),
             bytes_out: o.counter(&BYTES, Some("out")),
             bytes_in: o.counter(&BYTES, Some("in")),
             checks_ok: o.counter(&CHECKS, Some("success")),
@@ -144,6 +147,7 @@ impl BackendMetrics {
             + self.fail_timeout.get()
             + self.fail_other.get()
             + self.fail_closed.get()
+            + self.fail_tls.get()
     }
 
     /// Removes this backend's series from scrapes (it left its pool).

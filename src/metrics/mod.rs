@@ -11,6 +11,7 @@
 mod backend;
 mod discovery;
 mod listener;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +25,7 @@ use prometheus::{
 pub use backend::BackendMetrics;
 pub use discovery::DiscoveryMetrics;
 pub use listener::{Inspected, RouteMetrics, TcpListenerMetrics, UdpListenerMetrics};
+pub use tls::{CertExpiry, TlsHandshakes};
 
 /// What kind of series a family holds.
 #[derive(Debug, Clone, Copy, PartialEq)]

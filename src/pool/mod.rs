@@ -156,6 +156,8 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     write: Mutex<()>,
     changed: watch::Sender<()>,
+    /// The handshakes of its TLS to backends, made on first use.
+    tls: std::sync::OnceLock<crate::metrics::TlsHandshakes>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -174,6 +176,7 @@ impl Pool {
             metrics,
             write: Mutex::new(()),
             changed: watch::Sender::new(()),
+            tls: std::sync::OnceLock::new(),
         })
     }
 
@@ -184,6 +187,19 @@ impl Pool {
 
     fn lock(&self) -> MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The series of its TLS handshakes with backends.
+    pub fn tls_handshakes(&self) -> &crate::metrics::TlsHandshakes {
+        self.tls
+            .get_or_init(|| self.metrics.tls_backends(&self.name))
+    }
+
+    /// Forgets its TLS series (the pool leaves the configuration).
+    fn forget_tls(&self) {
+        if let Some(t) = self.tls.get() {
+            t.forget();
+        }
     }
 
     /// The current snapshot; hold it for as long as one connection's pick and retries.
@@ -321,6 +337,7 @@ impl Pool {
         for m in &self.snapshot().members {
             m.backend.retire();
         }
+        self.forget_tls();
     }
 }
 

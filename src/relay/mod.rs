@@ -31,9 +31,11 @@
 
 mod end;
 mod splice;
+mod streams;
 
 use end::Broken;
 pub use end::{RelayEnd, Side};
+pub use streams::relay_streams;
 
 use std::cell::RefCell;
 use std::future::poll_fn;

@@ -343,5 +343,66 @@ pub fn v2(addrs: Option<(SocketAddr, SocketAddr)>, transport: Transport, tlvs: &
     out
 }
 
+/// What a proxy that ended TLS tells the backend of it in v2 TLVs.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFacts<'a> {
+    /// The protocol version, `TLSv1.3`.
+    pub version: &'a str,
+    /// The server name the client asked for.
+    pub server_name: Option<&'a str>,
+    /// The client presented a certificate on this connection.
+    pub client_cert: bool,
+    /// That certificate was verified.
+    pub verified: bool,
+    /// Its subject's common name.
+    pub common_name: Option<&'a str>,
+}
+
+/// One TLV: type, 16-bit length, value (cut to what the length can say).
+fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+    let value = &value[..value.len().min(usize::from(u16::MAX))];
+    out.push(kind);
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+/// `PP2_TYPE_AUTHORITY` (the server name) and `PP2_TYPE_SSL` with its
+/// `PP2_SUBTYPE_SSL_VERSION` and `PP2_SUBTYPE_SSL_CN`, as HAProxy's
+/// `send-proxy-v2-ssl-cn` writes them: client flags `PP2_CLIENT_SSL`, and
+/// `PP2_CLIENT_CERT_CONN` with a client certificate; `verify` is 0 when
+/// that certificate was verified.
+pub fn tls_tlvs(facts: &TlsFacts<'_>) -> Vec<u8> {
+    const AUTHORITY: u8 = 0x02;
+    const SSL: u8 = 0x20;
+    const SSL_VERSION: u8 = 0x21;
+    const SSL_CN: u8 = 0x22;
+    const CLIENT_SSL: u8 = 0x01;
+    const CLIENT_CERT_CONN: u8 = 0x02;
+    let mut out = Vec::new();
+    if let Some(name) = facts.server_name {
+        tlv(&mut out, AUTHORITY, name.as_bytes());
+    }
+    let mut ssl = vec![
+        CLIENT_SSL
+            | if facts.client_cert {
+                CLIENT_CERT_CONN
+            } else {
+                0
+            },
+    ];
+    let verify: u32 = if facts.client_cert && !facts.verified {
+        1
+    } else {
+        0
+    };
+    ssl.extend_from_slice(&verify.to_be_bytes());
+    tlv(&mut ssl, SSL_VERSION, facts.version.as_bytes());
+    if let Some(cn) = facts.common_name {
+        tlv(&mut ssl, SSL_CN, cn.as_bytes());
+    }
+    tlv(&mut out, SSL, &ssl);
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -34,7 +34,7 @@ fn backend_ended_it(o: &relay::Outcome) -> bool {
 
 /// Relays until done, or until `signal` (its backend went down) and `grace`
 /// have passed, then stops it with `own`; says whether that happened.
-async fn until_down(
+pub(super) async fn until_down(
     relaying: impl std::future::Future<Output = relay::Outcome>,
     own: &CancellationToken,
     grace: Duration,
@@ -89,7 +89,7 @@ async fn hand_over(
 
 /// A connection's idle timeout (its listener's) and the keepalive its
 /// backend socket gets (its pool's).
-fn timers(route: &Route, pool: &Pool) -> Timers {
+pub(super) fn timers(route: &Route, pool: &Pool) -> Timers {
     Timers {
         idle: route.config.idle_timeout,
         keepalive: pool.tcp_keepalive(),
@@ -97,7 +97,7 @@ fn timers(route: &Route, pool: &Pool) -> Timers {
 }
 
 /// The splice switch and byte meters of one connection.
-fn meters<'a>(
+pub(super) fn meters<'a>(
     route: &Route,
     m: &'a TcpListenerMetrics,
     b: &'a crate::backend::Backend,
@@ -217,6 +217,44 @@ pub(super) async fn carry(
             }
         }
     }
+    finish(
+        (shared, route, pool, guard, peer),
+        outcome,
+        closed_as_down,
+        Before {
+            started,
+            up: up_before,
+            down: down_before,
+        },
+        None,
+    );
+}
+
+/// What a connection that ended TLS tells the access log.
+pub(super) struct TlsLog<'a> {
+    pub version: &'a str,
+    pub server_name: Option<&'a str>,
+    pub client_subject: Option<&'a str>,
+}
+
+/// The end of a relayed connection (where `Carried` says, but for the stops,
+/// which a task keeping to the end would pay for): its duration counted,
+/// its backend judged by how it ended, one access log line.
+pub(super) fn finish(
+    (shared, route, pool, guard, peer): (&TcpShared, &Route, &Pool, &ActiveGuard, &SocketAddr),
+    outcome: relay::Outcome,
+    closed_as_down: bool,
+    before: Before,
+    tls: Option<TlsLog<'_>>,
+) {
+    let Before {
+        started,
+        up: up_before,
+        down: down_before,
+    } = before;
+    let m = &shared.metrics;
+    let name = route.config.name.as_str();
+    let b = guard.backend();
     if closed_as_down {
         b.metrics.closed_on_down.inc();
     }
@@ -232,7 +270,10 @@ pub(super) async fn carry(
     } else {
         b.connect_succeeded();
     }
-    if route.config.access_log {
+    if !route.config.access_log {
+        return;
+    }
+    if let Some(tls) = tls {
         tracing::info!(
             target: "switchyard::access",
             listener = name,
@@ -243,7 +284,23 @@ pub(super) async fn carry(
             bytes_out = down_before + outcome.down,
             duration_ms = elapsed.as_millis() as u64,
             end = if closed_as_down { "backend_down" } else { outcome.end.as_str() },
+            tls_version = tls.version,
+            tls_server_name = tls.server_name.unwrap_or(""),
+            tls_client_subject = tls.client_subject.unwrap_or(""),
             "tcp connection"
         );
+        return;
     }
+    tracing::info!(
+        target: "switchyard::access",
+        listener = name,
+        client = %peer,
+        backend = %b.addr,
+        backend_name = %b.name,
+        bytes_in = up_before + outcome.up,
+        bytes_out = down_before + outcome.down,
+        duration_ms = elapsed.as_millis() as u64,
+        end = if closed_as_down { "backend_down" } else { outcome.end.as_str() },
+        "tcp connection"
+    );
 }

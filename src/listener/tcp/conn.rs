@@ -11,10 +11,11 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::carry::{carry, Before, Carried};
-use super::connect::{connect, ConnectRefusal};
+use super::connect::{connect, refused_connect, ConnectRefusal, Upstream};
 use super::greet::{self, GreetRefusal};
 use super::handover::Moved;
 use super::shared::{ConnPermit, LocalStops, TcpShared};
+use super::tls::TlsStart;
 use crate::fds;
 use crate::listener::clients::{Admitted, LimitRefusal, Limits};
 use crate::listener::route::Route;
@@ -176,27 +177,46 @@ pub(super) fn serve(
         // Matched at once, not bound: a named result would keep its own
         // place in the task for the connection's whole life.
         let (mut backend, guard, early) = match {
-            // One snapshot for the header's version and every attempt.
+            // One snapshot for the path, the header's version and every
+            // attempt; dropped at this block's end, so that a connection
+            // does not keep its pool's old snapshot alive.
             let snap = pool.snapshot();
-            // The client's bytes read while greeting it, sent first.
-            let early = greeting.as_ref().map_or(0, |g| g.early.len() as u64);
+            let route_ends_tls = route
+                .config
+                .terminator(greeting.as_ref().and_then(|g| g.route))
+                .is_some();
+            // TLS on either side: its own path, boxed, so that every other
+            // connection's task keeps its size.
+            if route_ends_tls || snap.config.tls.is_some() {
+                let start = TlsStart {
+                    snap,
+                    shared: &shared,
+                    stops: &stops,
+                    route: &route,
+                    pool,
+                    who,
+                    greeting,
+                    started,
+                };
+                Box::pin(super::tls::serve(start, client)).await;
+                return;
+            }
+            // The client's bytes read while greeting it go after the header
+            // (counted from it, not kept beside it: every connection's task
+            // would carry the count).
             let preamble = greet::preamble(&client, who, snap.config.proxy_protocol, greeting);
             tokio::select! {
-                c = connect(&snap, who, name, &preamble) => c.map(|(b, g)| (b, g, early)),
+                c = connect((pool, &snap), who, name, &preamble) => {
+                    c.map(|(b, g)| (b, g, preamble.early() as u64))
+                }
                 _ = stops.hard.cancelled() => Err(ConnectRefusal::NoBackend),
             }
         } {
-            Ok(c) => c,
-            Err(ConnectRefusal::NoBackend) => {
-                m.no_backend.inc();
-                tracing::warn!(listener = name, client = %who, "no backend could take the connection; closing it");
-                return;
-            }
-            Err(ConnectRefusal::Local(reason, e)) => {
-                m.local.count(reason);
-                if shared.local_log.ready() {
-                    tracing::error!(listener = name, reason, error = %e, "the proxy is out of its own resources; closing connections it cannot serve (logged at most once a second)");
-                }
+            Ok((Upstream::Plain(b), g, early)) => (b, g, early),
+            // Not from this snapshot, which starts no TLS.
+            Ok((Upstream::Tls(_), _, _)) => return,
+            Err(refusal) => {
+                refused_connect(&shared, name, who, refusal);
                 return;
             }
         };

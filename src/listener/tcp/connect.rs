@@ -9,8 +9,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::backend::ActiveGuard;
+use crate::metrics::TlsHandshakes;
 use crate::net::local_cause;
-use crate::pool::Snapshot;
+use crate::pool::{Pool, Snapshot};
 
 /// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting
 /// (keepalive is the relay's to turn on, once the connection has lived a
@@ -60,25 +61,124 @@ pub(super) enum ConnectRefusal {
     Local(&'static str, io::Error),
 }
 
-/// Opens a connection to `addr` and writes `preamble` (a PROXY header, the
-/// client's first bytes) on it: a backend that cannot take those has not
-/// taken the connection.
-async fn dial_and_greet(addr: SocketAddr, preamble: &[u8]) -> io::Result<TcpStream> {
-    let mut stream = dial(addr).await?;
-    if !preamble.is_empty() {
-        tokio::io::AsyncWriteExt::write_all(&mut stream, preamble).await?;
-    }
-    Ok(stream)
+/// What a backend connection begins with: a PROXY header (`bytes[..header]`,
+/// before TLS when the pool starts TLS), then the client's bytes read while
+/// greeting it.
+#[derive(Debug, Default)]
+pub(super) struct Preamble {
+    pub bytes: Vec<u8>,
+    pub header: usize,
 }
 
-/// Connects to an available backend of `pool`, trying others on failure;
-/// `preamble` is written first on the connection that is kept.
+impl Preamble {
+    /// How many of its bytes are the client's.
+    pub fn early(&self) -> usize {
+        self.bytes.len() - self.header
+    }
+}
+
+/// A connected backend: plain, or with TLS the pool started.
+pub(super) enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Why a backend connection was not made: the socket's error, or a failed
+/// TLS handshake (counted under its result).
+enum DialError {
+    Io(io::Error),
+    Tls(&'static str, io::Error),
+}
+
+impl From<io::Error> for DialError {
+    fn from(e: io::Error) -> Self {
+        DialError::Io(e)
+    }
+}
+
+/// Opens a connection to `backend` and writes `preamble` on it (with the
+/// pool's TLS started after the header): a backend that cannot take those
+/// has not taken the connection.
+async fn dial_and_greet(
+    backend: &crate::backend::Backend,
+    preamble: &Preamble,
+    tls: Option<(&crate::tls::Originator, &TlsHandshakes)>,
+) -> Result<Upstream, DialError> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = dial(backend.addr).await?;
+    let Some(tls) = tls else {
+        if !preamble.bytes.is_empty() {
+            stream.write_all(&preamble.bytes).await?;
+        }
+        return Ok(Upstream::Plain(stream));
+    };
+    // Boxed: a TLS stream's state is large, and no part of a plain
+    // connection's task.
+    Box::pin(start_tls(stream, backend, preamble, tls)).await
+}
+
+/// Writes the PROXY header, then starts the pool's TLS and writes the
+/// client's early bytes through it.
+async fn start_tls(
+    mut stream: TcpStream,
+    backend: &crate::backend::Backend,
+    preamble: &Preamble,
+    (tls, handshakes): (&crate::tls::Originator, &TlsHandshakes),
+) -> Result<Upstream, DialError> {
+    use tokio::io::AsyncWriteExt;
+    let (header, early) = preamble.bytes.split_at(preamble.header);
+    if !header.is_empty() {
+        stream.write_all(header).await?;
+    }
+    let started = tokio::time::Instant::now();
+    let mut stream = match tls.connect(stream, &backend.name, backend.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            let result = crate::tls::classify(&e);
+            handshakes.count(result);
+            return Err(DialError::Tls(result, e));
+        }
+    };
+    handshakes.count("ok");
+    handshakes.seconds.observe(started.elapsed().as_secs_f64());
+    if !early.is_empty() {
+        stream.write_all(early).await?;
+        stream.flush().await?;
+    }
+    Ok(Upstream::Tls(Box::new(stream)))
+}
+
+/// Counts and logs a client no backend could be given.
+pub(super) fn refused_connect(
+    shared: &super::shared::TcpShared,
+    listener: &str,
+    who: SocketAddr,
+    refusal: ConnectRefusal,
+) {
+    let m = &shared.metrics;
+    match refusal {
+        ConnectRefusal::NoBackend => {
+            m.no_backend.inc();
+            tracing::warn!(listener, client = %who, "no backend could take the connection; closing it");
+        }
+        ConnectRefusal::Local(reason, e) => {
+            m.local.count(reason);
+            if shared.local_log.ready() {
+                tracing::error!(listener, reason, error = %e, "the proxy is out of its own resources; closing connections it cannot serve (logged at most once a second)");
+            }
+        }
+    }
+}
+
+/// Connects to an available backend of `pool` (as `snap` has it), trying
+/// others on failure; `preamble` is written first on the connection that is
+/// kept.
 pub(super) async fn connect(
-    snap: &Snapshot,
+    (pool, snap): (&Pool, &Snapshot),
     client: SocketAddr,
     listener: &str,
-    preamble: &[u8],
-) -> Result<(TcpStream, ActiveGuard), ConnectRefusal> {
+    preamble: &Preamble,
+) -> Result<(Upstream, ActiveGuard), ConnectRefusal> {
     let cfg = &snap.config;
     let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
     for _ in 0..=cfg.retries {
@@ -88,13 +188,22 @@ pub(super) async fn connect(
         // Count it before connecting so least_conn sees in-flight connects.
         let guard = backend.open();
         let started = tokio::time::Instant::now();
-        let result =
-            match tokio::time::timeout(cfg.connect_timeout, dial_and_greet(backend.addr, preamble))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-            };
+        let result = match tokio::time::timeout(
+            cfg.connect_timeout,
+            dial_and_greet(backend, preamble, {
+                // Not bound outside the loop: every connection's task would
+                // carry it.
+                cfg.tls.as_ref().map(|t| (&*t.built, pool.tls_handshakes()))
+            }),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(DialError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))),
+        };
         match result {
             Ok(stream) => {
                 backend
@@ -106,11 +215,16 @@ pub(super) async fn connect(
                 // no success (see EARLY_CLOSE).
                 return Ok((stream, guard.established()));
             }
-            Err(e) if local_cause(&e).is_some() => {
+            Err(DialError::Io(e)) if local_cause(&e).is_some() => {
                 let reason = local_cause(&e).expect("checked in the guard");
                 return Err(ConnectRefusal::Local(reason, e));
             }
-            Err(e) => {
+            Err(DialError::Tls(result, e)) => {
+                backend.metrics.fail_tls.inc();
+                backend.connect_failed(cfg.max_fails, cfg.fail_timeout);
+                tracing::warn!(listener, %client, backend = %backend.addr, result, error = %e, "TLS handshake with backend failed");
+            }
+            Err(DialError::Io(e)) => {
                 backend.count_failure(&e);
                 backend.connect_failed(cfg.max_fails, cfg.fail_timeout);
                 tracing::warn!(listener, %client, backend = %backend.addr, error = %e, "connect to backend failed");

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::connect::Preamble;
 use crate::config::ProxyVersion;
 use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
@@ -179,6 +180,30 @@ fn unspecified(a: SocketAddr) -> std::net::IpAddr {
     }
 }
 
+/// The PROXY header (`version`, none without one) for client `who`, who
+/// connected to `local` (the header in front's, else our socket's), with
+/// `tlvs` (v2).
+pub(super) fn header(
+    client: &TcpStream,
+    who: SocketAddr,
+    version: Option<ProxyVersion>,
+    local: Option<SocketAddr>,
+    tlvs: &[u8],
+) -> Vec<u8> {
+    let Some(version) = version else {
+        return Vec::new();
+    };
+    // getsockname cannot fail on a connected socket; were it to, the
+    // header says "an unspecified address".
+    let local = local
+        .or_else(|| client.local_addr().ok())
+        .unwrap_or_else(|| SocketAddr::new(unspecified(who), 0));
+    match version {
+        ProxyVersion::V1 => proxy_protocol::v1(who, local),
+        ProxyVersion::V2 => proxy_protocol::v2(Some((who, local)), Transport::Stream, tlvs),
+    }
+}
+
 /// What a backend connection of `pool` begins with: the pool's PROXY header
 /// for client `who`, then the client's bytes read while greeting it.
 pub(super) fn preamble(
@@ -186,23 +211,17 @@ pub(super) fn preamble(
     who: SocketAddr,
     version: Option<ProxyVersion>,
     greeting: Option<Box<Greeting>>,
-) -> Vec<u8> {
+) -> Preamble {
     let (local, tlvs, early) = match greeting {
         Some(g) => (g.local, g.tlvs, g.early),
         None => (None, Vec::new(), Vec::new()),
     };
-    let Some(version) = version else {
-        return early;
-    };
-    // getsockname cannot fail on a connected socket; were it to, the
-    // header says "an unspecified address".
-    let local = local
-        .or_else(|| client.local_addr().ok())
-        .unwrap_or_else(|| SocketAddr::new(unspecified(who), 0));
-    let mut out = match version {
-        ProxyVersion::V1 => proxy_protocol::v1(who, local),
-        ProxyVersion::V2 => proxy_protocol::v2(Some((who, local)), Transport::Stream, &tlvs),
-    };
-    out.extend_from_slice(&early);
-    out
+    let mut bytes = header(client, who, version, local, &tlvs);
+    let header = bytes.len();
+    if bytes.is_empty() {
+        bytes = early;
+    } else {
+        bytes.extend_from_slice(&early);
+    }
+    Preamble { bytes, header }
 }

@@ -8,6 +8,7 @@ mod connect;
 mod greet;
 pub mod handover;
 mod shared;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,186 @@
+//! The relay for connections with TLS on either side: both ends are byte
+//! streams that rustls encrypts or decrypts, so bytes go through a buffer
+//! of the connection's own (16 KiB each way, a TLS record's plaintext) and
+//! never through splice. Half-close stays exact: a side's EOF (its
+//! `close_notify`, then its FIN) becomes a shutdown of the other side's
+//! writing, which for TLS sends `close_notify` first.
+//!
+//! Such a connection cannot be handed to a new process (its TLS state is
+//! this process's), so a binary upgrade lets it finish here.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use super::{Meter, Outcome, RelayEnd, Side};
+use crate::clock::now_ms;
+
+/// Each direction's buffer: a whole TLS record's plaintext.
+const BUFFER: usize = 16 * 1024;
+
+/// What both directions record as they go.
+struct Watch {
+    last: AtomicU64,
+    first_eof: OnceLock<Side>,
+    failed: OnceLock<(Side, io::ErrorKind)>,
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+/// One side's stream, watched: bytes read from it are counted (they are
+/// written on in full unless the relay fails), its EOF and errors noted.
+struct Watched<'a, T> {
+    inner: &'a mut T,
+    side: Side,
+    watch: &'a Watch,
+    meter: Meter<'a>,
+}
+
+impl<T> Watched<'_, T> {
+    fn failed(&self, e: &io::Error) {
+        // The first failure is the cause; later ones follow from it.
+        let _ = self.watch.failed.set((self.side, e.kind()));
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        match &r {
+            Poll::Ready(Ok(())) => {
+                let n = (buf.filled().len() - before) as u64;
+                if n == 0 {
+                    let _ = this.watch.first_eof.set(this.side);
+                } else {
+                    this.watch.last.store(now_ms(), Ordering::Relaxed);
+                    let total = match this.side {
+                        Side::Client => &this.watch.up,
+                        Side::Backend => &this.watch.down,
+                    };
+                    total.fetch_add(n, Ordering::Relaxed);
+                    this.meter.read.inc_by(n);
+                    this.meter.written.inc_by(n);
+                }
+            }
+            Poll::Ready(Err(e)) => this.failed(e),
+            Poll::Pending => {}
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Err(e)) = &r {
+            this.failed(e);
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.inner).poll_flush(cx);
+        if let Poll::Ready(Err(e)) = &r {
+            this.failed(e);
+        }
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A peer already gone makes the shutdown fail; that ends the other
+        // direction anyway, so it is not the relay's failure.
+        let this = self.get_mut();
+        match Pin::new(&mut *this.inner).poll_shutdown(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+/// Relays between `client` and `backend` until both directions end, `idle`
+/// passes with no byte either way, or `hard` fires.
+pub async fn relay_streams<C, B>(
+    client: &mut C,
+    backend: &mut B,
+    idle: Duration,
+    hard: &CancellationToken,
+    up_meter: Meter<'_>,
+    down_meter: Meter<'_>,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let watch = Watch {
+        last: AtomicU64::new(now_ms()),
+        first_eof: OnceLock::new(),
+        failed: OnceLock::new(),
+        up: AtomicU64::new(0),
+        down: AtomicU64::new(0),
+    };
+    let mut c = Watched {
+        inner: client,
+        side: Side::Client,
+        watch: &watch,
+        meter: up_meter,
+    };
+    let mut b = Watched {
+        inner: backend,
+        side: Side::Backend,
+        watch: &watch,
+        meter: down_meter,
+    };
+    let idle_ms = idle.as_millis() as u64;
+    let idle_watch = async {
+        loop {
+            let deadline = watch.last.load(Ordering::Relaxed).saturating_add(idle_ms);
+            let now = now_ms();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        }
+    };
+    let end = tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUFFER, BUFFER) => match r {
+            Ok(_) => RelayEnd::Closed,
+            Err(e) => match watch.failed.get() {
+                Some(&(side, io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)) => {
+                    RelayEnd::Reset(side)
+                }
+                Some(&(side, _)) => RelayEnd::Error(side),
+                // A TLS error surfaces from the side that read it.
+                None => {
+                    tracing::debug!(error = %e, "relay ended in an error of no known side");
+                    RelayEnd::Error(Side::Client)
+                }
+            },
+        },
+        _ = idle_watch => RelayEnd::Idle,
+        _ = hard.cancelled() => RelayEnd::Shutdown,
+    };
+    Outcome {
+        up: watch.up.load(Ordering::Relaxed),
+        down: watch.down.load(Ordering::Relaxed),
+        end,
+        first_eof: watch.first_eof.get().copied(),
+    }
+}
