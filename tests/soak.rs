@@ -584,9 +584,12 @@ fn everything_churns_at_once_and_nothing_leaks() {
         ));
         let within = |a: f64, b: f64| b <= a * 1.05 && b >= a * 0.95;
         // Memory of its own is what a leak grows; file pages only show which
-        // of the binary's code has run so far.
+        // of the binary's code has run so far. The allocator takes memory in
+        // steps (a thread's arena grows its top by up to a mebibyte at a
+        // time), so a process only a few cycles old may have taken one step
+        // more: a mebibyte of slack beside the 5 %.
         assert!(
-            last.anon_kib as f64 <= first.anon_kib as f64 * 1.05,
+            last.anon_kib as f64 <= first.anon_kib as f64 * 1.05 + 1024.0,
             "process {pid}: its own resident memory grew: {s:#?}"
         );
         assert!(
