@@ -90,7 +90,7 @@ def start(proxy, tmp, ours, crt, key, pem):
     if proxy == "haproxy":
         path = os.path.join(tmp, "haproxy.cfg")
         open(path, "w").write(
-            f"global\n  nbthread {THREADS}\n  maxconn 20000\n  pidfile {tmp}/haproxy.pid\n"
+            f"global\n  nbthread {THREADS}\n  maxconn 9000\n  pidfile {tmp}/haproxy.pid\n"
             "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n"
             f"listen tls\n  bind 127.0.0.1:{port} ssl crt {pem}\n  server b1 127.0.0.1:{BACKEND}\n")
         cmd = ["haproxy", "-f", path, "-db"]

@@ -1,7 +1,9 @@
 //! The relay for connections with TLS on either side: both ends are byte
-//! streams that rustls encrypts or decrypts, so bytes go through a buffer
-//! of the connection's own (16 KiB each way, a TLS record's plaintext) and
-//! never through splice. Half-close stays exact: a side's EOF (its
+//! streams that rustls encrypts or decrypts, so bytes are copied, never
+//! spliced. As in the plain relay, an idle connection holds no buffer of
+//! its own: each direction reads into the worker's scratch buffer and
+//! writes straight on, and only what the other side cannot take yet is
+//! kept, until it is written. Half-close stays exact: a side's EOF (its
 //! `close_notify`, then its FIN) becomes a shutdown of the other side's
 //! writing, which for TLS sends `close_notify` first.
 //!
@@ -18,11 +20,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use super::{Meter, Outcome, RelayEnd, Side};
+use super::{Meter, Outcome, RelayEnd, Side, SCRATCH_BUF};
 use crate::clock::now_ms;
-
-/// Each direction's buffer: a whole TLS record's plaintext.
-const BUFFER: usize = 16 * 1024;
 
 /// What both directions record as they go.
 struct Watch {
@@ -115,6 +114,99 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
     }
 }
 
+/// One direction's progress: bytes the other side could not take yet, and
+/// how far its end has gone.
+#[derive(Default)]
+struct Direction {
+    held: Vec<u8>,
+    at: usize,
+    /// Its source reached EOF.
+    eof: bool,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+}
+
+/// What one read into the scratch buffer came to.
+enum Read {
+    Waiting,
+    Eof,
+    Moved,
+}
+
+/// Moves what `from` has to `to` until it would wait (`Pending`), or until
+/// `from` ended and `to` is shut down (`Ready(Ok)`).
+fn poll_direction<R, W>(
+    cx: &mut Context<'_>,
+    from: &mut R,
+    to: &mut W,
+    d: &mut Direction,
+) -> Poll<io::Result<()>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        while d.at < d.held.len() {
+            match Pin::new(&mut *to).poll_write(cx, &d.held[d.at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    d.at += n;
+                    d.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if d.held.capacity() > 0 {
+            // Written: the connection keeps no buffer.
+            d.held = Vec::new();
+            d.at = 0;
+        }
+        if d.eof {
+            // Sends what rustls holds, then close_notify and FIN.
+            return Pin::new(&mut *to).poll_shutdown(cx);
+        }
+        let read = SCRATCH_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut rb = ReadBuf::new(&mut buf[..]);
+            match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+                Poll::Pending => return Ok(Read::Waiting),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = rb.filled().len();
+            if n == 0 {
+                return Ok(Read::Eof);
+            }
+            let written = match Pin::new(&mut *to).poll_write(cx, &buf[..n]) {
+                Poll::Ready(Ok(w)) => w,
+                Poll::Pending => 0,
+                Poll::Ready(Err(e)) => return Err(e),
+            };
+            d.unflushed |= written > 0;
+            if written < n {
+                d.held.extend_from_slice(&buf[written..n]);
+            }
+            Ok(Read::Moved)
+        })?;
+        match read {
+            Read::Moved => {}
+            Read::Eof => d.eof = true,
+            Read::Waiting => {
+                // Nothing more to read for now: what rustls holds goes out.
+                if d.unflushed {
+                    match Pin::new(&mut *to).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => d.unflushed = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
 /// Relays between `client` and `backend` until both directions end, `idle`
 /// passes with no byte either way, or `hard` fires.
 pub async fn relay_streams<C, B>(
@@ -159,8 +251,31 @@ where
             tokio::time::sleep(Duration::from_millis(deadline - now)).await;
         }
     };
+    let (mut up, mut down) = (Direction::default(), Direction::default());
+    let (mut up_done, mut down_done) = (false, false);
+    let both = std::future::poll_fn(|cx| {
+        if !up_done {
+            match poll_direction(cx, &mut c, &mut b, &mut up) {
+                Poll::Ready(Ok(())) => up_done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if !down_done {
+            match poll_direction(cx, &mut b, &mut c, &mut down) {
+                Poll::Ready(Ok(())) => down_done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if up_done && down_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    });
     let end = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut b, BUFFER, BUFFER) => match r {
+        r = both => match r {
             Ok(_) => RelayEnd::Closed,
             Err(e) => match watch.failed.get() {
                 Some(&(side, io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)) => {
