@@ -372,6 +372,7 @@ async fn a_route_ends_tls_with_its_own_certificate_and_others_pass_through() {
     );
     assert_eq!(routes[1]["tls"], "passthrough", "{body}");
     assert!(v["listeners"][0]["tls"].is_null(), "{body}");
+    drop((s, raw));
     srv.shutdown().await;
 }
 
@@ -573,11 +574,13 @@ async fn new_certificates_are_served_after_a_reload_with_no_handshake_failing() 
     );
     let s = pki::connect(&config, front, "tls.example").await.unwrap();
     assert_eq!(pki::peer_leaf(&s), pki::der(&first.cert));
+    drop(s);
 
     std::fs::copy(&second.key, &live.key).unwrap();
     srv.reload_file().await.unwrap();
     let s = pki::connect(&config, front, "tls.example").await.unwrap();
     assert_eq!(pki::peer_leaf(&s), pki::der(&second.cert));
+    drop(s);
     let at_reload = done.load(Ordering::SeqCst);
     common::wait_for("load after the reload", Duration::from_secs(10), || {
         done.load(Ordering::SeqCst) > at_reload + 20
@@ -592,6 +595,7 @@ async fn new_certificates_are_served_after_a_reload_with_no_handshake_failing() 
     let mut buf = [0u8; 6];
     held_r.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"still\n");
+    drop((held_r, held_w));
     srv.shutdown().await;
 }
 
@@ -766,4 +770,52 @@ fn check_names_the_file_and_key_of_a_certificate_problem() {
     ));
     assert!(!ok, "{out}");
     assert!(out.contains("pools.p.tls.ca"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_reads_the_server_name_from_our_proxy_v2_tlvs() {
+    if !installed("openssl", "openssl") || !installed("haproxy", "haproxy") {
+        return;
+    }
+    let (dir, ca, server) = pki_dir();
+    // HAProxy takes our header (it refuses a malformed TLV) and answers
+    // with the authority TLV it read. HAProxy 2.6 exposes no sample for the
+    // SSL TLV's common name (fc_pp_tlv came in 2.9): that one is read by
+    // `mutual_tls_passes_the_clients_identity_on_in_proxy_v2`.
+    let addr = free_addr();
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 5s\n  timeout server 5s\n\
+             frontend f\n  bind {addr} accept-proxy\n  \
+             http-request return status 200 content-type text/plain lf-string \"authority=%[fc_pp_authority]\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("haproxy.log");
+    let mut hap = Proc::spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&cfg), &log);
+    wait_listening(addr, &mut hap, &log, Duration::from_secs(10)).await;
+    let toml = format!(
+        "[[listeners]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\npool = \"hap\"\n\
+         [listeners.tls]\n{}\n\
+         [pools.hap]\nproxy_protocol = \"v2\"\nbackends = [{{ addr = \"{addr}\" }}]\n",
+        server.toml().replace(", ", "\n")
+    );
+    let srv = start_file(dir.path(), &toml).await;
+    let front = srv.local_addr("t").unwrap();
+    let config = pki::client(&ca, None, &[]);
+    let mut s = pki::connect(&config, front, "tls.example").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("authority=tls.example"), "{out}");
+    drop(s);
+    srv.shutdown().await;
 }
