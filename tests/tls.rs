@@ -128,12 +128,25 @@ async fn a_listener_ends_tls_and_its_backend_gets_the_plaintext() {
     let echo = common::echo_raw().await;
     let toml = format!(
         "[[listeners]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
-         [listeners.tls]\n{}\nalpn = [\"echo\"]\n\
+         [listeners.tls]\n{0}\nalpn = [\"echo\"]\n\
+         [[listeners]]\nname = \"t13\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [listeners.tls]\n{0}\nmin_version = \"1.3\"\n\
          [pools.p]\nbackends = [{{ addr = \"{echo}\" }}]\n",
         server.toml().replace(", ", "\n")
     );
     let srv = start_file(dir.path(), &toml).await;
     let front = srv.local_addr("t").unwrap();
+    // min_version = "1.3": a TLS 1.2 client is refused and counted.
+    let t13 = srv.local_addr("t13").unwrap();
+    let (ok, out) = s_client(t13, &["-tls1_2", "-servername", "tls.example"]).await;
+    assert!(!ok, "{out}");
+    common::wait_metric(
+        &srv,
+        &handshakes("client", "t13", "", "protocol_version"),
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
     let ca_arg = ca.cert.to_str().unwrap();
 
     // openssl sees our certificate, verified, in each version.
