@@ -16,11 +16,13 @@ Scenarios:
 
 usage: benches/tls.py [--proxies haproxy,nginx,ours] [--ours BIN] [--seconds N]
                       [--scenarios hs,resume,bulk,idle] [--rounds N] [--json OUT]
+                      [--variant NAME=BIN ...]   (more builds of ours, side by side)
 """
 import argparse, json, os, re, resource, signal, socket, ssl, statistics, subprocess, sys, tempfile, threading, time
 
 BACKEND = 25400
 FRONT = {"haproxy": 25401, "nginx": 25402, "ours": 25403}
+VARIANTS = {}
 THREADS = os.cpu_count() or 2
 
 
@@ -87,6 +89,7 @@ def make_cert(tmp):
 
 def start(proxy, tmp, ours, crt, key, pem):
     port = FRONT[proxy]
+    ours = VARIANTS.get(proxy, ours)
     if proxy == "haproxy":
         path = os.path.join(tmp, "haproxy.cfg")
         open(path, "w").write(
@@ -111,7 +114,7 @@ stream {{
 """)
         cmd = ["nginx", "-c", path, "-g", "daemon off;"]
     else:
-        path = os.path.join(tmp, "switchyard.toml")
+        path = os.path.join(tmp, f"{proxy}.toml")
         open(path, "w").write(
             f'[[listeners]]\nname = "tls"\nbind = "127.0.0.1:{port}"\npool = "b"\naccess_log = false\n'
             f'[listeners.tls]\ncert = "{crt}"\nkey = "{key}"\n'
@@ -211,14 +214,19 @@ def main():
     ap.add_argument("--scenarios", default="hs,resume,bulk,idle")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--variant", action="append", default=[])
     a = ap.parse_args()
+    for i, v in enumerate(a.variant):
+        name, path = v.split("=", 1)
+        VARIANTS[name] = path
+        FRONT[name] = 25410 + i
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 100000), hard))
     tmp = tempfile.mkdtemp(prefix="tls-bench-")
     crt, key, pem = make_cert(tmp)
     stop_backend = threading.Event()
     totals, lock = sink_backend(stop_backend)
-    proxies = a.proxies.split(",")
+    proxies = a.proxies.split(",") + list(VARIANTS)
     scenarios = a.scenarios.split(",")
     runs = {p: {s: [] for s in scenarios} for p in proxies}
     for r in range(a.rounds):
@@ -250,7 +258,7 @@ def main():
         result[s] = {"unit": units[s], "runs": {p: runs[p][s] for p in proxies}, "median": meds}
         line = "  ".join(f"{p} {meds[p]}" for p in proxies)
         if "ours" in meds:
-            others = [meds[p] for p in proxies if p != "ours"]
+            others = [meds[p] for p in proxies if p in ("haproxy", "nginx")]
             if others:
                 best = min(others) if s == "idle" else max(others)
                 ratio = meds["ours"] / best if best else float("nan")
