@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::admin::status::{BackendStatus, PoolsStatus};
+use crate::admin::status::{BackendStatus, HistoryRates, PoolsStatus};
 
 use crate::config::Config;
 
@@ -224,22 +224,20 @@ impl AdminTarget {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
             .saturating_sub(15_000);
-        let history = self.call(
+        let history: HistoryRates = typed(self.call(
             "GET",
             &format!("/api/v1/history?points=1&since={since}"),
             "",
-        )?;
+        )?)?;
         Ok(table(&pools, |pool, addr| {
-            let s = &history["pools"][pool][addr];
-            let last = |k: &str| {
-                s[k].as_array()
-                    .and_then(|a| a.last())
-                    .and_then(Value::as_f64)
+            let Some(s) = history.pools.get(pool).and_then(|p| p.get(addr)) else {
+                return (None, None, None);
             };
+            let last = |v: &[Option<f64>]| v.last().copied().flatten();
             (
-                last("new_per_s"),
-                last("bytes_in_per_s"),
-                last("bytes_out_per_s"),
+                last(&s.new_per_s),
+                last(&s.bytes_in_per_s),
+                last(&s.bytes_out_per_s),
             )
         }))
     }

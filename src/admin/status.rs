@@ -81,6 +81,30 @@ impl PoolTlsStatus {
     }
 }
 
+/// The rates of one backend in `/api/v1/history`, as `ctl status` reads
+/// them: one value per bin, `None` where nothing was known.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackendRates {
+    /// New connections and sessions per second.
+    #[serde(default)]
+    pub new_per_s: Vec<Option<f64>>,
+    /// Bytes per second from it.
+    #[serde(default)]
+    pub bytes_in_per_s: Vec<Option<f64>>,
+    /// Bytes per second to it.
+    #[serde(default)]
+    pub bytes_out_per_s: Vec<Option<f64>>,
+}
+
+/// The part of `/api/v1/history` that `ctl status` reads: pools by name,
+/// their backends by address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryRates {
+    /// Every pool's backends.
+    #[serde(default)]
+    pub pools: std::collections::BTreeMap<String, std::collections::BTreeMap<String, BackendRates>>,
+}
+
 /// The part of `/api/v1/pools` that `ctl` reads.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PoolsStatus {
