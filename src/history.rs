@@ -55,6 +55,16 @@ pub mod state {
     pub const UP: u64 = 1;
     /// Drained.
     pub const DRAINING: u64 = 2;
+
+    /// The point of state `s`: the history's one mapping of it.
+    pub fn point(s: crate::backend::BackendState) -> u64 {
+        use crate::backend::BackendState;
+        match s {
+            BackendState::Draining => DRAINING,
+            BackendState::Up => UP,
+            BackendState::Down => DOWN,
+        }
+    }
 }
 
 /// One listener's counters and gauges, as read.

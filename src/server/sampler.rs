@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Server, State};
-use crate::backend::BackendState;
 use crate::history::{state, BackendReading, ListenerReading, Reading};
 
 /// Everything's totals now.
@@ -31,11 +30,6 @@ fn read(st: &State) -> Reading {
         for m in &entry.pool.snapshot().members {
             let b = &m.backend;
             let mt = &b.metrics;
-            let s = match b.state() {
-                BackendState::Draining => state::DRAINING,
-                BackendState::Up => state::UP,
-                BackendState::Down => state::DOWN,
-            };
             backends.push(BackendReading {
                 pool: pool.clone(),
                 addr: b.label.clone(),
@@ -46,7 +40,7 @@ fn read(st: &State) -> Reading {
                     mt.bytes_in.get(),
                     mt.bytes_out.get(),
                     mt.connect_failures(),
-                    s,
+                    state::point(b.state()),
                 ],
             });
         }
