@@ -256,6 +256,8 @@ struct Sample {
     /// binary's pages, faulted in as code paths first run).
     anon_kib: u64,
     file_kib: u64,
+    /// What the allocator has handed out and not had back.
+    heap_kib: u64,
     fds: usize,
     tasks: f64,
     /// Connections counted per listener, and UDP datagrams from clients.
@@ -326,6 +328,7 @@ fn quiet_sample(pid: u32, admin: SocketAddr, gate: &Gate, seen: &Seen, cycle: us
         cycle,
         anon_kib: status_kib(pid, "RssAnon"),
         file_kib: status_kib(pid, "RssFile"),
+        heap_kib: (m(&text, "switchyard_heap_in_use_bytes") / 1024.0) as u64,
         fds: fds(pid),
         tasks: m(&text, "switchyard_runtime_alive_tasks{runtime=\"workers\"}")
             + m(&text, "switchyard_runtime_alive_tasks{runtime=\"control\"}"),
@@ -571,10 +574,12 @@ fn everything_churns_at_once_and_nothing_leaks() {
         let (first, last) = (s[warm], s[s.len() - 1]);
         let anon: Vec<String> = s.iter().map(|x| x.anon_kib.to_string()).collect();
         let file: Vec<String> = s.iter().map(|x| x.file_kib.to_string()).collect();
+        let heap: Vec<String> = s.iter().map(|x| x.heap_kib.to_string()).collect();
         report.push(format!(
-            "process {pid}, cycles {}-{}: RSS of its own {} KiB, of files {} KiB, descriptors {} -> {}, tasks {} -> {}",
+            "process {pid}, cycles {}-{}: heap in use {} KiB, RSS of its own {} KiB, of files {} KiB, descriptors {} -> {}, tasks {} -> {}",
             first.cycle,
             last.cycle,
+            heap.join(" "),
             anon.join(" "),
             file.join(" "),
             first.fds,
@@ -591,6 +596,13 @@ fn everything_churns_at_once_and_nothing_leaks() {
         assert!(
             last.anon_kib as f64 <= first.anon_kib as f64 * 1.05 + 1024.0,
             "process {pid}: its own resident memory grew: {s:#?}"
+        );
+        // What the daemon holds: a leak shows here first. The history's ring
+        // fills for an hour (720 samples of every series, at most 256 KiB
+        // for this file's listeners and backends).
+        assert!(
+            last.heap_kib > 0 && last.heap_kib as f64 <= first.heap_kib as f64 * 1.05 + 256.0,
+            "process {pid}: the heap in use grew: {s:#?}"
         );
         assert!(
             within(first.fds as f64, last.fds as f64),

@@ -89,6 +89,8 @@ pub struct Metrics {
     worker_tasks: IntGauge,
     /// Tasks alive on the control runtime, likewise.
     control_tasks: IntGauge,
+    /// The allocator's bytes in use, likewise.
+    heap_in_use: IntGauge,
 }
 
 impl Metrics {
@@ -132,7 +134,14 @@ impl Metrics {
         )
         .expect("valid metric");
         register(Box::new(tasks.clone()));
+        let heap_in_use = IntGauge::new(
+            "switchyard_heap_in_use_bytes",
+            "Bytes the allocator has handed out and not had back (glibc's mallinfo2), beside the resident memory of process_resident_memory_bytes: the one grows only with what the daemon holds.",
+        )
+        .expect("valid metric");
+        register(Box::new(heap_in_use.clone()));
         Metrics {
+            heap_in_use,
             worker_tasks: tasks.with_label_values(&["workers"]),
             control_tasks: tasks.with_label_values(&["control"]),
             reloads_success: reloads.with_label_values(&["success"]),
@@ -194,6 +203,9 @@ impl Metrics {
         let (workers, control) = crate::workers::alive_tasks();
         self.worker_tasks.set(workers as i64);
         self.control_tasks.set(control as i64);
+        if let Some(bytes) = crate::sys::heap_in_use() {
+            self.heap_in_use.set(bytes as i64);
+        }
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
