@@ -273,24 +273,14 @@ pub(super) fn finish(
     if !route.config.access_log {
         return;
     }
-    if let Some(tls) = tls {
-        tracing::info!(
-            target: "switchyard::access",
-            listener = name,
-            client = %peer,
-            backend = %b.addr,
-            backend_name = %b.name,
-            bytes_in = up_before + outcome.up,
-            bytes_out = down_before + outcome.down,
-            duration_ms = elapsed.as_millis() as u64,
-            end = if closed_as_down { "backend_down" } else { outcome.end.as_str() },
-            tls_version = tls.version,
-            tls_server_name = tls.server_name.unwrap_or(""),
-            tls_client_subject = tls.client_subject.unwrap_or(""),
-            "tcp connection"
-        );
-        return;
-    }
+    // A connection without TLS logs its TLS fields empty: one shape of line.
+    let (tls_version, tls_server_name, tls_client_subject) = tls.map_or(("", "", ""), |t| {
+        (
+            t.version,
+            t.server_name.unwrap_or(""),
+            t.client_subject.unwrap_or(""),
+        )
+    });
     tracing::info!(
         target: "switchyard::access",
         listener = name,
@@ -301,6 +291,9 @@ pub(super) fn finish(
         bytes_out = down_before + outcome.down,
         duration_ms = elapsed.as_millis() as u64,
         end = if closed_as_down { "backend_down" } else { outcome.end.as_str() },
+        tls_version,
+        tls_server_name,
+        tls_client_subject,
         "tcp connection"
     );
 }
