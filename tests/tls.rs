@@ -446,6 +446,22 @@ async fn a_pool_starts_verified_tls_and_refuses_backends_it_cannot_trust() {
         1.0
     );
     assert_eq!(value(&srv, &handshakes("backend", "", "db", "ok")), 6.0);
+    // When our client certificate expires: two days from now.
+    let not_after = value(
+        &srv,
+        &format!(
+            "switchyard_tls_certificate_not_after_timestamp_seconds{{file=\"{}\",listener=\"\",pool=\"db\"}}",
+            lb.cert.display()
+        ),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    assert!(
+        not_after > now + 86400.0 && not_after < now + 3.0 * 86400.0,
+        "{not_after}"
+    );
     // The API and ctl show the pool's TLS.
     let admin = srv.admin_addr().await.unwrap();
     let (_, body) = tokio::task::spawn_blocking(move || {

@@ -158,6 +158,8 @@ pub struct Pool {
     changed: watch::Sender<()>,
     /// The handshakes of its TLS to backends, made on first use.
     tls: std::sync::OnceLock<crate::metrics::TlsHandshakes>,
+    /// When the client certificate it presents expires, by file.
+    cert_expiry: Mutex<Option<(String, crate::metrics::CertExpiry)>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -170,14 +172,38 @@ impl Pool {
     /// A pool with `config`'s backends, each new (health by `initial`).
     pub fn new(config: &PoolConfig, metrics: Arc<Metrics>) -> Arc<Pool> {
         let snapshot = build(config, &HashMap::new(), &metrics);
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             name: config.name.clone(),
             current: ArcSwap::from_pointee(snapshot),
             metrics,
             write: Mutex::new(()),
             changed: watch::Sender::new(()),
             tls: std::sync::OnceLock::new(),
-        })
+            cert_expiry: Mutex::new(None),
+        });
+        pool.follow_cert(config);
+        pool
+    }
+
+    /// Exports when the client certificate of `config` expires (and no
+    /// longer that of a file it stopped using).
+    fn follow_cert(&self, config: &PoolConfig) {
+        let now = config.tls.as_ref().and_then(|t| {
+            let (cert, _) = t.cert.as_ref()?;
+            Some((cert.display().to_string(), t.built.leaf.as_ref()?.not_after))
+        });
+        let mut held = self.cert_expiry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((file, e)) = held.take() {
+            if now.as_ref().is_none_or(|(f, _)| *f != file) {
+                e.forget();
+            }
+        }
+        *held = now.map(|(file, not_after)| {
+            let e = self
+                .metrics
+                .cert_expiry("", &self.name, &[(file.clone(), not_after)]);
+            (file, e)
+        });
     }
 
     /// Fires after every change of the snapshot.
@@ -245,6 +271,9 @@ impl Pool {
             .map(|m| ((m.backend.addr, m.backend.name.as_str()), m.backend.clone()))
             .collect();
         let next = build(&config, &keep, &self.metrics);
+        if old.config.tls != config.tls {
+            self.follow_cert(&config);
+        }
         for m in &old.members {
             if !next
                 .members
@@ -338,6 +367,14 @@ impl Pool {
             m.backend.retire();
         }
         self.forget_tls();
+        if let Some((_, e)) = self
+            .cert_expiry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            e.forget();
+        }
     }
 }
 
