@@ -74,7 +74,7 @@ impl Route {
             expiry: served_certs(config)
                 .into_iter()
                 .map(|(file, not_after)| {
-                    let e = metrics.cert_expiry(&config.name, "", &[(file.clone(), not_after)]);
+                    let e = metrics.cert_expiry((&config.name, ""), &file, not_after);
                     (file, e)
                 })
                 .collect(),

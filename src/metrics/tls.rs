@@ -100,18 +100,17 @@ impl Metrics {
         }
     }
 
-    /// Sets the expiry of each `(file, not_after)` a listener (or, with
-    /// `listener` empty, a pool) uses.
-    pub fn cert_expiry(&self, listener: &str, pool: &str, certs: &[(String, i64)]) -> CertExpiry {
-        let mut series = Vec::new();
-        for (file, not_after) in certs {
-            let mut o = self.owner(OWNER, &[listener, pool, file]);
-            let g: IntGauge = o.gauge(&NOT_AFTER);
-            g.set(*not_after);
-            series.push(o.finish());
-        }
-        CertExpiry {
-            series: Series(series.into_iter().flat_map(|s| s.0).collect()),
-        }
+    /// Sets when the certificate in `file` that a listener (or, with
+    /// `listener` empty, a pool) uses expires.
+    pub fn cert_expiry(
+        &self,
+        (listener, pool): (&str, &str),
+        file: &str,
+        not_after: i64,
+    ) -> CertExpiry {
+        let mut o = self.owner(OWNER, &[listener, pool, file]);
+        let g: IntGauge = o.gauge(&NOT_AFTER);
+        g.set(not_after);
+        CertExpiry { series: o.finish() }
     }
 }

@@ -199,9 +199,7 @@ impl Pool {
             }
         }
         *held = now.map(|(file, not_after)| {
-            let e = self
-                .metrics
-                .cert_expiry("", &self.name, &[(file.clone(), not_after)]);
+            let e = self.metrics.cert_expiry(("", &self.name), &file, not_after);
             (file, e)
         });
     }

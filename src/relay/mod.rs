@@ -274,7 +274,16 @@ struct Tally<'a> {
     flushed_at: u64,
 }
 
-impl Tally<'_> {
+impl<'a> Tally<'a> {
+    fn new(meter: Meter<'a>) -> Tally<'a> {
+        Tally {
+            meter,
+            read: 0,
+            written: 0,
+            flushed_at: now_ms(),
+        }
+    }
+
     fn add(&mut self, read: usize, written: usize, now: u64) {
         self.read += read as u64;
         self.written += written as u64;
@@ -322,12 +331,7 @@ async fn pump(
         Side::Client => &progress.up,
         Side::Backend => &progress.down,
     };
-    let mut tally = Tally {
-        meter,
-        read: 0,
-        written: 0,
-        flushed_at: now_ms(),
-    };
+    let mut tally = Tally::new(meter);
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let step = poll_fn(|cx| {

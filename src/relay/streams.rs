@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use super::{Meter, Outcome, RelayEnd, Side, SCRATCH_BUF};
+use super::{Meter, Outcome, RelayEnd, Side, Tally, SCRATCH_BUF};
 use crate::clock::now_ms;
 
 /// What both directions record as they go.
@@ -34,11 +34,13 @@ struct Watch {
 
 /// One side's stream, watched: bytes read from it are counted (they are
 /// written on in full unless the relay fails), its EOF and errors noted.
+/// The shared byte counters get the counts in batches, as in the plain
+/// relay (`Tally`), not on every read.
 struct Watched<'a, T> {
     inner: &'a mut T,
     side: Side,
     watch: &'a Watch,
-    meter: Meter<'a>,
+    tally: Tally<'a>,
 }
 
 impl<T> Watched<'_, T> {
@@ -63,14 +65,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
                 if n == 0 {
                     let _ = this.watch.first_eof.set(this.side);
                 } else {
-                    this.watch.last.store(now_ms(), Ordering::Relaxed);
+                    let now = now_ms();
+                    this.watch.last.store(now, Ordering::Relaxed);
                     let total = match this.side {
                         Side::Client => &this.watch.up,
                         Side::Backend => &this.watch.down,
                     };
                     total.fetch_add(n, Ordering::Relaxed);
-                    this.meter.read.inc_by(n);
-                    this.meter.written.inc_by(n);
+                    this.tally.add(n as usize, n as usize, now);
                 }
             }
             Poll::Ready(Err(e)) => this.failed(e),
@@ -232,13 +234,13 @@ where
         inner: client,
         side: Side::Client,
         watch: &watch,
-        meter: up_meter,
+        tally: Tally::new(up_meter),
     };
     let mut b = Watched {
         inner: backend,
         side: Side::Backend,
         watch: &watch,
-        meter: down_meter,
+        tally: Tally::new(down_meter),
     };
     let idle_ms = idle.as_millis() as u64;
     let idle_watch = async {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub use load::{CertInfo, Loaded};
 pub use originate::{Originator, OriginatorSettings};
 pub use rewound::Rewound;
-pub use terminate::{Accepted, Terminator, TerminatorSettings};
+pub use terminate::{Accepted, Session, Terminator, TerminatorSettings};
 
 /// The crypto provider every TLS configuration is built with.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -96,13 +96,7 @@ pub fn classify(e: &std::io::Error) -> &'static str {
             | P::NoCertificateRequestSignatureSchemesInCommon
             | P::NoEcPointFormatsInCommon,
         ) => "no_shared_cipher",
-        E::PeerIncompatible(
-            P::ServerDoesNotSupportTls12Or13
-            | P::ServerTlsVersionIsDisabledByOurConfig
-            | P::SupportedVersionsExtensionRequired
-            | P::Tls12NotOffered
-            | P::Tls12NotOfferedOrEnabled,
-        ) => "protocol_version",
+        // Versions, and the extensions a version requires.
         E::PeerIncompatible(_) => "protocol_version",
         E::InvalidMessage(_)
         | E::InappropriateMessage { .. }

@@ -62,12 +62,22 @@ impl Eq for Terminator {}
 pub struct Accepted {
     /// The TLS stream, plaintext on our side.
     pub stream: TlsStream<Rewound>,
+    /// What the handshake settled.
+    pub session: Session,
+}
+
+/// What a client's handshake settled: for the access log and the PROXY
+/// header's TLVs.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
     /// `TLSv1.3` or `TLSv1.2`.
     pub version: &'static str,
     /// The server name the client asked for.
     pub server_name: Option<String>,
     /// With mTLS: the client certificate's subject common name.
     pub client_cn: Option<String>,
+    /// The client presented a certificate.
+    pub client_cert: bool,
     /// With mTLS: a verified client certificate was presented.
     pub client_verified: bool,
 }
@@ -134,13 +144,16 @@ impl Terminator {
             .and_then(|c| c.first())
             .and_then(|c| CertInfo::of(c))
             .and_then(|i| i.common_name);
-        let client_verified = self.client_auth && conn.peer_certificates().is_some();
+        let client_cert = conn.peer_certificates().is_some();
         Ok(Accepted {
+            session: Session {
+                version,
+                server_name,
+                client_cn,
+                client_cert,
+                client_verified: self.client_auth && client_cert,
+            },
             stream,
-            version,
-            server_name,
-            client_cn,
-            client_verified,
         })
     }
 }

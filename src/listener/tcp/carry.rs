@@ -230,13 +230,6 @@ pub(super) async fn carry(
     );
 }
 
-/// What a connection that ended TLS tells the access log.
-pub(super) struct TlsLog<'a> {
-    pub version: &'a str,
-    pub server_name: Option<&'a str>,
-    pub client_subject: Option<&'a str>,
-}
-
 /// The end of a relayed connection (where `Carried` says, but for the stops,
 /// which a task keeping to the end would pay for): its duration counted,
 /// its backend judged by how it ended, one access log line.
@@ -245,7 +238,7 @@ pub(super) fn finish(
     outcome: relay::Outcome,
     closed_as_down: bool,
     before: Before,
-    tls: Option<TlsLog<'_>>,
+    tls: Option<&crate::tls::Session>,
 ) {
     let Before {
         started,
@@ -277,8 +270,8 @@ pub(super) fn finish(
     let (tls_version, tls_server_name, tls_client_subject) = tls.map_or(("", "", ""), |t| {
         (
             t.version,
-            t.server_name.unwrap_or(""),
-            t.client_subject.unwrap_or(""),
+            t.server_name.as_deref().unwrap_or(""),
+            t.client_cn.as_deref().unwrap_or(""),
         )
     });
     tracing::info!(

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 
-use super::carry::{self, Before, TlsLog};
+use super::carry::{self, Before};
 use super::connect::{connect, refused_connect, ConnectRefusal, Preamble, Upstream};
 use super::greet::{self, Greeting};
 use super::shared::{LocalStops, TcpShared};
@@ -36,15 +36,6 @@ pub(super) struct TlsStart<'a> {
     pub started: Instant,
 }
 
-/// What the handshake with the client learned.
-struct Ended {
-    version: &'static str,
-    server_name: Option<String>,
-    client_cn: Option<String>,
-    client_cert: bool,
-    verified: bool,
-}
-
 /// Serves one connection whose client or backend side (or both) speaks TLS.
 pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
     let TlsStart {
@@ -62,7 +53,7 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
     let local = client.local_addr().ok();
     let mut greeting = greeting.map(|g| *g).unwrap_or_default();
     let early = std::mem::take(&mut greeting.early);
-    let (mut client, ended, early) = match route.config.terminator(greeting.route) {
+    let (mut client, session, early) = match route.config.terminator(greeting.route) {
         Some(t) => {
             let began = Instant::now();
             let accepted = t
@@ -74,26 +65,12 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
                 .await;
             let handshakes = route.tls.as_ref().map(|t| &t.handshakes);
             match accepted {
-                Ok(Accepted {
-                    stream,
-                    version,
-                    server_name,
-                    client_cn,
-                    client_verified,
-                }) => {
+                Ok(Accepted { stream, session }) => {
                     if let Some(h) = handshakes {
                         h.count("ok");
                         h.seconds.observe(began.elapsed().as_secs_f64());
                     }
-                    let client_cert = stream.get_ref().1.peer_certificates().is_some();
-                    let ended = Ended {
-                        version,
-                        server_name,
-                        client_cn,
-                        client_cert,
-                        verified: client_verified,
-                    };
-                    (Either::Left(stream), Some(ended), Vec::new())
+                    (Either::Left(stream), Some(session), Vec::new())
                 }
                 Err(result) => {
                     if let Some(h) = handshakes {
@@ -107,12 +84,12 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
         None => (Either::Right(client), None, early),
     };
     let mut tlvs = std::mem::take(&mut greeting.tlvs);
-    if let Some(e) = &ended {
+    if let Some(e) = &session {
         tlvs.extend(proxy_protocol::tls_tlvs(&TlsFacts {
             version: e.version,
             server_name: e.server_name.as_deref(),
             client_cert: e.client_cert,
-            verified: e.verified,
+            verified: e.client_verified,
             common_name: e.client_cn.as_deref(),
         }));
     }
@@ -188,11 +165,6 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
             tracing::debug!(error = %e, "cannot set SO_LINGER for an abortive close");
         }
     }
-    let log = ended.as_ref().map(|e| TlsLog {
-        version: e.version,
-        server_name: e.server_name.as_deref(),
-        client_subject: e.client_cn.as_deref(),
-    });
     carry::finish(
         (shared, route, pool, &guard, &who),
         outcome,
@@ -202,6 +174,6 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
             up: sent_early,
             down: 0,
         },
-        log,
+        session.as_ref(),
     );
 }
