@@ -354,7 +354,8 @@ fn table(
     rates: impl Fn(&str, &str) -> (Option<f64>, Option<f64>, Option<f64>),
 ) -> String {
     let mut rows = vec![[
-        "POOL", "BACKEND", "ADDRESS", "TLS", "STATE", "WEIGHT", "ACTIVE", "NEW/S", "IN", "OUT",
+        "POOL", "BACKEND", "ADDRESS", "TLS", "STATE", "PRIO", "WEIGHT", "ACTIVE", "NEW/S", "IN",
+        "OUT",
     ]
     .map(String::from)
     .to_vec()];
@@ -373,6 +374,11 @@ fn table(
                     Some(_) => "unverified".to_string(),
                 },
                 b.state.as_str().to_string(),
+                if b.backup {
+                    "backup".to_string()
+                } else {
+                    b.priority.to_string()
+                },
                 b.weight.to_string(),
                 b.active.to_string(),
                 or_dash(new.map(|v| format!("{v:.1}"))),
@@ -393,6 +399,30 @@ fn table(
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    // Pools that are not simply on their first group say so underneath.
+    for p in &pools.pools {
+        let name = escaped(&p.name);
+        if p.panic {
+            out.push_str(&format!(
+                "pool {name}: PANIC: new connections go to every backend, healthy or not\n"
+            ));
+        }
+        let first = p.backends.iter().map(|b| i64::from(b.priority)).min();
+        match p.active_priority {
+            a if a < 0 && !p.panic => {
+                out.push_str(&format!("pool {name}: no backend is available\n"))
+            }
+            a if a >= 0 && Some(a) != first => out.push_str(&format!(
+                "pool {name}: {} take new connections\n",
+                if a == i64::from(crate::config::BACKUP) {
+                    "the backups".to_string()
+                } else {
+                    format!("priority group {a}")
+                }
+            )),
+            _ => {}
+        }
     }
     out
 }
@@ -418,5 +448,42 @@ mod tests {
         assert_eq!(out.lines().count(), 2, "one header and one row: {out:?}");
         assert!(out.contains("p\\u{1b}[31m"), "{out}");
         assert!(out.contains("a\\u{a}ERROR fake"), "{out}");
+    }
+
+    #[test]
+    fn the_table_says_when_a_pool_runs_on_its_backups_or_in_panic() {
+        let pool = |active: i64, panic: bool| {
+            let b = |name: &str, priority: u32| {
+                serde_json::json!({
+                    "name": name, "addr": "127.0.0.1:1", "state": "down",
+                    "healthy": false, "draining": false, "weight": 1, "max_connections": null,
+                    "priority": priority, "backup": priority == crate::config::BACKUP,
+                    "active": 0, "connections_total": 0, "bytes_in": 0, "bytes_out": 0,
+                    "connect_failures": 0, "last_check": null
+                })
+            };
+            let pools: PoolsStatus = typed(serde_json::json!({"pools": [{
+                "name": "p", "strategy": "round_robin", "health_check": "tcp",
+                "proxy_protocol": null, "listeners": [], "active_priority": active,
+                "panic": panic, "backends": [b("a", 0), b("spare", crate::config::BACKUP)]
+            }]}))
+            .unwrap();
+            table(&pools, |_, _| (None, None, None))
+        };
+        let on_backups = pool(256, false);
+        assert!(
+            on_backups
+                .lines()
+                .any(|l| l.starts_with("p ") && l.contains("spare") && l.contains(" backup ")),
+            "{on_backups}"
+        );
+        assert!(
+            on_backups.ends_with("pool p: the backups take new connections\n"),
+            "{on_backups}"
+        );
+        assert!(pool(0, false).lines().all(|l| !l.starts_with("pool ")));
+        assert!(pool(-1, false).ends_with("pool p: no backend is available\n"));
+        assert!(pool(-1, true)
+            .ends_with("pool p: PANIC: new connections go to every backend, healthy or not\n"));
     }
 }

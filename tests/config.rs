@@ -126,7 +126,7 @@ fn check_command_exit_codes_and_output() {
     let (code, out) = check(&root.join("config/full.toml"));
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ok: 2 listener(s), 3 pool(s), 5 backend(s), admin on 127.0.0.1:9901"),
+        out.contains("ok: 2 listener(s), 3 pool(s), 7 backend(s), admin on 127.0.0.1:9901"),
         "{out}"
     );
     // And what the file will do, listener by listener and pool by pool.

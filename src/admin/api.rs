@@ -39,6 +39,10 @@ pub fn pools(
                     .tls
                     .as_ref()
                     .map(super::status::PoolTlsStatus::of),
+                active_priority: snap.active_priority().map_or(-1, i64::from),
+                panic: snap.in_panic(),
+                panic_threshold: snap.config.panic_below.map(|t| f64::from(t) / 1000.0),
+                on_all_down: snap.config.on_all_down.name().to_string(),
                 listeners,
                 backends: snap.members.iter().map(BackendStatus::of).collect(),
             }

@@ -25,6 +25,12 @@ pub struct BackendStatus {
     pub weight: u32,
     /// Its own cap on open connections, if any.
     pub max_connections: Option<u32>,
+    /// Its priority group: 0 is the highest, 256 the backups.
+    #[serde(default)]
+    pub priority: u32,
+    /// Whether it is a backup (`backup = true`).
+    #[serde(default)]
+    pub backup: bool,
     /// Connections and sessions open to it now.
     pub active: u64,
     /// Connections made to it.
@@ -53,6 +59,19 @@ pub struct PoolStatus {
     /// Its TLS to backends, if it starts one.
     #[serde(default)]
     pub tls: Option<PoolTlsStatus>,
+    /// The priority group new connections go to (256: the backups), -1
+    /// when no backend is available, as `switchyard_pool_active_priority`.
+    #[serde(default)]
+    pub active_priority: i64,
+    /// Whether new connections are spread over every backend, health aside.
+    #[serde(default)]
+    pub panic: bool,
+    /// Its `panic_threshold`, if set.
+    #[serde(default)]
+    pub panic_threshold: Option<f64>,
+    /// Its `on_all_down`.
+    #[serde(default)]
+    pub on_all_down: String,
     /// The listeners that send to it (by default or by a route).
     pub listeners: Vec<String>,
     /// Its backends, in order.
@@ -125,6 +144,8 @@ impl BackendStatus {
             draining: b.is_draining(),
             weight: m.weight.get(),
             max_connections: m.max_connections.map(|x| x.get()),
+            priority: m.priority,
+            backup: m.priority == crate::config::BACKUP,
             active: b.active(),
             connections_total: mt.connections.get(),
             bytes_in: mt.bytes_in.get(),

@@ -10,6 +10,7 @@
 //! [`Flow`] it is for. Adding a strategy means one file here and one arm in
 //! [`build`].
 
+mod first;
 mod least_conn;
 mod maglev;
 mod p2c;
@@ -76,17 +77,20 @@ pub enum StrategyKind {
     P2c,
     /// `maglev`: consistent hashing of the client, the same on every instance.
     Maglev,
+    /// `first`: the first backend in order below its `max_connections`.
+    First,
 }
 
 impl StrategyKind {
     /// Every strategy, in the order the docs list them.
-    pub const ALL: [StrategyKind; 6] = [
+    pub const ALL: [StrategyKind; 7] = [
         StrategyKind::Random,
         StrategyKind::RoundRobin,
         StrategyKind::Weighted,
         StrategyKind::LeastConn,
         StrategyKind::P2c,
         StrategyKind::Maglev,
+        StrategyKind::First,
     ];
 
     /// The name used in the config file.
@@ -98,6 +102,7 @@ impl StrategyKind {
             StrategyKind::LeastConn => "least_conn",
             StrategyKind::P2c => "p2c",
             StrategyKind::Maglev => "maglev",
+            StrategyKind::First => "first",
         }
     }
 
@@ -157,6 +162,7 @@ pub fn build_with(kind: StrategyKind, peers: &[Peer], options: &Options) -> Box<
         )),
         StrategyKind::LeastConn => Box::new(least_conn::LeastConn::default()),
         StrategyKind::P2c => Box::new(p2c::P2c),
+        StrategyKind::First => Box::new(first::First),
     }
 }
 

@@ -251,6 +251,14 @@ pub struct PoolConfig {
     pub health: HealthConfig,
     /// `[pools.NAME.tls]`: TLS to the backends.
     pub tls: Option<PoolTls>,
+    /// `backend_max_connections`: the cap of each backend that sets none
+    /// (and of every discovered one).
+    pub backend_max_connections: Option<NonZeroU32>,
+    /// `panic_threshold` in thousandths (0.5 is 500), default off: below
+    /// that share of eligible backends, picks spread over all of them.
+    pub panic_below: Option<u32>,
+    /// `on_all_down`, default `"refuse"`.
+    pub on_all_down: AllDown,
 }
 
 /// One backend of a pool.
@@ -263,8 +271,37 @@ pub struct BackendConfig {
     pub name: String,
     /// `weight`, 1 to 256, default 1.
     pub weight: NonZeroU32,
-    /// `max_connections`: a full backend is skipped; default unlimited.
+    /// `max_connections`: a full backend is skipped; default the pool's
+    /// `backend_max_connections`, else unlimited.
     pub max_connections: Option<NonZeroU32>,
+    /// `priority` 0 (highest, default) to 255, or [`BACKUP`] for `backup = true`.
+    pub priority: u32,
+}
+
+/// The priority of a backend written `backup = true`: below every group.
+pub const BACKUP: u32 = 256;
+
+/// The lowest priority a backend may name.
+pub const MAX_PRIORITY: u32 = 255;
+
+/// What a pool does with a new connection when no backend is eligible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllDown {
+    /// `"refuse"`: the client is closed (the default).
+    #[default]
+    Refuse,
+    /// `"try_all"`: every backend not drained or full is tried, health aside.
+    TryAll,
+}
+
+impl AllDown {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            AllDown::Refuse => "refuse",
+            AllDown::TryAll => "try_all",
+        }
+    }
 }
 
 /// `[pools.NAME.health]`.
@@ -446,10 +483,27 @@ impl Config {
                 };
                 let _ = writeln!(o, "    backends discovered: {what}");
             }
+            if let Some(t) = p.panic_below {
+                let _ = writeln!(
+                    o,
+                    "    panic below {}% of backends eligible: then every backend takes traffic",
+                    f64::from(t) / 10.0
+                );
+            }
+            if p.on_all_down == AllDown::TryAll {
+                let _ = writeln!(o, "    with no backend eligible, every backend is tried");
+            }
             for b in &p.backends {
                 let _ = write!(o, "    {:<24} weight {}", b.addr.to_string(), b.weight);
                 if let Some(max) = b.max_connections {
                     let _ = write!(o, ", at most {max} connections");
+                }
+                match b.priority {
+                    0 => {}
+                    BACKUP => o.push_str(", backup"),
+                    n => {
+                        let _ = write!(o, ", priority {n}");
+                    }
                 }
                 o.push('\n');
             }

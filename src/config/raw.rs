@@ -268,7 +268,7 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
-    /// "round_robin" (default), "weighted", "random", "least_conn", "p2c" or "maglev".
+    /// "round_robin" (default), "weighted", "random", "least_conn", "p2c", "maglev" or "first".
     #[schemars(with = "Option<String>")]
     pub strategy: Option<S<String>>,
     /// The pool's backends (or use `discovery`).
@@ -316,6 +316,15 @@ pub struct RawPool {
     /// TCP: start TLS to the backends.
     #[schemars(with = "Option<RawPoolTls>")]
     pub tls: Option<S<RawPoolTls>>,
+    /// Each backend's cap on open connections when it sets none (discovered ones too). Default unlimited.
+    #[schemars(with = "Option<i64>")]
+    pub backend_max_connections: Option<S<i64>>,
+    /// Panic: below this share (0 to 1) of eligible backends, traffic is spread over every backend, healthy or not. Default off.
+    #[schemars(with = "Option<f64>")]
+    pub panic_threshold: Option<S<f64>>,
+    /// "refuse" (default) or "try_all": what happens to a new connection when no backend is eligible.
+    #[schemars(with = "Option<String>")]
+    pub on_all_down: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -333,6 +342,12 @@ pub struct RawBackend {
     /// Connections served at once (listener, TCP: beyond it clients wait in the backlog; backend: a full backend is skipped).
     #[schemars(with = "Option<i64>")]
     pub max_connections: Option<S<i64>>,
+    /// 0 (highest, default) to 255: traffic goes to the highest group with an eligible backend.
+    #[schemars(with = "Option<i64>")]
+    pub priority: Option<S<i64>>,
+    /// Takes traffic only while no other backend of the pool is eligible (the lowest priority group). Default false.
+    #[schemars(with = "Option<bool>")]
+    pub backup: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -195,6 +195,8 @@ impl Validator<'_> {
         let mut backends = Vec::new();
         let mut seen = HashMap::new();
         let mut names: HashMap<String, usize> = HashMap::new();
+        // Where each accepted backend stands: its index in the file, its span.
+        let mut listed_spans: Vec<(usize, Range<usize>)> = Vec::new();
         let listed = pool.backends.map(|b| b.into_inner()).unwrap_or_default();
         for (i, b) in listed.into_iter().enumerate() {
             let bkey = format!("{key}.backends[{i}]");
@@ -217,8 +219,71 @@ impl Validator<'_> {
                     continue;
                 }
                 backends.push(cfg);
+                listed_spans.push((i, span));
             }
         }
+        let backend_max_connections = pool.backend_max_connections.as_ref().and_then(|m| {
+            NonZeroU32::new(self.count(
+                Some(m),
+                &format!("{key}.backend_max_connections"),
+                1,
+                u32::MAX as i64,
+                1,
+            ) as u32)
+        });
+        for b in &mut backends {
+            b.max_connections = b.max_connections.or(backend_max_connections);
+        }
+        if strategy == StrategyKind::First && backend_max_connections.is_none() {
+            let why =
+                "strategy \"first\" fills each backend up to its max_connections before the next: \
+                       set it here or the pool's backend_max_connections";
+            if let (Some(_), Some(s)) = (&pool.discovery, &pool.strategy) {
+                self.p.push(
+                    s.span(),
+                    format!("{key}.backend_max_connections"),
+                    "strategy \"first\" fills each backend up to its max_connections before the next: \
+                     a discovered pool needs backend_max_connections",
+                );
+            }
+            for (b, (i, span)) in backends.iter().zip(&listed_spans) {
+                if b.max_connections.is_none() {
+                    self.p.push(
+                        span.clone(),
+                        format!("{key}.backends[{i}].max_connections"),
+                        why,
+                    );
+                }
+            }
+        }
+        let panic_below = pool.panic_threshold.as_ref().and_then(|t| {
+            let v = *t.get_ref();
+            if v > 0.0 && v <= 1.0 {
+                Some((v * 1000.0).round().max(1.0) as u32)
+            } else {
+                self.p.push(
+                    t.span(),
+                    format!("{key}.panic_threshold"),
+                    format!("a share of the pool's backends, above 0 and at most 1 (0.5 is half), not {v}"),
+                );
+                None
+            }
+        });
+        let on_all_down = match pool.on_all_down.as_ref() {
+            None => AllDown::Refuse,
+            Some(v) => match v.get_ref().as_str() {
+                "refuse" => AllDown::Refuse,
+                "try_all" => AllDown::TryAll,
+                other => {
+                    self.p.push(
+                        v.span(),
+                        format!("{key}.on_all_down"),
+                        format!("`{other}` is not a choice; expected \"refuse\" or \"try_all\""),
+                    );
+                    AllDown::Refuse
+                }
+            },
+        };
         let retries =
             self.count(pool.retries.as_ref(), &format!("{key}.retries"), 0, 100, 2) as u32;
         let connect_timeout = self
@@ -310,6 +375,9 @@ impl Validator<'_> {
             balance,
             health,
             tls,
+            backend_max_connections,
+            panic_below,
+            on_all_down,
         }
     }
 
@@ -349,6 +417,27 @@ impl Validator<'_> {
                 1,
             ) as u32
         });
+        let priority = match (&b.priority, &b.backup) {
+            (Some(p), Some(backup)) => {
+                self.p.push(
+                    backup.span(),
+                    format!("{key}.backup"),
+                    format!(
+                        "a backend has `priority` ({}) or `backup`, not both: `backup = true` is the lowest group",
+                        p.get_ref()
+                    ),
+                );
+                0
+            }
+            (None, Some(backup)) if *backup.get_ref() => super::BACKUP,
+            (p, _) => self.count(
+                p.as_ref(),
+                &format!("{key}.priority"),
+                0,
+                i64::from(super::MAX_PRIORITY),
+                0,
+            ) as u32,
+        };
         let name = match &b.name {
             Some(n) => match super::unfit_name(n.get_ref()) {
                 Some(why) => {
@@ -365,6 +454,7 @@ impl Validator<'_> {
             name: name.unwrap_or_else(|| addr.to_string()),
             weight: NonZeroU32::new(weight.clamp(1, MAX_WEIGHT) as u32)?,
             max_connections: max_connections.and_then(NonZeroU32::new),
+            priority,
         })
     }
 }

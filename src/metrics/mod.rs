@@ -11,6 +11,7 @@
 mod backend;
 mod discovery;
 mod listener;
+mod pool;
 mod tls;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use prometheus::{
 pub use backend::BackendMetrics;
 pub use discovery::DiscoveryMetrics;
 pub use listener::{Inspected, RouteMetrics, TcpListenerMetrics, UdpListenerMetrics};
+pub use pool::PoolMetrics;
 pub use tls::{CertExpiry, TlsHandshakes};
 
 /// What kind of series a family holds.

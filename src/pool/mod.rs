@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::backend::Backend;
 use crate::balance::{self, Candidates, Flow, Peer, Strategy};
-use crate::config::{BackendConfig, PoolConfig};
+use crate::config::{AllDown, BackendConfig, PoolConfig};
 use crate::metrics::Metrics;
 
 /// A backend as placed in one snapshot of a pool.
@@ -30,18 +31,36 @@ pub struct Member {
     pub weight: NonZeroU32,
     /// Its connection limit, if any.
     pub max_connections: Option<NonZeroU32>,
+    /// Its priority group: 0 is the highest, [`crate::config::BACKUP`] the backups.
+    pub priority: u32,
 }
 
 impl Member {
     /// Whether it may take a new connection: healthy, not drained, not full.
     pub fn available(&self) -> bool {
+        self.backend.is_healthy() && self.open()
+    }
+
+    /// Whether it may take a new connection when health is set aside
+    /// (panic, `on_all_down = "try_all"`): not drained, not full.
+    fn open(&self) -> bool {
         let b = &self.backend;
-        b.is_healthy()
-            && !b.is_draining()
+        !b.is_draining()
             && self
                 .max_connections
                 .is_none_or(|m| b.active() < u64::from(m.get()))
     }
+}
+
+/// One priority group of a snapshot: its members, in order, and the
+/// strategy built from them alone (so Maglev's table and a rotation's turns
+/// are the group's).
+#[derive(Debug)]
+struct Group {
+    priority: u32,
+    /// Indices into the snapshot's members.
+    members: Vec<usize>,
+    strategy: Box<dyn Strategy>,
 }
 
 /// An immutable view of a pool: what one connection's pick works from.
@@ -51,54 +70,143 @@ pub struct Snapshot {
     pub config: PoolConfig,
     /// Its backends, in configuration order (the strategy's indices).
     pub members: Vec<Member>,
-    strategy: Box<dyn Strategy>,
+    /// Its priority groups, highest first.
+    groups: Vec<Group>,
+    /// Every member as one group, for panic and `try_all`, when there are
+    /// several groups (one group is its own).
+    everyone: Option<Group>,
+    policy: Arc<Policy>,
+}
+
+/// Which members a pick may take.
+#[derive(Debug, Clone, Copy)]
+enum Reach {
+    /// Available ones, each let through by slow start with its chance (the
+    /// pool's `slow_start`, or zero to let warming ones take their full share).
+    Available(Duration),
+    /// Any not drained or full, health aside.
+    Open,
 }
 
 struct Choice<'a> {
     members: &'a [Member],
+    group: &'a [usize],
     tried: &'a [usize],
-    /// The pool's `slow_start`, or zero to let warming backends take their
-    /// full share (the fallback when only warming ones are available).
-    slow_start: std::time::Duration,
+    reach: Reach,
 }
 
 impl Candidates for Choice<'_> {
     fn len(&self) -> usize {
-        self.members.len()
+        self.group.len()
     }
     fn eligible(&self, i: usize) -> bool {
-        !self.tried.contains(&i)
-            && self.members[i].available()
-            && self.members[i].backend.warm_enough(self.slow_start)
+        let at = self.group[i];
+        let m = &self.members[at];
+        !self.tried.contains(&at)
+            && match self.reach {
+                Reach::Available(slow_start) => m.available() && m.backend.warm_enough(slow_start),
+                Reach::Open => m.open(),
+            }
     }
     fn weight(&self, i: usize) -> u32 {
-        self.members[i].weight.get()
+        self.members[self.group[i]].weight.get()
     }
     fn active(&self, i: usize) -> u64 {
-        self.members[i].backend.active()
+        self.members[self.group[i]].backend.active()
     }
 }
 
 impl Snapshot {
-    /// Picks an available backend for `client`, not among `tried` (indices
-    /// into `members`).
+    /// Picks a backend for `client`, not among `tried` (indices into
+    /// `members`): from the highest priority group with an available one;
+    /// over every backend, health aside, in panic or (with `try_all`) when
+    /// none is available.
     pub fn pick(&self, client: SocketAddr, tried: &[usize]) -> Option<usize> {
         let flow = Flow { client };
-        let choice = |slow_start| Choice {
-            members: &self.members,
-            tried,
-            slow_start,
-        };
+        let panic = self
+            .config
+            .panic_below
+            .is_some_and(|below| self.below(below));
+        if !panic {
+            for g in &self.groups {
+                if let Some(i) = self.pick_available(g, &flow, tried) {
+                    if tried.is_empty() {
+                        self.policy.observe(Some(g.priority), false);
+                    }
+                    return Some(i);
+                }
+            }
+        }
+        let spread = panic || self.config.on_all_down == AllDown::TryAll;
+        if tried.is_empty() {
+            self.policy.observe(self.active_priority(), spread);
+        }
+        if !spread {
+            return None;
+        }
+        let all = self.everyone.as_ref().or(self.groups.first())?;
+        self.pick_in(all, &flow, tried, Reach::Open)
+    }
+
+    /// A pick among `g`'s available members: warmed ones first, then (when
+    /// only warming ones are available) better them than none.
+    fn pick_available(&self, g: &Group, flow: &Flow, tried: &[usize]) -> Option<usize> {
         let slow_start = self.config.slow_start;
-        self.strategy.pick(&flow, &choice(slow_start)).or_else(|| {
-            // Only warming backends are available: better them than none.
-            (!slow_start.is_zero())
-                .then(|| {
-                    self.strategy
-                        .pick(&flow, &choice(std::time::Duration::ZERO))
-                })
-                .flatten()
-        })
+        self.pick_in(g, flow, tried, Reach::Available(slow_start))
+            .or_else(|| {
+                (!slow_start.is_zero())
+                    .then(|| self.pick_in(g, flow, tried, Reach::Available(Duration::ZERO)))
+                    .flatten()
+            })
+    }
+
+    fn pick_in(&self, g: &Group, flow: &Flow, tried: &[usize], reach: Reach) -> Option<usize> {
+        let choice = Choice {
+            members: &self.members,
+            group: &g.members,
+            tried,
+            reach,
+        };
+        g.strategy.pick(flow, &choice).map(|i| g.members[i])
+    }
+
+    /// Whether fewer than `below` thousandths of the backends not drained
+    /// are available.
+    fn below(&self, below: u32) -> bool {
+        let (mut open, mut available) = (0u64, 0u64);
+        for m in &self.members {
+            if !m.backend.is_draining() {
+                open += 1;
+                available += u64::from(m.available());
+            }
+        }
+        open > 0 && available * 1000 < open * u64::from(below)
+    }
+
+    /// The priority of the highest group with an available backend.
+    pub fn active_priority(&self) -> Option<u32> {
+        self.groups
+            .iter()
+            .find(|g| g.members.iter().any(|&i| self.members[i].available()))
+            .map(|g| g.priority)
+    }
+
+    /// Whether new connections are spread over every backend, health aside.
+    pub fn in_panic(&self) -> bool {
+        match self.config.panic_below {
+            Some(below) if self.below(below) => true,
+            _ => {
+                self.config.on_all_down == AllDown::TryAll
+                    && !self.members.iter().any(Member::available)
+            }
+        }
+    }
+
+    /// Brings the pool's active group and panic, as exported and logged, up
+    /// to date without a pick (the sampler calls it, so an idle pool's
+    /// gauges follow its health too).
+    pub fn observe(&self) {
+        self.policy.observe(self.active_priority(), self.in_panic());
     }
 
     /// The member at `addr`, if it is in this snapshot.
@@ -109,6 +217,70 @@ impl Snapshot {
     /// Whether any backend is healthy (drained ones count: they are only resting).
     pub fn any_up(&self) -> bool {
         self.members.iter().any(|m| m.backend.is_healthy())
+    }
+}
+
+/// A pool's active priority group and panic, as last seen by a pick: kept
+/// across snapshots, exported, and logged when they change.
+#[derive(Debug)]
+struct Policy {
+    pool: String,
+    /// `NO_GROUP` or the priority, with `PANIC` set in panic.
+    seen: AtomicU64,
+    metrics: crate::metrics::PoolMetrics,
+}
+
+const NO_GROUP: u64 = u32::MAX as u64;
+const PANIC: u64 = 1 << 32;
+
+impl Policy {
+    fn new(pool: &str, metrics: &Metrics) -> Policy {
+        let metrics = metrics.pool(pool);
+        metrics.active_priority.set(0);
+        Policy {
+            pool: pool.to_string(),
+            seen: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// Records what a pick saw; the first to see a change logs it.
+    fn observe(&self, priority: Option<u32>, panic: bool) {
+        let now = priority.map_or(NO_GROUP, u64::from) | if panic { PANIC } else { 0 };
+        if self.seen.load(Ordering::Relaxed) == now {
+            return;
+        }
+        let was = self.seen.swap(now, Ordering::Relaxed);
+        if was == now {
+            return;
+        }
+        let group = |v: u64| match v & !PANIC {
+            NO_GROUP => "none".to_string(),
+            p if p == u64::from(crate::config::BACKUP) => "backup".to_string(),
+            p => p.to_string(),
+        };
+        if (was & !PANIC) != (now & !PANIC) {
+            self.metrics
+                .active_priority
+                .set(priority.map_or(-1, i64::from));
+            tracing::warn!(
+                pool = %self.pool,
+                from = %group(was),
+                to = %group(now),
+                "the pool's active priority group changed"
+            );
+        }
+        if (was & PANIC) != (now & PANIC) {
+            self.metrics.panic.set(i64::from(panic));
+            if panic {
+                tracing::warn!(
+                    pool = %self.pool,
+                    "pool in panic: too few backends are eligible, so new connections go to every backend, healthy or not"
+                );
+            } else {
+                tracing::info!(pool = %self.pool, "pool out of panic");
+            }
+        }
     }
 }
 
@@ -160,6 +332,8 @@ pub struct Pool {
     tls: std::sync::OnceLock<crate::metrics::TlsHandshakes>,
     /// When the client certificate it presents expires, by file.
     cert_expiry: Mutex<Option<(String, crate::metrics::CertExpiry)>>,
+    /// Its active priority group and panic, shared by its snapshots.
+    policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -171,8 +345,10 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// A pool with `config`'s backends, each new (health by `initial`).
     pub fn new(config: &PoolConfig, metrics: Arc<Metrics>) -> Arc<Pool> {
-        let snapshot = build(config, &HashMap::new(), &metrics);
+        let policy = Arc::new(Policy::new(&config.name, &metrics));
+        let snapshot = build(config, &HashMap::new(), &metrics, &policy);
         let pool = Arc::new(Pool {
+            policy,
             name: config.name.clone(),
             current: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -268,7 +444,7 @@ impl Pool {
             .iter()
             .map(|m| ((m.backend.addr, m.backend.name.as_str()), m.backend.clone()))
             .collect();
-        let next = build(&config, &keep, &self.metrics);
+        let next = build(&config, &keep, &self.metrics, &self.policy);
         if old.config.tls != config.tls {
             self.follow_cert(&config);
         }
@@ -295,6 +471,9 @@ impl Pool {
             *c = config.clone();
             if config.discovery.is_some() {
                 c.backends = found;
+                for b in &mut c.backends {
+                    b.max_connections = config.backend_max_connections;
+                }
             }
             Ok::<(), Infallible>(())
         });
@@ -314,9 +493,14 @@ impl Pool {
                     addr: f.addr,
                     name: f.name.clone().unwrap_or_else(|| f.addr.to_string()),
                     weight: f.weight,
-                    max_connections: None,
+                    max_connections: c.backend_max_connections,
+                    priority: 0,
                 })
                 .collect();
+            // By name: the order `first` fills them in, the same on every
+            // instance whatever order the source answered in.
+            c.backends
+                .sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
             Ok::<(), Infallible>(())
         });
         let snap = self.snapshot();
@@ -365,6 +549,7 @@ impl Pool {
             m.backend.retire();
         }
         self.forget_tls();
+        self.policy.metrics.forget();
         if let Some((_, e)) = self
             .cert_expiry
             .lock()
@@ -380,6 +565,7 @@ fn build(
     config: &PoolConfig,
     keep: &HashMap<(SocketAddr, &str), Arc<Backend>>,
     metrics: &Metrics,
+    policy: &Arc<Policy>,
 ) -> Snapshot {
     let members: Vec<Member> = config
         .backends
@@ -403,20 +589,45 @@ fn build(
                 backend,
                 weight: b.weight,
                 max_connections: b.max_connections,
+                priority: b.priority,
             }
         })
         .collect();
-    let peers: Vec<Peer> = members
+    let group = |priority: u32, at: Vec<usize>| {
+        let peers: Vec<Peer> = at
+            .iter()
+            .map(|&i| Peer {
+                addr: members[i].backend.addr,
+                weight: members[i].weight.get(),
+            })
+            .collect();
+        Group {
+            priority,
+            strategy: balance::build_with(config.strategy, &peers, &config.balance),
+            members: at,
+        }
+    };
+    let mut priorities: Vec<u32> = members.iter().map(|m| m.priority).collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    let groups: Vec<Group> = priorities
         .iter()
-        .map(|m| Peer {
-            addr: m.backend.addr,
-            weight: m.weight.get(),
+        .map(|&p| {
+            let at = (0..members.len())
+                .filter(|&i| members[i].priority == p)
+                .collect();
+            group(p, at)
         })
         .collect();
+    // Only panic and try_all reach past the groups.
+    let spreads = config.panic_below.is_some() || config.on_all_down == AllDown::TryAll;
+    let everyone = (groups.len() > 1 && spreads).then(|| group(0, (0..members.len()).collect()));
     Snapshot {
         config: config.clone(),
-        strategy: balance::build_with(config.strategy, &peers, &config.balance),
         members,
+        groups,
+        everyone,
+        policy: policy.clone(),
     }
 }
 

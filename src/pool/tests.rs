@@ -18,6 +18,7 @@ async fn apply_keeps_state_of_backends_that_stay() {
         name: "127.0.0.1:3".into(),
         weight: NonZeroU32::new(2).unwrap(),
         max_connections: None,
+        priority: 0,
     });
     assert!(pool.apply(&pc));
     let snap = pool.snapshot();
@@ -51,6 +52,7 @@ fn concurrent_changes_are_never_lost() {
             name: format!("127.0.0.1:{}", 100 + round),
             weight: NonZeroU32::new(1).unwrap(),
             max_connections: None,
+            priority: 0,
         });
         std::thread::scope(|s| {
             for port in 1..=4u16 {
@@ -144,4 +146,146 @@ async fn a_backend_that_comes_back_ramps_up_over_slow_start() {
         .unwrap();
     let snap = pool.snapshot();
     assert!((0..100).all(|_| snap.pick(client, &[]) == Some(1)));
+}
+
+fn pool_of(settings: &str, backends: &str) -> Arc<Pool> {
+    let text = format!(
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n[pools.p]\n{settings}\nbackends = [{backends}]\n"
+    );
+    let config = crate::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+    Pool::new(&config.pools["p"], Arc::new(Metrics::new()))
+}
+
+/// Which members 300 picks went to, by index.
+fn picked(pool: &Pool) -> std::collections::BTreeSet<Option<usize>> {
+    let snap = pool.snapshot();
+    let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    (0..300).map(|_| snap.pick(client, &[])).collect()
+}
+
+#[test]
+fn traffic_goes_to_the_highest_group_with_an_eligible_backend() {
+    for strategy in crate::balance::StrategyKind::ALL {
+        let pool = pool_of(
+            &format!(
+                "strategy = \"{}\"\nbackend_max_connections = 100",
+                strategy.name()
+            ),
+            "{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\", priority = 1 }, \
+             { addr = \"127.0.0.1:3\", backup = true }, { addr = \"127.0.0.1:4\", priority = 1 }",
+        );
+        let name = strategy.name();
+        let members = pool.snapshot().members.clone();
+        assert_eq!(picked(&pool), [Some(0)].into(), "{name}: group 0");
+        members[0].backend.set_up(false, "test");
+        let second = picked(&pool);
+        assert!(
+            second.iter().all(|i| matches!(i, Some(1) | Some(3))),
+            "{name}: group 1: {second:?}"
+        );
+        members[1].backend.set_up(false, "test");
+        members[3].backend.set_draining(true);
+        assert_eq!(picked(&pool), [Some(2)].into(), "{name}: the backup");
+        assert_eq!(
+            pool.snapshot().active_priority(),
+            Some(crate::config::BACKUP)
+        );
+        members[2].backend.set_up(false, "test");
+        assert_eq!(picked(&pool), [None].into(), "{name}: none (refuse)");
+        assert_eq!(pool.snapshot().active_priority(), None);
+        members[0].backend.set_up(true, "test");
+        assert_eq!(picked(&pool), [Some(0)].into(), "{name}: failback");
+    }
+}
+
+#[test]
+fn a_retry_moves_on_to_the_next_group_once_a_group_is_tried() {
+    let pool = pool_of(
+        "",
+        "{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\", backup = true }",
+    );
+    let snap = pool.snapshot();
+    let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(snap.pick(client, &[]), Some(0));
+    assert_eq!(snap.pick(client, &[0]), Some(1));
+    assert_eq!(snap.pick(client, &[0, 1]), None);
+}
+
+#[test]
+fn first_fills_each_backend_to_its_limit_in_order() {
+    let pool = pool_of(
+        "strategy = \"first\"",
+        "{ addr = \"127.0.0.1:1\", max_connections = 2 }, { addr = \"127.0.0.1:2\", max_connections = 3 }, \
+         { addr = \"127.0.0.1:3\", max_connections = 1 }",
+    );
+    let snap = pool.snapshot();
+    let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut held = Vec::new();
+    let mut order = Vec::new();
+    while let Some(i) = snap.pick(client, &[]) {
+        order.push(i);
+        held.push(snap.members[i].backend.open());
+    }
+    assert_eq!(order, [0, 0, 1, 1, 1, 2]);
+    held.remove(0);
+    assert_eq!(
+        snap.pick(client, &[]),
+        Some(0),
+        "a freed place is filled first"
+    );
+}
+
+#[test]
+fn panic_spreads_over_every_backend_below_the_threshold() {
+    let pool = pool_of(
+        "panic_threshold = 0.5",
+        "{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }, { addr = \"127.0.0.1:3\" }, { addr = \"127.0.0.1:4\" }",
+    );
+    let members = pool.snapshot().members.clone();
+    members[0].backend.set_up(false, "test");
+    assert_eq!(
+        picked(&pool),
+        [Some(1), Some(2), Some(3)].into(),
+        "3 of 4: no panic"
+    );
+    assert!(!pool.snapshot().in_panic());
+    members[1].backend.set_up(false, "test");
+    assert_eq!(
+        picked(&pool),
+        [Some(2), Some(3)].into(),
+        "2 of 4 is the threshold: no panic"
+    );
+    members[2].backend.set_up(false, "test");
+    assert!(pool.snapshot().in_panic());
+    assert_eq!(
+        picked(&pool),
+        [Some(0), Some(1), Some(2), Some(3)].into(),
+        "1 of 4: every backend"
+    );
+    members[3].backend.set_draining(true);
+    assert_eq!(
+        picked(&pool),
+        [Some(0), Some(1), Some(2)].into(),
+        "a drained backend stays out even in panic"
+    );
+}
+
+#[test]
+fn try_all_tries_every_backend_when_none_is_eligible() {
+    let refuse = pool_of("", "{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\" }");
+    let try_all = pool_of(
+        "on_all_down = \"try_all\"",
+        "{ addr = \"127.0.0.1:1\" }, { addr = \"127.0.0.1:2\", backup = true }",
+    );
+    for pool in [&refuse, &try_all] {
+        for m in &pool.snapshot().members {
+            m.backend.set_up(false, "test");
+        }
+    }
+    assert_eq!(picked(&refuse), [None].into());
+    assert!(!refuse.snapshot().in_panic());
+    assert_eq!(picked(&try_all), [Some(0), Some(1)].into());
+    assert!(try_all.snapshot().in_panic());
+    let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    assert_eq!(try_all.snapshot().pick(client, &[0, 1]), None, "each once");
 }

@@ -27,7 +27,10 @@ fn read(st: &State) -> Reading {
         .collect();
     let mut backends = Vec::new();
     for (pool, entry) in &st.pools {
-        for m in &entry.pool.snapshot().members {
+        let snap = entry.pool.snapshot();
+        // An idle pool's active group and panic follow its health too.
+        snap.observe();
+        for m in &snap.members {
             let b = &m.backend;
             let mt = &b.metrics;
             backends.push(BackendReading {

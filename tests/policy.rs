@@ -1,0 +1,366 @@
+//! Traffic policy against the real data plane: priority groups and backups
+//! under load, `first` packing, panic at its threshold, and `try_all`.
+//!
+//! The backends here serve traffic whatever their health check says: a
+//! check is answered by a switch the test turns, so a backend can fail its
+//! check while it still serves, and any client failure is the proxy's.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// A backend that answers each line with `<name>: <line>`, except the
+/// health check's `check`, answered `ok`, or `sick` while `sick` is set.
+struct Switchable {
+    addr: SocketAddr,
+    sick: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Switchable {
+    async fn start(name: &'static str) -> Switchable {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let sick = Arc::new(AtomicBool::new(false));
+        let s = sick.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = l.accept().await else {
+                    continue;
+                };
+                let sick = s.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let answer = match line.as_str() {
+                            "check" if sick.load(Ordering::SeqCst) => "sick\n".to_string(),
+                            "check" => "ok\n".to_string(),
+                            _ => format!("{name}: {line}\n"),
+                        };
+                        if w.write_all(answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Switchable { addr, sick, task }
+    }
+
+    fn sicken(&self, sick: bool) {
+        self.sick.store(sick, Ordering::SeqCst);
+    }
+
+    fn up_series(&self) -> String {
+        format!(
+            "switchyard_backend_up{{backend=\"{}\",pool=\"p\"}}",
+            self.addr
+        )
+    }
+}
+
+impl Drop for Switchable {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A check every 50 ms that fails on `sick`, two in a row to change state.
+const CHECK: &str = "[pools.p.health]\nkind = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"500ms\"\n\
+                     send = \"check\\n\"\nexpect = \"ok\"\nrise = 2\nfall = 2\n";
+
+fn config(settings: &str, backends: &[(&Switchable, &str)]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(b, extra)| format!("{{ addr = \"{}\"{extra} }}", b.addr))
+        .collect();
+    format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [pools.p]\n{settings}\nbackends = [{}]\n{CHECK}",
+        list.join(", ")
+    )
+}
+
+/// Who answered the clients, and when, and every failure.
+#[derive(Default)]
+struct Answers {
+    by: Mutex<Vec<(Instant, String)>>,
+    failures: Mutex<Vec<String>>,
+    count: AtomicUsize,
+}
+
+impl Answers {
+    /// Names that answered between `from` and `to`, with their counts.
+    fn between(&self, from: Instant, to: Instant) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for (at, who) in self.by.lock().unwrap().iter() {
+            if *at >= from && *at <= to {
+                *m.entry(who.clone()).or_default() += 1;
+            }
+        }
+        m
+    }
+}
+
+/// Four clients asking in a loop until `stop`, bounded in count and time.
+fn load(
+    front: SocketAddr,
+    stop: &Arc<AtomicBool>,
+    answers: &Arc<Answers>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|_| {
+            let (stop, answers) = (stop.clone(), answers.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                for _ in 0..50_000 {
+                    if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(40) {
+                        break;
+                    }
+                    // The time a connection's pick was made is before the
+                    // connect returns; record the asking time.
+                    let asked = Instant::now();
+                    match try_ask(front).await {
+                        Ok(who) => {
+                            answers.by.lock().unwrap().push((asked, who));
+                            answers.count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => answers.failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn more_answers(answers: &Answers, n: usize) {
+    let from = answers.count.load(Ordering::Relaxed);
+    wait_for("more answers", Duration::from_secs(20), || {
+        answers.count.load(Ordering::Relaxed) >= from + n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_take_over_and_give_back_under_load_without_a_failed_connection() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let backup = Switchable::start("backup").await;
+    let server = start(&config(
+        "",
+        &[
+            (&a, ""),
+            (&b, ", priority = 1"),
+            (&backup, ", backup = true"),
+        ],
+    ))
+    .await;
+    let front = server.local_addr("front").unwrap();
+    let active = "switchyard_pool_active_priority{pool=\"p\"}";
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Answers::default());
+    let clients = load(front, &stop, &answers);
+
+    more_answers(&answers, 200).await;
+    let t0 = Instant::now();
+    more_answers(&answers, 200).await;
+    assert_eq!(
+        answers
+            .between(t0, Instant::now())
+            .keys()
+            .collect::<Vec<_>>(),
+        ["a"],
+        "only group 0 takes traffic while it is up"
+    );
+
+    // Group 0 fails its check: group 1 takes over.
+    a.sicken(true);
+    wait_metric(&server, &a.up_series(), 0.0, Duration::from_secs(5)).await;
+    let t1 = Instant::now();
+    wait_metric(&server, active, 1.0, Duration::from_secs(5)).await;
+    more_answers(&answers, 200).await;
+    assert_eq!(
+        answers
+            .between(t1, Instant::now())
+            .keys()
+            .collect::<Vec<_>>(),
+        ["b"],
+        "group 1 alone while group 0 is down"
+    );
+
+    // Group 1 fails too: the backup.
+    b.sicken(true);
+    wait_metric(&server, &b.up_series(), 0.0, Duration::from_secs(5)).await;
+    let t2 = Instant::now();
+    wait_metric(&server, active, 256.0, Duration::from_secs(5)).await;
+    more_answers(&answers, 200).await;
+    assert_eq!(
+        answers
+            .between(t2, Instant::now())
+            .keys()
+            .collect::<Vec<_>>(),
+        ["backup"],
+        "the backup alone while the others are down"
+    );
+
+    // Group 0 comes back: it takes new connections again.
+    a.sicken(false);
+    wait_metric(&server, &a.up_series(), 1.0, Duration::from_secs(5)).await;
+    let t3 = Instant::now();
+    wait_metric(&server, active, 0.0, Duration::from_secs(5)).await;
+    more_answers(&answers, 200).await;
+    assert_eq!(
+        answers
+            .between(t3, Instant::now())
+            .keys()
+            .collect::<Vec<_>>(),
+        ["a"],
+        "failback to group 0"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failures = answers.failures.lock().unwrap().clone();
+    let served = answers.count.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed: {:?}",
+        failures.len(),
+        served + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    eprintln!("{served} connections through three groups, none failed");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_fills_each_backend_to_its_limit_before_the_next() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let c = Switchable::start("c").await;
+    let server = start(&config(
+        "strategy = \"first\"\nbackend_max_connections = 3",
+        &[(&a, ", max_connections = 2"), (&b, ""), (&c, "")],
+    ))
+    .await;
+    let front = server.local_addr("front").unwrap();
+    let mut held = Vec::new();
+    for name in ["a", "a", "b", "b", "b", "c"] {
+        held.push(echoed(front, "hold", name).await);
+    }
+    // A connection of `a` ends: the next one fills its place, not c's.
+    drop(held.remove(0));
+    wait_metric(
+        &server,
+        &format!(
+            "switchyard_backend_active_connections{{backend=\"{}\",pool=\"p\"}}",
+            a.addr
+        ),
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    held.push(echoed(front, "hold", "a").await);
+    for _ in 0..2 {
+        held.push(echoed(front, "hold", "c").await);
+    }
+    // Every backend at its limit (2 + 3 + 3): the ninth is refused.
+    let no_backend = "switchyard_listener_no_backend_total{listener=\"front\"}";
+    assert_eq!(value(&server, no_backend), 0.0);
+    assert!(try_ask(front).await.is_err(), "every backend at its limit");
+    assert_eq!(value(&server, no_backend), 1.0);
+    drop(held);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_spreads_over_every_backend_below_the_threshold() {
+    let bs = [
+        Switchable::start("a").await,
+        Switchable::start("b").await,
+        Switchable::start("c").await,
+        Switchable::start("d").await,
+    ];
+    let list: Vec<(&Switchable, &str)> = bs.iter().map(|b| (b, "")).collect();
+    let server = start(&config("panic_threshold = 0.5", &list)).await;
+    let front = server.local_addr("front").unwrap();
+    let panic = "switchyard_pool_panic{pool=\"p\"}";
+    let names = |n: usize| async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..n {
+            seen.insert(try_ask(front).await.expect("an answer"));
+        }
+        seen
+    };
+
+    // Two of four down is the threshold, not below it: the two up take it all.
+    bs[0].sicken(true);
+    bs[1].sicken(true);
+    wait_metric(&server, &bs[0].up_series(), 0.0, Duration::from_secs(5)).await;
+    wait_metric(&server, &bs[1].up_series(), 0.0, Duration::from_secs(5)).await;
+    assert_eq!(names(40).await, ["c", "d"].map(String::from).into());
+    assert_eq!(value(&server, panic), 0.0);
+
+    // Three down: one survivor would take everything; panic spreads it.
+    bs[2].sicken(true);
+    wait_metric(&server, &bs[2].up_series(), 0.0, Duration::from_secs(5)).await;
+    assert_eq!(
+        names(80).await,
+        ["a", "b", "c", "d"].map(String::from).into()
+    );
+    assert_eq!(value(&server, panic), 1.0);
+
+    // Back above the threshold: out of panic.
+    bs[0].sicken(false);
+    bs[1].sicken(false);
+    wait_metric(&server, &bs[0].up_series(), 1.0, Duration::from_secs(5)).await;
+    wait_metric(&server, &bs[1].up_series(), 1.0, Duration::from_secs(5)).await;
+    assert_eq!(names(60).await, ["a", "b", "d"].map(String::from).into());
+    assert_eq!(value(&server, panic), 0.0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_backend_down_try_all_still_serves_and_refuse_closes() {
+    let a = Switchable::start("a").await;
+    let b = Switchable::start("b").await;
+    let server = start(&config(
+        "on_all_down = \"try_all\"",
+        &[(&a, ""), (&b, ", backup = true")],
+    ))
+    .await;
+    let refusing = start(&config("", &[(&a, ""), (&b, ", backup = true")])).await;
+    a.sicken(true);
+    b.sicken(true);
+    for s in [&server, &refusing] {
+        wait_metric(s, &a.up_series(), 0.0, Duration::from_secs(5)).await;
+        wait_metric(s, &b.up_series(), 0.0, Duration::from_secs(5)).await;
+    }
+    let front = server.local_addr("front").unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(try_ask(front).await.expect("try_all serves"));
+    }
+    assert_eq!(seen, ["a", "b"].map(String::from).into());
+    assert_eq!(value(&server, "switchyard_pool_panic{pool=\"p\"}"), 1.0);
+    assert_eq!(
+        value(&server, "switchyard_pool_active_priority{pool=\"p\"}"),
+        -1.0
+    );
+    assert!(try_ask(refusing.local_addr("front").unwrap())
+        .await
+        .is_err());
+    server.shutdown().await;
+    refusing.shutdown().await;
+}
