@@ -347,6 +347,18 @@ fn find<'s>(status: &'s PoolsStatus, pool: &str, addr: &str) -> Option<&'s Backe
         .find(|b| b.addr == addr)
 }
 
+/// What an agent said, in a few characters: its weight share and any of
+/// drain, maint and down.
+fn agent(a: &crate::backend::agent::AgentStatus) -> String {
+    let mut words = vec![format!("{}%", a.weight_percent)];
+    for (on, word) in [(a.drain, "drain"), (a.maint, "maint"), (a.down, "down")] {
+        if on {
+            words.push(word.to_string());
+        }
+    }
+    words.join(" ")
+}
+
 /// The table of `/api/v1/pools`, with the rates `rates(pool, addr)` gives
 /// (new connections, bytes in, bytes out per second).
 fn table(
@@ -354,8 +366,8 @@ fn table(
     rates: impl Fn(&str, &str) -> (Option<f64>, Option<f64>, Option<f64>),
 ) -> String {
     let mut rows = vec![[
-        "POOL", "BACKEND", "ADDRESS", "TLS", "STATE", "PRIO", "WEIGHT", "ACTIVE", "NEW/S", "IN",
-        "OUT",
+        "POOL", "BACKEND", "ADDRESS", "TLS", "STATE", "PRIO", "WEIGHT", "AGENT", "ACTIVE", "NEW/S",
+        "IN", "OUT",
     ]
     .map(String::from)
     .to_vec()];
@@ -380,6 +392,7 @@ fn table(
                     b.priority.to_string()
                 },
                 b.weight.to_string(),
+                b.agent.as_ref().map_or("-".to_string(), agent),
                 b.active.to_string(),
                 or_dash(new.map(|v| format!("{v:.1}"))),
                 or_dash(inb.map(bytes)),

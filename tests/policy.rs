@@ -27,7 +27,11 @@ struct Switchable {
 
 impl Switchable {
     async fn start(name: &'static str) -> Switchable {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Switchable::start_on(name, "127.0.0.1").await
+    }
+
+    async fn start_on(name: &'static str, ip: &str) -> Switchable {
+        let l = TcpListener::bind(format!("{ip}:0")).await.unwrap();
         let addr = l.local_addr().unwrap();
         let sick = Arc::new(AtomicBool::new(false));
         let s = sick.clone();
@@ -363,4 +367,219 @@ async fn with_every_backend_down_try_all_still_serves_and_refuse_closes() {
         .is_err());
     server.shutdown().await;
     refusing.shutdown().await;
+}
+
+/// An agent as operators write them, in Python: on each address given, one
+/// port; each connection gets the contents of the file named after the
+/// address it came to, once it has sent its line.
+const AGENT: &str = r#"
+import os, socket, sys, threading
+folder, ips = sys.argv[1], sys.argv[2:]
+while True:
+    socks = []
+    try:
+        for ip in ips:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, socks[0].getsockname()[1] if socks else 0))
+            s.listen(16)
+            socks.append(s)
+        break
+    except OSError:
+        for s in socks:
+            s.close()
+print(socks[0].getsockname()[1], flush=True)
+def serve(s, ip):
+    while True:
+        c, _ = s.accept()
+        try:
+            c.settimeout(2)
+            c.recv(64)
+            with open(os.path.join(folder, ip)) as f:
+                c.sendall(f.read().encode())
+        except OSError:
+            pass
+        finally:
+            c.close()
+for s, ip in zip(socks, ips):
+    threading.Thread(target=serve, args=(s, ip), daemon=True).start()
+threading.Event().wait()
+"#;
+
+struct Agent {
+    child: std::process::Child,
+    port: u16,
+    folder: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(ips: &[&str]) -> Agent {
+        use std::io::BufRead;
+        let folder = tempfile::tempdir().unwrap();
+        for ip in ips {
+            std::fs::write(folder.path().join(ip), "up ready 100%\n").unwrap();
+        }
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(AGENT)
+            .arg(folder.path())
+            .args(ips)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("agent said {line:?}"));
+        Agent {
+            child,
+            port,
+            folder,
+        }
+    }
+
+    fn say(&self, ip: &str, line: &str) {
+        std::fs::write(self.folder.path().join(ip), format!("{line}\n")).unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_sets_weight_drain_and_down_but_never_lifts_an_operators_drain() {
+    if !installed("python3", "python3") {
+        return;
+    }
+    let (ip_a, ip_b) = ("127.0.0.2", "127.0.0.3");
+    let a = Switchable::start_on("a", ip_a).await;
+    let b = Switchable::start_on("b", ip_b).await;
+    let agent = Agent::start(&[ip_a, ip_b]);
+    let server = start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [pools.p]\nstrategy = \"weighted\"\n\
+         backends = [{{ addr = \"{}\", weight = 2 }}, {{ addr = \"{}\", weight = 2 }}]\n\
+         [pools.p.agent]\nport = {}\ninterval = \"50ms\"\ntimeout = \"1s\"\nsend = \"status\\n\"\n",
+        a.addr, b.addr, agent.port
+    ))
+    .await;
+    let front = server.local_addr("front").unwrap();
+    let admin = server.admin_addr().await.unwrap();
+    let api_backend = move |addr: SocketAddr| {
+        let (code, body) = common::daemon::http(admin, "GET", "/api/v1/pools", &[], "");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["addr"] == addr.to_string())
+            .cloned()
+            .unwrap()
+    };
+    let wait_api = |what: &'static str, addr: SocketAddr, cond: fn(&serde_json::Value) -> bool| async move {
+        wait_for(what, Duration::from_secs(10), || cond(&api_backend(addr))).await;
+    };
+    let share = |n: usize| async move {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..n {
+            *m.entry(try_ask(front).await.expect("an answer"))
+                .or_default() += 1;
+        }
+        m
+    };
+    let weight_b = format!(
+        "switchyard_backend_weight{{backend=\"{}\",pool=\"p\"}}",
+        b.addr
+    );
+    wait_api("a's agent heard", a.addr, |v| {
+        v["agent"]["last"] == "up ready 100%"
+    })
+    .await;
+    wait_api("b's agent heard", b.addr, |v| {
+        v["agent"]["last"] == "up ready 100%"
+    })
+    .await;
+    assert_eq!(
+        share(300).await,
+        [("a".into(), 150), ("b".into(), 150)].into()
+    );
+
+    // Half the configured weight: 2 becomes 1, a third of the traffic.
+    agent.say(ip_b, "50%");
+    wait_metric(&server, &weight_b, 1.0, Duration::from_secs(10)).await;
+    assert_eq!(
+        share(300).await,
+        [("a".into(), 200), ("b".into(), 100)].into()
+    );
+    assert_eq!(api_backend(b.addr)["agent"]["weight_percent"], 50);
+
+    // Drained by its agent: no new connections.
+    agent.say(ip_b, "drain");
+    wait_api("b drained by its agent", b.addr, |v| {
+        v["state"] == "draining"
+    })
+    .await;
+    assert_eq!(share(30).await, [("a".into(), 30)].into());
+    assert_eq!(
+        api_backend(b.addr)["draining"],
+        false,
+        "not the operator's drain"
+    );
+
+    // An operator's drain holds whatever the agent says.
+    let (code, body) = common::daemon::http(
+        admin,
+        "POST",
+        &format!("/api/v1/pools/p/backends/{}/drain", b.addr),
+        &[],
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    agent.say(ip_b, "ready 100%");
+    wait_metric(&server, &weight_b, 2.0, Duration::from_secs(10)).await;
+    wait_api("the agent's ready heard", b.addr, |v| {
+        v["agent"]["drain"] == false
+    })
+    .await;
+    assert_eq!(api_backend(b.addr)["state"], "draining");
+    assert_eq!(share(30).await, [("a".into(), 30)].into());
+    let (code, body) = common::daemon::http(
+        admin,
+        "POST",
+        &format!("/api/v1/pools/p/backends/{}/enable", b.addr),
+        &[],
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(share(30).await, [("a".into(), 15), ("b".into(), 15)].into());
+
+    // Down by its agent, while its traffic port serves; then up again.
+    agent.say(ip_b, "down # maintenance window");
+    wait_api("b down by its agent", b.addr, |v| v["state"] == "down").await;
+    assert_eq!(share(30).await, [("a".into(), 30)].into());
+    agent.say(ip_b, "up");
+    wait_api("b up again", b.addr, |v| v["state"] == "up").await;
+    assert_eq!(share(30).await, [("a".into(), 15), ("b".into(), 15)].into());
+
+    // An agent that stops answering changes nothing.
+    drop(agent);
+    wait_api("the agent's silence noted", b.addr, |v| {
+        v["agent"]["last"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("not reached"))
+    })
+    .await;
+    assert_eq!(api_backend(b.addr)["state"], "up");
+    assert_eq!(share(30).await, [("a".into(), 15), ("b".into(), 15)].into());
+    server.shutdown().await;
 }

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::agent::AgentStatus;
 use crate::backend::{BackendState, CheckResult};
 use crate::pool::Member;
 
@@ -43,6 +44,9 @@ pub struct BackendStatus {
     pub connect_failures: u64,
     /// Its last active check, if it has one.
     pub last_check: Option<CheckResult>,
+    /// What its agent said, when its pool has one and it was asked.
+    #[serde(default)]
+    pub agent: Option<AgentStatus>,
 }
 
 /// One pool, as `/api/v1/pools` answers.
@@ -152,6 +156,7 @@ impl BackendStatus {
             bytes_out: mt.bytes_out.get(),
             connect_failures: mt.connect_failures(),
             last_check: b.last_check(),
+            agent: b.agent.status(),
         }
     }
 }

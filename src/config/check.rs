@@ -1,10 +1,30 @@
 //! Validation of `[pools.NAME.health]`.
 
-use super::raw::{RawHealth, S};
+use std::time::Duration;
+
+use super::raw::{RawAgent, RawHealth, S};
 use super::validate::Validator;
-use super::{CheckKind, HealthConfig};
+use super::{AgentConfig, CheckKind, HealthConfig};
 
 impl Validator<'_> {
+    pub(super) fn agent(&mut self, key: &str, a: &S<RawAgent>) -> Option<AgentConfig> {
+        let a = a.get_ref();
+        let port = self.count(Some(&a.port), &format!("{key}.port"), 1, 65535, 0) as u16;
+        let interval = self
+            .positive_duration(a.interval.as_ref(), &format!("{key}.interval"))
+            .unwrap_or(Duration::from_secs(2));
+        let timeout = self
+            .positive_duration(a.timeout.as_ref(), &format!("{key}.timeout"))
+            .unwrap_or(Duration::from_secs(1));
+        let send = self.bytes(a.send.as_ref(), &format!("{key}.send"));
+        (port != 0).then_some(AgentConfig {
+            port,
+            interval,
+            timeout,
+            send,
+        })
+    }
+
     pub(super) fn health(&mut self, key: &str, h: S<RawHealth>) -> HealthConfig {
         let h = h.into_inner();
         let d = HealthConfig::default();

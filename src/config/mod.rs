@@ -259,6 +259,22 @@ pub struct PoolConfig {
     pub panic_below: Option<u32>,
     /// `on_all_down`, default `"refuse"`.
     pub on_all_down: AllDown,
+    /// `[pools.NAME.agent]`: agent checks, default none.
+    pub agent: Option<AgentConfig>,
+}
+
+/// `[pools.NAME.agent]`: an agent on each backend, asked as HAProxy's
+/// `agent-check` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// `port`: the agent's port on the backend's address.
+    pub port: u16,
+    /// `interval`, default 2s.
+    pub interval: Duration,
+    /// `timeout`, default 1s.
+    pub timeout: Duration,
+    /// `send`, default nothing.
+    pub send: Option<Vec<u8>>,
 }
 
 /// One backend of a pool.
@@ -488,6 +504,14 @@ impl Config {
                     o,
                     "    panic below {}% of backends eligible: then every backend takes traffic",
                     f64::from(t) / 10.0
+                );
+            }
+            if let Some(a) = &p.agent {
+                let _ = writeln!(
+                    o,
+                    "    agent on port {} of each backend, every {}",
+                    a.port,
+                    humantime::format_duration(a.interval)
                 );
             }
             if p.on_all_down == AllDown::TryAll {

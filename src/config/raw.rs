@@ -325,6 +325,26 @@ pub struct RawPool {
     /// "refuse" (default) or "try_all": what happens to a new connection when no backend is eligible.
     #[schemars(with = "Option<String>")]
     pub on_all_down: Option<S<String>>,
+    /// An agent on each backend (HAProxy's agent-check protocol) sets its weight, drain and state.
+    #[schemars(with = "Option<RawAgent>")]
+    pub agent: Option<S<RawAgent>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    /// The agent's TCP port on each backend's address (required).
+    #[schemars(with = "i64")]
+    pub port: S<i64>,
+    /// Time between asks. Default "2s".
+    #[schemars(with = "Option<String>")]
+    pub interval: Option<S<String>>,
+    /// An agent that has not answered by then is asked again next time; nothing changes. Default "1s".
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<S<String>>,
+    /// Bytes sent once connected (text with escapes, or hex:...). Default none.
+    #[schemars(with = "Option<String>")]
+    pub send: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

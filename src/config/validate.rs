@@ -378,6 +378,10 @@ impl Validator<'_> {
             backend_max_connections,
             panic_below,
             on_all_down,
+            agent: pool
+                .agent
+                .as_ref()
+                .and_then(|a| self.agent(&format!("{key}.agent"), a)),
         }
     }
 

@@ -5,6 +5,7 @@
 //! check's settings change. Passive health (failed connects) lives on
 //! [`Backend`] itself.
 
+mod agent;
 mod probe;
 
 use probe::Fault;
@@ -14,7 +15,7 @@ static LOCAL_LOG: crate::clock::Every = crate::clock::Every::ms(1000);
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rand::Rng;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
-use crate::config::{CheckKind, HealthConfig, PoolTls};
+use crate::config::{AgentConfig, CheckKind, HealthConfig, PoolTls};
 use crate::pool::{Pool, Snapshot};
 use crate::tls::Originator;
 
@@ -39,6 +40,8 @@ impl Checks {
         let mut checkers = Checkers {
             settings: None,
             running: HashMap::new(),
+            agents: None,
+            pool: Arc::downgrade(pool),
             stop: stop.clone(),
             tracker: tracker.clone(),
         };
@@ -66,18 +69,69 @@ impl Drop for Checks {
     }
 }
 
+type Running = HashMap<SocketAddr, (Arc<Backend>, CancellationToken)>;
+
 /// One pool's checker tasks, by backend.
 struct Checkers {
     /// The checks' settings and the pool's TLS they run over.
     settings: Option<(HealthConfig, Option<PoolTls>)>,
     running: HashMap<SocketAddr, (Arc<Backend>, CancellationToken)>,
+    /// The agent's settings and the tasks asking it, by backend.
+    agents: Option<(AgentConfig, Running)>,
+    pool: Weak<Pool>,
     stop: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Checkers {
-    /// Brings the running checkers in line with `snap`.
+    /// Brings the running checkers and agents in line with `snap`.
     fn follow(&mut self, snap: &Snapshot) {
+        self.follow_checks(snap);
+        self.follow_agents(snap);
+    }
+
+    /// Brings the agent tasks in line with `snap`: new settings start them
+    /// over; a pool that drops its agent forgets what the agents said.
+    fn follow_agents(&mut self, snap: &Snapshot) {
+        let now = snap.config.agent.as_ref();
+        if self.agents.as_ref().map(|(c, _)| c) != now {
+            if let Some((_, running)) = self.agents.take() {
+                let mut reweigh = false;
+                for (_, (backend, stop)) in running {
+                    stop.cancel();
+                    if now.is_none() {
+                        reweigh |= backend.agent.clear();
+                    }
+                }
+                if reweigh {
+                    if let Some(pool) = self.pool.upgrade() {
+                        pool.reweigh();
+                    }
+                }
+            }
+            self.agents = now.map(|c| (c.clone(), HashMap::new()));
+        }
+        let Some((cfg, running)) = &mut self.agents else {
+            return;
+        };
+        keep_members(running, snap);
+        for m in &snap.members {
+            let b = &m.backend;
+            if let std::collections::hash_map::Entry::Vacant(e) = running.entry(b.addr) {
+                let stop = self.stop.child_token();
+                self.tracker.spawn(agent::ask(
+                    b.clone(),
+                    self.pool.clone(),
+                    cfg.clone(),
+                    stop.clone(),
+                ));
+                e.insert((b.clone(), stop));
+            }
+        }
+    }
+
+    /// Brings the running checkers in line with `snap`.
+    fn follow_checks(&mut self, snap: &Snapshot) {
         let cfg = &snap.config.health;
         let tls = snap.config.tls.as_ref().filter(|_| cfg.tls);
         let now = (cfg.clone(), tls.cloned());
@@ -89,15 +143,7 @@ impl Checkers {
             self.settings = Some(now);
         }
         let tls = tls.map(|t| t.built.clone());
-        self.running.retain(|addr, (backend, stop)| {
-            let stays = snap
-                .find(*addr)
-                .is_some_and(|m| Arc::ptr_eq(&m.backend, backend));
-            if !stays {
-                stop.cancel();
-            }
-            stays
-        });
+        keep_members(&mut self.running, snap);
         if cfg.check == CheckKind::None {
             return;
         }
@@ -111,6 +157,19 @@ impl Checkers {
             }
         }
     }
+}
+
+/// Stops the tasks of backends no longer in `snap`.
+fn keep_members(running: &mut Running, snap: &Snapshot) {
+    running.retain(|addr, (backend, stop)| {
+        let stays = snap
+            .find(*addr)
+            .is_some_and(|m| Arc::ptr_eq(&m.backend, backend));
+        if !stays {
+            stop.cancel();
+        }
+        stays
+    });
 }
 
 /// Sleeps for `d` unless `stop` fires first; returns false when stopped.
@@ -197,6 +256,8 @@ mod tests {
         let mut c = Checkers {
             settings: None,
             running: HashMap::new(),
+            agents: None,
+            pool: Weak::new(),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };

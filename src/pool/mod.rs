@@ -45,7 +45,7 @@ impl Member {
     /// (panic, `on_all_down = "try_all"`): not drained, not full.
     fn open(&self) -> bool {
         let b = &self.backend;
-        !b.is_draining()
+        !b.is_drained()
             && self
                 .max_connections
                 .is_none_or(|m| b.active() < u64::from(m.get()))
@@ -175,7 +175,7 @@ impl Snapshot {
     fn below(&self, below: u32) -> bool {
         let (mut open, mut available) = (0u64, 0u64);
         for m in &self.members {
-            if !m.backend.is_draining() {
+            if !m.backend.is_drained() {
                 open += 1;
                 available += u64::from(m.available());
             }
@@ -438,6 +438,13 @@ impl Pool {
         if old.config == config {
             return Ok(false);
         }
+        self.rebuild(&old, config);
+        Ok(true)
+    }
+
+    /// Builds the next snapshot from `config` in place of `old`, with the
+    /// write lock held by the caller.
+    fn rebuild(&self, old: &Snapshot, config: PoolConfig) {
         // A backend is its address and name: renamed, it is a new one.
         let keep: HashMap<(SocketAddr, &str), Arc<Backend>> = old
             .members
@@ -459,7 +466,14 @@ impl Pool {
         }
         self.current.store(Arc::new(next));
         self.changed.send_replace(());
-        Ok(true)
+    }
+
+    /// Builds the snapshot again from the same configuration: an agent
+    /// changed a backend's weight, and the strategies are built from them.
+    pub fn reweigh(&self) {
+        let _w = self.lock();
+        let old = self.current.load_full();
+        self.rebuild(&old, old.config.clone());
     }
 
     /// Replaces the whole configuration (a reload). Returns whether anything
@@ -561,6 +575,16 @@ impl Pool {
     }
 }
 
+/// A configured weight after the agent's share of it: at least 1 (0 %
+/// drains instead) and at most the largest weight.
+fn agent_weighted(weight: NonZeroU32, percent: u32) -> NonZeroU32 {
+    if percent == 100 {
+        return weight;
+    }
+    let w = (u64::from(weight.get()) * u64::from(percent) + 50) / 100;
+    NonZeroU32::new(w.clamp(1, u64::from(crate::config::MAX_WEIGHT)) as u32).unwrap_or(weight)
+}
+
 fn build(
     config: &PoolConfig,
     keep: &HashMap<(SocketAddr, &str), Arc<Backend>>,
@@ -583,11 +607,12 @@ fn build(
                         metrics.backend(&config.name, &label, &b.name),
                     ))
                 });
-            backend.metrics.weight.set(i64::from(b.weight.get()));
+            let weight = agent_weighted(b.weight, backend.agent.percent());
+            backend.metrics.weight.set(i64::from(weight.get()));
             backend.set_on_down(config.on_backend_down);
             Member {
                 backend,
-                weight: b.weight,
+                weight,
                 max_connections: b.max_connections,
                 priority: b.priority,
             }

@@ -1,7 +1,9 @@
 //! One backend of one pool and its live state: the active checker's verdict,
 //! passive ejection after failed connects, the operator's drain, and the
-//! count of open connections. All atomics, read on every pick. (Just past
-//! 400 lines with its tests, which exercise the transitions together.)
+//! count of open connections. All atomics, read on every pick. What its
+//! agent says is in [`agent`].
+
+pub mod agent;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -87,6 +89,8 @@ pub struct Backend {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     last_check: Mutex<Option<LastCheck>>,
+    /// What its agent said, if its pool has one.
+    pub agent: agent::AgentState,
     /// Its series.
     pub metrics: BackendMetrics,
 }
@@ -125,6 +129,7 @@ impl Backend {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             last_check: Mutex::new(None),
+            agent: agent::AgentState::default(),
             metrics,
         }
     }
@@ -139,9 +144,14 @@ impl Backend {
         self.ejected_until.load(Ordering::Relaxed) > now_ms()
     }
 
-    /// Whether health (active and passive) lets it take traffic.
+    /// Whether health (active and passive) and its agent let it take traffic.
     pub fn is_healthy(&self) -> bool {
-        self.is_up() && !self.is_ejected()
+        self.is_up() && !self.is_ejected() && !self.agent.out()
+    }
+
+    /// Whether it takes no new connections by an operator's drain or its agent's.
+    pub fn is_drained(&self) -> bool {
+        self.is_draining() || self.agent.drained()
     }
 
     /// Whether it has left its pool: established connections run on, but
@@ -213,7 +223,7 @@ impl Backend {
     /// Its state as the API, `ctl`, the status page and the history show
     /// it: a drain comes first, then health (active and passive).
     pub fn state(&self) -> BackendState {
-        if self.is_draining() {
+        if self.is_drained() {
             BackendState::Draining
         } else if self.is_healthy() {
             BackendState::Up
