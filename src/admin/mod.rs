@@ -236,6 +236,7 @@ mod tests {
                     proxy_trusted: Vec::new(),
                     sni_required: false,
                     tls: None,
+                    rates: Default::default(),
                 }],
                 admin: None,
             })

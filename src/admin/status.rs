@@ -76,6 +76,9 @@ pub struct PoolStatus {
     /// Its `on_all_down`.
     #[serde(default)]
     pub on_all_down: String,
+    /// Its per-connection byte rates (`upload`, `download`), bytes per second.
+    #[serde(default)]
+    pub rates: crate::config::Rates,
     /// The listeners that send to it (by default or by a route).
     pub listeners: Vec<String>,
     /// Its backends, in order.

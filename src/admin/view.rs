@@ -33,6 +33,8 @@ pub struct ListenerView {
     pub sni_required: bool,
     /// Its own TLS ending, if it ends TLS.
     pub tls: Option<TlsView>,
+    /// Its byte-rate limits, bytes per second (`null`: unlimited).
+    pub rates: crate::config::Rates,
 }
 
 /// A certificate a listener or route ends TLS with.
@@ -93,6 +95,7 @@ impl ListenerView {
                 .collect(),
             sni_required: l.sni_required,
             tls: l.tls.as_ref().map(TlsView::of),
+            rates: l.rates,
         }
     }
 }

@@ -168,6 +168,40 @@ impl Validator<'_> {
         Some((*r.get_ref(), burst))
     }
 
+    /// A rate in bytes per second (`upload_rate` and its kin): at least
+    /// 1 KiB/s, so a limited connection still moves in useful steps.
+    pub(super) fn byte_rate(
+        &mut self,
+        v: Option<&S<super::raw::RawRate>>,
+        key: &str,
+    ) -> Option<u64> {
+        use super::raw::RawRate;
+        let v = v?;
+        let parsed = match v.get_ref() {
+            RawRate::Bytes(n) => u64::try_from(*n).ok(),
+            RawRate::Text(t) => parse_size(t),
+        };
+        match parsed {
+            Some(n) if n >= 1024 => Some(n),
+            Some(n) => {
+                self.p.push(
+                    v.span(),
+                    key,
+                    format!("at least 1024 bytes per second (\"1KiB\"), not {n}"),
+                );
+                None
+            }
+            None => {
+                self.p.push(
+                    v.span(),
+                    key,
+                    "bytes per second: a number, or one with a unit (\"10MiB\", \"500k\", \"1MB\")",
+                );
+                None
+            }
+        }
+    }
+
     /// `hash_key` and `table_size`, for `maglev`.
     pub(super) fn balance_options(
         &mut self,
@@ -282,5 +316,44 @@ impl Validator<'_> {
             );
             default
         }
+    }
+}
+
+/// A byte count with an optional unit: `k`, `K`, `KiB` are 1024, `KB`
+/// 1000 (and so on for M and G), `B` or none bytes, as nginx reads `1m`.
+pub(super) fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "k" | "K" | "KiB" | "kiB" => 1024.0,
+        "KB" | "kB" => 1e3,
+        "m" | "M" | "MiB" => 1024.0 * 1024.0,
+        "MB" => 1e6,
+        "g" | "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "GB" => 1e9,
+        _ => return None,
+    };
+    let n = number * factor;
+    (0.0..1e18).contains(&n).then_some(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_counts_read_as_nginx_and_iec_write_them() {
+        use super::parse_size;
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("1m"), Some(1 << 20));
+        assert_eq!(parse_size("10MiB"), Some(10 << 20));
+        assert_eq!(parse_size("1.5 KiB"), Some(1536));
+        assert_eq!(parse_size("500KB"), Some(500_000));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("10 mbit"), None);
+        assert_eq!(parse_size("fast"), None);
     }
 }

@@ -172,6 +172,51 @@ impl Validator<'_> {
                 }
             }
         }
+        let rates = crate::config::Rates {
+            upload: self.byte_rate(l.upload_rate.as_ref(), &format!("{key}.upload_rate")),
+            download: self.byte_rate(l.download_rate.as_ref(), &format!("{key}.download_rate")),
+            listener_upload: self.byte_rate(
+                l.listener_upload_rate.as_ref(),
+                &format!("{key}.listener_upload_rate"),
+            ),
+            listener_download: self.byte_rate(
+                l.listener_download_rate.as_ref(),
+                &format!("{key}.listener_download_rate"),
+            ),
+        };
+        let limited = [
+            (&l.upload_rate, "upload_rate"),
+            (&l.download_rate, "download_rate"),
+            (&l.listener_upload_rate, "listener_upload_rate"),
+            (&l.listener_download_rate, "listener_download_rate"),
+        ];
+        if tls.is_some() {
+            for (v, name) in limited {
+                if let Some(v) = v {
+                    self.warn(
+                        v.span(),
+                        &format!("{key}.{name}"),
+                        "byte rates do not apply to connections whose TLS ends here (only to those passed through)",
+                    );
+                }
+            }
+        }
+        if protocol == Protocol::Udp {
+            for (v, name) in [
+                (&l.upload_rate, "upload_rate"),
+                (&l.download_rate, "download_rate"),
+                (&l.listener_upload_rate, "listener_upload_rate"),
+                (&l.listener_download_rate, "listener_download_rate"),
+            ] {
+                if let Some(v) = v {
+                    self.p.push(
+                        v.span(),
+                        format!("{key}.{name}"),
+                        "byte rates apply to TCP listeners only",
+                    );
+                }
+            }
+        }
         if protocol == Protocol::Udp && l.max_connections.is_some() {
             let span = l
                 .max_connections
@@ -200,6 +245,7 @@ impl Validator<'_> {
             // UDP: one receive loop per worker thread unless told otherwise.
             reuse_port: l.reuse_port.unwrap_or(true),
             zero_copy: l.zero_copy.unwrap_or(true),
+            rates,
             tcp_keepalive: self
                 .keepalive(l.tcp_keepalive.as_ref(), &format!("{key}.tcp_keepalive")),
             allow: self.networks(l.allow.as_deref(), &format!("{key}.allow")),

@@ -149,6 +149,9 @@ pub struct ListenerConfig {
     /// own accept loop (TCP) or receive loop and session table (UDP); default
     /// true.
     pub reuse_port: bool,
+    /// `upload_rate`, `download_rate`, `listener_upload_rate`,
+    /// `listener_download_rate` (TCP), bytes per second, default unlimited.
+    pub rates: Rates,
     /// `zero_copy`, default true: a TCP direction that turns out to be bulk
     /// (a read fills the 64 KiB buffer) moves on with splice(2).
     pub zero_copy: bool,
@@ -261,6 +264,9 @@ pub struct PoolConfig {
     pub on_all_down: AllDown,
     /// `[pools.NAME.agent]`: agent checks, default none.
     pub agent: Option<AgentConfig>,
+    /// `upload_rate` and `download_rate`, per connection (the listener
+    /// fields unused), default unlimited.
+    pub rates: Rates,
 }
 
 /// `[pools.NAME.agent]`: an agent on each backend, asked as HAProxy's
@@ -292,6 +298,19 @@ pub struct BackendConfig {
     pub max_connections: Option<NonZeroU32>,
     /// `priority` 0 (highest, default) to 255, or [`BACKUP`] for `backup = true`.
     pub priority: u32,
+}
+
+/// Byte-rate limits, in bytes per second (`None`: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Rates {
+    /// Each connection, client to backend.
+    pub upload: Option<u64>,
+    /// Each connection, backend to client.
+    pub download: Option<u64>,
+    /// All of a listener's connections together, client to backend.
+    pub listener_upload: Option<u64>,
+    /// All of a listener's connections together, backend to client.
+    pub listener_download: Option<u64>,
 }
 
 /// The priority of a backend written `backup = true`: below every group.

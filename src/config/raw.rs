@@ -149,6 +149,18 @@ pub struct RawListener {
     pub reuse_port: Option<bool>,
     /// TCP: a direction that turns bulk moves on with splice(2). Default true.
     pub zero_copy: Option<bool>,
+    /// TCP: bytes per second each connection may send up, client to backend ("1MiB", "500k", 65536). Default unlimited.
+    #[schemars(with = "Option<RawRate>")]
+    pub upload_rate: Option<S<RawRate>>,
+    /// TCP: bytes per second each connection may receive, backend to client. Default unlimited.
+    #[schemars(with = "Option<RawRate>")]
+    pub download_rate: Option<S<RawRate>>,
+    /// TCP: bytes per second up, all the listener's connections together. Default unlimited.
+    #[schemars(with = "Option<RawRate>")]
+    pub listener_upload_rate: Option<S<RawRate>>,
+    /// TCP: bytes per second down, all the listener's connections together. Default unlimited.
+    #[schemars(with = "Option<RawRate>")]
+    pub listener_download_rate: Option<S<RawRate>>,
     /// Keepalive probes start after this long without a byte ("0s": off). Default "60s".
     #[schemars(with = "Option<String>")]
     pub tcp_keepalive: Option<S<String>>,
@@ -325,9 +337,25 @@ pub struct RawPool {
     /// "refuse" (default) or "try_all": what happens to a new connection when no backend is eligible.
     #[schemars(with = "Option<String>")]
     pub on_all_down: Option<S<String>>,
+    /// TCP: bytes per second each connection to this pool may send up ("1MiB", "500k", 65536). Default unlimited.
+    #[schemars(with = "Option<RawRate>")]
+    pub upload_rate: Option<S<RawRate>>,
+    /// TCP: bytes per second each connection to this pool may receive. Default unlimited.
+    #[schemars(with = "Option<RawRate>")]
+    pub download_rate: Option<S<RawRate>>,
     /// An agent on each backend (HAProxy's agent-check protocol) sets its weight, drain and state.
     #[schemars(with = "Option<RawAgent>")]
     pub agent: Option<S<RawAgent>>,
+}
+
+/// Bytes per second: a number, or text with a unit ("10MiB", "1m", "500KB").
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawRate {
+    /// Bytes per second.
+    Bytes(i64),
+    /// A number and a unit: k, K, KiB (1024), KB (1000), m, M, MiB, MB, g, G, GiB, GB, or B.
+    Text(String),
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

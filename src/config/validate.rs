@@ -350,6 +350,20 @@ impl Validator<'_> {
             }
         };
         let tls = pool.tls.as_ref().and_then(|t| self.pool_tls(&key, t));
+        if tls.is_some() {
+            for (v, name) in [
+                (&pool.upload_rate, "upload_rate"),
+                (&pool.download_rate, "download_rate"),
+            ] {
+                if let Some(v) = v {
+                    self.warn(
+                        v.span(),
+                        &format!("{key}.{name}"),
+                        "byte rates do not apply to connections that start TLS to the backends",
+                    );
+                }
+            }
+        }
         let balance = self.balance_options(
             (pool.hash_key.as_ref(), pool.table_size.as_ref()),
             &key,
@@ -378,6 +392,12 @@ impl Validator<'_> {
             backend_max_connections,
             panic_below,
             on_all_down,
+            rates: Rates {
+                upload: self.byte_rate(pool.upload_rate.as_ref(), &format!("{key}.upload_rate")),
+                download: self
+                    .byte_rate(pool.download_rate.as_ref(), &format!("{key}.download_rate")),
+                ..Rates::default()
+            },
             agent: pool
                 .agent
                 .as_ref()

@@ -115,7 +115,7 @@ impl Listener {
     pub fn launch(config: ListenerConfig, bound: Bound, pools: Pools, cx: &Tasks<'_>) -> Listener {
         let stop = cx.accept_stop.child_token();
         let hard_stop = cx.hard_stop.child_token();
-        let route = arc_swap::ArcSwap::from_pointee(Route::new(&config, pools, cx.metrics));
+        let route = arc_swap::ArcSwap::from_pointee(Route::new(&config, pools, cx.metrics, None));
         let addr = bound.local_addr();
         let kind = match bound {
             Bound::Tcp(sockets) => {
@@ -248,7 +248,8 @@ pub(crate) fn take_over(from: &Listener, l: &ListenerConfig) -> Result<Bound, Bi
 impl Listener {
     /// Points a kept listener (same socket) at its new pool and settings.
     pub fn reroute(mut self, l: &ListenerConfig, pools: Pools, metrics: &Metrics) -> Listener {
-        let route = Arc::new(Route::new(l, pools, metrics));
+        let old = self.route().load_full();
+        let route = Arc::new(Route::new(l, pools, metrics, Some(&old)));
         match &self.kind {
             Sockets::Tcp(shared, sockets) => {
                 shared.resize_limit(self.config.max_connections.get(), l.max_connections.get());

@@ -8,6 +8,7 @@ use crate::backend::Backend;
 use crate::config::ListenerConfig;
 use crate::metrics::{CertExpiry, Metrics, RouteMetrics, TlsHandshakes};
 use crate::pool::Pool;
+use crate::relay::rate::{Bucket, Limit, Limits};
 
 /// A listener's pools, as the server hands them over: its own, and one per
 /// `config.routes`, in order.
@@ -51,11 +52,24 @@ pub(crate) struct Route {
     pub targets: Vec<RouteTarget>,
     /// When it ends TLS for some clients.
     pub tls: Option<ClientTls>,
+    /// The byte-rate limits of connections to each of its pools, when any
+    /// applies; the listener's shared buckets are in each.
+    limits: Vec<(Arc<Pool>, Limits)>,
+    /// The listener's shared buckets (up, down), kept across reloads that
+    /// leave their rates alone.
+    buckets: (Option<Arc<Bucket>>, Option<Arc<Bucket>>),
 }
 
 impl Route {
     /// The route of `config` over `pools`, with its series in `metrics`.
-    pub fn new(config: &ListenerConfig, pools: Pools, metrics: &Metrics) -> Route {
+    /// `old`, the route it replaces, lends its listener buckets when their
+    /// rates stay, so a reload neither resets nor doubles them.
+    pub fn new(
+        config: &ListenerConfig,
+        pools: Pools,
+        metrics: &Metrics,
+        old: Option<&Route>,
+    ) -> Route {
         let mut targets = Vec::new();
         if !config.routes.is_empty() {
             targets.push(RouteTarget {
@@ -79,12 +93,59 @@ impl Route {
                 })
                 .collect(),
         });
+        let bucket = |rate: Option<u64>, old: Option<&Arc<Bucket>>| {
+            rate.map(|r| match old {
+                Some(b) if b.rate() == r => b.clone(),
+                _ => Arc::new(Bucket::new(r)),
+            })
+        };
+        let buckets = (
+            bucket(
+                config.rates.listener_upload,
+                old.and_then(|o| o.buckets.0.as_ref()),
+            ),
+            bucket(
+                config.rates.listener_download,
+                old.and_then(|o| o.buckets.1.as_ref()),
+            ),
+        );
+        let mut limits = Vec::new();
+        for pool in std::iter::once(&pools.default).chain(targets.iter().map(|t| &t.pool)) {
+            let own = pool.snapshot().config.rates;
+            let least = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let l = Limits {
+                up: Limit {
+                    per_connection: least(config.rates.upload, own.upload),
+                    shared: buckets.0.clone(),
+                },
+                down: Limit {
+                    per_connection: least(config.rates.download, own.download),
+                    shared: buckets.1.clone(),
+                },
+            };
+            if l.up.limits() || l.down.limits() {
+                limits.push((pool.clone(), l));
+            }
+        }
         Route {
             config: config.clone(),
             pool: pools.default,
             targets,
             tls,
+            limits,
+            buckets,
         }
+    }
+
+    /// The byte-rate limits of a connection to `pool`, if any applies.
+    pub fn limits(&self, pool: &Pool) -> Option<&Limits> {
+        self.limits
+            .iter()
+            .find(|(p, _)| std::ptr::eq(Arc::as_ptr(p), pool))
+            .map(|(_, l)| l)
     }
 
     /// The pool of route `i` of `config.routes`, or the listener's own;
@@ -154,6 +215,8 @@ impl Route {
             pool: Pool::new(&config.pools[&l.pool], Arc::new(Metrics::new())),
             targets: Vec::new(),
             tls: None,
+            limits: Vec::new(),
+            buckets: (None, None),
         }
     }
 }

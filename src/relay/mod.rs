@@ -30,6 +30,7 @@
 //! complete.
 
 mod end;
+pub mod rate;
 mod splice;
 mod streams;
 
@@ -179,13 +180,13 @@ pub async fn relay(
     }
 }
 
-/// Whether bulk directions may switch to splice(2) (`zero_copy`), and where
-/// each switch is counted.
+/// Whether bulk directions may switch to splice(2) (`zero_copy`), where
+/// each switch is counted, and the byte-rate limits of the connection.
 pub struct Splice<'a> {
-    /// Bulk directions may switch.
-    pub on: bool,
-    /// Counts the directions that did.
-    pub switched: &'a IntCounter,
+    /// With `zero_copy`: counts the directions that switched (`None`: none may).
+    pub switched: Option<&'a IntCounter>,
+    /// The connection's byte-rate limits, if it has any.
+    pub limits: Option<&'a rate::Limits>,
 }
 
 /// What ends a relay from outside.
@@ -331,6 +332,21 @@ async fn pump(
         Side::Client => &progress.up,
         Side::Backend => &progress.down,
     };
+    let limit = splice.limits.map(|l| match side {
+        Side::Client => &l.up,
+        Side::Backend => &l.down,
+    });
+    if let Some(limit) = limit.filter(|l| l.limits()) {
+        // Boxed: an unlimited connection's task does not carry its state.
+        return Box::pin(limited(
+            (from, side),
+            to,
+            progress,
+            Tally::new(meter),
+            (splice, limit),
+        ))
+        .await;
+    }
     let mut tally = Tally::new(meter);
     let mut pending: Vec<u8> = Vec::new();
     loop {
@@ -391,8 +407,7 @@ async fn pump(
             pending = Vec::new();
         }
         // A read that filled the whole scratch buffer marks a bulk flow.
-        if splice.on && read == SCRATCH {
-            let switched = splice.switched;
+        if let (Some(switched), SCRATCH) = (splice.switched, read) {
             match splice::Pipe::new() {
                 Ok(mut pipe) => {
                     switched.inc();
@@ -402,7 +417,7 @@ async fn pump(
                     Box::pin(splice::forward(
                         from.as_ref(),
                         to.as_ref(),
-                        &mut pipe,
+                        (&mut pipe, None),
                         |read, written| {
                             let now = now_ms();
                             total.fetch_add(read as u64, Ordering::Relaxed);
@@ -419,10 +434,86 @@ async fn pump(
             }
         }
     }
-    // EOF from `from`. When the other direction has ended too, both sockets
-    // are closed right after this, and a shutdown first would be a wasted syscall.
-    // The first direction to end records its side (1: the client's EOF came
-    // first, 2: the backend's).
+    at_eof(side, &mut to, ended).await;
+    Ok(())
+}
+
+/// A direction whose bytes pass at a limited rate: each read and splice
+/// takes at most the allowance its gate gives, and waits for one holding
+/// nothing. It still switches to splice(2) once a read fills its allowance.
+async fn limited(
+    (mut from, side): (ReadHalf<'_>, Side),
+    mut to: WriteHalf<'_>,
+    progress: &Progress,
+    mut tally: Tally<'_>,
+    (splice, limit): (&Splice<'_>, &rate::Limit),
+) -> Result<(), RelayEnd> {
+    use tokio::io::AsyncReadExt;
+    let total = match side {
+        Side::Client => &progress.up,
+        Side::Backend => &progress.down,
+    };
+    let mut gate = rate::Gate::new(limit);
+    let mut buf = vec![0u8; SCRATCH];
+    loop {
+        let allow = gate.take(buf.len()).await;
+        let n = from
+            .read(&mut buf[..allow])
+            .await
+            .map_err(|e| Broken::read(e).end(side))?;
+        gate.give_back(allow - n);
+        if n == 0 {
+            break;
+        }
+        let now = now_ms();
+        total.fetch_add(n as u64, Ordering::Relaxed);
+        tally.add(n, 0, now);
+        progress.last.store(now, Ordering::Relaxed);
+        progress.holding.fetch_add(1, Ordering::Relaxed);
+        to.write_all(&buf[..n])
+            .await
+            .map_err(|e| Broken::write(e).end(side))?;
+        progress.holding.fetch_sub(1, Ordering::Relaxed);
+        let now = now_ms();
+        tally.add(0, n, now);
+        progress.last.store(now, Ordering::Relaxed);
+        // A read that took its whole allowance: the source has more.
+        if let (Some(switched), true) = (splice.switched, n == allow && n >= rate::MIN_SPLICE) {
+            match splice::Pipe::new() {
+                Ok(mut pipe) => {
+                    switched.inc();
+                    drop(buf);
+                    progress.holding.fetch_add(1, Ordering::Relaxed);
+                    splice::forward(
+                        from.as_ref(),
+                        to.as_ref(),
+                        (&mut pipe, Some(&mut gate)),
+                        |read, written| {
+                            let now = now_ms();
+                            total.fetch_add(read as u64, Ordering::Relaxed);
+                            tally.add(read, written, now);
+                            progress.last.store(now, Ordering::Relaxed);
+                        },
+                    )
+                    .await
+                    .map_err(|b| b.end(side))?;
+                    break;
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot make a pipe; relaying by copy"),
+            }
+        }
+    }
+    at_eof(side, &mut to, &progress.ended).await;
+    Ok(())
+}
+
+/// After EOF from a direction's source: the first direction to end records
+/// its side and shuts the other socket's write half.
+async fn at_eof(side: Side, to: &mut WriteHalf<'_>, ended: &AtomicU8) {
+    // When the other direction has ended too, both sockets are closed right
+    // after this, and a shutdown first would be a wasted syscall. The first
+    // direction to end records its side (1: the client's EOF came first, 2:
+    // the backend's).
     let code = match side {
         Side::Client => 1,
         Side::Backend => 2,
@@ -436,7 +527,6 @@ async fn pump(
             tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -469,8 +559,8 @@ mod tests {
                 handover: &stop,
             },
             Splice {
-                on: true,
-                switched: &c,
+                switched: Some(&c),
+                limits: None,
             },
             meter(),
             meter(),

@@ -12,6 +12,7 @@ use rustix::pipe::{pipe_with, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::rate::Gate;
 use super::Broken;
 
 /// Pipe capacity asked for, and how much one splice call moves at most:
@@ -58,23 +59,31 @@ fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 }
 
 /// Moves bytes `from` → `to` through `pipe` until `from` reaches EOF (the
-/// pipe then empty). `moved(read, written)` is told every step.
+/// pipe then empty), each splice into the pipe at most what `gate` allows
+/// when the direction is limited. `moved(read, written)` is told every step.
 pub async fn forward(
     from: &TcpStream,
     to: &TcpStream,
-    pipe: &mut Pipe,
+    (pipe, mut gate): (&mut Pipe, Option<&mut Gate<'_>>),
     mut moved: impl FnMut(usize, usize),
 ) -> Result<(), Broken> {
     loop {
+        let allow = match gate.as_mut() {
+            Some(g) => g.take(CHUNK).await,
+            None => CHUNK,
+        };
         // The pipe is empty here, so WouldBlock can only mean the socket has nothing.
         let n = loop {
             from.readable().await.map_err(Broken::read)?;
-            match from.try_io(Interest::READABLE, || splice(from, &pipe.write, CHUNK)) {
+            match from.try_io(Interest::READABLE, || splice(from, &pipe.write, allow)) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(Broken::read(e)),
             }
         };
+        if let Some(g) = gate.as_mut() {
+            g.give_back(allow - n);
+        }
         if n == 0 {
             return Ok(());
         }

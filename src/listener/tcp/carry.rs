@@ -62,7 +62,7 @@ async fn finish_here(
         hard: &shared.hard_stop,
         handover: &never,
     };
-    let (splice, up, down) = meters(route, &shared.metrics, b);
+    let (splice, up, down) = meters(route, pool, &shared.metrics, b);
     relay::relay(client, backend, timers(route, pool), stop, splice, up, down).await
 }
 
@@ -98,14 +98,15 @@ pub(super) fn timers(route: &Route, pool: &Pool) -> Timers {
 
 /// The splice switch and byte meters of one connection.
 pub(super) fn meters<'a>(
-    route: &Route,
+    route: &'a Route,
+    pool: &Pool,
     m: &'a TcpListenerMetrics,
     b: &'a crate::backend::Backend,
 ) -> (relay::Splice<'a>, Meter<'a>, Meter<'a>) {
     (
         relay::Splice {
-            on: route.config.zero_copy,
-            switched: &m.zero_copy,
+            switched: route.config.zero_copy.then_some(&m.zero_copy),
+            limits: route.limits(pool),
         },
         Meter {
             read: &m.bytes_in,
@@ -163,7 +164,7 @@ pub(super) async fn carry(
     let m = &shared.metrics;
     let name = route.config.name.as_str();
     let b = guard.backend();
-    let (splice, up, down) = meters(route, m, b);
+    let (splice, up, down) = meters(route, pool, m, b);
     let timers = timers(route, pool);
     let (outcome, closed_as_down) = match b.down_watch() {
         None => {

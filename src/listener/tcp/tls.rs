@@ -135,7 +135,7 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
             tracing::debug!(error = %e, "cannot turn keepalive on for a backend connection");
         }
     }
-    let (_, up, down) = carry::meters(route, m, b);
+    let (_, up, down) = carry::meters(route, pool, m, b);
     let idle = route.config.idle_timeout;
     let (outcome, closed_as_down) = match b.down_watch() {
         None => {

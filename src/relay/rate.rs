@@ -1,0 +1,273 @@
+//! Byte-rate limits: token buckets that fill at the rate, up to one second
+//! of it. A connection's own bucket is its direction's alone; a listener's
+//! is shared by its connections, which take turns at it in the order they
+//! came (a fair queue), each taking one chunk (a twentieth of a second's
+//! bytes) a turn, so the rate is split evenly among those that want it. A
+//! bucket starts with one chunk, so a connection's first bytes pass at once
+//! and a burst after idleness is at most a second's worth.
+//!
+//! A direction asks for an allowance before each read or splice and gives
+//! back what the read did not use; it waits, holding no bytes, while there
+//! is none, so a binary upgrade can still take it over.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The largest allowance a direction takes at once.
+const MAX_CHUNK: usize = 64 * 1024;
+/// The smallest: rates start at 1 KiB/s.
+const MIN_CHUNK: usize = 1024;
+/// A limited direction whose read fills an allowance this large or larger
+/// switches to splice(2), as a bulk flow does.
+pub const MIN_SPLICE: usize = 16 * 1024;
+
+/// What one limited direction may take: its own rate and the listener's bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Limit {
+    /// Bytes per second for each connection in this direction.
+    pub per_connection: Option<u64>,
+    /// The listener's bucket for this direction.
+    pub shared: Option<std::sync::Arc<Bucket>>,
+}
+
+impl Limit {
+    /// Whether anything limits this direction.
+    pub fn limits(&self) -> bool {
+        self.per_connection.is_some() || self.shared.is_some()
+    }
+}
+
+/// Both directions' limits of a connection.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Client to backend.
+    pub up: Limit,
+    /// Backend to client.
+    pub down: Limit,
+}
+
+/// Tokens at a rate, up to a second's worth.
+#[derive(Debug)]
+struct Tokens {
+    rate: f64,
+    have: f64,
+    at: Instant,
+}
+
+impl Tokens {
+    fn new(rate: u64) -> Tokens {
+        Tokens {
+            rate: rate as f64,
+            have: chunk(rate) as f64,
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.have = (self.have + self.rate * dt).min(self.rate);
+        self.at = now;
+    }
+
+    /// How long until `need` tokens are there.
+    fn wait_for(&self, need: f64) -> Duration {
+        Duration::from_secs_f64(((need - self.have) / self.rate).max(0.0))
+    }
+
+    fn give(&mut self, n: usize) {
+        self.have = (self.have + n as f64).min(self.rate);
+    }
+}
+
+/// A twentieth of a second's bytes, within [`MIN_CHUNK`]..=[`MAX_CHUNK`].
+fn chunk(rate: u64) -> usize {
+    ((rate / 20) as usize).clamp(MIN_CHUNK, MAX_CHUNK)
+}
+
+/// Sleeps `d`, at least a millisecond (the timer's grain).
+async fn pause(d: Duration) {
+    tokio::time::sleep(d.max(Duration::from_millis(1))).await;
+}
+
+/// A bucket shared by a listener's connections.
+#[derive(Debug)]
+pub struct Bucket {
+    rate: u64,
+    tokens: Mutex<Tokens>,
+    /// Turns at the bucket, first come first served.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Bucket {
+    /// A bucket of `rate` bytes per second.
+    pub fn new(rate: u64) -> Bucket {
+        Bucket {
+            rate,
+            tokens: Mutex::new(Tokens::new(rate)),
+            turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Its rate.
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One direction's gate: its own tokens and the shared bucket's.
+pub struct Gate<'a> {
+    own: Option<Tokens>,
+    shared: Option<&'a Bucket>,
+    /// The most one allowance is.
+    chunk: usize,
+}
+
+impl<'a> Gate<'a> {
+    /// The gate of `limit`.
+    pub fn new(limit: &'a Limit) -> Gate<'a> {
+        let rates = limit
+            .per_connection
+            .into_iter()
+            .chain(limit.shared.as_ref().map(|b| b.rate));
+        Gate {
+            own: limit.per_connection.map(Tokens::new),
+            shared: limit.shared.as_deref(),
+            chunk: rates.map(chunk).min().unwrap_or(MAX_CHUNK),
+        }
+    }
+
+    /// Waits for an allowance of at most `want` bytes and takes it: first
+    /// from the connection's own bucket, then, in its turn, the listener's.
+    pub async fn take(&mut self, want: usize) -> usize {
+        let want = want.min(self.chunk).max(1);
+        let need = want as f64;
+        if let Some(own) = &mut self.own {
+            loop {
+                own.refill(Instant::now());
+                if own.have >= need {
+                    break;
+                }
+                pause(own.wait_for(need)).await;
+            }
+        }
+        if let Some(shared) = self.shared {
+            let _turn = shared.turn.lock().await;
+            loop {
+                let wait = {
+                    let mut t = shared.lock();
+                    t.refill(Instant::now());
+                    if t.have >= need {
+                        t.have -= need;
+                        break;
+                    }
+                    t.wait_for(need)
+                };
+                pause(wait).await;
+            }
+        }
+        if let Some(own) = &mut self.own {
+            own.have -= need;
+        }
+        want
+    }
+
+    /// Gives back the part of an allowance a read did not use.
+    pub fn give_back(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if let Some(own) = &mut self.own {
+            own.give(n);
+        }
+        if let Some(shared) = self.shared {
+            shared.lock().give(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes a gate lets through in `secs` of paused time, taking as fast
+    /// as it may.
+    async fn through(gate: &mut Gate<'_>, secs: u64) -> usize {
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut n = 0;
+        loop {
+            let got = gate.take(MAX_CHUNK).await;
+            if Instant::now() > end {
+                return n;
+            }
+            n += got;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_gets_its_rate_within_one_percent() {
+        let limit = Limit {
+            per_connection: Some(1 << 20),
+            shared: None,
+        };
+        let mut g = Gate::new(&limit);
+        let n = through(&mut g, 10).await as f64;
+        let want = 10.0 * (1 << 20) as f64;
+        assert!((n / want - 1.0).abs() < 0.01, "{n} of {want}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_share_a_listener_bucket_fairly() {
+        let limit = Limit {
+            per_connection: None,
+            shared: Some(std::sync::Arc::new(Bucket::new(1 << 20))),
+        };
+        let counts: Vec<usize> = futures_join(&limit).await;
+        let total: usize = counts.iter().sum();
+        let want = 10.0 * (1 << 20) as f64;
+        assert!(
+            (total as f64 / want - 1.0).abs() < 0.01,
+            "{total} of {want}"
+        );
+        for c in &counts {
+            let share = *c as f64 / total as f64;
+            assert!((0.24..0.26).contains(&share), "{counts:?}");
+        }
+    }
+
+    async fn futures_join(limit: &Limit) -> Vec<usize> {
+        let mut gates: Vec<Gate<'_>> = (0..4).map(|_| Gate::new(limit)).collect();
+        let mut it = gates.iter_mut();
+        let (a, b, c, d) = (
+            it.next().unwrap(),
+            it.next().unwrap(),
+            it.next().unwrap(),
+            it.next().unwrap(),
+        );
+        let (a, b, c, d) = tokio::join!(
+            through(a, 10),
+            through(b, 10),
+            through(c, 10),
+            through(d, 10)
+        );
+        vec![a, b, c, d]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_read_does_not_use_comes_back() {
+        let limit = Limit {
+            per_connection: Some(20 * 1024),
+            shared: None,
+        };
+        let mut g = Gate::new(&limit);
+        let first = g.take(MAX_CHUNK).await;
+        assert_eq!(first, 1024, "a chunk to start with");
+        g.give_back(1000);
+        assert_eq!(g.take(1000).await, 1000, "given back, taken again at once");
+    }
+}
