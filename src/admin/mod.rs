@@ -237,6 +237,7 @@ mod tests {
                     sni_required: false,
                     tls: None,
                     rates: Default::default(),
+                    mirror: None,
                 }],
                 admin: None,
             })

@@ -35,6 +35,8 @@ pub struct ListenerView {
     pub tls: Option<TlsView>,
     /// Its byte-rate limits, bytes per second (`null`: unlimited).
     pub rates: crate::config::Rates,
+    /// Its mirror: the pool and the share (in millionths) copied there.
+    pub mirror: Option<crate::config::MirrorConfig>,
 }
 
 /// A certificate a listener or route ends TLS with.
@@ -96,6 +98,7 @@ impl ListenerView {
             sni_required: l.sni_required,
             tls: l.tls.as_ref().map(TlsView::of),
             rates: l.rates,
+            mirror: l.mirror.clone(),
         }
     }
 }

@@ -184,6 +184,46 @@ impl Validator<'_> {
                 &format!("{key}.listener_download_rate"),
             ),
         };
+        let mirror = l.mirror.as_ref().and_then(|m| {
+            let mk = format!("{key}.mirror");
+            let share = m.get_ref().share.as_ref();
+            let share_ppm = match share.map(|s| *s.get_ref()) {
+                None => 1_000_000,
+                Some(v) if v > 0.0 && v <= 1.0 => ((v * 1e6).round() as u32).max(1),
+                Some(v) => {
+                    self.p.push(
+                        share.map(|s| s.span()).unwrap_or_default(),
+                        format!("{mk}.share"),
+                        format!("a share of the connections, above 0 and at most 1 (0.1 is a tenth), not {v}"),
+                    );
+                    return None;
+                }
+            };
+            let pool = &m.get_ref().pool;
+            if !pools.contains_key(pool.get_ref()) {
+                self.p.push(
+                    pool.span(),
+                    format!("{mk}.pool"),
+                    format!(
+                        "no pool named `{}` (define [pools.{}])",
+                        pool.get_ref(),
+                        pool.get_ref()
+                    ),
+                );
+                return None;
+            }
+            if pool.get_ref() == l.pool.get_ref() {
+                self.warn(
+                    pool.span(),
+                    &format!("{mk}.pool"),
+                    "the mirror is the listener's own pool: its backends get each mirrored client twice",
+                );
+            }
+            Some(crate::config::MirrorConfig {
+                pool: pool.get_ref().clone(),
+                share_ppm,
+            })
+        });
         let limited = [
             (&l.upload_rate, "upload_rate"),
             (&l.download_rate, "download_rate"),
@@ -246,6 +286,7 @@ impl Validator<'_> {
             reuse_port: l.reuse_port.unwrap_or(true),
             zero_copy: l.zero_copy.unwrap_or(true),
             rates,
+            mirror,
             tcp_keepalive: self
                 .keepalive(l.tcp_keepalive.as_ref(), &format!("{key}.tcp_keepalive")),
             allow: self.networks(l.allow.as_deref(), &format!("{key}.allow")),

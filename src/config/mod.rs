@@ -152,6 +152,8 @@ pub struct ListenerConfig {
     /// `upload_rate`, `download_rate`, `listener_upload_rate`,
     /// `listener_download_rate` (TCP), bytes per second, default unlimited.
     pub rates: Rates,
+    /// `mirror`: copies of a share of the clients' bytes to another pool.
+    pub mirror: Option<MirrorConfig>,
     /// `zero_copy`, default true: a TCP direction that turns out to be bulk
     /// (a read fills the 64 KiB buffer) moves on with splice(2).
     pub zero_copy: bool,
@@ -298,6 +300,15 @@ pub struct BackendConfig {
     pub max_connections: Option<NonZeroU32>,
     /// `priority` 0 (highest, default) to 255, or [`BACKUP`] for `backup = true`.
     pub priority: u32,
+}
+
+/// `mirror = { pool, share }` on a listener.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MirrorConfig {
+    /// The pool that gets the copies.
+    pub pool: String,
+    /// The share copied, in millionths (1.0 is 1,000,000).
+    pub share_ppm: u32,
 }
 
 /// Byte-rate limits, in bytes per second (`None`: unlimited).

@@ -161,6 +161,9 @@ pub struct RawListener {
     /// TCP: bytes per second down, all the listener's connections together. Default unlimited.
     #[schemars(with = "Option<RawRate>")]
     pub listener_download_rate: Option<S<RawRate>>,
+    /// Copy the client-to-backend bytes of a share of connections (UDP: datagrams) to a backend of another pool; its replies are thrown away.
+    #[schemars(with = "Option<RawMirror>")]
+    pub mirror: Option<S<RawMirror>>,
     /// Keepalive probes start after this long without a byte ("0s": off). Default "60s".
     #[schemars(with = "Option<String>")]
     pub tcp_keepalive: Option<S<String>>,
@@ -346,6 +349,17 @@ pub struct RawPool {
     /// An agent on each backend (HAProxy's agent-check protocol) sets its weight, drain and state.
     #[schemars(with = "Option<RawAgent>")]
     pub agent: Option<S<RawAgent>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// The pool whose backends get the copies.
+    #[schemars(with = "String")]
+    pub pool: S<String>,
+    /// The share of connections (UDP: datagrams) copied, above 0 and at most 1. Default 1.
+    #[schemars(with = "Option<f64>")]
+    pub share: Option<S<f64>>,
 }
 
 /// Bytes per second: a number, or text with a unit ("10MiB", "1m", "500KB").

@@ -5,6 +5,7 @@
 
 mod bind;
 mod clients;
+mod mirror;
 mod route;
 pub(crate) mod tcp;
 pub(crate) mod udp;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::config::ListenerConfig;
-use crate::metrics::{CertExpiry, Metrics, RouteMetrics, TlsHandshakes};
+use crate::metrics::{CertExpiry, Metrics, MirrorMetrics, RouteMetrics, Series, TlsHandshakes};
 use crate::pool::Pool;
 use crate::relay::rate::{Bucket, Limit, Limits};
 
@@ -15,6 +15,24 @@ use crate::relay::rate::{Bucket, Limit, Limits};
 pub(crate) struct Pools {
     pub default: Arc<Pool>,
     pub routes: Vec<Arc<Pool>>,
+    /// The pool of `config.mirror`, if any.
+    pub mirror: Option<Arc<Pool>>,
+}
+
+/// Where a listener's mirror sends its copies, and how many.
+pub(crate) struct Mirror {
+    pub pool: Arc<Pool>,
+    /// The share of clients copied, in millionths.
+    pub share_ppm: u32,
+    pub metrics: MirrorMetrics,
+    series: Series,
+}
+
+impl Mirror {
+    /// Whether this client (connection or datagram) is copied.
+    pub fn chosen(&self) -> bool {
+        self.share_ppm >= 1_000_000 || rand::random_range(0..1_000_000) < self.share_ppm
+    }
 }
 
 /// One route's pool and its series.
@@ -58,6 +76,8 @@ pub(crate) struct Route {
     /// The listener's shared buckets (up, down), kept across reloads that
     /// leave their rates alone.
     buckets: (Option<Arc<Bucket>>, Option<Arc<Bucket>>),
+    /// Its mirror, if it has one.
+    pub mirror: Option<Mirror>,
 }
 
 impl Route {
@@ -125,11 +145,21 @@ impl Route {
                     per_connection: least(config.rates.download, own.download),
                     shared: buckets.1.clone(),
                 },
+                tap: None,
             };
             if l.up.limits() || l.down.limits() {
                 limits.push((pool.clone(), l));
             }
         }
+        let mirror = config.mirror.as_ref().zip(pools.mirror).map(|(m, pool)| {
+            let (metrics, series) = metrics.mirror(&config.name, config.protocol.as_str());
+            Mirror {
+                pool,
+                share_ppm: m.share_ppm,
+                metrics,
+                series,
+            }
+        });
         Route {
             config: config.clone(),
             pool: pools.default,
@@ -137,6 +167,7 @@ impl Route {
             tls,
             limits,
             buckets,
+            mirror,
         }
     }
 
@@ -189,6 +220,11 @@ impl Route {
                 t.metrics.forget();
             }
         }
+        if let Some(m) = &self.mirror {
+            if next.is_none_or(|n| n.mirror.is_none()) {
+                m.series.forget();
+            }
+        }
         if let Some(tls) = &self.tls {
             if !next.is_some_and(|n| n.terminates()) {
                 tls.handshakes.forget();
@@ -217,6 +253,7 @@ impl Route {
             tls: None,
             limits: Vec::new(),
             buckets: (None, None),
+            mirror: None,
         }
     }
 }

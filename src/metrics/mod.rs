@@ -11,6 +11,7 @@
 mod backend;
 mod discovery;
 mod listener;
+mod mirror;
 mod pool;
 mod tls;
 
@@ -26,6 +27,7 @@ use prometheus::{
 pub use backend::BackendMetrics;
 pub use discovery::DiscoveryMetrics;
 pub use listener::{Inspected, RouteMetrics, TcpListenerMetrics, UdpListenerMetrics};
+pub use mirror::MirrorMetrics;
 pub use pool::PoolMetrics;
 pub use tls::{CertExpiry, TlsHandshakes};
 

@@ -33,6 +33,7 @@ mod end;
 pub mod rate;
 mod splice;
 mod streams;
+pub mod tap;
 
 use end::Broken;
 pub use end::{RelayEnd, Side};
@@ -336,7 +337,8 @@ async fn pump(
         Side::Client => &l.up,
         Side::Backend => &l.down,
     });
-    if let Some(limit) = limit.filter(|l| l.limits()) {
+    let tapped = side == Side::Client && splice.limits.is_some_and(|l| l.tap.is_some());
+    if let Some(limit) = limit.filter(|l| l.limits() || tapped) {
         // Boxed: an unlimited connection's task does not carry its state.
         return Box::pin(limited(
             (from, side),
@@ -438,9 +440,10 @@ async fn pump(
     Ok(())
 }
 
-/// A direction whose bytes pass at a limited rate: each read and splice
-/// takes at most the allowance its gate gives, and waits for one holding
-/// nothing. It still switches to splice(2) once a read fills its allowance.
+/// A direction whose bytes pass at a limited rate or are tapped for a
+/// mirror: each read and splice takes at most the allowance its gate gives
+/// (all it wants, unlimited), and waits for one holding nothing. It still
+/// switches to splice(2) once a read fills its allowance, unless tapped.
 async fn limited(
     (mut from, side): (ReadHalf<'_>, Side),
     mut to: WriteHalf<'_>,
@@ -454,6 +457,10 @@ async fn limited(
         Side::Backend => &progress.down,
     };
     let mut gate = rate::Gate::new(limit);
+    let tap = splice
+        .limits
+        .and_then(|l| l.tap.as_ref())
+        .filter(|_| side == Side::Client);
     let mut buf = vec![0u8; SCRATCH];
     loop {
         let allow = gate.take(buf.len()).await;
@@ -469,6 +476,9 @@ async fn limited(
         total.fetch_add(n as u64, Ordering::Relaxed);
         tally.add(n, 0, now);
         progress.last.store(now, Ordering::Relaxed);
+        if let Some(tap) = tap {
+            tap.offer(&buf[..n]);
+        }
         progress.holding.fetch_add(1, Ordering::Relaxed);
         to.write_all(&buf[..n])
             .await
@@ -477,8 +487,11 @@ async fn limited(
         let now = now_ms();
         tally.add(0, n, now);
         progress.last.store(now, Ordering::Relaxed);
-        // A read that took its whole allowance: the source has more.
-        if let (Some(switched), true) = (splice.switched, n == allow && n >= rate::MIN_SPLICE) {
+        // A read that took its whole allowance: the source has more. A
+        // tapped direction copies on, so its bytes pass through here, until
+        // its mirror is cut.
+        let bulk = n == allow && n >= rate::MIN_SPLICE && tap.is_none_or(|t| t.is_done());
+        if let (Some(switched), true) = (splice.switched, bulk) {
             match splice::Pipe::new() {
                 Ok(mut pipe) => {
                     switched.inc();

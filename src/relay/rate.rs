@@ -39,13 +39,26 @@ impl Limit {
     }
 }
 
-/// Both directions' limits of a connection.
-#[derive(Debug, Clone, Default)]
+/// Both directions' limits of a connection, and the tap of a mirrored one.
+#[derive(Debug, Default)]
 pub struct Limits {
     /// Client to backend.
     pub up: Limit,
     /// Backend to client.
     pub down: Limit,
+    /// A mirror's copy of the client's bytes (one connection's own).
+    pub tap: Option<super::tap::Tap>,
+}
+
+impl Limits {
+    /// These limits, with a connection's own tap.
+    pub fn tapped(&self, tap: super::tap::Tap) -> Limits {
+        Limits {
+            up: self.up.clone(),
+            down: self.down.clone(),
+            tap: Some(tap),
+        }
+    }
 }
 
 /// Tokens at a rate, up to a second's worth.

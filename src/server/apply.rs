@@ -129,6 +129,7 @@ impl Server {
                     .iter()
                     .map(|r| st.pools[&r.pool].pool.clone())
                     .collect(),
+                mirror: l.mirror.as_ref().map(|m| st.pools[&m.pool].pool.clone()),
             };
             let old = st.listeners.remove(name);
             let running = match (step, fresh.remove(name), old) {

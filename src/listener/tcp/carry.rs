@@ -135,7 +135,8 @@ pub(super) struct Carried<'a> {
 /// bytes each way before this process had it (a hand-over) or while it was
 /// greeted.
 pub(super) struct Before {
-    pub started: tokio::time::Instant,
+    /// When the client was accepted (`clock::now_us`).
+    pub started: u64,
     pub up: u64,
     pub down: u64,
 }
@@ -164,7 +165,21 @@ pub(super) async fn carry(
     let m = &shared.metrics;
     let name = route.config.name.as_str();
     let b = guard.backend();
-    let (splice, up, down) = meters(route, pool, m, b);
+    let (mut splice, up, down) = meters(route, pool, m, b);
+    // A mirrored connection's own limits, with its tap; boxed, so that an
+    // unmirrored connection's task does not grow.
+    let tapped = crate::listener::mirror::open(route, *peer, &shared.tracker).map(|tap| {
+        Box::new(match route.limits(pool) {
+            Some(l) => l.tapped(tap),
+            None => relay::rate::Limits {
+                tap: Some(tap),
+                ..Default::default()
+            },
+        })
+    });
+    if let Some(own) = tapped.as_deref() {
+        splice.limits = Some(own);
+    }
     let timers = timers(route, pool);
     let (outcome, closed_as_down) = match b.down_watch() {
         None => {
@@ -196,7 +211,7 @@ pub(super) async fn carry(
             backend: b.addr,
             up: up_before + outcome.up,
             down: down_before + outcome.down,
-            age_ms: started.elapsed().as_millis() as u64,
+            age_ms: crate::clock::since_us(started).as_millis() as u64,
         };
         // Boxed: this rare path's state is no part of every task.
         match Box::pin(hand_over(
@@ -252,7 +267,7 @@ pub(super) fn finish(
     if closed_as_down {
         b.metrics.closed_on_down.inc();
     }
-    let elapsed = started.elapsed();
+    let elapsed = crate::clock::since_us(started);
     m.duration.observe(elapsed.as_secs_f64());
     if outcome.down == 0 && elapsed < EARLY_CLOSE && backend_ended_it(&outcome) {
         // It took the connection and ended it without a byte: a black hole

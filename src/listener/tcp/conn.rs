@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -172,7 +171,7 @@ pub(super) fn serve(
             gauge: &m.active,
             slot: Some(slot),
         };
-        let started = tokio::time::Instant::now();
+        let started = crate::clock::now_us();
         let pool = route.pick_pool(greeting.as_ref().and_then(|g| g.route));
         // Matched at once, not bound: a named result would keep its own
         // place in the task for the connection's whole life.
@@ -280,10 +279,7 @@ pub async fn serve_moved(
             _fds: fds::try_take(2).unwrap_or_else(fds::untracked),
         }),
     };
-    let now = tokio::time::Instant::now();
-    let started = now
-        .checked_sub(Duration::from_millis(moved.age_ms))
-        .unwrap_or(now);
+    let started = crate::clock::now_us().saturating_sub(moved.age_ms.saturating_mul(1000));
     carry(
         Carried {
             shared: &shared,
@@ -352,7 +348,7 @@ mod tests {
             &mut a,
             &mut b,
             Before {
-                started: tokio::time::Instant::now(),
+                started: crate::clock::now_us(),
                 up: 0,
                 down: 0,
             },

@@ -33,7 +33,8 @@ pub(super) struct TlsStart<'a> {
     /// The client (a PROXY header's, or the peer).
     pub who: SocketAddr,
     pub greeting: Option<Box<Greeting>>,
-    pub started: Instant,
+    /// When the client was accepted (`clock::now_us`).
+    pub started: u64,
 }
 
 /// Serves one connection whose client or backend side (or both) speaks TLS.

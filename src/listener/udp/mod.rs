@@ -232,6 +232,8 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
     let stopped = stop.cancelled();
     let mut alarm = Alarm::new();
     let mut received = Received::default();
+    // The mirror's socket, made on its first copy.
+    let mut copies = crate::listener::mirror::Datagrams::new();
     tokio::pin!(stopped);
     loop {
         // The route is read for the hello timeout only while a hello waits.
@@ -282,6 +284,9 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             continue;
         }
         received.count(n, m);
+        if let Some(mirror) = &route.mirror {
+            copies.offer(mirror, crate::wire::canonical(peer), &buf[..n]);
+        }
         if let Some(link) = table.get(&peer) {
             let backend = link.guard.backend();
             if backend.is_healthy() && !backend.is_retired() {
