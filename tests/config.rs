@@ -338,3 +338,60 @@ fn the_fleet_example_checks_and_says_where_backends_come_from() {
     assert!(out.contains("api.example.com *.api.example.com"), "{out}");
     assert!(out.contains("sends PROXY protocol v2"), "{out}");
 }
+
+/// `switchyard check` of `text` with `env` set (and nothing else of the
+/// test's environment), its exit code and everything it printed.
+fn check_with_env(text: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vars.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.code().unwrap(),
+        all.replace(&*path.to_string_lossy(), "vars.toml"),
+    )
+}
+
+#[test]
+fn variables_take_the_environment_and_problems_keep_their_place() {
+    let text = "[[listeners]]\nname = \"${NAME:-front}\"\nbind = \"${BIND_IP}:0\"\npool = \"p\"\n\
+                [pools.p]\nbackends = [{ addr = \"${BACKEND}\", weight = 0 }]\n";
+    // Unset without a default: an error at the variable, the rest unread.
+    let (code, out) = check_with_env(text, &[("BACKEND", "127.0.0.1:6379")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("vars.toml:3:9: ${BIND_IP} is not set in the environment"),
+        "{out}"
+    );
+    // Set: the file checks, the default names the listener, and a later
+    // problem is reported where the file as written has it, not where the
+    // longer expanded text would.
+    let (code, out) = check_with_env(
+        text,
+        &[("BIND_IP", "127.0.0.1"), ("BACKEND", "127.0.0.1:6379")],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("vars.toml:6:45: pools.p.backends[0].weight: weight must be from 1 to 256"),
+        "{out}"
+    );
+    let fixed = text.replace(", weight = 0", "");
+    let (code, out) = check_with_env(
+        &fixed,
+        &[("BIND_IP", "127.0.0.1"), ("BACKEND", "127.0.0.1:6379")],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("front            tcp 127.0.0.1:0"), "{out}");
+    assert!(out.contains("127.0.0.1:6379"), "{out}");
+}

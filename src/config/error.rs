@@ -52,6 +52,9 @@ pub(crate) struct Problems<'a> {
     source: &'a str,
     file: &'a Path,
     list: Vec<Problem>,
+    /// When `${VAR}`s were expanded: spans are in the expanded text, and
+    /// positions are reported in `source`, the text as written.
+    expanded: Option<&'a super::vars::Expanded>,
 }
 
 impl<'a> Problems<'a> {
@@ -60,11 +63,30 @@ impl<'a> Problems<'a> {
             source,
             file,
             list: Vec::new(),
+            expanded: None,
         }
     }
 
+    /// Problems of `source` as written, whose spans come from `expanded`.
+    pub fn of_expanded(
+        file: &'a Path,
+        source: &'a str,
+        expanded: &'a super::vars::Expanded,
+    ) -> Self {
+        Problems {
+            expanded: Some(expanded),
+            ..Problems::new(file, source)
+        }
+    }
+
+    /// The line and column in the text as written of `at`, a span's start.
+    pub fn line_col(&self, at: usize) -> (usize, usize) {
+        let at = self.expanded.map_or(at, |e| e.original(at));
+        line_col(self.source, at)
+    }
+
     pub fn push(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
-        let (line, col) = line_col(self.source, span.start);
+        let (line, col) = self.line_col(span.start);
         self.list.push(Problem {
             line,
             col,

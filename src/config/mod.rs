@@ -17,6 +17,7 @@ mod raw;
 mod routes;
 mod tls;
 mod validate;
+mod vars;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

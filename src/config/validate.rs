@@ -7,25 +7,34 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use super::error::{line_col, Problems};
+use super::error::Problems;
 use super::raw::{RawBackend, RawConfig, RawPool, S};
 use super::*;
 
 const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
 
 pub(super) fn validate(source: &str, path: &Path) -> Result<Config, ConfigError> {
-    let raw: RawConfig = match toml::from_str(source) {
+    let expanded = match super::vars::expand(source, |name| std::env::var(name).ok()) {
+        Ok(e) => e,
+        Err(problems) => {
+            let mut p = Problems::new(path, source);
+            for (span, message) in problems {
+                p.push(span, "", message);
+            }
+            return Err(p.into_error());
+        }
+    };
+    let raw: RawConfig = match toml::from_str(&expanded.text) {
         Ok(raw) => raw,
         Err(e) => {
-            let mut p = Problems::new(path, source);
+            let mut p = Problems::of_expanded(path, source, &expanded);
             let span = e.span().unwrap_or(0..0);
             p.push(span, "", e.message().trim().to_string());
             return Err(p.into_error());
         }
     };
     let mut v = Validator {
-        p: Problems::new(path, source),
-        source,
+        p: Problems::of_expanded(path, source, &expanded),
         path,
         warnings: Vec::new(),
     };
@@ -41,14 +50,13 @@ pub(super) fn validate(source: &str, path: &Path) -> Result<Config, ConfigError>
 
 pub(super) struct Validator<'a> {
     pub(super) p: Problems<'a>,
-    source: &'a str,
     pub(super) path: &'a Path,
     warnings: Vec<String>,
 }
 
 impl Validator<'_> {
     pub(super) fn warn(&mut self, span: Range<usize>, key: &str, message: &str) {
-        let (line, col) = line_col(self.source, span.start);
+        let (line, col) = self.p.line_col(span.start);
         self.warnings.push(format!(
             "{}:{line}:{col}: {key}: {message}",
             self.path.display()
