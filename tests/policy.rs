@@ -583,3 +583,63 @@ async fn an_agent_sets_weight_drain_and_down_but_never_lifts_an_operators_drain(
     assert_eq!(share(30).await, [("a".into(), 15), ("b".into(), 15)].into());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_datagram_spreads_each_datagram_and_replies_come_from_the_listener() {
+    let backends = [
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    ];
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ addr = \"{}\" }}", b.addr))
+        .collect();
+    let server = start(&format!(
+        "[[listeners]]\nname = \"spread\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+         udp_balance = \"per_datagram\"\naccess_log = false\n\
+         [[listeners]]\nname = \"sticky\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [pools.p]\nbackends = [{}]\n",
+        list.join(", ")
+    ))
+    .await;
+    // A connected client socket takes replies only from the address it
+    // sent to: every answer must come from the listener's.
+    let ask_all = |listener: &'static str| {
+        let front = server.local_addr(listener).unwrap();
+        async move {
+            let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            c.connect(front).await.unwrap();
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            let mut buf = [0u8; 128];
+            for i in 0..30 {
+                c.send(format!("q{i}").as_bytes()).await.unwrap();
+                let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
+                    .await
+                    .expect("an answer through the listener")
+                    .unwrap();
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                let (who, what) = text.split_once(": ").unwrap();
+                assert_eq!(what, format!("q{i}"), "each answer is its own query's");
+                *counts.entry(who.to_string()).or_default() += 1;
+            }
+            counts
+        }
+    };
+    assert_eq!(
+        ask_all("spread").await,
+        [("a".into(), 10), ("b".into(), 10), ("c".into(), 10)].into(),
+        "round robin over every datagram"
+    );
+    let sticky = ask_all("sticky").await;
+    assert_eq!(sticky.len(), 1, "a session keeps one backend: {sticky:?}");
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_udp_sessions_total{listener=\"spread\"}"
+        ),
+        1.0,
+        "one client, one session, whatever backends its datagrams went to"
+    );
+    server.shutdown().await;
+}

@@ -238,6 +238,7 @@ mod tests {
                     tls: None,
                     rates: Default::default(),
                     mirror: None,
+                    udp_balance: None,
                 }],
                 admin: None,
             })

@@ -37,6 +37,8 @@ pub struct ListenerView {
     pub rates: crate::config::Rates,
     /// Its mirror: the pool and the share (in millionths) copied there.
     pub mirror: Option<crate::config::MirrorConfig>,
+    /// UDP: `session` or `per_datagram`.
+    pub udp_balance: Option<&'static str>,
 }
 
 /// A certificate a listener or route ends TLS with.
@@ -99,6 +101,13 @@ impl ListenerView {
             tls: l.tls.as_ref().map(TlsView::of),
             rates: l.rates,
             mirror: l.mirror.clone(),
+            udp_balance: (l.protocol == crate::config::Protocol::Udp).then_some(
+                if l.per_datagram {
+                    "per_datagram"
+                } else {
+                    "session"
+                },
+            ),
         }
     }
 }

@@ -184,6 +184,43 @@ impl Validator<'_> {
                 &format!("{key}.listener_download_rate"),
             ),
         };
+        let per_datagram = match l.udp_balance.as_ref() {
+            None => false,
+            Some(b) => {
+                match (b.get_ref().as_str(), protocol) {
+                    ("session", _) => false,
+                    ("per_datagram", Protocol::Udp)
+                        if l.routes.as_ref().is_none_or(|r| r.is_empty()) =>
+                    {
+                        true
+                    }
+                    ("per_datagram", Protocol::Udp) => {
+                        self.p.push(
+                        b.span(),
+                        format!("{key}.udp_balance"),
+                        "\"per_datagram\" picks each datagram on its own, so there is no session to route by server name: drop the routes or pick per session",
+                    );
+                        false
+                    }
+                    ("per_datagram", Protocol::Tcp) => {
+                        self.p.push(
+                            b.span(),
+                            format!("{key}.udp_balance"),
+                            "applies to UDP listeners only",
+                        );
+                        false
+                    }
+                    (other, _) => {
+                        self.p.push(
+                        b.span(),
+                        format!("{key}.udp_balance"),
+                        format!("`{other}` is not a choice; expected \"session\" or \"per_datagram\""),
+                    );
+                        false
+                    }
+                }
+            }
+        };
         let mirror = l.mirror.as_ref().and_then(|m| {
             let mk = format!("{key}.mirror");
             let share = m.get_ref().share.as_ref();
@@ -277,6 +314,7 @@ impl Validator<'_> {
             idle_timeout,
             max_sessions: NonZeroUsize::new(max_sessions as usize)?,
             max_sessions_per_ip: NonZeroUsize::new(max_sessions_per_ip as usize)?,
+            per_datagram,
             max_connections: NonZeroUsize::new(max_connections as usize)?,
             max_connections_per_ip: max_connections_per_ip.and_then(NonZeroU32::new),
             connection_rate_per_ip,

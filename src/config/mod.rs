@@ -133,6 +133,9 @@ pub struct ListenerConfig {
     /// `max_sessions_per_ip` (UDP): sessions one client address may hold,
     /// default a quarter of `max_sessions`, so one host cannot take them all.
     pub max_sessions_per_ip: NonZeroUsize,
+    /// `udp_balance` (UDP), default `"session"`: whether each datagram is
+    /// picked on its own (`"per_datagram"`).
+    pub per_datagram: bool,
     /// `max_connections` (TCP), default 65536; beyond it connections wait in the backlog.
     pub max_connections: NonZeroUsize,
     /// `max_connections_per_ip` (TCP): connections one client address may

@@ -128,6 +128,9 @@ pub struct RawListener {
     /// UDP: sessions one client address may hold. Default a quarter of max_sessions.
     #[schemars(with = "Option<i64>")]
     pub max_sessions_per_ip: Option<S<i64>>,
+    /// UDP: "session" (default: a client's datagrams go to one backend) or "per_datagram" (each is picked on its own).
+    #[schemars(with = "Option<String>")]
+    pub udp_balance: Option<S<String>>,
     /// TCP: connections one client address may have open. Default unlimited.
     #[schemars(with = "Option<i64>")]
     pub max_connections_per_ip: Option<S<i64>>,

@@ -159,7 +159,13 @@ impl<'a> Starter<'a> {
             local_drop(shared, "descriptors", None);
             return None;
         };
-        let upstream = match sock::open_upstream(backend.addr) {
+        let spread = route.config.per_datagram;
+        let opened = if spread {
+            sock::open_spread(backend.addr.is_ipv6())
+        } else {
+            sock::open_upstream(backend.addr)
+        };
+        let upstream = match opened {
             Ok(u) => u,
             Err(e) => {
                 match local_cause(&e) {
@@ -192,9 +198,14 @@ impl<'a> Starter<'a> {
             max_fails: snap.config.max_fails,
             fail_timeout: snap.config.fail_timeout,
             header,
+            spread,
         }));
         for datagram in first {
-            forward(&link, datagram, m);
+            if spread {
+                spread_forward(&link, datagram, &snap, m);
+            } else {
+                forward(&link, datagram, m);
+            }
         }
         m.sessions.inc();
         m.sessions_total.inc();
@@ -288,6 +299,10 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             copies.offer(mirror, crate::wire::canonical(peer), &buf[..n]);
         }
         if let Some(link) = table.get(&peer) {
+            if link.spread {
+                spread_forward(link, &buf[..n], &route.pool.snapshot(), m);
+                continue;
+            }
             let backend = link.guard.backend();
             if backend.is_healthy() && !backend.is_retired() {
                 forward(link, &buf[..n], m);
@@ -342,6 +357,29 @@ pub async fn recv_loop(socket: Arc<UdpSocket>, shared: Arc<UdpShared>, stop: Can
             Some((peer, id)) = ended_rx.recv() => table.forget(peer, id),
             _ = alarm.rings() => table.end_idle(),
             _ = &mut shutdown => {}
+        }
+    }
+}
+
+/// Sends one client datagram of a per-datagram session to the backend
+/// picked for it alone; with none available it is dropped and counted.
+fn spread_forward(s: &Link, data: &[u8], snap: &crate::pool::Snapshot, m: &UdpListenerMetrics) {
+    let client = crate::wire::canonical(s.peer);
+    let Some(i) = snap.pick(client, &[]) else {
+        m.dropped_no_backend.inc();
+        return;
+    };
+    let backend = &snap.members[i].backend;
+    s.last.store(now_ms(), Ordering::Relaxed);
+    match sock::send_to(&s.upstream, (s.header.as_deref(), data), backend.addr) {
+        Ok(_) => {
+            backend.metrics.bytes_out.inc_by(data.len() as u64);
+            backend.metrics.connections.inc();
+        }
+        Err(e) => {
+            m.dropped_send.inc();
+            backend.count_failure(&e);
+            tracing::debug!(backend = %backend.addr, error = %e, "udp send to backend failed");
         }
     }
 }

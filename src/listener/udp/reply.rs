@@ -58,7 +58,12 @@ pub(super) async fn replies(t: ReplyTask) {
         }
         let got = DGRAM_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            match sock::recv(&link.upstream, &mut buf) {
+            let received = if link.spread {
+                spread_reply(&t.shared, &link.upstream, &mut buf)
+            } else {
+                sock::recv(&link.upstream, &mut buf)
+            };
+            match received {
                 Ok(n) => match sock::reply(&t.listener, &buf[..n], link.peer, link.local) {
                     Ok(_) => Got::Relayed(n),
                     Err(e) => Got::ClientUnreachable(e),
@@ -75,7 +80,10 @@ pub(super) async fn replies(t: ReplyTask) {
                 bytes_out += n as u64;
                 m.datagrams_out.inc();
                 m.bytes_out.inc_by(n as u64);
-                backend.metrics.bytes_in.inc_by(n as u64);
+                // A per-datagram session counted its sender's bytes already.
+                if !link.spread {
+                    backend.metrics.bytes_in.inc_by(n as u64);
+                }
             }
             Got::ClientUnreachable(e) => {
                 m.dropped_send.inc();
@@ -112,6 +120,27 @@ pub(super) async fn replies(t: ReplyTask) {
             end,
             "udp session"
         );
+    }
+}
+
+/// A reply on a per-datagram session's socket, taken only from a backend of
+/// the listener's pool (the socket is not connected, so anyone could send
+/// to it), and counted on that backend. Others are read and dropped.
+fn spread_reply(
+    shared: &UdpShared,
+    upstream: &sock::Upstream,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        let (n, from) = sock::recv_from(upstream, buf)?;
+        let route = shared.route.load();
+        let snap = route.pool.snapshot();
+        let from = crate::wire::canonical(from);
+        if let Some(m) = snap.members.iter().find(|m| m.backend.addr == from) {
+            m.backend.metrics.bytes_in.inc_by(n as u64);
+            return Ok(n);
+        }
+        tracing::debug!(%from, "a datagram from no backend of the pool on a per-datagram session's socket; dropped");
     }
 }
 
@@ -157,6 +186,7 @@ mod tests {
             max_fails: 1,
             fail_timeout: Duration::from_secs(1),
             header: None,
+            spread: false,
         }));
         let (ended, _rx) = mpsc::unbounded_channel();
         let task = replies(ReplyTask {

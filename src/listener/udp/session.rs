@@ -86,6 +86,10 @@ pub(super) struct Link {
     fail_timeout_ms: u32,
     /// The pool's PROXY protocol v2 header, sent before each datagram.
     pub header: Option<Box<[u8]>>,
+    /// `udp_balance = "per_datagram"`: its socket is not connected; each
+    /// datagram goes to the backend picked for it, and replies come from
+    /// any of the pool's backends (`guard` counts it on the first one).
+    pub spread: bool,
     /// 0 while it runs, then its [`SessionEnd`].
     end: AtomicU8,
     /// The reply task, to wake when the session is ended.
@@ -104,6 +108,7 @@ pub(super) struct Parts {
     pub max_fails: u32,
     pub fail_timeout: Duration,
     pub header: Option<Box<[u8]>>,
+    pub spread: bool,
 }
 
 impl Link {
@@ -122,6 +127,7 @@ impl Link {
             max_fails: p.max_fails,
             fail_timeout_ms: p.fail_timeout.as_millis().try_into().unwrap_or(u32::MAX),
             header: p.header,
+            spread: p.spread,
             end: AtomicU8::new(0),
             waker: AtomicWaker::new(),
         }
@@ -289,6 +295,7 @@ mod tests {
             max_fails: 1,
             fail_timeout: Duration::from_secs(1),
             header: None,
+            spread: false,
         }))
     }
 

@@ -52,6 +52,48 @@ pub(crate) fn open_upstream(backend: SocketAddr) -> io::Result<Upstream> {
     sys::watch(s, Interest::READABLE | Interest::PRIORITY)
 }
 
+/// Opens a per-datagram session's socket: not connected, for it sends to
+/// whichever backend each datagram picks (of `v6`'s family) and takes
+/// replies from any of them (the caller checks the sender).
+pub(crate) fn open_spread(v6: bool) -> io::Result<Upstream> {
+    let any: SocketAddr = if v6 {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any)?;
+    s.set_nonblocking(true)?;
+    sys::watch(s, Interest::READABLE)
+}
+
+/// Sends one datagram to `to` on a per-datagram session's socket, after
+/// `head` (a PROXY header) when there is one, without copying.
+pub(crate) fn send_to(
+    upstream: &Upstream,
+    (head, data): (Option<&[u8]>, &[u8]),
+    to: SocketAddr,
+) -> io::Result<usize> {
+    let sock = socket2::SockRef::from(upstream.get_ref());
+    match head {
+        None => sock.send_to(data, &to.into()),
+        Some(h) => {
+            sock.send_to_vectored(&[io::IoSlice::new(h), io::IoSlice::new(data)], &to.into())
+        }
+    }
+}
+
+/// Receives one datagram and its sender on a per-datagram session's
+/// socket; `WouldBlock` as [`recv`].
+pub(crate) fn recv_from(upstream: &Upstream, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    let r = upstream.get_ref().recv_from(buf);
+    if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+        let _ = upstream.try_io(Interest::READABLE, |_| {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+    }
+    r
+}
+
 /// Sends one datagram on a connected session socket.
 pub(crate) fn send(upstream: &Upstream, data: &[u8]) -> io::Result<usize> {
     upstream.get_ref().send(data)
