@@ -421,17 +421,26 @@ fn table(
                 "pool {name}: PANIC: new connections go to every backend, healthy or not\n"
             ));
         }
+        let r = &p.rates;
+        if r.upload.is_some() || r.download.is_some() {
+            let each = |v: Option<u64>| v.map_or("unlimited".to_string(), |b| bytes(b as f64));
+            out.push_str(&format!(
+                "pool {name}: each connection at most {} up, {} down\n",
+                each(r.upload),
+                each(r.download)
+            ));
+        }
         let first = p.backends.iter().map(|b| i64::from(b.priority)).min();
         match p.active_priority {
             a if a < 0 && !p.panic => {
                 out.push_str(&format!("pool {name}: no backend is available\n"))
             }
-            a if a >= 0 && Some(a) != first => out.push_str(&format!(
-                "pool {name}: {} take new connections\n",
+            a if a >= 0 && first.is_some_and(|f| f != a) => out.push_str(&format!(
+                "pool {name}: {} new connections\n",
                 if a == i64::from(crate::config::BACKUP) {
-                    "the backups".to_string()
+                    "the backups take".to_string()
                 } else {
-                    format!("priority group {a}")
+                    format!("priority group {a} takes")
                 }
             )),
             _ => {}
@@ -495,6 +504,17 @@ mod tests {
             "{on_backups}"
         );
         assert!(pool(0, false).lines().all(|l| !l.starts_with("pool ")));
+        let limited: PoolsStatus = typed(serde_json::json!({"pools": [{
+            "name": "p", "strategy": "round_robin", "health_check": "none",
+            "proxy_protocol": null, "listeners": [], "backends": [],
+            "rates": {"upload": 1048576, "download": null}
+        }]}))
+        .unwrap();
+        let out = table(&limited, |_, _| (None, None, None));
+        assert!(
+            out.ends_with("pool p: each connection at most 1.0 MiB/s up, unlimited down\n"),
+            "{out}"
+        );
         assert!(pool(-1, false).ends_with("pool p: no backend is available\n"));
         assert!(pool(-1, true)
             .ends_with("pool p: PANIC: new connections go to every backend, healthy or not\n"));
