@@ -395,3 +395,91 @@ fn variables_take_the_environment_and_problems_keep_their_place() {
     assert!(out.contains("front            tcp 127.0.0.1:0"), "{out}");
     assert!(out.contains("127.0.0.1:6379"), "{out}");
 }
+
+#[test]
+fn included_files_join_and_each_problem_names_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("main.toml");
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(
+        &main,
+        "include = [\"conf.d/*.toml\"]\n\n[pools.p]\nbackends = [{ addr = \"127.0.0.1:1\" }]\n",
+    )
+    .unwrap();
+    let web = dir.path().join("conf.d/web.toml");
+    std::fs::write(
+        &web,
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"w\"\n\n[pools.w]\nbackends = [{ addr = \"127.0.0.1:2\" }]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("conf.d/db.toml"),
+        "[[listeners]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+    )
+    .unwrap();
+    // Not matched: another extension, and a hidden file.
+    std::fs::write(dir.path().join("conf.d/old.toml.bak"), "junk = [").unwrap();
+    std::fs::write(dir.path().join("conf.d/.swap.toml"), "junk = [").unwrap();
+    let (code, out) = check(&main);
+    assert_eq!(code, 0, "{out}");
+    let d = dir.path().display().to_string();
+    assert!(
+        out.contains(&format!(
+            "ok: 2 listener(s), 2 pool(s), 2 backend(s); included {d}/conf.d/db.toml, {d}/conf.d/web.toml"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("web              tcp 127.0.0.1:0"), "{out}");
+
+    // A pool defined twice: both places named. A problem in an included
+    // file: its own file, line and column.
+    std::fs::write(
+        &web,
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"w\"\n\n[pools.w]\nbackends = [{ addr = \"127.0.0.1:2\", weight = 0 }]\n\n[pools.p]\nbackends = [{ addr = \"127.0.0.1:3\" }]\n",
+    )
+    .unwrap();
+    let (code, out) = check(&main);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{d}/conf.d/web.toml:7:46: pools.w.backends[0].weight: weight must be from 1 to 256"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{d}/conf.d/web.toml:9:8: pools.p: pool `p` is defined twice: first at {d}/main.toml:3:8"
+        )),
+        "{out}"
+    );
+
+    // What belongs to the main file only, and a listener name taken twice.
+    std::fs::write(
+        &web,
+        "shutdown_grace = \"1s\"\n[[listeners]]\nname = \"db\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+    )
+    .unwrap();
+    let (code, out) = check(&main);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{d}/conf.d/web.toml:1:18: shutdown_grace: an included file holds [[listeners]] and [pools.NAME] only")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{d}/conf.d/web.toml:3:8: listeners[0].name: listener name `db` is used twice: first at {d}/conf.d/db.toml:2:8"
+        )),
+        "{out}"
+    );
+    // A syntax error in an included file.
+    std::fs::write(&web, "[[listeners]\n").unwrap();
+    let (code, out) = check(&main);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("{d}/conf.d/web.toml:1:")), "{out}");
+    // A named file that is not there.
+    std::fs::write(&main, "include = [\"conf.d/missing.toml\"]\n").unwrap();
+    let (code, out) = check(&main);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("main.toml:1:12: include:"), "{out}");
+    assert!(out.contains("missing.toml is not a file"), "{out}");
+}

@@ -916,3 +916,45 @@ fn a_udp_session_open_when_the_grace_ends_is_ended_as_shutdown() {
     assert_eq!(session["end"], "shutdown");
     assert_eq!(session["datagrams_out"].as_u64(), Some(0));
 }
+
+/// A reload reads the included files again: a listener added in `conf.d`
+/// is bound, and one whose file goes is retired.
+#[test]
+fn a_reload_reads_the_included_files_again() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = rt.block_on(Backend::start("b"));
+    let daemon = Daemon::start(
+        &format!(
+            "include = [\"conf.d/*.toml\"]\n[[listeners]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+             [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+            b.addr
+        ),
+        &[],
+        &[],
+    );
+    let folder = daemon.path().parent().unwrap().join("conf.d");
+    std::fs::create_dir(&folder).unwrap();
+    assert!(!daemon.listeners().contains_key("added"));
+    std::fs::write(
+        folder.join("added.toml"),
+        "[[listeners]]\nname = \"added\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    wait_until("the reload", Duration::from_secs(10), || {
+        reloads(&daemon) == 1
+    });
+    let added = daemon.listeners()["added"];
+    assert_eq!(blocking_ask(added), Ok("b".to_string()));
+    std::fs::remove_file(folder.join("added.toml")).unwrap();
+    daemon.signal("HUP");
+    wait_until("the second reload", Duration::from_secs(10), || {
+        reloads(&daemon) == 2
+    });
+    wait_until(
+        "the removed listener to refuse",
+        Duration::from_secs(5),
+        || TcpStream::connect(added).is_err(),
+    );
+    drop(b);
+}

@@ -15,6 +15,8 @@ pub struct Problem {
     pub key: String,
     /// What is wrong, as a sentence for a human.
     pub message: String,
+    /// The included file it is in; `None`: the main file.
+    pub file: Option<PathBuf>,
 }
 
 /// Every problem found in one configuration file.
@@ -32,11 +34,12 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
+            let file = p.file.as_deref().unwrap_or(&self.file);
             if p.line == 0 {
                 // A problem with the file as a whole (it cannot be read).
-                write!(f, "{}: ", self.file.display())?;
+                write!(f, "{}: ", file.display())?;
             } else {
-                write!(f, "{}:{}:{}: ", self.file.display(), p.line, p.col)?;
+                write!(f, "{}:{}:{}: ", file.display(), p.line, p.col)?;
             }
             if !p.key.is_empty() {
                 write!(f, "{}: ", p.key)?;
@@ -47,52 +50,71 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Collects problems while validating, turning byte offsets into line and column.
+/// One file a configuration is read from: its path, its text as written,
+/// and its text after `${VAR}` expansion, which spans point into.
+pub(crate) struct Source<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+    pub expanded: Option<&'a super::vars::Expanded>,
+}
+
+/// Collects problems while validating, turning byte offsets into line and
+/// column of the file being validated (the main one, or an included one).
 pub(crate) struct Problems<'a> {
-    source: &'a str,
-    file: &'a Path,
-    list: Vec<Problem>,
-    /// When `${VAR}`s were expanded: spans are in the expanded text, and
-    /// positions are reported in `source`, the text as written.
-    expanded: Option<&'a super::vars::Expanded>,
+    files: Vec<Source<'a>>,
+    /// The file spans point into now (an index into `files`).
+    pub current: usize,
+    list: Vec<(usize, Problem)>,
 }
 
 impl<'a> Problems<'a> {
     pub fn new(file: &'a Path, source: &'a str) -> Self {
-        Problems {
-            source,
-            file,
-            list: Vec::new(),
+        Problems::of(vec![Source {
+            path: file,
+            text: source,
             expanded: None,
-        }
+        }])
     }
 
-    /// Problems of `source` as written, whose spans come from `expanded`.
-    pub fn of_expanded(
-        file: &'a Path,
-        source: &'a str,
-        expanded: &'a super::vars::Expanded,
-    ) -> Self {
+    /// Problems of these files; the first is the main one.
+    pub fn of(files: Vec<Source<'a>>) -> Self {
         Problems {
-            expanded: Some(expanded),
-            ..Problems::new(file, source)
+            files,
+            current: 0,
+            list: Vec::new(),
         }
     }
 
-    /// The line and column in the text as written of `at`, a span's start.
+    /// The line and column in the current file as written of `at`, a span's start.
     pub fn line_col(&self, at: usize) -> (usize, usize) {
-        let at = self.expanded.map_or(at, |e| e.original(at));
-        line_col(self.source, at)
+        let f = &self.files[self.current];
+        let at = f.expanded.map_or(at, |e| e.original(at));
+        line_col(f.text, at)
+    }
+
+    /// `file:line:col` of `at` in the current file.
+    pub fn location(&self, at: usize) -> String {
+        let (line, col) = self.line_col(at);
+        format!("{}:{line}:{col}", self.files[self.current].path.display())
+    }
+
+    /// The current file's path.
+    pub fn path(&self) -> &'a Path {
+        self.files[self.current].path
     }
 
     pub fn push(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
         let (line, col) = self.line_col(span.start);
-        self.list.push(Problem {
-            line,
-            col,
-            key: key.into(),
-            message: message.into(),
-        });
+        self.list.push((
+            self.current,
+            Problem {
+                line,
+                col,
+                key: key.into(),
+                message: message.into(),
+                file: (self.current > 0).then(|| self.files[self.current].path.to_path_buf()),
+            },
+        ));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,10 +122,10 @@ impl<'a> Problems<'a> {
     }
 
     pub fn into_error(mut self) -> ConfigError {
-        self.list.sort_by_key(|p| (p.line, p.col));
+        self.list.sort_by_key(|(f, p)| (*f, p.line, p.col));
         ConfigError {
-            file: self.file.to_path_buf(),
-            problems: self.list,
+            file: self.files[0].path.to_path_buf(),
+            problems: self.list.into_iter().map(|(_, p)| p).collect(),
         }
     }
 }

@@ -15,18 +15,19 @@ impl Validator<'_> {
         key: &str,
         l: RawListener,
         pools: &BTreeMap<String, PoolConfig>,
-        names: &mut HashMap<String, usize>,
+        names: &mut HashMap<String, String>,
         binds: &mut HashMap<(Protocol, SocketAddr), String>,
     ) -> Option<ListenerConfig> {
         let name = l.name.get_ref().clone();
         if let Some(why) = super::unfit_name(&name) {
             self.p.push(l.name.span(), format!("{key}.name"), why);
         }
-        if names.insert(name.clone(), 0).is_some() {
+        let here = self.p.location(l.name.span().start);
+        if let Some(first) = names.insert(name.clone(), here) {
             self.p.push(
                 l.name.span(),
                 format!("{key}.name"),
-                format!("listener name `{name}` is used twice"),
+                format!("listener name `{name}` is used twice: first at {first}"),
             );
         }
         let protocol = match l.protocol.as_ref().map(|p| p.get_ref().as_str()) {

@@ -11,6 +11,7 @@ mod discovery;
 mod error;
 mod escape;
 mod fields;
+mod include;
 mod listener;
 mod name;
 mod raw;
@@ -55,6 +56,8 @@ pub const DEFAULT_PATH: &str = "/etc/switchyard/switchyard.toml";
 pub struct Config {
     /// The file it came from (`<generated>` for built-in configs).
     pub source: PathBuf,
+    /// The files it included, in the order read.
+    pub included: Vec<PathBuf>,
     /// The admin endpoint, if `[admin]` is present.
     pub admin: Option<AdminConfig>,
     /// Listeners in file order.
@@ -449,6 +452,7 @@ impl Config {
                 col: 0,
                 key: String::new(),
                 message: format!("cannot read the file: {e}"),
+                file: None,
             }],
         })?;
         Config::parse(&source, path)
@@ -581,7 +585,16 @@ impl Config {
             match &self.admin {
                 Some(a) => format!(", admin on {}", a.bind),
                 None => String::new(),
-            }
-        )
+            },
+        ) + &if self.included.is_empty() {
+            String::new()
+        } else {
+            let files: Vec<String> = self
+                .included
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
+            format!("; included {}", files.join(", "))
+        }
     }
 }

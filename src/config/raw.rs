@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// This instance's entry in the fleet's registry in etcd.
     #[schemars(with = "Option<RawCluster>")]
     pub cluster: Option<S<RawCluster>>,
+    /// Other files whose listeners and pools join this one's ("conf.d/*.toml"; relative to this file; * and ? in the file name).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub include: Option<Vec<S<String>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -7,44 +7,116 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use super::error::Problems;
+use super::error::{Problems, Source};
 use super::raw::{RawBackend, RawConfig, RawPool, S};
 use super::*;
 
 const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
 
 pub(super) fn validate(source: &str, path: &Path) -> Result<Config, ConfigError> {
-    let expanded = match super::vars::expand(source, |name| std::env::var(name).ok()) {
+    let env = |name: &str| std::env::var(name).ok();
+    let (expanded, main) = read(Problems::new(path, source), source, env)?;
+    // The included files, read and parsed before anything is validated:
+    // a problem in any of them names its own file and line.
+    let (paths, mut found) = match &main.include {
+        Some(patterns) => super::include::files(path, patterns),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut texts = Vec::new();
+    for f in &paths {
+        match std::fs::read_to_string(f) {
+            Ok(t) => texts.push(t),
+            Err(e) => {
+                let span = main.include.iter().flatten().next().map(|p| p.span());
+                found.push((
+                    span.unwrap_or_default(),
+                    format!("cannot read {}: {e}", f.display()),
+                ));
+                texts.push(String::new());
+            }
+        }
+    }
+    if !found.is_empty() {
+        let mut p = Problems::of(vec![Source {
+            path,
+            text: source,
+            expanded: Some(&expanded),
+        }]);
+        for (span, message) in found {
+            p.push(span, "include", message);
+        }
+        return Err(p.into_error());
+    }
+    let mut parts = Vec::new();
+    let mut failed = Vec::new();
+    for (f, text) in paths.iter().zip(&texts) {
+        match read(Problems::new(f, text), text, env) {
+            Ok(part) => parts.push(part),
+            // Each names its own file: the error's is the main one.
+            Err(e) => failed.extend(e.problems.into_iter().map(|p| Problem {
+                file: Some(f.to_path_buf()),
+                ..p
+            })),
+        }
+    }
+    if !failed.is_empty() {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            problems: failed,
+        });
+    }
+    let mut sources = vec![Source {
+        path,
+        text: source,
+        expanded: Some(&expanded),
+    }];
+    let (exps, raws): (Vec<super::vars::Expanded>, Vec<RawConfig>) = parts.into_iter().unzip();
+    for ((f, text), exp) in paths.iter().zip(&texts).zip(&exps) {
+        sources.push(Source {
+            path: f,
+            text,
+            expanded: Some(exp),
+        });
+    }
+    let mut v = Validator {
+        p: Problems::of(sources),
+        path,
+        warnings: Vec::new(),
+    };
+    let config = v.config(main, raws);
+    if v.p.is_empty() {
+        let mut config = config;
+        config.warnings = v.warnings;
+        config.included = paths;
+        Ok(config)
+    } else {
+        Err(v.p.into_error())
+    }
+}
+
+/// One file's text expanded and parsed; its problems are its own.
+fn read(
+    mut p: Problems<'_>,
+    source: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(super::vars::Expanded, RawConfig), ConfigError> {
+    let expanded = match super::vars::expand(source, env) {
         Ok(e) => e,
         Err(problems) => {
-            let mut p = Problems::new(path, source);
             for (span, message) in problems {
                 p.push(span, "", message);
             }
             return Err(p.into_error());
         }
     };
-    let raw: RawConfig = match toml::from_str(&expanded.text) {
-        Ok(raw) => raw,
+    match toml::from_str(&expanded.text) {
+        Ok(raw) => Ok((expanded, raw)),
         Err(e) => {
-            let mut p = Problems::of_expanded(path, source, &expanded);
             let span = e.span().unwrap_or(0..0);
+            let span = expanded.original(span.start)..expanded.original(span.end);
             p.push(span, "", e.message().trim().to_string());
-            return Err(p.into_error());
+            Err(p.into_error())
         }
-    };
-    let mut v = Validator {
-        p: Problems::of_expanded(path, source, &expanded),
-        path,
-        warnings: Vec::new(),
-    };
-    let config = v.config(raw);
-    if v.p.is_empty() {
-        let mut config = config;
-        config.warnings = v.warnings;
-        Ok(config)
-    } else {
-        Err(v.p.into_error())
     }
 }
 
@@ -56,14 +128,47 @@ pub(super) struct Validator<'a> {
 
 impl Validator<'_> {
     pub(super) fn warn(&mut self, span: Range<usize>, key: &str, message: &str) {
-        let (line, col) = self.p.line_col(span.start);
-        self.warnings.push(format!(
-            "{}:{line}:{col}: {key}: {message}",
-            self.path.display()
-        ));
+        let at = self.p.location(span.start);
+        self.warnings.push(format!("{at}: {key}: {message}"));
     }
 
-    fn config(&mut self, raw: RawConfig) -> Config {
+    /// Makes `file` (0: the main one, then each included one in order)
+    /// the one spans point into and relative paths start from.
+    fn in_file(&mut self, file: usize) {
+        self.p.current = file;
+        self.path = self.p.path();
+    }
+
+    /// An included file's keys other than listeners and pools are problems.
+    fn only_listeners_and_pools(&mut self, part: &RawConfig) {
+        let others = [
+            ("admin", part.admin.as_ref().map(|a| a.span())),
+            (
+                "shutdown_grace",
+                part.shutdown_grace.as_ref().map(|a| a.span()),
+            ),
+            ("state_dir", part.state_dir.as_ref().map(|a| a.span())),
+            ("cluster", part.cluster.as_ref().map(|a| a.span())),
+            (
+                "include",
+                part.include
+                    .as_ref()
+                    .and_then(|i| i.first())
+                    .map(|a| a.span()),
+            ),
+        ];
+        for (key, span) in others {
+            if let Some(span) = span {
+                self.p.push(
+                    span,
+                    key,
+                    "an included file holds [[listeners]] and [pools.NAME] only; this belongs in the main file",
+                );
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, parts: Vec<RawConfig>) -> Config {
         let admin = raw.admin.map(|a| {
             let a = a.into_inner();
             AdminConfig {
@@ -119,35 +224,67 @@ impl Validator<'_> {
             .duration(raw.shutdown_grace.as_ref(), "shutdown_grace")
             .unwrap_or(Duration::from_secs(30));
 
+        let state_dir = self.state_dir(raw.state_dir.as_ref());
+        let cluster = raw.cluster.as_ref().map(|c| self.cluster(c));
+        let source = self.path.to_path_buf();
+        // Every file's listeners and pools: the main file's first.
+        let mut files = vec![(raw.pools, raw.listeners)];
+        for (k, part) in parts.into_iter().enumerate() {
+            self.in_file(k + 1);
+            self.only_listeners_and_pools(&part);
+            files.push((part.pools, part.listeners));
+        }
         let mut pools = BTreeMap::new();
-        for (name, pool) in raw.pools {
-            let span = name.span();
-            let name = name.into_inner();
-            if let Some(why) = super::unfit_name(&name) {
-                self.p.push(span, "pools", format!("a pool name {why}"));
+        // Where each pool was defined, to name both places of a second one.
+        let mut defined: HashMap<String, String> = HashMap::new();
+        let mut all_listeners = Vec::new();
+        for (file, (raw_pools, raw_listeners)) in files.into_iter().enumerate() {
+            self.in_file(file);
+            for (name, pool) in raw_pools {
+                let span = name.span();
+                let name = name.into_inner();
+                if let Some(why) = super::unfit_name(&name) {
+                    self.p
+                        .push(span.clone(), "pools", format!("a pool name {why}"));
+                }
+                let here = self.p.location(span.start);
+                if let Some(first) = defined.insert(name.clone(), here) {
+                    self.p.push(
+                        span,
+                        format!("pools.{name}"),
+                        format!("pool `{name}` is defined twice: first at {first}"),
+                    );
+                    continue;
+                }
+                let cfg = self.pool(&name, pool);
+                pools.insert(name, cfg);
             }
-            let cfg = self.pool(&name, pool);
-            pools.insert(name, cfg);
+            all_listeners.push((file, raw_listeners));
         }
 
-        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut names: HashMap<String, String> = HashMap::new();
         let mut binds: HashMap<(Protocol, SocketAddr), String> = HashMap::new();
         let mut listeners = Vec::new();
-        for (i, l) in raw.listeners.into_iter().enumerate() {
-            let l = l.into_inner();
-            let key = format!("listeners[{i}]");
-            if let Some(cfg) = self.listener(&key, l, &pools, &mut names, &mut binds) {
-                listeners.push(cfg);
+        for (file, raw_listeners) in all_listeners {
+            self.in_file(file);
+            for (i, l) in raw_listeners.into_iter().enumerate() {
+                let l = l.into_inner();
+                let key = format!("listeners[{i}]");
+                if let Some(cfg) = self.listener(&key, l, &pools, &mut names, &mut binds) {
+                    listeners.push(cfg);
+                }
             }
         }
+        self.in_file(0);
         Config {
-            source: self.path.to_path_buf(),
+            source,
+            included: Vec::new(),
             admin,
             listeners,
             pools,
             shutdown_grace,
-            state_dir: self.state_dir(raw.state_dir.as_ref()),
-            cluster: raw.cluster.as_ref().map(|c| self.cluster(c)),
+            state_dir,
+            cluster,
             warnings: Vec::new(),
         }
     }
