@@ -32,9 +32,9 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Run { config } => Config::load(&config)
             .map_err(anyhow::Error::from)
-            .and_then(|c| runtime()?.block_on(serve(c))),
+            .and_then(|c| runtime(c.workers, c.cpu_affinity)?.block_on(serve(c))),
         Command::Demo { port, admin_port } => {
-            runtime().and_then(|rt| rt.block_on(run_demo(port, admin_port)))
+            runtime(None, false).and_then(|rt| rt.block_on(run_demo(port, admin_port)))
         }
         Command::Ctl {
             admin,
@@ -94,10 +94,11 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     guard
 }
 
-/// The data plane's workers (one per core), then the control plane's runtime.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    switchyard::workers::start(switchyard::workers::default_count())
-        .context("cannot start the worker threads")?;
+/// The data plane's workers (`workers`, default one per core, pinned with
+/// `cpu_affinity`), then the control plane's runtime.
+fn runtime(workers: Option<usize>, pin: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let n = workers.unwrap_or_else(switchyard::workers::default_count);
+    switchyard::workers::start(n, pin).context("cannot start the worker threads")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -26,18 +26,37 @@ static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
 const THREAD_NAME: &str = "switchyard-w";
 
 /// Starts `n` worker threads (at least one), each running a single-threaded
-/// runtime until the process exits. Called once, before any listener binds;
-/// a second call changes nothing.
-pub fn start(n: usize) -> std::io::Result<()> {
+/// runtime until the process exits; with `pin`, worker `i` runs only on the
+/// `i`-th core the process may use (in turn, when there are more workers
+/// than cores). Called once, before any listener binds; a second call
+/// changes nothing.
+pub fn start(n: usize, pin: bool) -> std::io::Result<()> {
     if WORKERS.get().is_some() {
         return Ok(());
     }
+    let cores: Vec<usize> = if pin {
+        let allowed = rustix::thread::sched_getaffinity(None)?;
+        (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| allowed.is_set(c))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut handles = Vec::new();
     for i in 0..n.max(1) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
         std::thread::Builder::new()
             .name(format!("{THREAD_NAME}{i}"))
             .spawn(move || {
+                if let Some(core) = core {
+                    let mut one = rustix::thread::CpuSet::new();
+                    one.set(core);
+                    if let Err(e) = rustix::thread::sched_setaffinity(None, &one) {
+                        let _ = tx.send(Err(std::io::Error::from(e)));
+                        return;
+                    }
+                }
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -138,3 +138,68 @@ async fn proxy_and_sni_listener_on_several_workers() {
         48.0
     );
 }
+
+/// `workers = 3` and `cpu_affinity = true` in the real binary: three worker
+/// threads, each allowed on one core only, in turn over the cores the
+/// process may use; without `cpu_affinity` each may run anywhere.
+#[test]
+fn workers_and_cpu_affinity_shape_the_binarys_threads() {
+    use common::daemon::Daemon;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = rt.block_on(Backend::start("b"));
+    let allowed = |pid: u32| -> Vec<String> {
+        let mut out = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let t = t.unwrap().path();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap();
+            if !comm.starts_with("switchyard-w") {
+                continue;
+            }
+            let status = std::fs::read_to_string(t.join("status")).unwrap();
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            out.push(format!("{} {cpus}", comm.trim()));
+        }
+        out.sort();
+        out
+    };
+    let mine = std::fs::read_to_string("/proc/self/status").unwrap();
+    let all = mine
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let cores: Vec<usize> = {
+        let mut v = Vec::new();
+        for part in all.split(',') {
+            match part.split_once('-') {
+                Some((a, z)) => v.extend(a.parse::<usize>().unwrap()..=z.parse().unwrap()),
+                None => v.push(part.parse().unwrap()),
+            }
+        }
+        v
+    };
+    let text = |pin: bool| {
+        format!(
+            "workers = 3\ncpu_affinity = {pin}\n[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
+             [pools.p]\nbackends = [{{ addr = \"{}\" }}]\n",
+            b.addr
+        )
+    };
+    let pinned = Daemon::start(&text(true), &[], &[]);
+    let want: Vec<String> = (0..3)
+        .map(|i| format!("switchyard-w{i} {}", cores[i % cores.len()]))
+        .collect();
+    assert_eq!(allowed(pinned.child.id()), want);
+    drop(pinned);
+    let free = Daemon::start(&text(false), &[], &[]);
+    let want: Vec<String> = (0..3).map(|i| format!("switchyard-w{i} {all}")).collect();
+    assert_eq!(allowed(free.child.id()), want);
+    drop(free);
+    drop(b);
+}

@@ -58,6 +58,10 @@ pub struct Config {
     pub source: PathBuf,
     /// The files it included, in the order read.
     pub included: Vec<PathBuf>,
+    /// `workers`: data-plane threads, default one per core (`None`).
+    pub workers: Option<usize>,
+    /// `cpu_affinity`, default false: each worker pinned to a core.
+    pub cpu_affinity: bool,
     /// The admin endpoint, if `[admin]` is present.
     pub admin: Option<AdminConfig>,
     /// Listeners in file order.

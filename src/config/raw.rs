@@ -36,6 +36,11 @@ pub struct RawConfig {
     /// This instance's entry in the fleet's registry in etcd.
     #[schemars(with = "Option<RawCluster>")]
     pub cluster: Option<S<RawCluster>>,
+    /// Data-plane worker threads. Default one per core.
+    #[schemars(with = "Option<i64>")]
+    pub workers: Option<S<i64>>,
+    /// Pin each worker to a core of its own (in turn, over the cores the process may use). Default false.
+    pub cpu_affinity: Option<bool>,
     /// Other files whose listeners and pools join this one's ("conf.d/*.toml"; relative to this file; * and ? in the file name).
     #[schemars(with = "Option<Vec<String>>")]
     pub include: Option<Vec<S<String>>>,

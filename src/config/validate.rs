@@ -149,6 +149,7 @@ impl Validator<'_> {
             ),
             ("state_dir", part.state_dir.as_ref().map(|a| a.span())),
             ("cluster", part.cluster.as_ref().map(|a| a.span())),
+            ("workers", part.workers.as_ref().map(|a| a.span())),
             (
                 "include",
                 part.include
@@ -279,6 +280,11 @@ impl Validator<'_> {
         Config {
             source,
             included: Vec::new(),
+            workers: raw
+                .workers
+                .as_ref()
+                .map(|w| self.count(Some(w), "workers", 1, 1024, 1) as usize),
+            cpu_affinity: raw.cpu_affinity.unwrap_or(false),
             admin,
             listeners,
             pools,

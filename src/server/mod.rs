@@ -100,7 +100,8 @@ impl Server {
         // The data plane runs on its workers however the library is started
         // (the binary starts them first; an embedding program or a test
         // gets the same threads here).
-        crate::workers::start(crate::workers::default_count()).map_err(Error::Workers)?;
+        let workers = config.workers.unwrap_or_else(crate::workers::default_count);
+        crate::workers::start(workers, config.cpu_affinity).map_err(Error::Workers)?;
         let inner = Arc::new(Inner {
             metrics: Arc::new(Metrics::new()),
             state: Mutex::new(State {
@@ -190,6 +191,14 @@ impl Server {
 
     /// Applies `config` as one difference from what runs now.
     pub async fn reload(&self, config: Config) -> Result<(), Error> {
+        let before = self.view().config.clone();
+        if (before.workers, before.cpu_affinity) != (config.workers, config.cpu_affinity) {
+            tracing::warn!(
+                workers = ?config.workers,
+                cpu_affinity = config.cpu_affinity,
+                "workers and cpu_affinity take effect at the next start or binary upgrade; the running workers stay as they are"
+            );
+        }
         let result = self.apply(config).await;
         match &result {
             Ok(()) => tracing::info!("configuration reloaded"),
