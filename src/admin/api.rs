@@ -10,7 +10,7 @@ use serde_json::json;
 use super::status::{BackendStatus, PoolStatus};
 use super::{error, Body, Control};
 use crate::config::MAX_WEIGHT;
-use crate::pool::{Change, Pool};
+use crate::pool::{Change, Pool, Unshared};
 
 pub fn pools(
     server: &dyn Control,
@@ -114,7 +114,8 @@ async fn shared_first(
     }
     match server.share(&pool.name, addr, change).await {
         None | Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+        Some(Err(Unshared::Unavailable(e))) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
+        Some(Err(Unshared::NotOurs(e))) => Err(error(StatusCode::CONFLICT, e)),
     }
 }
 

@@ -257,7 +257,7 @@ mod tests {
             _: &str,
             _: SocketAddr,
             _: crate::pool::Change,
-        ) -> ControlFuture<'_, Option<Result<(), String>>> {
+        ) -> ControlFuture<'_, Option<Result<(), crate::pool::Unshared>>> {
             Box::pin(async { None })
         }
         fn cluster(&self) -> ControlFuture<'_, Option<Result<Vec<serde_json::Value>, String>>> {

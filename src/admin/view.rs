@@ -164,15 +164,15 @@ pub trait Control: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// Re-reads the configuration file and applies it; the error says why not.
     fn reload(&self) -> ControlFuture<'_, Result<(), String>>;
-    /// For a pool whose members live in a shared store (etcd): writes
-    /// `change` of backend `addr` there, so every instance follows; `None`
-    /// when the pool's changes stay local.
+    /// For a pool whose members live in a shared store (etcd, ZooKeeper):
+    /// writes `change` of backend `addr` there, so every instance follows;
+    /// `None` when the pool's changes stay local.
     fn share(
         &self,
         pool: &str,
         addr: SocketAddr,
         change: Change,
-    ) -> ControlFuture<'_, Option<Result<(), String>>>;
+    ) -> ControlFuture<'_, Option<Result<(), crate::pool::Unshared>>>;
     /// The history of the last hour, as `/api/v1/history` serves it.
     fn history(&self, q: &crate::history::Query) -> serde_json::Value;
     /// The fleet's instances as each describes itself; `None` without

@@ -36,6 +36,63 @@ pub enum Source {
         /// `prefix`.
         prefix: String,
     },
+    /// `kind = "zookeeper"`: each child of `path` is one backend.
+    ZooKeeper(ZooKeeper),
+}
+
+/// `kind = "zookeeper"`'s keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZooKeeper {
+    /// `servers`, `host:port` each.
+    pub servers: Vec<String>,
+    /// `path`: whose children are the members.
+    pub path: String,
+    /// `format`, default native.
+    pub format: ZkFormat,
+    /// `endpoint`: a server set's additional endpoint to use instead of its
+    /// service endpoint.
+    pub endpoint: Option<String>,
+    /// `session_timeout`, default 10s.
+    pub session_timeout: Duration,
+    /// `chroot`, default none: put in front of `path`.
+    pub chroot: String,
+    /// The `user:password` read from `digest_auth_file`.
+    pub digest: Option<Secret>,
+}
+
+/// How a registry in ZooKeeper writes its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZkFormat {
+    /// switchyard's own JSON entry or `"ip:port"`, as in etcd.
+    Native,
+    /// Apache Curator's ServiceDiscovery instances.
+    Curator,
+    /// Finagle and Aurora server sets.
+    ServerSet,
+    /// Dubbo's provider URLs.
+    Dubbo,
+}
+
+impl ZkFormat {
+    /// As written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZkFormat::Native => "native",
+            ZkFormat::Curator => "curator",
+            ZkFormat::ServerSet => "serverset",
+            ZkFormat::Dubbo => "dubbo",
+        }
+    }
+}
+
+/// A credential read from a file: compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Source {
@@ -45,6 +102,7 @@ impl Source {
             Source::Dns { .. } => "dns",
             Source::DnsSrv { .. } => "dns_srv",
             Source::Etcd { .. } => "etcd",
+            Source::ZooKeeper(_) => "zookeeper",
         }
     }
 }
@@ -202,15 +260,50 @@ impl Validator<'_> {
                 }
                 Source::Etcd { endpoints, prefix }
             }
+            "zookeeper" => Source::ZooKeeper(self.zookeeper(key, d)?),
+            "consul" => {
+                self.p.push(
+                    raw.kind.span(),
+                    format!("{key}.kind"),
+                    "Consul is followed through its DNS interface: kind = \"dns_srv\", name = \"_web._tcp.service.consul\" (or \"web.service.consul\"), resolver = \"127.0.0.1:8600\"",
+                );
+                return None;
+            }
             other => {
                 self.p.push(
                     raw.kind.span(),
                     format!("{key}.kind"),
-                    format!("unknown kind `{other}`; expected \"dns\", \"dns_srv\" or \"etcd\""),
+                    format!("unknown kind `{other}`; expected \"dns\", \"dns_srv\", \"etcd\" or \"zookeeper\""),
                 );
                 return None;
             }
         };
+        if kind != "zookeeper" {
+            let zk_only = [
+                ("servers", raw.servers.as_ref().map(|_| d.span())),
+                ("path", raw.path.as_ref().map(|v| v.span())),
+                ("format", raw.format.as_ref().map(|v| v.span())),
+                ("endpoint", raw.endpoint.as_ref().map(|v| v.span())),
+                (
+                    "session_timeout",
+                    raw.session_timeout.as_ref().map(|v| v.span()),
+                ),
+                ("chroot", raw.chroot.as_ref().map(|v| v.span())),
+                (
+                    "digest_auth_file",
+                    raw.digest_auth_file.as_ref().map(|v| v.span()),
+                ),
+            ];
+            for (what, span) in zk_only {
+                if let Some(span) = span {
+                    self.p.push(
+                        span,
+                        format!("{key}.{what}"),
+                        format!("only kind = \"zookeeper\" takes `{what}`"),
+                    );
+                }
+            }
+        }
         if kind != "dns" {
             if let Some(p) = &raw.port {
                 self.p.push(
@@ -226,6 +319,142 @@ impl Validator<'_> {
                 .positive_duration(raw.refresh.as_ref(), &format!("{key}.refresh"))
                 .unwrap_or(Duration::from_secs(10)),
             allow_empty: raw.allow_empty.unwrap_or(false),
+        })
+    }
+
+    /// `kind = "zookeeper"`'s keys.
+    fn zookeeper(&mut self, key: &str, d: &S<RawDiscovery>) -> Option<ZooKeeper> {
+        let raw = d.get_ref();
+        let mut servers = Vec::new();
+        for (i, e) in raw.servers.iter().flatten().enumerate() {
+            let text = e.get_ref();
+            let ok = text
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if ok {
+                servers.push(text.clone());
+            } else {
+                self.p.push(
+                    e.span(),
+                    format!("{key}.servers[{i}]"),
+                    format!("`{text}` is not a ZooKeeper server; expected host:port, such as \"127.0.0.1:2181\""),
+                );
+            }
+        }
+        if raw.servers.as_ref().is_none_or(|l| l.is_empty()) {
+            self.p.push(
+                d.span(),
+                format!("{key}.servers"),
+                "needs at least one ZooKeeper server, such as \"127.0.0.1:2181\"",
+            );
+        }
+        let znode = |v: &mut Self, s: &S<String>, what: &str, root_ok: bool| -> Option<String> {
+            let t = s.get_ref().trim_end_matches('/');
+            let fine = s.get_ref().starts_with('/')
+                && !s.get_ref().contains("//")
+                && (root_ok || !t.is_empty())
+                && !t.split('/').any(|c| c == "." || c == "..")
+                && !t.chars().any(char::is_control);
+            if fine {
+                Some(t.to_string())
+            } else {
+                v.p.push(
+                    s.span(),
+                    format!("{key}.{what}"),
+                    format!("`{}` is not a ZooKeeper path; expected an absolute path such as \"/services/web\"", s.get_ref()),
+                );
+                None
+            }
+        };
+        let path = match &raw.path {
+            Some(p) => znode(self, p, "path", false),
+            None => {
+                self.p.push(
+                    d.span(),
+                    format!("{key}.path"),
+                    "kind = \"zookeeper\" needs `path`",
+                );
+                None
+            }
+        };
+        let chroot = match &raw.chroot {
+            Some(c) => znode(self, c, "chroot", true).unwrap_or_default(),
+            None => String::new(),
+        };
+        let format = match raw.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+            None | Some((_, "native")) => ZkFormat::Native,
+            Some((_, "curator")) => ZkFormat::Curator,
+            Some((_, "serverset")) => ZkFormat::ServerSet,
+            Some((_, "dubbo")) => ZkFormat::Dubbo,
+            Some((f, other)) => {
+                self.p.push(
+                    f.span(),
+                    format!("{key}.format"),
+                    format!("unknown format `{other}`; expected \"native\", \"curator\", \"serverset\" or \"dubbo\""),
+                );
+                ZkFormat::Native
+            }
+        };
+        let endpoint = raw.endpoint.as_ref().map(|e| e.get_ref().clone());
+        if let (Some(e), false) = (&raw.endpoint, format == ZkFormat::ServerSet) {
+            self.p.push(
+                e.span(),
+                format!("{key}.endpoint"),
+                "only format = \"serverset\" takes `endpoint` (which of a member's additional endpoints to use)",
+            );
+        }
+        let session_timeout = self
+            .positive_duration(
+                raw.session_timeout.as_ref(),
+                &format!("{key}.session_timeout"),
+            )
+            .unwrap_or(Duration::from_secs(10));
+        if session_timeout < Duration::from_millis(500) {
+            let span = raw
+                .session_timeout
+                .as_ref()
+                .map(|t| t.span())
+                .unwrap_or_default();
+            self.p.push(
+                span,
+                format!("{key}.session_timeout"),
+                "must be at least 500ms (pings go out every third of it)",
+            );
+        }
+        let digest = raw.digest_auth_file.as_ref().and_then(|f| {
+            let file = self.file(f);
+            match std::fs::read(&file) {
+                Ok(b) => {
+                    let b = b.trim_ascii().to_vec();
+                    if b.is_empty() || !b.contains(&b':') {
+                        self.p.push(
+                            f.span(),
+                            format!("{key}.digest_auth_file"),
+                            format!("{} must hold user:password on one line", file.display()),
+                        );
+                        None
+                    } else {
+                        Some(Secret(b))
+                    }
+                }
+                Err(e) => {
+                    self.p.push(
+                        f.span(),
+                        format!("{key}.digest_auth_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                    None
+                }
+            }
+        });
+        Some(ZooKeeper {
+            servers,
+            path: path?,
+            format,
+            endpoint,
+            session_timeout,
+            chroot,
+            digest,
         })
     }
 

@@ -26,7 +26,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use discovery::{ClusterConfig, DiscoveryConfig, Source};
+pub use discovery::{ClusterConfig, DiscoveryConfig, Secret, Source, ZkFormat, ZooKeeper};
 pub use error::{ConfigError, Problem};
 pub use escape::parse_bytes;
 pub use name::unfit_name;
@@ -538,6 +538,13 @@ impl Config {
                     Source::Etcd { endpoints, prefix } => {
                         format!("etcd {} under {prefix}, watched", endpoints.join(", "))
                     }
+                    Source::ZooKeeper(z) => format!(
+                        "ZooKeeper {} under {}{} ({} members), watched",
+                        z.servers.join(", "),
+                        z.chroot,
+                        z.path,
+                        z.format.as_str()
+                    ),
                 };
                 let _ = writeln!(o, "    backends discovered: {what}");
             }

@@ -89,6 +89,27 @@ pub struct RawDiscovery {
     pub prefix: Option<S<String>>,
     /// Whether a successful answer with no backend empties the pool. Default false: the last set stays.
     pub allow_empty: Option<bool>,
+    /// ZooKeeper servers, host:port each.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub servers: Option<Vec<S<String>>>,
+    /// ZooKeeper: the node whose children are the backends.
+    #[schemars(with = "Option<String>")]
+    pub path: Option<S<String>>,
+    /// ZooKeeper: how members are written: "native", "curator", "serverset" or "dubbo". Default "native".
+    #[schemars(with = "Option<String>")]
+    pub format: Option<S<String>>,
+    /// ZooKeeper server sets: which additional endpoint to use instead of the service endpoint.
+    #[schemars(with = "Option<String>")]
+    pub endpoint: Option<S<String>>,
+    /// ZooKeeper: the session timeout asked for. Default "10s".
+    #[schemars(with = "Option<String>")]
+    pub session_timeout: Option<S<String>>,
+    /// ZooKeeper: a path put in front of every path.
+    #[schemars(with = "Option<String>")]
+    pub chroot: Option<S<String>>,
+    /// ZooKeeper: a file holding user:password for digest authentication.
+    #[schemars(with = "Option<String>")]
+    pub digest_auth_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

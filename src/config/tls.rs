@@ -62,7 +62,7 @@ pub struct PoolTls {
 impl Validator<'_> {
     /// `path` as written, taken from the configuration file's folder when
     /// relative.
-    fn file(&self, v: &S<String>) -> PathBuf {
+    pub(super) fn file(&self, v: &S<String>) -> PathBuf {
         let p = Path::new(v.get_ref());
         match self.path.parent() {
             Some(dir) if p.is_relative() => dir.join(p),

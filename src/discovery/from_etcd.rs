@@ -19,7 +19,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// An etcd entry as a backend: `{"addr": "ip:port", "weight": N,
 /// "draining": bool}` (weight and draining optional), or `"ip:port"`.
-fn entry(value: &[u8]) -> Result<(Found, Value), String> {
+pub(super) fn entry(value: &[u8]) -> Result<(Found, Value), String> {
     let text = std::str::from_utf8(value)
         .map_err(|_| "not UTF-8".to_string())?
         .trim();
@@ -65,7 +65,7 @@ fn entry(value: &[u8]) -> Result<(Found, Value), String> {
 }
 
 pub(super) async fn follow(cx: &mut Context, d: &DiscoveryConfig, etcd: Etcd, prefix: &str) {
-    cx.shared.lock().unwrap_or_else(|e| e.into_inner()).etcd = Some(etcd.clone());
+    cx.shared.lock().unwrap_or_else(|e| e.into_inner()).store = super::Store::Etcd(etcd.clone());
     let mut retry = RETRY_MIN;
     // Keys whose value was refused, so each is logged once.
     let mut refused: HashMap<String, String> = HashMap::new();

@@ -9,7 +9,10 @@
 mod dns;
 pub mod etcd;
 mod from_etcd;
+mod from_zookeeper;
+mod layout;
 mod state;
+mod zookeeper;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,16 +26,31 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{DiscoveryConfig, Source};
 use crate::metrics::{DiscoveryMetrics, Metrics};
-use crate::pool::{Change, Found, Pool};
+use crate::pool::{Change, Found, Pool, Unshared};
 use etcd::Etcd;
 
-/// The etcd entry of each backend of a pool, to write a change back.
+/// The entry of each backend of a pool in its store (its etcd key or
+/// ZooKeeper node, and its value), to write a change back.
 type Entries = HashMap<SocketAddr, (String, Value)>;
 
-/// What an etcd pool's writes need: the client and each backend's key.
+/// Where a pool's members are written, so a change made through one
+/// instance reaches every instance.
+#[derive(Default)]
+enum Store {
+    /// Nowhere: changes stay in this instance.
+    #[default]
+    Local,
+    Etcd(Etcd),
+    /// The ZooKeeper follower, which writes through its session.
+    ZooKeeper(tokio::sync::mpsc::Sender<from_zookeeper::Write>),
+    /// Another program's registry (the reason).
+    NotOurs(String),
+}
+
+/// What a pool's writes need: its store and each backend's entry.
 #[derive(Default)]
 struct Shared {
-    etcd: Option<Etcd>,
+    store: Store,
     entries: Entries,
 }
 
@@ -95,16 +113,32 @@ impl Discovery {
 pub(crate) struct Writer(Arc<Mutex<Shared>>);
 
 impl Writer {
-    /// For a pool whose members live in etcd: writes `change` of backend
-    /// `addr` there, so every instance follows. `None` for other pools,
-    /// whose changes stay local.
-    pub async fn share(&self, addr: SocketAddr, change: Change) -> Option<Result<(), String>> {
-        let (etcd, entry) = {
+    /// For a pool whose members live in etcd or in a native ZooKeeper
+    /// registry: writes `change` of backend `addr` there, so every instance
+    /// follows. `None` for pools whose changes stay local.
+    pub async fn share(&self, addr: SocketAddr, change: Change) -> Option<Result<(), Unshared>> {
+        enum To {
+            Etcd(Etcd),
+            Zk(tokio::sync::mpsc::Sender<from_zookeeper::Write>),
+        }
+        let (to, entry) = {
             let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            (s.etcd.clone()?, s.entries.get(&addr).cloned())
+            let to = match &s.store {
+                Store::Local => return None,
+                Store::NotOurs(why) => return Some(Err(Unshared::NotOurs(why.clone()))),
+                Store::Etcd(e) => To::Etcd(e.clone()),
+                Store::ZooKeeper(z) => To::Zk(z.clone()),
+            };
+            (to, s.entries.get(&addr).cloned())
         };
         let Some((key, value)) = entry else {
-            return Some(Err(format!("no etcd key holds backend {addr}")));
+            let store = match to {
+                To::Etcd(_) => "etcd key",
+                To::Zk(_) => "ZooKeeper node",
+            };
+            return Some(Err(Unshared::Unavailable(format!(
+                "no {store} holds backend {addr}"
+            ))));
         };
         let mut obj = match value {
             Value::Object(o) => o,
@@ -115,11 +149,20 @@ impl Writer {
             Change::Weight(w) => obj.insert("weight".into(), Value::from(w.get())),
         };
         let text = Value::Object(obj).to_string();
-        Some(
-            etcd.put(&key, text.as_bytes(), None)
+        Some(match to {
+            To::Etcd(etcd) => etcd.put(&key, text.as_bytes(), None).await.map_err(|e| {
+                Unshared::Unavailable(format!(
+                    "etcd did not take the change ({e}); nothing changed"
+                ))
+            }),
+            To::Zk(follower) => from_zookeeper::write(&follower, key, text.into_bytes())
                 .await
-                .map_err(|e| format!("etcd did not take the change ({e}); nothing changed")),
-        )
+                .map_err(|e| {
+                    Unshared::Unavailable(format!(
+                        "ZooKeeper did not take the change ({e}); nothing changed"
+                    ))
+                }),
+        })
     }
 }
 
@@ -205,6 +248,7 @@ async fn run(cx: &mut Context, d: &DiscoveryConfig) {
         Source::Etcd { endpoints, prefix } => {
             from_etcd::follow(cx, d, Etcd::new(endpoints.clone()), prefix).await
         }
+        Source::ZooKeeper(z) => from_zookeeper::follow(cx, d, z).await,
     }
 }
 

@@ -36,6 +36,7 @@ fn describe(source: &Source) -> String {
         Source::Dns { name, port, .. } => format!("dns {name} {port}"),
         Source::DnsSrv { name, .. } => format!("dns_srv {name}"),
         Source::Etcd { prefix, .. } => format!("etcd {prefix}"),
+        Source::ZooKeeper(z) => format!("zookeeper {}{} {}", z.chroot, z.path, z.format.as_str()),
     }
 }
 

@@ -293,6 +293,19 @@ pub enum Change {
     Weight(NonZeroU32),
 }
 
+/// Why a change could not be written to the store a pool's members live in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unshared {
+    /// The store did not take it (unreachable, or it said no): nothing
+    /// changed; it may be tried again.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The members belong to another program's registry: a change is made
+    /// there, by their owners.
+    #[error("{0}")]
+    NotOurs(String),
+}
+
 /// One backend as discovery found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {

@@ -348,7 +348,7 @@ impl Control for Server {
         pool: &str,
         addr: SocketAddr,
         change: Change,
-    ) -> ControlFuture<'_, Option<Result<(), String>>> {
+    ) -> ControlFuture<'_, Option<Result<(), crate::pool::Unshared>>> {
         let pool = pool.to_string();
         Box::pin(async move {
             let writer = self

@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod pki;
 pub mod process;
 pub mod tools;
+pub mod zookeeper;
 
 #[allow(unused_imports)]
 pub use tools::installed;
