@@ -269,6 +269,11 @@ async fn cluster_lists_the_live_instances() {
     };
     let one = common::start(&config(&ep, &dir.path().join("one"), &cluster("one"))).await;
     let two = common::start(&config(&ep, &dir.path().join("two"), &cluster("two"))).await;
+    // Stray keys under the prefix are not instances: left out, counted.
+    etcd.ctl(&["put", "/switchyard/instances/stray", "null"])
+        .await;
+    etcd.ctl(&["put", "/switchyard/instances/junk", "{not json"])
+        .await;
     let admin = one.admin_addr().await.unwrap();
     let list = || async move {
         let (status, body) = tokio::task::spawn_blocking(move || {
@@ -304,6 +309,7 @@ async fn cluster_lists_the_live_instances() {
         {
             let two_admin = format!("http://{}/", two.admin_addr().await.unwrap());
             assert_eq!(entry.unwrap()["admin"], two_admin.as_str());
+            assert_eq!(v["skipped"], 2, "{v}");
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(5), "{v}");
@@ -371,5 +377,34 @@ async fn a_reload_of_settings_keeps_discovered_backends_and_their_health() {
         one.view().pools["web"].snapshot().config.strategy.name(),
         "round_robin"
     );
+
+    // A reload to another source that does not answer serves what a
+    // restart would (that source's kept set: none), never the old source's
+    // backends, and the gauge says what is served. Back on the first
+    // source, it serves that again.
+    let gauge = "switchyard_discovery_backends{pool=\"web\"}";
+    let elsewhere = next
+        .replace(&ep, &format!("http://{}", common::dead_addr()))
+        .replace("/sy/web/", "/sy/other/");
+    one.reload(switchyard::Config::parse(&elsewhere, Path::new("next.toml")).unwrap())
+        .await
+        .unwrap();
+    converge(
+        "the new source's set",
+        &[&one],
+        Duration::from_secs(2),
+        |s| members(s).is_empty() && value(s, gauge) == 0.0,
+    )
+    .await;
+    one.reload(switchyard::Config::parse(&next, Path::new("next.toml")).unwrap())
+        .await
+        .unwrap();
+    converge(
+        "the first source again",
+        &[&one],
+        Duration::from_secs(5),
+        |s| members(s).len() == 3 && value(s, gauge) == 3.0,
+    )
+    .await;
     one.shutdown().await;
 }

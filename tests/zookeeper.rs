@@ -136,7 +136,21 @@ async fn a_native_registry_is_followed_written_and_outlived() {
     zk.run(&[
         "create /sy \"\"",
         "create /sy/web \"\"",
-        &format!("create /sy/web/c {}", c.addr),
+        &format!(
+            "create /sy/web/c {{\"addr\":\"{}\",\"name\":\"c\"}}",
+            c.addr
+        ),
+        // Entries whose name would stand for another backend (its address,
+        // or a name taken) are left out.
+        &format!(
+            "create /sy/web/x {{\"addr\":\"{}\",\"name\":\"{}\"}}",
+            common::dead_addr(),
+            c.addr
+        ),
+        &format!(
+            "create /sy/web/y {{\"addr\":\"{}\",\"name\":\"c\"}}",
+            common::dead_addr()
+        ),
     ])
     .await;
     // A service registers itself, as its own session's ephemeral nodes.

@@ -79,8 +79,15 @@ fn find(
         .get(pool)
         .cloned()
         .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no pool named `{pool}`")))?;
-    // A name first (names are unique in a pool), then an address.
+    // An exact address first, then a name (names are unique in a pool and
+    // never another backend's address), so no name can stand for another
+    // backend.
     let snap = pool.snapshot();
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        if snap.find(a).is_some() {
+            return Ok((pool, a));
+        }
+    }
     if let Some(m) = snap.members.iter().find(|m| m.backend.name == addr) {
         let found = m.backend.addr;
         return Ok((pool, found));
@@ -212,7 +219,10 @@ pub async fn cluster(server: &dyn Control) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot list the cluster: {e}"),
         ),
-        Some(Ok(instances)) => super::json(StatusCode::OK, &json!({ "instances": instances })),
+        Some(Ok(fleet)) => super::json(
+            StatusCode::OK,
+            &json!({ "instances": fleet.instances, "skipped": fleet.skipped }),
+        ),
     }
 }
 

@@ -260,7 +260,7 @@ mod tests {
         ) -> ControlFuture<'_, Option<Result<(), crate::pool::Unshared>>> {
             Box::pin(async { None })
         }
-        fn cluster(&self) -> ControlFuture<'_, Option<Result<Vec<serde_json::Value>, String>>> {
+        fn cluster(&self) -> ControlFuture<'_, Option<Result<crate::cluster::Fleet, String>>> {
             Box::pin(async { Some(Err("etcd unreachable".to_string())) })
         }
         fn history(&self, q: &crate::history::Query) -> serde_json::Value {

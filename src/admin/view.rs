@@ -177,5 +177,5 @@ pub trait Control: Send + Sync + 'static {
     fn history(&self, q: &crate::history::Query) -> serde_json::Value;
     /// The fleet's instances as each describes itself; `None` without
     /// `[cluster]`.
-    fn cluster(&self) -> ControlFuture<'_, Option<Result<Vec<serde_json::Value>, String>>>;
+    fn cluster(&self) -> ControlFuture<'_, Option<Result<crate::cluster::Fleet, String>>>;
 }

@@ -21,6 +21,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest watch message taken (one revision's events).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
+/// The largest answer taken to a range: 10,000 members of a few hundred
+/// bytes each fit many times over; a store that sends more is refused
+/// before it is parsed, not after it filled the memory.
+const MAX_RANGE: usize = 64 * 1024 * 1024;
+
+/// The largest answer taken to any other request.
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -77,6 +85,69 @@ fn kv(v: &Value, deleted: bool) -> Option<Kv> {
         key: String::from_utf8_lossy(&key).into_owned(),
         value,
     })
+}
+
+/// An int64 as the gateway writes it: a string (or, leniently, a number).
+#[derive(Debug)]
+struct Int(i64);
+
+impl<'de> serde::Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Int, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Either<'a> {
+            Text(&'a str),
+            Number(i64),
+        }
+        match Either::deserialize(d)? {
+            Either::Number(n) => Ok(Int(n)),
+            Either::Text(t) => t.parse().map(Int).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Header {
+    revision: Option<Int>,
+}
+
+#[derive(serde::Deserialize)]
+struct RangeKv {
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+/// `/v3/kv/range`'s answer: only what is used.
+#[derive(serde::Deserialize)]
+struct RangeAnswer {
+    header: Option<Header>,
+    #[serde(default)]
+    kvs: Vec<RangeKv>,
+}
+
+/// A range answer's revision and keys; an answer without a revision is
+/// an error.
+fn from_range(r: RangeAnswer) -> Result<(i64, Vec<Kv>), Error> {
+    // Without it a watch would start from revision 1 and replay the
+    // store's whole history.
+    let revision = r
+        .header
+        .and_then(|h| h.revision)
+        .map(|r| r.0)
+        .filter(|r| *r > 0)
+        .ok_or_else(|| Error::Refused("a range answer without header.revision".into()))?;
+    let kvs = r
+        .kvs
+        .into_iter()
+        .filter_map(|k| {
+            Some(Kv {
+                key: String::from_utf8_lossy(&B64.decode(k.key).ok()?).into_owned(),
+                value: Some(B64.decode(k.value).ok()?),
+            })
+        })
+        .collect();
+    Ok((revision, kvs))
 }
 
 /// A client of one etcd cluster: each request tries the endpoints in order.
@@ -161,31 +232,45 @@ impl Etcd {
         Ok((body, conn))
     }
 
-    /// One request and its whole JSON answer.
-    async fn call(&self, path: &str, body: Value) -> Result<Value, Error> {
+    /// One request and its whole answer, at most `limit` bytes, as `T`.
+    async fn call_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Value,
+        limit: usize,
+    ) -> Result<T, Error> {
         let (incoming, _conn) = self.send(path, &body).await?;
-        let bytes = tokio::time::timeout(REQUEST_TIMEOUT, incoming.collect())
-            .await
-            .map_err(|_| Error::Unreachable("the answer did not finish in time".into()))?
-            .map_err(|e| Error::Unreachable(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice(&bytes).map_err(|e| Error::Refused(format!("not JSON: {e}")))
+        let bytes = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            http_body_util::Limited::new(incoming, limit).collect(),
+        )
+        .await
+        .map_err(|_| Error::Unreachable("the answer did not finish in time".into()))?
+        .map_err(
+            |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                Some(_) => Error::Refused(format!("an answer of more than {limit} bytes")),
+                None => Error::Unreachable(e.to_string()),
+            },
+        )?
+        .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| Error::Refused(format!("not an answer: {e}")))
+    }
+
+    /// One request and its whole (small) JSON answer.
+    async fn call(&self, path: &str, body: Value) -> Result<Value, Error> {
+        self.call_as(path, body, MAX_ANSWER).await
     }
 
     /// Every key under `prefix`, and the revision they were read at.
     pub async fn range(&self, prefix: &str) -> Result<(i64, Vec<Kv>), Error> {
-        let v = self
-            .call(
+        let r: RangeAnswer = self
+            .call_as(
                 "/v3/kv/range",
                 json!({ "key": B64.encode(prefix), "range_end": B64.encode(range_end(prefix)) }),
+                MAX_RANGE,
             )
             .await?;
-        let revision = int(&v["header"]["revision"]);
-        let kvs = v["kvs"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|k| kv(k, false)).collect())
-            .unwrap_or_default();
-        Ok((revision, kvs))
+        from_range(r)
     }
 
     /// Writes `value` at `key`, bound to `lease` if given.
@@ -319,6 +404,32 @@ fn changes(v: &Value) -> Result<Option<Changes>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_needs_its_revision() {
+        let parse = |text: &str| {
+            serde_json::from_str::<RangeAnswer>(text)
+                .map_err(|e| Error::Refused(e.to_string()))
+                .and_then(from_range)
+        };
+        let (rev, kvs) = parse(&format!(
+            r#"{{"header": {{"revision": "42"}}, "kvs": [{{"key": "{}", "value": "{}"}}]}}"#,
+            B64.encode("/p/a"),
+            B64.encode("10.0.0.1:80")
+        ))
+        .unwrap();
+        assert_eq!((rev, kvs.len()), (42, 1));
+        assert_eq!(parse(r#"{"header": {"revision": 7}}"#).unwrap().0, 7);
+        for bad in [
+            r#"{"kvs": []}"#,
+            r#"{"header": {}}"#,
+            r#"{"header": {"revision": "0"}}"#,
+            r#"{"header": {"revision": "x"}}"#,
+            r#"{"header": {"revision": null}}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn prefix_ranges() {

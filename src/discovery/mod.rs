@@ -69,16 +69,17 @@ impl Drop for Discovery {
 /// Where a running discovery reports.
 struct Context {
     pool: Arc<Pool>,
-    state_dir: PathBuf,
     metrics: DiscoveryMetrics,
     shared: Arc<Mutex<Shared>>,
     /// The last state logged (`ok`, `empty`, or the error), so each change
     /// is logged once.
     logged: Option<String>,
-    /// The set last kept on disk.
+    /// The set last handed to the keeper.
     saved: Vec<Found>,
-    /// Whether failing to keep it was said (once per run).
-    unsaved_said: bool,
+    keeper: Keeper,
+    /// Entries left out for their name, as `addr name`, so each is logged
+    /// once.
+    misnamed: std::collections::HashSet<String>,
 }
 
 impl Discovery {
@@ -188,6 +189,10 @@ async fn follow(
     stop: CancellationToken,
 ) {
     let mut changes = pool.changes();
+    // The source followed last: a reload that changes it serves the new
+    // source's set (kept in state_dir), or nothing until it answers, as a
+    // restart would; never the old source's backends under the new name.
+    let mut followed: Option<Source> = None;
     loop {
         let settings = pool.snapshot().config.discovery.clone();
         let Some(settings) = settings else {
@@ -197,14 +202,26 @@ async fn follow(
             }
             continue;
         };
+        if followed.as_ref() != Some(&settings.source) {
+            let kept = state::load(&state_dir, &pool.name, &settings.source).unwrap_or_default();
+            if followed.is_some() || pool.snapshot().members.len() != kept.len() {
+                tracing::info!(pool = %pool.name, source = settings.source.kind(), backends = kept.len(), "a new discovery source: serving its kept set until it answers");
+            }
+            pool.set_found(&kept);
+            followed = Some(settings.source.clone());
+        }
         let mut cx = Context {
             pool: pool.clone(),
-            state_dir: state_dir.clone(),
             metrics: metrics.discovery(&pool.name),
             shared: shared.clone(),
             logged: None,
             saved: Vec::new(),
-            unsaved_said: false,
+            keeper: Keeper::start(
+                state_dir.clone(),
+                pool.name.clone(),
+                settings.source.clone(),
+            ),
+            misnamed: Default::default(),
         };
         let pool2 = pool.clone();
         let changed = async {
@@ -230,12 +247,57 @@ async fn follow(
     }
 }
 
+/// Keeps a pool's latest set in `state_dir` off the follower's path: each
+/// new set is handed over, and a task writes the latest (sets that arrive
+/// while one is written are passed over), so a slow or stuck disk never
+/// delays a change.
+struct Keeper {
+    latest: tokio::sync::watch::Sender<Option<Vec<Found>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    fn start(dir: PathBuf, pool: String, source: Source) -> Keeper {
+        let (latest, mut rx) = tokio::sync::watch::channel(None::<Vec<Found>>);
+        let task = tokio::spawn(async move {
+            // Failing to keep it is said once.
+            let mut said = false;
+            while rx.changed().await.is_ok() {
+                let Some(found) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let (d, p, s) = (dir.clone(), pool.clone(), source.clone());
+                let saved = tokio::task::spawn_blocking(move || state::save(&d, &p, &s, &found))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                if let Err(e) = saved {
+                    if !said {
+                        tracing::warn!(pool = %pool, dir = %dir.display(), error = %e, "cannot keep the discovered set in state_dir; a restart while the source is unreachable would start without it");
+                        said = true;
+                    }
+                }
+            }
+        });
+        Keeper { latest, task }
+    }
+
+    fn keep(&self, found: &[Found]) {
+        self.latest.send_replace(Some(found.to_vec()));
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Serves the saved set, then follows the source for good.
 async fn run(cx: &mut Context, d: &DiscoveryConfig) {
-    if cx.pool.snapshot().members.is_empty() {
-        // A reload gave this pool a source: the set it kept, if any.
-        restore(&cx.pool, &cx.state_dir);
-    }
+    // What is served until the source answers.
+    cx.metrics
+        .backends
+        .set(cx.pool.snapshot().members.len() as i64);
     match &d.source {
         Source::Dns {
             name,
@@ -253,9 +315,45 @@ async fn run(cx: &mut Context, d: &DiscoveryConfig) {
 }
 
 impl Context {
+    /// Leaves out the entries whose name another entry already has (the
+    /// first by address keeps it, the same on every instance) or that is
+    /// another backend's address, so a name always means one backend and
+    /// never stands for another; each is logged once.
+    fn named(&mut self, found: Vec<Found>) -> Vec<Found> {
+        let addrs: std::collections::HashSet<SocketAddr> = found.iter().map(|f| f.addr).collect();
+        let mut names = std::collections::HashSet::new();
+        let mut kept = Vec::with_capacity(found.len());
+        let mut now = std::collections::HashSet::new();
+        for f in found {
+            let why = match &f.name {
+                Some(n)
+                    if n.parse::<SocketAddr>()
+                        .is_ok_and(|a| a != f.addr && addrs.contains(&a)) =>
+                {
+                    Some("is another backend's address")
+                }
+                Some(n) if !names.insert(n.clone()) => Some("is another backend's name"),
+                _ => None,
+            };
+            match why {
+                None => kept.push(f),
+                Some(why) => {
+                    let key = format!("{} {}", f.addr, f.name.as_deref().unwrap_or_default());
+                    if !self.misnamed.contains(&key) {
+                        tracing::warn!(pool = %self.pool.name, backend = %f.addr, name = ?f.name, "a discovered backend's name {why}; it is left out");
+                    }
+                    now.insert(key);
+                }
+            }
+        }
+        self.misnamed = now;
+        kept
+    }
+
     /// Applies an answer, or keeps the last set; counts it, logs a change
     /// of state once, and keeps an applied set on disk.
     fn report(&mut self, d: &DiscoveryConfig, answer: Result<Vec<Found>, String>) {
+        let answer = answer.map(|found| self.named(found));
         let m = &self.metrics;
         let name = &self.pool.name;
         let state = match &answer {
@@ -296,14 +394,8 @@ impl Context {
                     m.unchanged.inc();
                 }
                 if found != self.saved {
-                    match state::save(&self.state_dir, name, &d.source, &found) {
-                        Ok(()) => self.saved = found,
-                        Err(e) if !self.unsaved_said => {
-                            tracing::warn!(pool = %name, dir = %self.state_dir.display(), error = %e, "cannot keep the discovered set in state_dir; a restart while the source is unreachable would start without it");
-                            self.unsaved_said = true;
-                        }
-                        Err(_) => {}
-                    }
+                    self.keeper.keep(&found);
+                    self.saved = found;
                 }
             }
         }

@@ -4,9 +4,12 @@
 //! served. Written to a temporary file and renamed, so a crash leaves the
 //! old set or the new, never half of one.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
@@ -48,8 +51,15 @@ pub(super) fn path(dir: &Path, pool: &str) -> PathBuf {
 
 /// The set last saved for `pool` from `source`, if any.
 pub(super) fn load(dir: &Path, pool: &str, source: &Source) -> Option<Vec<Found>> {
-    let text = std::fs::read(path(dir, pool)).ok()?;
-    let saved: Saved = serde_json::from_slice(&text).ok()?;
+    let file = path(dir, pool);
+    let text = std::fs::read(&file).ok()?;
+    let saved: Saved = match serde_json::from_slice(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(pool, file = %file.display(), error = %e, "the discovered set kept in state_dir is unreadable; it is not served (the source's next answer replaces it)");
+            return None;
+        }
+    };
     if saved.source != describe(source) {
         return None;
     }
@@ -91,12 +101,29 @@ pub(super) fn save(
             })
             .collect(),
     };
-    let tmp = file.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(&saved).expect("plain data serialises"),
-    )?;
-    std::fs::rename(&tmp, &file)
+    // A name of this write's own (two processes of an upgrade may save at
+    // once), made new: never a file or link that was there before.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tmp = parent.join(format!(
+        ".{}.{}.{}.tmp",
+        file.file_name().and_then(|n| n.to_str()).unwrap_or("set"),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&saved).expect("plain data serialises"))?;
+        std::fs::rename(&tmp, &file)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -124,5 +151,44 @@ mod tests {
         };
         assert_eq!(load(dir.path(), "a/b", &other), None);
         assert!(path(dir.path(), "a/b").ends_with("discovery/a%2Fb.json"));
+    }
+
+    #[test]
+    fn saving_writes_no_file_but_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Source::Etcd {
+            endpoints: vec![],
+            prefix: "/p/".into(),
+        };
+        let found = vec![Found {
+            addr: "10.0.0.1:80".parse().unwrap(),
+            name: None,
+            weight: NonZeroU32::MIN,
+            draining: None,
+        }];
+        // A link planted where a fixed temporary name would be, pointing
+        // at a file elsewhere: never written through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::fs::create_dir_all(dir.path().join("discovery")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("discovery/web.json.tmp")).unwrap();
+        // Saves from many threads at once (two processes of an upgrade):
+        // each lands whole.
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| save(dir.path(), "web", &etcd, &found).unwrap());
+            }
+        });
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(load(dir.path(), "web", &etcd), Some(found));
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("discovery"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp") && n != "web.json.tmp")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A corrupt file is not served (and is said so in the log).
+        std::fs::write(path(dir.path(), "web"), "{\"source\": ").unwrap();
+        assert_eq!(load(dir.path(), "web", &etcd), None);
     }
 }

@@ -372,7 +372,7 @@ impl Control for Server {
             .json(q)
     }
 
-    fn cluster(&self) -> ControlFuture<'_, Option<Result<Vec<serde_json::Value>, String>>> {
+    fn cluster(&self) -> ControlFuture<'_, Option<Result<crate::cluster::Fleet, String>>> {
         Box::pin(async move {
             let st = self.inner.state.lock().await;
             let cluster = st.cluster.as_ref()?;

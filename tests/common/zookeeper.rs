@@ -121,12 +121,15 @@ impl ZooKeeper {
             .expect("the ZooKeeper client runs");
         let mut script = lines.join("\n");
         script.push_str("\nquit\n");
+        // Written beside the reading: a long script's answers would fill
+        // the pipe while the script still waits to be written.
         let mut stdin = child.stdin.take().unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut stdin, script.as_bytes())
-            .await
-            .unwrap();
-        drop(stdin);
-        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        tokio::spawn(async move {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, script.as_bytes()).await;
+        });
+        // A long script (a bench's 10,000 nodes) gets longer.
+        let limit = Duration::from_secs(30) + Duration::from_millis(5) * lines.len() as u32;
+        let out = tokio::time::timeout(limit, child.wait_with_output())
             .await
             .expect("the ZooKeeper client ends in time")
             .unwrap();
