@@ -408,3 +408,78 @@ async fn a_reload_of_settings_keeps_discovered_backends_and_their_health() {
     .await;
     one.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_path_died_is_noticed_and_read_again() {
+    if !installed("etcd", "etcd-server") || !installed("etcdctl", "etcd-client") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(&dir.path().join("etcd")).await;
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    etcd.ctl(&["put", "/sy/web/a", &a.addr.to_string()]).await;
+    let gate = common::gate::Gate::start(etcd.client).await;
+    let text = config(
+        &format!("http://{}", gate.addr),
+        &dir.path().join("one"),
+        "",
+    )
+    .replace(
+        "prefix = \"/sy/web/\"",
+        "prefix = \"/sy/web/\"\nrefresh = \"1s\"",
+    );
+    let one = common::start(&text).await;
+    converge("the first read", &[&one], Duration::from_secs(5), |s| {
+        members(s) == BTreeSet::from([a.addr])
+    })
+    .await;
+    // Quiet but healthy: the probes answer, nothing is counted as wrong,
+    // and the last contact stays recent.
+    let contact = "switchyard_discovery_last_contact_timestamp_seconds{pool=\"web\"}";
+    let stale = "switchyard_discovery_updates_total{pool=\"web\",result=\"stale\"}";
+    let error = "switchyard_discovery_updates_total{pool=\"web\",result=\"error\"}";
+    let before = value(&one, contact);
+    converge(
+        "a probe of the quiet watch",
+        &[&one],
+        Duration::from_secs(5),
+        |s| value(s, contact) > before,
+    )
+    .await;
+    assert_eq!((value(&one, stale), value(&one, error)), (0.0, 0.0));
+
+    // The watch's path dies without a reset (new connections still get
+    // through): the put below never comes down it, and the probe finds it.
+    gate.freeze_existing();
+    etcd.ctl(&["put", "/sy/web/b", &b.addr.to_string()]).await;
+    let took = converge("the missed put", &[&one], Duration::from_secs(8), |s| {
+        members(s) == BTreeSet::from([a.addr, b.addr])
+    })
+    .await;
+    eprintln!("a stale watch read again {took:?} after the put");
+    assert!(value(&one, stale) >= 1.0);
+
+    // The store vanishes altogether: the quiet watch's probe gets no answer,
+    // which is counted; the last set serves; when the path is back, so is
+    // the set.
+    gate.silence(true);
+    converge(
+        "the silence counted",
+        &[&one],
+        Duration::from_secs(10),
+        |s| value(s, error) >= 1.0,
+    )
+    .await;
+    assert_eq!(members(&one), BTreeSet::from([a.addr, b.addr]));
+    etcd.ctl(&["put", "/sy/web/c", &c.addr.to_string()]).await;
+    gate.silence(false);
+    converge("back", &[&one], Duration::from_secs(15), |s| {
+        members(s).len() == 3
+    })
+    .await;
+    one.shutdown().await;
+}

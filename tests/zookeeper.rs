@@ -16,9 +16,6 @@ use std::time::{Duration, Instant};
 use common::zookeeper::{self, ZooKeeper};
 use common::{value, Backend};
 use switchyard::Server;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 fn members(server: &Server, pool: &str) -> BTreeSet<SocketAddr> {
     server.view().pools[pool]
@@ -58,50 +55,6 @@ async fn answers(front: SocketAddr, n: usize) -> BTreeSet<String> {
         seen.insert(common::ask(front).await);
     }
     seen
-}
-
-/// A TCP forwarder between switchyard and ZooKeeper that can go silent:
-/// bytes are held, nothing is reset, as when a network path dies.
-struct Gate {
-    addr: SocketAddr,
-    open: watch::Sender<bool>,
-}
-
-async fn gate(to: SocketAddr) -> Gate {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (open, rx) = watch::channel(true);
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let rx = rx.clone();
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(to).await else {
-                    return;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::join!(pass(cr, sw, rx.clone()), pass(sr, cw, rx));
-            });
-        }
-    });
-    Gate { addr, open }
-}
-
-async fn pass(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut open: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if open.wait_for(|o| *o).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
 }
 
 fn config(state: &Path, pools: &str) -> String {
@@ -162,7 +115,7 @@ async fn a_native_registry_is_followed_written_and_outlived() {
     owner.send(&format!("create -e /sy/web/b {}", b.addr));
     owner.wait_for("Created /sy/web/b").await;
 
-    let gate = gate(zk.addr).await;
+    let gate = common::gate::Gate::start(zk.addr).await;
     let state = dir.path().join("state");
     let server = common::start(&config(&state, &native(&gate.addr.to_string()))).await;
     until("the first read", Duration::from_secs(10), || {
@@ -225,7 +178,7 @@ async fn a_native_registry_is_followed_written_and_outlived() {
     // back a new session reads it.
     let error = "switchyard_discovery_updates_total{pool=\"web\",result=\"error\"}";
     let before = value(&server, error);
-    gate.open.send_replace(false);
+    gate.silence(true);
     zk.run(&[&format!("create /sy/web/d {}", d.addr)]).await;
     until("the silence noticed", Duration::from_secs(5), || {
         value(&server, error) > before
@@ -237,7 +190,7 @@ async fn a_native_registry_is_followed_written_and_outlived() {
         BTreeSet::from([c.addr]),
         "the last set serves"
     );
-    gate.open.send_replace(true);
+    gate.silence(false);
     let took = until("a new session's read", Duration::from_secs(10), || {
         members(&server, "web") == BTreeSet::from([c.addr, d.addr])
     })

@@ -80,15 +80,53 @@ pub(super) async fn follow(cx: &mut Context, d: &DiscoveryConfig, etcd: Etcd, pr
                 cx.report_entries(d, &keys, &mut refused);
                 retry = RETRY_MIN;
                 // From the revision read: no change between read and watch is lost.
+                let mut seen = revision;
+                // A watch quiet for `refresh` is checked: the store is asked,
+                // on a connection of its own, what the watch should have
+                // seen by now. A difference may be a change still on its
+                // way: asked again a second later, it is a stale watch.
+                let mut suspect = false;
                 match etcd.watch(prefix, revision + 1).await {
                     Err(e) => e.to_string(),
                     Ok(mut watch) => loop {
-                        match watch.next().await {
+                        let quiet = if suspect {
+                            Duration::from_secs(1)
+                        } else {
+                            d.refresh
+                        };
+                        let next = match tokio::time::timeout(quiet, watch.next()).await {
+                            Ok(next) => next,
+                            Err(_) => match probe(&etcd, prefix, &keys, seen).await {
+                                Ok(None) => {
+                                    suspect = false;
+                                    cx.contact();
+                                    continue;
+                                }
+                                Ok(Some(_)) if !suspect => {
+                                    suspect = true;
+                                    cx.contact();
+                                    continue;
+                                }
+                                Ok(Some(why)) => {
+                                    cx.metrics.stale.inc();
+                                    tracing::warn!(pool = %cx.pool.name, reason = %why, "the etcd watch missed changes; reading again");
+                                    break String::new();
+                                }
+                                Err(e) => {
+                                    break format!(
+                                        "the watch went quiet and etcd did not answer: {e}"
+                                    )
+                                }
+                            },
+                        };
+                        match next {
                             Err(e) => break e.to_string(),
                             Ok(c) if c.compacted.is_some() => {
                                 break "the watched revision was compacted; reading again".into()
                             }
                             Ok(c) => {
+                                seen = seen.max(c.revision);
+                                cx.contact();
                                 for kv in c.events {
                                     match kv.value {
                                         Some(v) => keys.insert(kv.key, v),
@@ -102,10 +140,33 @@ pub(super) async fn follow(cx: &mut Context, d: &DiscoveryConfig, etcd: Etcd, pr
                 }
             }
         };
+        if failure.is_empty() {
+            // A stale watch: read again at once.
+            continue;
+        }
         cx.report(d, Err(failure));
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(RETRY_MAX);
     }
+}
+
+/// Why a quiet watch looks as if it missed something, if it does: the
+/// store holds another number of keys, or a later change, than the watch
+/// delivered.
+async fn probe(
+    etcd: &Etcd,
+    prefix: &str,
+    keys: &BTreeMap<String, Vec<u8>>,
+    seen: i64,
+) -> Result<Option<String>, super::etcd::Error> {
+    let (count, latest) = etcd.latest(prefix).await?;
+    if count == keys.len() && latest <= seen {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the store holds {count} keys changed last at revision {latest}; the watch delivered {} keys up to revision {seen}",
+        keys.len()
+    )))
 }
 
 impl Context {

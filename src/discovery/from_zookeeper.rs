@@ -133,6 +133,11 @@ async fn session(
         loop {
             let first = tokio::select! {
                 e = zk.event() => e?,
+                // Quiet, with the session's pings answered: heard from.
+                _ = tokio::time::sleep(d.refresh) => {
+                    cx.contact();
+                    continue;
+                }
                 Some(w) = writes.recv() => {
                     let r = zk.set_data(&w.path, &w.data, -1).await;
                     let _ = w.done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));

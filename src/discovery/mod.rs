@@ -314,7 +314,20 @@ async fn run(cx: &mut Context, d: &DiscoveryConfig) {
     }
 }
 
+/// Now, in Unix seconds.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 impl Context {
+    /// The source was heard from.
+    fn contact(&self) {
+        self.metrics.last_contact.set(unix_now());
+    }
+
     /// Leaves out the entries whose name another entry already has (the
     /// first by address keeps it, the same on every instance) or that is
     /// another backend's address, so a name always means one backend and
@@ -380,12 +393,8 @@ impl Context {
             Err(_) => m.error.inc(),
             Ok(_) if state == "empty" => m.empty.inc(),
             Ok(found) => {
-                m.last_success.set(
-                    SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs() as i64)
-                        .unwrap_or(0),
-                );
+                m.last_success.set(unix_now());
+                m.last_contact.set(unix_now());
                 m.backends.set(found.len() as i64);
                 if self.pool.set_found(&found) {
                     m.changed.inc();

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod etcd;
+pub mod gate;
 pub mod pki;
 pub mod process;
 pub mod tools;
