@@ -303,3 +303,99 @@ async fn a_resolver_that_never_answers_stalls_no_other_connection() {
     assert!(members(&server, "slow").is_empty());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_s_dns_interface_at_thousands_of_instances() {
+    if !installed("dnsmasq", "dnsmasq-base") {
+        return;
+    }
+    // Consul's DNS interface as its users point a resolver at it: SRV
+    // records for `NAME.service.consul` (only passing instances), each
+    // target a node name with its A record. dnsmasq plays Consul. 1,400
+    // instances fit in one answer over TCP; 2,000 cannot (a DNS message
+    // holds at most 65,535 bytes, and each record with its uncompressed
+    // target takes about 45), and are refused rather than taken in part;
+    // 2,000 addresses as A records fit.
+    let dir = tempfile::tempdir().unwrap();
+    let mut dns = Dnsmasq {
+        proc: None,
+        addr: free_addr(),
+        dir: dir.path().to_path_buf(),
+    };
+    let ip = |i: usize| format!("127.62.{}.{}", i / 250, 1 + i % 250);
+    let mut hosts = vec![("127.0.0.1".to_string(), "ready.svc.test".to_string())];
+    let mut conf = String::new();
+    for i in 0..2000 {
+        let node = format!("node-{i}.node.dc1.consul");
+        hosts.push((ip(i), node.clone()));
+        hosts.push((ip(i), "nodes.service.consul".into()));
+        conf.push_str(&format!(
+            "srv-host=big.service.consul,{node},{},1,1\n",
+            8000 + i % 7
+        ));
+        if i < 1400 {
+            conf.push_str(&format!(
+                "srv-host=web.service.consul,{node},{},1,1\n",
+                8000 + i % 7
+            ));
+        }
+    }
+    let lines: Vec<(&str, &str)> = hosts
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    write_hosts(&dns.hosts(), &lines);
+    std::fs::write(dir.path().join("consul.conf"), conf).unwrap();
+    dns.start(&[
+        format!("--addn-hosts={}", dns.hosts().display()),
+        format!("--conf-file={}", dir.path().join("consul.conf").display()),
+        "--local=/consul/".into(),
+        "--local=/svc.test/".into(),
+    ])
+    .await;
+    let pool = |name: &str, d: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"{name}\"\n\
+             [pools.{name}]\n[pools.{name}.discovery]\nresolver = \"{}\"\n{d}\n",
+            dns.addr
+        )
+    };
+    let t = Instant::now();
+    let server = common::start(&format!(
+        "state_dir = \"{}\"\n{}{}{}",
+        dir.path().join("state").display(),
+        pool("web", "kind = \"dns_srv\"\nname = \"web.service.consul\""),
+        pool("big", "kind = \"dns_srv\"\nname = \"big.service.consul\""),
+        pool(
+            "nodes",
+            "kind = \"dns\"\nname = \"nodes.service.consul\"\nport = 8000"
+        ),
+    ))
+    .await;
+    let took = converge("1,400 SRV targets", Duration::from_secs(10), || {
+        members(&server, "web").len() == 1400
+    })
+    .await;
+    eprintln!("1,400 SRV targets served {took:?} after start");
+    let m = members(&server, "web");
+    assert!(m.contains(&(format!("{}:8000", ip(0)).parse().unwrap(), 1)));
+    assert!(m.contains(&(
+        format!("{}:{}", ip(1399), 8000 + 1399 % 7).parse().unwrap(),
+        1
+    )));
+    converge("2,000 A records", Duration::from_secs(10), || {
+        members(&server, "nodes").len() == 2000
+    })
+    .await;
+    eprintln!("and 2,000 A records {:?} after start", t.elapsed());
+    let error = "switchyard_discovery_updates_total{pool=\"big\",result=\"error\"}";
+    converge("2,000 SRV targets refused", Duration::from_secs(10), || {
+        common::value(&server, error) >= 1.0
+    })
+    .await;
+    assert!(
+        members(&server, "big").is_empty(),
+        "no part of a cut answer is served"
+    );
+    server.shutdown().await;
+}

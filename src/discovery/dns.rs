@@ -7,11 +7,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::name_server::{NameServerPool, TokioConnectionProvider};
+use hickory_resolver::proto::op::{Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::xfer::{DnsHandle, DnsRequestOptions, Protocol};
+use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::{ResolveError, TokioResolver};
 
 use super::Context;
@@ -27,32 +32,55 @@ pub(super) enum Answer {
     Empty,
 }
 
+/// How switchyard asks DNS: a resolver for addresses, and the same name
+/// servers asked directly for SRV records, whose answer's truncation the
+/// resolver would hide.
+pub(super) struct Dns {
+    resolver: TokioResolver,
+    servers: NameServerPool<TokioConnectionProvider>,
+}
+
+/// How many SRV targets are looked up at once.
+const TARGETS_AT_ONCE: usize = 64;
+
 /// A resolver asking `server`, or the system's configured ones.
-pub(super) fn resolver(
-    server: Option<SocketAddr>,
-    timeout: Duration,
-) -> Result<TokioResolver, String> {
-    let mut opts = ResolverOpts::default();
-    opts.timeout = timeout;
-    opts.attempts = 1;
-    // Every refresh asks the server: a change is seen within `refresh`.
-    opts.cache_size = 0;
-    let builder = match server {
+pub(super) fn resolver(server: Option<SocketAddr>, timeout: Duration) -> Result<Dns, String> {
+    let (config, mut opts) = match server {
         Some(addr) => {
             let mut config = ResolverConfig::new();
             config.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
             config.add_name_server(NameServerConfig::new(addr, Protocol::Tcp));
-            TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            (config, ResolverOpts::default())
         }
-        None => TokioResolver::builder_tokio()
+        None => hickory_resolver::system_conf::read_system_conf()
             .map_err(|e| format!("cannot read the system's resolver configuration: {e}"))?,
     };
-    Ok(builder.with_options(opts).build())
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    // Every refresh asks the server: a change is seen within `refresh`.
+    opts.cache_size = 0;
+    let provider = TokioConnectionProvider::default();
+    let servers = NameServerPool::from_config(
+        config.name_servers().to_vec().into(),
+        opts.clone(),
+        provider.clone(),
+    );
+    let resolver = TokioResolver::builder_with_config(config, provider)
+        .with_options(opts)
+        .build();
+    Ok(Dns { resolver, servers })
 }
 
 /// An empty answer (the name or its records do not exist), or a failure.
 fn classify(e: ResolveError) -> Result<Answer, String> {
-    if let Some(p) = e.proto() {
+    match e.proto() {
+        Some(p) => classify_proto(p),
+        None => Err(e.to_string()),
+    }
+}
+
+fn classify_proto(p: &ProtoError) -> Result<Answer, String> {
+    {
         if let ProtoErrorKind::NoRecordsFound { response_code, .. } = p.kind() {
             if matches!(
                 *response_code,
@@ -63,7 +91,7 @@ fn classify(e: ResolveError) -> Result<Answer, String> {
             return Err(format!("the server answered {response_code}"));
         }
     }
-    Err(e.to_string())
+    Err(p.to_string())
 }
 
 fn ttl(valid_until: Instant) -> Duration {
@@ -71,7 +99,8 @@ fn ttl(valid_until: Instant) -> Duration {
 }
 
 /// Every address of `name`, each with `port`.
-pub(super) async fn addresses(r: &TokioResolver, name: &str, port: u16) -> Result<Answer, String> {
+pub(super) async fn addresses(d: &Dns, name: &str, port: u16) -> Result<Answer, String> {
+    let r = &d.resolver;
     let fqdn = format!("{name}.");
     let ips = match r.lookup_ip(fqdn.as_str()).await {
         Ok(ips) => ips,
@@ -95,33 +124,109 @@ pub(super) async fn addresses(r: &TokioResolver, name: &str, port: u16) -> Resul
 }
 
 /// The targets of `name`'s SRV records of the best (lowest) priority, with
-/// their ports and weights (0 counts as 1; above 256, 256).
-pub(super) async fn services(r: &TokioResolver, name: &str) -> Result<Answer, String> {
-    let fqdn = format!("{name}.");
-    let srv = match r.srv_lookup(fqdn.as_str()).await {
-        Ok(s) => s,
-        Err(e) => return classify(e),
+/// their ports and weights (0 counts as 1; above 256, 256). A target's
+/// addresses come from the answer's additional records when the server put
+/// them there, else from lookups, 64 at once. An answer cut short even over
+/// TCP (more records than one DNS message can hold) is an error, never a
+/// part of the set taken for the whole.
+pub(super) async fn services(d: &Dns, name: &str) -> Result<Answer, String> {
+    let fqdn = Name::from_ascii(format!("{name}.")).map_err(|e| format!("{name}: {e}"))?;
+    let response = match d
+        .servers
+        .lookup(
+            Query::query(fqdn, RecordType::SRV),
+            DnsRequestOptions::default(),
+        )
+        .next()
+        .await
+    {
+        None => return Err("no answer".into()),
+        Some(Err(e)) => return classify_proto(&e),
+        Some(Ok(r)) => r,
     };
-    let mut hold = ttl(srv.as_lookup().valid_until());
-    let Some(best) = srv.iter().map(|s| s.priority()).min() else {
+    match response.response_code() {
+        ResponseCode::NoError => {}
+        ResponseCode::NXDomain => return Ok(Answer::Empty),
+        code => return Err(format!("the server answered {code}")),
+    }
+    let records: Vec<_> = response
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::SRV(srv) => Some((srv.clone(), r.ttl())),
+            _ => None,
+        })
+        .collect();
+    if response.truncated() {
+        return Err(format!(
+            "the SRV answer does not fit in one DNS message (65,535 bytes); {} records arrived, cut short. \
+             Serve fewer per name (split it, or shorter target names), or use A records (kind = \"dns\") or a store",
+            records.len()
+        ));
+    }
+    let Some(best) = records.iter().map(|(s, _)| s.priority()).min() else {
         return Ok(Answer::Empty);
     };
-    let mut found = Vec::new();
-    for s in srv.iter().filter(|s| s.priority() == best) {
-        let weight =
-            NonZeroU32::new(u32::from(s.weight()).clamp(1, MAX_WEIGHT)).unwrap_or(NonZeroU32::MIN);
-        let ips = match r.lookup_ip(s.target().clone()).await {
-            Ok(ips) => ips,
+    let mut hold = records
+        .iter()
+        .map(|(_, ttl)| Duration::from_secs(u64::from(*ttl)))
+        .min()
+        .unwrap_or(Duration::ZERO);
+    // Addresses the server sent along.
+    let mut known: HashMap<Name, Vec<IpAddr>> = HashMap::new();
+    for r in response.additionals() {
+        let ip = match r.data() {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        known.entry(r.name().clone()).or_default().push(ip);
+    }
+    let best: Vec<_> = records
+        .into_iter()
+        .filter(|(s, _)| s.priority() == best)
+        .map(|(s, _)| s)
+        .collect();
+    // The others, looked up side by side.
+    let mut missing: Vec<Name> = best
+        .iter()
+        .map(|s| s.target().clone())
+        .filter(|t| !known.contains_key(t))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    let resolver = Arc::new(d.resolver.clone());
+    let gate = Arc::new(tokio::sync::Semaphore::new(TARGETS_AT_ONCE));
+    let mut asks = tokio::task::JoinSet::new();
+    for target in missing {
+        let (resolver, gate) = (resolver.clone(), gate.clone());
+        asks.spawn(async move {
+            let _turn = gate.acquire_owned().await;
+            let answer = resolver.lookup_ip(target.clone()).await;
+            (target, answer)
+        });
+    }
+    while let Some(done) = asks.join_next().await {
+        let (target, answer) = done.map_err(|e| e.to_string())?;
+        match answer {
+            Ok(ips) => {
+                hold = hold.min(ttl(ips.valid_until()));
+                known.insert(target, ips.iter().collect());
+            }
             Err(e) => match classify(e) {
                 // A target without addresses gives no backend; the others do.
-                Ok(_) => continue,
-                Err(why) => return Err(format!("{}: {why}", s.target())),
+                Ok(_) => {}
+                Err(why) => return Err(format!("{target}: {why}")),
             },
-        };
-        hold = hold.min(ttl(ips.valid_until()));
-        for ip in ips.iter() {
+        }
+    }
+    let mut found = Vec::new();
+    for s in &best {
+        let weight =
+            NonZeroU32::new(u32::from(s.weight()).clamp(1, MAX_WEIGHT)).unwrap_or(NonZeroU32::MIN);
+        for ip in known.get(s.target()).into_iter().flatten() {
             found.push(Found {
-                addr: SocketAddr::new(ip, s.port()),
+                addr: SocketAddr::new(*ip, s.port()),
                 name: None,
                 weight,
                 draining: None,
@@ -159,7 +264,7 @@ pub(super) async fn follow(
     server: Option<SocketAddr>,
     ask: Ask<'_>,
 ) {
-    let resolver = match resolver(server, DNS_TIMEOUT) {
+    let dns = match resolver(server, DNS_TIMEOUT) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(pool = %cx.pool.name, error = %e, "DNS discovery cannot start; the pool keeps its last set");
@@ -169,8 +274,8 @@ pub(super) async fn follow(
     loop {
         let lookup = async {
             match ask {
-                Ask::Addresses(name, port) => addresses(&resolver, name, port).await,
-                Ask::Services(name) => services(&resolver, name).await,
+                Ask::Addresses(name, port) => addresses(&dns, name, port).await,
+                Ask::Services(name) => services(&dns, name).await,
             }
         };
         // The resolver's own timeout is per query; a lookup is several
