@@ -38,7 +38,7 @@ impl Cluster {
         parent: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Cluster {
-        let etcd = Etcd::new(config.endpoints.clone());
+        let etcd = Etcd::new(config.endpoints.clone(), config.tls.clone());
         let stop = parent.child_token();
         tracker.spawn(register(
             etcd.clone(),

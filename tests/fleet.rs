@@ -483,3 +483,87 @@ async fn a_watch_whose_path_died_is_noticed_and_read_again() {
     .await;
     one.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_client_certificates() {
+    if !installed("etcd", "etcd-server")
+        || !installed("etcdctl", "etcd-client")
+        || !installed("openssl", "openssl")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start_tls(&dir.path().join("etcd")).await;
+    let t = etcd.tls.clone().unwrap();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    etcd.ctl(&["put", "/sy/web/a", &a.addr.to_string()]).await;
+    let ep = etcd.endpoint();
+    assert!(ep.starts_with("https://"));
+    let files = |me: bool| {
+        let mut s = format!("ca = \"{}\"\n", t.ca.cert.display());
+        if me {
+            s += &format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                t.client.cert.display(),
+                t.client.key.display()
+            );
+        }
+        s
+    };
+    let cluster = format!(
+        "[cluster]\nendpoints = [\"{ep}\"]\nname = \"one\"\n{}",
+        files(true)
+    );
+    let one = common::start(&(config(&ep, &dir.path().join("one"), &cluster) + &files(true))).await;
+    converge("a read over TLS", &[&one], Duration::from_secs(5), |s| {
+        members(s) == BTreeSet::from([a.addr])
+    })
+    .await;
+    etcd.ctl(&["put", "/sy/web/b", &b.addr.to_string()]).await;
+    converge("a watch over TLS", &[&one], Duration::from_secs(5), |s| {
+        members(s).len() == 2
+    })
+    .await;
+    // A drain is written over TLS too.
+    let admin = one.admin_addr().await.unwrap();
+    assert_eq!(
+        post(
+            admin,
+            &format!("/api/v1/pools/web/backends/{}/drain", a.addr)
+        )
+        .await,
+        200
+    );
+    assert!(etcd
+        .ctl(&["get", "/sy/web/a"])
+        .await
+        .contains("\"draining\":true"));
+    // The instance registers itself over TLS.
+    let start = Instant::now();
+    loop {
+        let (code, body) = tokio::task::spawn_blocking(move || {
+            common::daemon::http(admin, "GET", "/api/v1/cluster", &[], "")
+        })
+        .await
+        .unwrap();
+        if code == 200 && body.contains("\"name\":\"one\"") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{code} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Without a client certificate etcd refuses the handshake: counted,
+    // nothing served.
+    let two = common::start(&(config(&ep, &dir.path().join("two"), "") + &files(false))).await;
+    let error = "switchyard_discovery_updates_total{pool=\"web\",result=\"error\"}";
+    converge(
+        "a refused handshake",
+        &[&two],
+        Duration::from_secs(5),
+        |s| value(s, error) >= 1.0,
+    )
+    .await;
+    assert!(members(&two).is_empty());
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use super::raw::{RawCluster, RawDiscovery, S};
 use super::validate::Validator;
+use crate::tls::{MinVersion, Originator, OriginatorSettings};
 
 /// Where a pool's backends come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +34,14 @@ pub enum Source {
     },
     /// `kind = "etcd"`: each key under `prefix` is one backend.
     Etcd {
-        /// `endpoints`, as `host:port` (from `http://host:port`).
+        /// `endpoints`, as `host:port` (from `http://host:port` or
+        /// `https://host:port`).
         endpoints: Vec<String>,
         /// `prefix`.
         prefix: String,
+        /// For `https://` endpoints: the client side built from `ca`,
+        /// `cert` and `key`.
+        tls: Option<Arc<Originator>>,
     },
     /// `kind = "zookeeper"`: each child of `path` is one backend.
     ZooKeeper(ZooKeeper),
@@ -132,6 +139,8 @@ pub struct ClusterConfig {
     /// `ttl`, default 10s: how long after this instance stops renewing its
     /// lease it leaves the list.
     pub ttl: Duration,
+    /// For `https://` endpoints, as for discovery.
+    pub tls: Option<Arc<Originator>>,
 }
 
 /// The host name, for `[cluster] name`.
@@ -156,34 +165,63 @@ impl Validator<'_> {
         }
     }
 
-    /// etcd `endpoints`: `http://host:port` each.
+    /// etcd `endpoints`: `http://host:port` or `https://host:port` each
+    /// (all alike), and the client side for `https` from `ca`, `cert`,
+    /// `key` (`tls` holds them, from the table at `span`; `key` names it).
     fn endpoints(
         &mut self,
         list: Option<&Vec<S<String>>>,
         span: std::ops::Range<usize>,
         key: &str,
-    ) -> Vec<String> {
+        tls: [Option<&S<String>>; 3],
+    ) -> (Vec<String>, Option<Arc<Originator>>) {
         let mut out = Vec::new();
+        let mut schemes = std::collections::BTreeSet::new();
         for (i, e) in list.into_iter().flatten().enumerate() {
             let text = e.get_ref();
-            let hostport = text
-                .strip_prefix("http://")
-                .unwrap_or(text)
-                .trim_end_matches('/');
-            let ok = !text.starts_with("https://")
+            let (scheme, rest) = match text.split_once("://") {
+                Some((s, r)) => (s, r),
+                None => ("http", text.as_str()),
+            };
+            let hostport = rest.trim_end_matches('/');
+            let ok = matches!(scheme, "http" | "https")
                 && hostport
                     .rsplit_once(':')
                     .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
             if ok {
+                schemes.insert(scheme);
                 out.push(hostport.to_string());
             } else {
                 self.p.push(
                     e.span(),
                     format!("{key}[{i}]"),
-                    format!("`{text}` is not an etcd endpoint; expected http://host:port (TLS to etcd is not supported: reach it over a private network or a local proxy)"),
+                    format!("`{text}` is not an etcd endpoint; expected http://host:port or https://host:port"),
                 );
             }
         }
+        let table = key.trim_end_matches(".endpoints");
+        let [ca, cert, tls_key] = tls;
+        let tls = if schemes.contains("https") {
+            if schemes.len() > 1 {
+                self.p.push(
+                    span.clone(),
+                    key.to_string(),
+                    "endpoints are all http:// or all https://",
+                );
+            }
+            self.etcd_tls(table, span.clone(), ca, cert, tls_key)
+        } else {
+            for (what, v) in [("ca", ca), ("cert", cert), ("key", tls_key)] {
+                if let Some(v) = v {
+                    self.p.push(
+                        v.span(),
+                        format!("{table}.{what}"),
+                        format!("`{what}` is for https:// endpoints"),
+                    );
+                }
+            }
+            None
+        };
         if out.is_empty() && list.is_none_or(|l| l.is_empty()) {
             self.p.push(
                 span,
@@ -191,7 +229,62 @@ impl Validator<'_> {
                 "needs at least one etcd endpoint, such as \"http://127.0.0.1:2379\"",
             );
         }
-        out
+        (out, tls)
+    }
+
+    /// The client side for etcd over TLS: its certificate verified against
+    /// `ca`, ours (`cert`, `key`) presented when given.
+    fn etcd_tls(
+        &mut self,
+        table: &str,
+        span: std::ops::Range<usize>,
+        ca: Option<&S<String>>,
+        cert: Option<&S<String>>,
+        key: Option<&S<String>>,
+    ) -> Option<Arc<Originator>> {
+        let Some(ca) = ca else {
+            self.p.push(
+                span,
+                format!("{table}.ca"),
+                "https:// endpoints are verified against `ca`: name the CA bundle that signed etcd's certificate",
+            );
+            return None;
+        };
+        let pair = match (cert, key) {
+            (Some(c), Some(k)) => Some((self.file(c), self.file(k))),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                self.p.push(
+                    v.span(),
+                    table.to_string(),
+                    "a client certificate needs both `cert` and `key`",
+                );
+                return None;
+            }
+        };
+        let ca_path = self.file(ca);
+        let alpn = ["http/1.1".to_string()];
+        let built = Originator::build(OriginatorSettings {
+            ca: Some(&ca_path),
+            server_name: None,
+            cert: pair.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            verify: true,
+            alpn: &alpn,
+            min_version: MinVersion::Tls12,
+        });
+        match built {
+            Ok(o) => Some(Arc::new(o)),
+            Err((which, why)) => {
+                let at = match which {
+                    "cert" => cert.map(|c| c.span()),
+                    "key" => key.map(|k| k.span()),
+                    _ => Some(ca.span()),
+                }
+                .unwrap_or(span);
+                self.p.push(at, format!("{table}.{which}"), why);
+                None
+            }
+        }
     }
 
     /// `[pools.NAME.discovery]`.
@@ -244,10 +337,11 @@ impl Validator<'_> {
                 }
             },
             "etcd" => {
-                let endpoints = self.endpoints(
+                let (endpoints, tls) = self.endpoints(
                     raw.endpoints.as_ref(),
                     d.span(),
                     &format!("{key}.endpoints"),
+                    [raw.ca.as_ref(), raw.cert.as_ref(), raw.key.as_ref()],
                 );
                 let prefix = raw
                     .prefix
@@ -258,7 +352,11 @@ impl Validator<'_> {
                     needs(self, "prefix");
                     return None;
                 }
-                Source::Etcd { endpoints, prefix }
+                Source::Etcd {
+                    endpoints,
+                    prefix,
+                    tls,
+                }
             }
             "zookeeper" => Source::ZooKeeper(self.zookeeper(key, d)?),
             "consul" => {
@@ -278,6 +376,17 @@ impl Validator<'_> {
                 return None;
             }
         };
+        if kind != "etcd" {
+            for (what, v) in [("ca", &raw.ca), ("cert", &raw.cert), ("key", &raw.key)] {
+                if let Some(v) = v {
+                    self.p.push(
+                        v.span(),
+                        format!("{key}.{what}"),
+                        format!("only kind = \"etcd\" (with https:// endpoints) takes `{what}`"),
+                    );
+                }
+            }
+        }
         if kind != "zookeeper" {
             let zk_only = [
                 ("servers", raw.servers.as_ref().map(|_| d.span())),
@@ -480,8 +589,15 @@ impl Validator<'_> {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
+        let (endpoints, tls) = self.endpoints(
+            raw.endpoints.as_ref(),
+            c.span(),
+            "cluster.endpoints",
+            [raw.ca.as_ref(), raw.cert.as_ref(), raw.key.as_ref()],
+        );
         ClusterConfig {
-            endpoints: self.endpoints(raw.endpoints.as_ref(), c.span(), "cluster.endpoints"),
+            endpoints,
+            tls,
             name: raw
                 .name
                 .as_ref()

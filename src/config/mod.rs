@@ -535,9 +535,15 @@ impl Config {
                         "the SRV records of {name}, every {}",
                         humantime::format_duration(d.refresh)
                     ),
-                    Source::Etcd { endpoints, prefix } => {
-                        format!("etcd {} under {prefix}, watched", endpoints.join(", "))
-                    }
+                    Source::Etcd {
+                        endpoints,
+                        prefix,
+                        tls,
+                    } => format!(
+                        "etcd {}{} under {prefix}, watched",
+                        endpoints.join(", "),
+                        if tls.is_some() { " (TLS)" } else { "" }
+                    ),
                     Source::ZooKeeper(z) => format!(
                         "ZooKeeper {} under {}{} ({} members), watched",
                         z.servers.join(", "),

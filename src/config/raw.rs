@@ -61,6 +61,15 @@ pub struct RawCluster {
     /// An instance that stops renewing leaves the list this long after. Default "10s".
     #[schemars(with = "Option<String>")]
     pub ttl: Option<S<String>>,
+    /// etcd over TLS: the CA bundle its certificate is verified against.
+    #[schemars(with = "Option<String>")]
+    pub ca: Option<S<String>>,
+    /// etcd over TLS: our client certificate (with `key`), for etcd's --client-cert-auth.
+    #[schemars(with = "Option<String>")]
+    pub cert: Option<S<String>>,
+    /// etcd over TLS: the client certificate's key.
+    #[schemars(with = "Option<String>")]
+    pub key: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -110,6 +119,15 @@ pub struct RawDiscovery {
     /// ZooKeeper: a file holding user:password for digest authentication.
     #[schemars(with = "Option<String>")]
     pub digest_auth_file: Option<S<String>>,
+    /// etcd over TLS: the CA bundle its certificate is verified against.
+    #[schemars(with = "Option<String>")]
+    pub ca: Option<S<String>>,
+    /// etcd over TLS: our client certificate (with `key`), for etcd's --client-cert-auth.
+    #[schemars(with = "Option<String>")]
+    pub cert: Option<S<String>>,
+    /// etcd over TLS: the client certificate's key.
+    #[schemars(with = "Option<String>")]
+    pub key: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -15,6 +15,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
+use std::sync::Arc;
+
+use crate::tls::Originator;
+
 /// How long one request may take (a watch only to its first answer).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -150,10 +154,32 @@ fn from_range(r: RangeAnswer) -> Result<(i64, Vec<Kv>), Error> {
     Ok((revision, kvs))
 }
 
+/// An HTTP/1.1 connection over `io`, driven by a task of its own.
+async fn http1<IO>(
+    io: IO,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ),
+    hyper::Error,
+>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, conn))
+}
+
 /// A client of one etcd cluster: each request tries the endpoints in order.
 #[derive(Debug, Clone)]
 pub struct Etcd {
     endpoints: Vec<String>,
+    /// For `https://` endpoints.
+    tls: Option<Arc<Originator>>,
 }
 
 /// A watch in progress: its stream of messages.
@@ -175,9 +201,9 @@ pub struct Changes {
 }
 
 impl Etcd {
-    /// A client of `endpoints` (`host:port` each).
-    pub fn new(endpoints: Vec<String>) -> Etcd {
-        Etcd { endpoints }
+    /// A client of `endpoints` (`host:port` each), over TLS with `tls`.
+    pub fn new(endpoints: Vec<String>, tls: Option<Arc<Originator>>) -> Etcd {
+        Etcd { endpoints, tls }
     }
 
     /// Opens a connection to the first endpoint that takes one and sends
@@ -215,12 +241,18 @@ impl Etcd {
             .with_interval(Duration::from_secs(3))
             .with_retries(3);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| down(&e))?;
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (mut sender, conn) = match &self.tls {
+            None => http1(stream).await,
+            Some(tls) => {
+                let addr = stream.peer_addr().map_err(|e| down(&e))?;
+                let stream = tls
+                    .connect(stream, ep, addr)
+                    .await
+                    .map_err(|e| Error::Unreachable(format!("TLS to {ep}: {e}")))?;
+                http1(stream).await
+            }
+        }
+        .map_err(|e| down(&e))?;
         let req = hyper::Request::post(path)
             .header(hyper::header::HOST, ep)
             .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -307,9 +307,11 @@ async fn run(cx: &mut Context, d: &DiscoveryConfig) {
         Source::DnsSrv { name, resolver } => {
             dns::follow(cx, d, *resolver, dns::Ask::Services(name)).await
         }
-        Source::Etcd { endpoints, prefix } => {
-            from_etcd::follow(cx, d, Etcd::new(endpoints.clone()), prefix).await
-        }
+        Source::Etcd {
+            endpoints,
+            prefix,
+            tls,
+        } => from_etcd::follow(cx, d, Etcd::new(endpoints.clone(), tls.clone()), prefix).await,
         Source::ZooKeeper(z) => from_zookeeper::follow(cx, d, z).await,
     }
 }

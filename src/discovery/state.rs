@@ -136,6 +136,7 @@ mod tests {
         let etcd = Source::Etcd {
             endpoints: vec![],
             prefix: "/p/".into(),
+            tls: None,
         };
         let found = vec![Found {
             addr: "10.0.0.1:80".parse().unwrap(),
@@ -148,6 +149,7 @@ mod tests {
         let other = Source::Etcd {
             endpoints: vec![],
             prefix: "/q/".into(),
+            tls: None,
         };
         assert_eq!(load(dir.path(), "a/b", &other), None);
         assert!(path(dir.path(), "a/b").ends_with("discovery/a%2Fb.json"));
@@ -159,6 +161,7 @@ mod tests {
         let etcd = Source::Etcd {
             endpoints: vec![],
             prefix: "/p/".into(),
+            tls: None,
         };
         let found = vec![Found {
             addr: "10.0.0.1:80".parse().unwrap(),

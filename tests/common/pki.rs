@@ -90,7 +90,10 @@ pub fn leaf(dir: &Path, ca: &Pair, cn: &str, file: &str, days: u32) -> Pair {
     let ext = dir.join(format!("{file}.ext"));
     std::fs::write(
         &ext,
-        format!("subjectAltName=DNS:{cn}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        format!(
+            "subjectAltName={}:{cn}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+            if cn.parse::<std::net::IpAddr>().is_ok() { "IP" } else { "DNS" }
+        ),
     )
     .unwrap();
     openssl(&[
