@@ -399,3 +399,124 @@ async fn consul_s_dns_interface_at_thousands_of_instances() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_weights_allow_empty_and_state_dir() {
+    if !installed("dnsmasq", "dnsmasq-base") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (Backend::start("s1").await, Backend::start("s2").await);
+    let mut dns = Dnsmasq {
+        proc: None,
+        addr: free_addr(),
+        dir: dir.path().to_path_buf(),
+    };
+    let mut lines = vec![
+        ("127.0.0.1", "ready.svc.test"),
+        ("127.0.0.1", "s1.svc.test"),
+        ("127.0.0.1", "s2.svc.test"),
+        ("127.0.0.31", "gone.svc.test"),
+    ];
+    write_hosts(&dns.hosts(), &lines);
+    let args = vec![
+        format!("--addn-hosts={}", dns.hosts().display()),
+        "--local=/svc.test/".into(),
+        // Every local answer lives one second: the TTL, not `refresh`
+        // (60s below), says when to ask again.
+        "--local-ttl=1".into(),
+        // SRV weights outside switchyard's 1..=256: 0 counts as 1, 1000 as 256.
+        format!(
+            "--srv-host=_web._tcp.svc.test,s1.svc.test,{},0,0",
+            s1.addr.port()
+        ),
+        format!(
+            "--srv-host=_web._tcp.svc.test,s2.svc.test,{},0,1000",
+            s2.addr.port()
+        ),
+    ];
+    dns.start(&args).await;
+    let state = dir.path().join("state");
+    let resolver = dns.addr;
+    let config = |state: &Path| {
+        format!(
+            "state_dir = \"{}\"\n\
+             [[listeners]]\nname = \"srv\"\nbind = \"127.0.0.1:0\"\npool = \"srv\"\n\
+             [pools.srv]\nstrategy = \"weighted\"\n\
+             [pools.srv.discovery]\nkind = \"dns_srv\"\nname = \"_web._tcp.svc.test\"\nresolver = \"{}\"\nrefresh = \"60s\"\n\
+             [pools.gone.discovery]\nkind = \"dns\"\nname = \"gone.svc.test\"\nport = 9\nresolver = \"{}\"\nrefresh = \"60s\"\nallow_empty = true\n",
+            state.display(),
+            resolver,
+            resolver
+        )
+    };
+    let server = common::start(&config(&state)).await;
+    converge("the first answers", Duration::from_secs(5), || {
+        members(&server, "srv").len() == 2 && members(&server, "gone").len() == 1
+    })
+    .await;
+    assert_eq!(
+        members(&server, "srv"),
+        BTreeSet::from([(s1.addr, 1), (s2.addr, 256)])
+    );
+    let metric = |pool: &str, name: &str| {
+        value(
+            &server,
+            &format!("switchyard_discovery_{name}{{pool=\"{pool}\"}}"),
+        )
+    };
+    assert_eq!(metric("srv", "backends"), 2.0);
+    assert!(metric("srv", "last_success_timestamp_seconds") > 1.7e9);
+    assert!(
+        value(
+            &server,
+            "switchyard_discovery_updates_total{pool=\"srv\",result=\"changed\"}"
+        ) >= 1.0
+    );
+
+    // A change is asked for at the TTL (1s), long before `refresh`.
+    lines.push(("127.0.0.32", "gone.svc.test"));
+    write_hosts(&dns.hosts(), &lines);
+    dns.reload();
+    let took = converge("a change at the TTL", Duration::from_secs(4), || {
+        members(&server, "gone").len() == 2
+    })
+    .await;
+    eprintln!("a change seen {took:?} after it, with a 1s TTL and refresh = 60s");
+
+    // With allow_empty, a name that goes away empties its pool.
+    lines.retain(|(_, name)| *name != "gone.svc.test");
+    write_hosts(&dns.hosts(), &lines);
+    dns.reload();
+    converge("an allowed empty answer", Duration::from_secs(4), || {
+        members(&server, "gone").is_empty()
+    })
+    .await;
+    assert_eq!(metric("gone", "backends"), 0.0);
+
+    // A restart while the name server is down serves the kept set.
+    server.shutdown().await;
+    dns.stop();
+    let again = common::start(&config(&state)).await;
+    assert_eq!(
+        members(&again, "srv"),
+        BTreeSet::from([(s1.addr, 1), (s2.addr, 256)])
+    );
+    let front = again.local_addr("srv").unwrap();
+    assert!(["s1", "s2"].contains(&common::ask(front).await.as_str()));
+    again.shutdown().await;
+
+    // A state_dir that cannot be written (a file stands where the folder
+    // would be) is said once; discovery runs on.
+    dns.start(&args).await;
+    let not_a_dir = dir.path().join("not-a-dir");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let third = common::start(&config(&not_a_dir)).await;
+    converge(
+        "answers without a state_dir",
+        Duration::from_secs(5),
+        || members(&third, "srv").len() == 2,
+    )
+    .await;
+    third.shutdown().await;
+}

@@ -567,3 +567,145 @@ async fn etcd_over_tls_with_client_certificates() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// Runs `switchyard ctl ARGS`: exit code and stdout (stderr on failure).
+fn ctl(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("ctl")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = if out.status.success() {
+        out.stdout
+    } else {
+        out.stderr
+    };
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&text).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_writes_to_etcd_and_a_killed_instance_leaves_the_fleet() {
+    if !installed("etcd", "etcd-server") || !installed("etcdctl", "etcd-client") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(&dir.path().join("etcd")).await;
+    let a = Backend::start("a").await;
+    etcd.ctl(&[
+        "put",
+        "/sy/web/a",
+        &format!("{{\"addr\": \"{}\", \"name\": \"a\"}}", a.addr),
+    ])
+    .await;
+    let ep = etcd.endpoint();
+    let cluster = |name: &str| {
+        format!("[cluster]\nendpoints = [\"{ep}\"]\nname = \"{name}\"\nttl = \"2s\"\n")
+    };
+    // One instance is the real binary, killed later; one is in this process.
+    let admin = common::process::free_addr();
+    let mut one = common::daemon::Daemon::start(
+        &config(&ep, &dir.path().join("one"), &cluster("one")).replace(
+            "bind = \"127.0.0.1:0\"\n[[listeners]]",
+            &format!("bind = \"{admin}\"\n[[listeners]]"),
+        ),
+        &[],
+        &[],
+    );
+    let two = common::start(&config(&ep, &dir.path().join("two"), &cluster("two"))).await;
+    converge("two sees a", &[&two], Duration::from_secs(5), |s| {
+        members(s).len() == 1
+    })
+    .await;
+
+    // Weight and enable through ctl on the binary are written to etcd and
+    // obeyed by the other instance.
+    let admin_s = admin.to_string();
+    let (code, out) = ctl(&["--admin", &admin_s, "weight", "web", "a", "5"]);
+    assert_eq!((code, out.trim()), (0, "web/a: weight 5"), "{out}");
+    let weight = |s: &Server| {
+        s.view().pools["web"]
+            .snapshot()
+            .find(a.addr)
+            .map(|m| m.weight.get())
+    };
+    converge("a weight from ctl", &[&two], Duration::from_secs(2), |s| {
+        weight(s) == Some(5)
+    })
+    .await;
+    assert!(etcd
+        .ctl(&["get", "/sy/web/a"])
+        .await
+        .contains("\"weight\":5"));
+    let (code, out) = ctl(&["--admin", &admin_s, "drain", "web", "a"]);
+    assert_eq!(code, 0, "{out}");
+    converge("a drain from ctl", &[&two], Duration::from_secs(2), |s| {
+        draining(s, a.addr)
+    })
+    .await;
+    let (code, out) = ctl(&["--admin", &admin_s, "enable", "web", "a"]);
+    assert_eq!(code, 0, "{out}");
+    converge("an enable from ctl", &[&two], Duration::from_secs(2), |s| {
+        !draining(s, a.addr)
+    })
+    .await;
+    let got = etcd.ctl(&["get", "/sy/web/a"]).await;
+    assert!(
+        got.contains("\"draining\":false") && got.contains("\"name\":\"a\""),
+        "{got}"
+    );
+
+    // The binary is killed (no goodbye): its lease runs out and it leaves
+    // the list within the ttl.
+    let admin2 = two.admin_addr().await.unwrap();
+    let names = move || {
+        let (code, body) = common::daemon::http(admin2, "GET", "/api/v1/cluster", &[], "");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut n: Vec<String> = v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    let start = Instant::now();
+    while tokio::task::spawn_blocking(names).await.unwrap() != ["one", "two"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "both never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    one.signal("KILL");
+    let _ = one.wait_exit(Duration::from_secs(5));
+    let killed = Instant::now();
+    while tokio::task::spawn_blocking(names).await.unwrap() != ["two"] {
+        assert!(
+            killed.elapsed() < Duration::from_secs(6),
+            "a killed instance stayed listed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "a killed instance left the list {:?} after (ttl 2s)",
+        killed.elapsed()
+    );
+    two.shutdown().await;
+
+    // Without [cluster] there is no fleet to list: 404, and why.
+    let three = common::start(&config(&ep, &dir.path().join("three"), "")).await;
+    let admin3 = three.admin_addr().await.unwrap();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        common::daemon::http(admin3, "GET", "/api/v1/cluster", &[], "")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("no [cluster] section"), "{body}");
+    three.shutdown().await;
+}
