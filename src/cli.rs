@@ -79,6 +79,16 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Print a switchyard configuration equivalent to the stream (nginx) or
+    /// `mode tcp` (HAProxy) parts of another proxy's configuration; what has
+    /// no equivalent is listed at the end, each with its file and line.
+    Import {
+        /// Whose configuration: nginx or haproxy.
+        #[arg(value_parser = ["nginx", "haproxy"])]
+        kind: String,
+        /// The file (nginx.conf, haproxy.cfg).
+        file: PathBuf,
+    },
     /// Print the JSON Schema of the configuration file (for editors: taplo,
     /// Even Better TOML).
     Schema,

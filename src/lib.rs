@@ -66,6 +66,7 @@ pub(crate) mod discovery;
 pub mod fds;
 pub(crate) mod health;
 pub(crate) mod history;
+pub mod import;
 pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod net;

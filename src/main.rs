@@ -59,6 +59,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Man { dir } => write_man(&dir),
+        Command::Import { kind, file } => {
+            return match switchyard::import::import(&kind, &file) {
+                Ok(toml) => {
+                    print!("{toml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchyard import: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Schema => {
             println!("{}", switchyard::config::schema());
             return ExitCode::SUCCESS;
