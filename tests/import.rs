@@ -180,15 +180,17 @@ async fn nginx_s_stream_examples_import_and_route_alike() {
         "{toml}"
     );
     assert!(toml.contains("error_log"), "{toml}");
+    assert!(toml.contains("\nworkers = 1\n"), "{toml}");
     let _daemon = Daemon::start(&toml, &[], &[]);
     wait_listening(sy["L1"], &mut child, &log, Duration::from_secs(10)).await;
 
-    // Hashed by the client's address over b1 and b2: both proxies keep
-    // each client on one backend of the two (which one is each proxy's
-    // own hash), and spread 20 clients over both.
+    // Hashed by the client's address over b1 and b2 (weights 5 and 1):
+    // both proxies keep each client on one backend of the two (which one
+    // is each proxy's own hash), and spread 60 clients over both (all on
+    // b1 by chance: (5/6)^60, about 2 in 100,000).
     for (proxy, front) in [("nginx", ng["L1"]), ("switchyard", sy["L1"])] {
         let mut seen = BTreeSet::new();
-        for i in 1..=20u8 {
+        for i in 1..=60u8 {
             let from = IpAddr::from([127, 9, 0, i]);
             let first = who(from, front, b"hi\n").await;
             assert_eq!(
@@ -202,7 +204,28 @@ async fn nginx_s_stream_examples_import_and_route_alike() {
     }
     // UDP to the dns upstream.
     for (proxy, front) in [("nginx", ng["L2"]), ("switchyard", sy["L2"])] {
-        let got = common::ask_udp("127.0.0.1:0".parse().unwrap(), front, b"q").await;
+        // A datagram may be lost on loopback under load: three tries.
+        let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = [0u8; 512];
+        let mut n = None;
+        for _ in 0..3 {
+            c.send_to(b"q", front).await.unwrap();
+            if let Ok(r) = tokio::time::timeout(Duration::from_secs(2), c.recv(&mut buf)).await {
+                n = Some(r.unwrap());
+                break;
+            }
+        }
+        let n = n.unwrap_or_else(|| {
+            panic!(
+                "{proxy}: no UDP answer\n{}",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            )
+        });
+        let got = String::from_utf8_lossy(&buf[..n])
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
         assert!(got == "u1" || got == "u2", "{proxy}: {got}");
     }
     // By server name: the named one to `backend`, any other to backend2's
