@@ -68,6 +68,7 @@ pub(crate) mod health;
 pub(crate) mod history;
 pub mod import;
 pub(crate) mod listener;
+pub mod log;
 pub(crate) mod metrics;
 pub(crate) mod net;
 pub mod notify;

@@ -13,6 +13,7 @@ mod escape;
 mod fields;
 mod include;
 mod listener;
+mod log;
 mod name;
 mod raw;
 mod routes;
@@ -29,6 +30,7 @@ use std::time::Duration;
 pub use discovery::{ClusterConfig, DiscoveryConfig, Secret, Source, ZkFormat, ZooKeeper};
 pub use error::{ConfigError, Problem};
 pub use escape::parse_bytes;
+pub use log::{AccessLog, LogConfig, SyslogTarget};
 pub use name::unfit_name;
 pub use routes::{route_for, AcceptProxy, ProxyVersion, RouteConfig};
 pub use tls::{ListenerTls, PoolTls, RouteTls};
@@ -58,6 +60,8 @@ pub struct Config {
     pub source: PathBuf,
     /// The files it included, in the order read.
     pub included: Vec<PathBuf>,
+    /// `[log]`: where the access log goes.
+    pub log: LogConfig,
     /// `workers`: data-plane threads, default one per core (`None`).
     pub workers: Option<usize>,
     /// `cpu_affinity`, default false: each worker pinned to a core.

@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// This instance's entry in the fleet's registry in etcd.
     #[schemars(with = "Option<RawCluster>")]
     pub cluster: Option<S<RawCluster>>,
+    /// Where the access log goes.
+    #[schemars(with = "Option<RawLog>")]
+    pub log: Option<S<RawLog>>,
     /// Data-plane worker threads. Default one per core.
     #[schemars(with = "Option<i64>")]
     pub workers: Option<S<i64>>,
@@ -70,6 +73,20 @@ pub struct RawCluster {
     /// etcd over TLS: the client certificate's key.
     #[schemars(with = "Option<String>")]
     pub key: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Where access lines go: "stderr" (default, with the other lines), "syslog" or "off".
+    #[schemars(with = "Option<String>")]
+    pub access: Option<S<String>>,
+    /// The syslog receiver: "unix:/dev/log" (default), "udp:IP:PORT" or "tcp:IP:PORT".
+    #[schemars(with = "Option<String>")]
+    pub syslog: Option<S<String>>,
+    /// The syslog facility. Default "local0".
+    #[schemars(with = "Option<String>")]
+    pub facility: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

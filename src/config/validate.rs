@@ -150,6 +150,7 @@ impl Validator<'_> {
             ("state_dir", part.state_dir.as_ref().map(|a| a.span())),
             ("cluster", part.cluster.as_ref().map(|a| a.span())),
             ("workers", part.workers.as_ref().map(|a| a.span())),
+            ("log", part.log.as_ref().map(|a| a.span())),
             (
                 "include",
                 part.include
@@ -285,6 +286,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|w| self.count(Some(w), "workers", 1, 1024, 1) as usize),
             cpu_affinity: raw.cpu_affinity.unwrap_or(false),
+            log: self.log(raw.log.as_ref()),
             admin,
             listeners,
             pools,

@@ -129,6 +129,7 @@ impl Metrics {
         )
         .expect("valid metric");
         register(Box::new(last_reload_success.clone()));
+        register(Box::new(crate::log::DROPPED.clone()));
         let tasks = IntGaugeVec::new(
             Opts::new(
                 "switchyard_runtime_alive_tasks",

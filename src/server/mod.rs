@@ -100,6 +100,7 @@ impl Server {
         // The data plane runs on its workers however the library is started
         // (the binary starts them first; an embedding program or a test
         // gets the same threads here).
+        crate::log::configure(&config.log);
         let workers = config.workers.unwrap_or_else(crate::workers::default_count);
         crate::workers::start(workers, config.cpu_affinity).map_err(Error::Workers)?;
         let inner = Arc::new(Inner {
@@ -199,7 +200,11 @@ impl Server {
                 "workers and cpu_affinity take effect at the next start or binary upgrade; the running workers stay as they are"
             );
         }
+        let log = config.log.clone();
         let result = self.apply(config).await;
+        if result.is_ok() {
+            crate::log::configure(&log);
+        }
         match &result {
             Ok(()) => tracing::info!("configuration reloaded"),
             Err(e) => {
