@@ -136,7 +136,7 @@ fn spread_reply(
         let route = shared.route.load();
         let snap = route.pool.snapshot();
         let from = crate::wire::canonical(from);
-        if let Some(m) = snap.members.iter().find(|m| m.backend.addr == from) {
+        if let Some(m) = snap.find(from) {
             m.backend.metrics.bytes_in.inc_by(n as u64);
             return Ok(n);
         }
