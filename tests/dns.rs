@@ -25,6 +25,15 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
+    /// One to start, on an address of its own, with its files in `dir`.
+    fn new(dir: &Path) -> Dnsmasq {
+        Dnsmasq {
+            proc: None,
+            addr: free_addr(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
     fn hosts(&self) -> PathBuf {
         self.dir.join("hosts")
     }
@@ -134,11 +143,7 @@ async fn dns_records_become_backends_and_follow_changes() {
     );
     let (s1, s2) = (Backend::start("s1").await, Backend::start("s2").await);
     let refuser_addr = free_addr();
-    let mut dns = Dnsmasq {
-        proc: None,
-        addr: free_addr(),
-        dir: dir.path().to_path_buf(),
-    };
+    let mut dns = Dnsmasq::new(dir.path());
     let mut lines = vec![
         ("127.0.0.1", "ready.svc.test"),
         ("127.0.0.21", "api.svc.test"),
@@ -317,11 +322,7 @@ async fn consul_s_dns_interface_at_thousands_of_instances() {
     // target takes about 45), and are refused rather than taken in part;
     // 2,000 addresses as A records fit.
     let dir = tempfile::tempdir().unwrap();
-    let mut dns = Dnsmasq {
-        proc: None,
-        addr: free_addr(),
-        dir: dir.path().to_path_buf(),
-    };
+    let mut dns = Dnsmasq::new(dir.path());
     let ip = |i: usize| format!("127.62.{}.{}", i / 250, 1 + i % 250);
     let mut hosts = vec![("127.0.0.1".to_string(), "ready.svc.test".to_string())];
     let mut conf = String::new();
@@ -407,11 +408,7 @@ async fn ttls_weights_allow_empty_and_state_dir() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (s1, s2) = (Backend::start("s1").await, Backend::start("s2").await);
-    let mut dns = Dnsmasq {
-        proc: None,
-        addr: free_addr(),
-        dir: dir.path().to_path_buf(),
-    };
+    let mut dns = Dnsmasq::new(dir.path());
     let mut lines = vec![
         ("127.0.0.1", "ready.svc.test"),
         ("127.0.0.1", "s1.svc.test"),

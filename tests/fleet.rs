@@ -709,3 +709,54 @@ async fn ctl_writes_to_etcd_and_a_killed_instance_leaves_the_fleet() {
     assert!(body.contains("no [cluster] section"), "{body}");
     three.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_store_answer_is_refused_before_it_is_parsed() {
+    // A store that answers a range with 65 MiB (well-formed JSON padded
+    // with spaces), sent a mebibyte at a time: refused at the cap, counted,
+    // and nothing of it kept.
+    use tokio::io::AsyncReadExt;
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = fake.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = fake.accept().await {
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let pad = 65 * 1024 * 1024;
+                let (open, close) = (r#"{"header":{"revision":"5"},"kvs":[]"#, "}");
+                let len = open.len() + pad + close.len();
+                let _ = s
+                    .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{open}").as_bytes())
+                    .await;
+                let chunk = vec![b' '; 1024 * 1024];
+                for _ in 0..65 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.write_all(close.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let one = common::start(&config(&format!("http://{at}"), dir.path(), "")).await;
+    let error = "switchyard_discovery_updates_total{pool=\"web\",result=\"error\"}";
+    converge(
+        "the oversized answer refused",
+        &[&one],
+        Duration::from_secs(20),
+        |s| common::metric(&s.metrics().render(), error).unwrap_or(0.0) >= 1.0,
+    )
+    .await;
+    assert!(members(&one).is_empty());
+    assert_eq!(
+        value(
+            &one,
+            "switchyard_discovery_updates_total{pool=\"web\",result=\"empty\"}"
+        ),
+        0.0,
+        "the answer was taken"
+    );
+    one.shutdown().await;
+}

@@ -321,6 +321,12 @@ async fn curator_serverset_dubbo_and_protected_registries() {
             && members(&server, "jobs") == BTreeSet::from([addr(2)])
             && members(&server, "api") == BTreeSet::from([addr(4), addr(5)])
             && members(&server, "secure") == BTreeSet::from([addr(6)])
+            && common::metric(
+                &server.metrics().render(),
+                "switchyard_discovery_updates_total{pool=\"locked\",result=\"error\"}",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
     })
     .await;
     let view = server.view();

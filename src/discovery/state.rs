@@ -130,14 +130,18 @@ pub(super) fn save(
 mod tests {
     use super::*;
 
+    fn etcd_at(prefix: &str) -> Source {
+        Source::Etcd {
+            endpoints: vec![],
+            prefix: prefix.into(),
+            tls: None,
+        }
+    }
+
     #[test]
     fn a_set_comes_back_only_for_its_own_source() {
         let dir = tempfile::tempdir().unwrap();
-        let etcd = Source::Etcd {
-            endpoints: vec![],
-            prefix: "/p/".into(),
-            tls: None,
-        };
+        let etcd = etcd_at("/p/");
         let found = vec![Found {
             addr: "10.0.0.1:80".parse().unwrap(),
             name: Some("web-1".into()),
@@ -146,11 +150,7 @@ mod tests {
         }];
         save(dir.path(), "a/b", &etcd, &found).unwrap();
         assert_eq!(load(dir.path(), "a/b", &etcd), Some(found));
-        let other = Source::Etcd {
-            endpoints: vec![],
-            prefix: "/q/".into(),
-            tls: None,
-        };
+        let other = etcd_at("/q/");
         assert_eq!(load(dir.path(), "a/b", &other), None);
         assert!(path(dir.path(), "a/b").ends_with("discovery/a%2Fb.json"));
     }
@@ -158,11 +158,7 @@ mod tests {
     #[test]
     fn saving_writes_no_file_but_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let etcd = Source::Etcd {
-            endpoints: vec![],
-            prefix: "/p/".into(),
-            tls: None,
-        };
+        let etcd = etcd_at("/p/");
         let found = vec![Found {
             addr: "10.0.0.1:80".parse().unwrap(),
             name: None,

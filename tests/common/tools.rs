@@ -17,9 +17,11 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 /// not, says `skipped: TOOL not installed` (written past the test harness's
 /// capture, so it shows) and returns false; under CI it panics instead.
 pub fn installed(tool: &str, package: &str) -> bool {
-    if which(tool).is_some() {
-        return true;
-    }
+    which(tool).is_some() || missing(tool, package)
+}
+
+/// Says `skipped: WHAT not installed` (or, under CI, panics); false.
+pub fn missing(tool: &str, package: &str) -> bool {
     if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
         panic!("{tool} not installed (Debian package `{package}`): under CI no test may be skipped; .ci/run installs it");
     }
