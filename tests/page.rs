@@ -408,3 +408,56 @@ async fn a_thousand_backends_are_paged_and_the_page_stays_responsive() {
         .await
         .expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_section_links_each_instance_s_page() {
+    if !common::installed("chromium", "chromium")
+        || !common::installed("etcd", "etcd-server")
+        || !common::installed("etcdctl", "etcd-client")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = common::etcd::Etcd::start(&dir.path().join("etcd")).await;
+    // A stray key under the prefix is no instance, and hides nothing.
+    etcd.ctl(&["put", "/switchyard/instances/stray", "null"])
+        .await;
+    let a = Backend::start("a").await;
+    let ep = etcd.endpoint();
+    let conf = |name: &str| {
+        format!(
+            "[cluster]\nendpoints = [\"{ep}\"]\nname = \"{name}\"\nttl = \"2s\"\n\
+             [admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"web\"\n\
+             [pools.web]\nbackends = {}\n",
+            backends_toml(&[a.addr], None)
+        )
+    };
+    let one = start(&conf("one")).await;
+    let two = start(&conf("two")).await;
+    let (a1, a2) = (
+        one.admin_addr().await.unwrap(),
+        two.admin_addr().await.unwrap(),
+    );
+    // Both registered before the page first asks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = tokio::task::spawn_blocking(move || {
+            common::daemon::http(a1, "GET", "/api/v1/cluster", &[], "")
+        })
+        .await
+        .unwrap();
+        if body.contains("\"name\":\"one\"") && body.contains("\"name\":\"two\"") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_browser, devtools) = chromium().await;
+    let mut page = Page::open(&devtools, &format!("http://{a1}/status")).await;
+    let links = "Array.from(document.querySelectorAll('#fleet:not([hidden]) #fleetlist a')).map(l => l.textContent + ' ' + l.getAttribute('href')).sort().join(', ')";
+    page.wait_eval(links, json!(format!("one http://{a1}/, two http://{a2}/")))
+        .await;
+    let text = "document.querySelector('#fleetlist').textContent";
+    let shown = page.eval(text).await;
+    assert!(shown.as_str().unwrap().contains("web 1/1 up"), "{shown}");
+}
