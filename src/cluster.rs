@@ -68,28 +68,18 @@ pub(crate) struct Lister {
     prefix: String,
 }
 
-/// The fleet as listed: each instance as it describes itself, and how many
-/// entries under the prefix were not instances (left out).
-#[derive(Debug, Default)]
-pub struct Fleet {
-    /// The instances.
-    pub instances: Vec<Value>,
-    /// Entries that are not an instance's description.
-    pub skipped: usize,
-}
-
 impl Lister {
     /// The instances registered now, each as it describes itself. An entry
     /// that is not a description (not JSON, `null`, or an object without a
     /// version and pools) is left out and counted, so one stray key cannot
     /// hide the fleet.
-    pub async fn list(&self) -> Result<Fleet, String> {
+    pub async fn list(&self) -> Result<crate::admin::Fleet, String> {
         let (_, kvs) = self
             .etcd
             .range(&self.prefix)
             .await
             .map_err(|e| e.to_string())?;
-        let mut fleet = Fleet::default();
+        let mut fleet = crate::admin::Fleet::default();
         for kv in kvs {
             let v: Option<Value> = kv.value.and_then(|v| serde_json::from_slice(&v).ok());
             match v {

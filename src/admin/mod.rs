@@ -10,7 +10,7 @@ mod view;
 
 pub(crate) use endpoint::{load_token, Endpoint, Settings};
 
-pub use view::{Control, ControlFuture, ListenerView, View};
+pub use view::{Control, ControlFuture, Fleet, ListenerView, View};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -260,7 +260,7 @@ mod tests {
         ) -> ControlFuture<'_, Option<Result<(), crate::pool::Unshared>>> {
             Box::pin(async { None })
         }
-        fn cluster(&self) -> ControlFuture<'_, Option<Result<crate::cluster::Fleet, String>>> {
+        fn cluster(&self) -> ControlFuture<'_, Option<Result<crate::admin::Fleet, String>>> {
             Box::pin(async { Some(Err("etcd unreachable".to_string())) })
         }
         fn history(&self, q: &crate::history::Query) -> serde_json::Value {

@@ -177,5 +177,15 @@ pub trait Control: Send + Sync + 'static {
     fn history(&self, q: &crate::history::Query) -> serde_json::Value;
     /// The fleet's instances as each describes itself; `None` without
     /// `[cluster]`.
-    fn cluster(&self) -> ControlFuture<'_, Option<Result<crate::cluster::Fleet, String>>>;
+    fn cluster(&self) -> ControlFuture<'_, Option<Result<Fleet, String>>>;
+}
+
+/// The fleet as listed: each instance as it describes itself, and how many
+/// entries under the prefix were not instances (left out).
+#[derive(Debug, Default)]
+pub struct Fleet {
+    /// The instances.
+    pub instances: Vec<serde_json::Value>,
+    /// Entries that are not an instance's description.
+    pub skipped: usize,
 }

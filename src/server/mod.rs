@@ -377,7 +377,7 @@ impl Control for Server {
             .json(q)
     }
 
-    fn cluster(&self) -> ControlFuture<'_, Option<Result<crate::cluster::Fleet, String>>> {
+    fn cluster(&self) -> ControlFuture<'_, Option<Result<crate::admin::Fleet, String>>> {
         Box::pin(async move {
             let st = self.inner.state.lock().await;
             let cluster = st.cluster.as_ref()?;
