@@ -643,3 +643,97 @@ async fn per_datagram_spreads_each_datagram_and_replies_come_from_the_listener()
     );
     server.shutdown().await;
 }
+
+/// Who connected: a TCP backend that answers each connection with the
+/// peer's address, and a UDP one that answers each datagram so.
+async fn reporters() -> (SocketAddr, SocketAddr) {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let t = tcp.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = tcp.accept().await {
+            let _ = s.write_all(format!("{}\n", peer.ip()).as_bytes()).await;
+        }
+    });
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let u = udp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((_, peer)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(peer.ip().to_string().as_bytes(), peer).await;
+        }
+    });
+    (t, u)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_sets_the_address_backends_see() {
+    let (t, u) = reporters().await;
+    let text = |source: &str| {
+        format!(
+            "[[listeners]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\npool = \"t\"\n\
+             [[listeners]]\nname = \"u\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"u\"\n\
+             [pools.t]\n{source}backends = [{{ addr = \"{t}\" }}]\n\
+             [pools.u]\n{source}backends = [{{ addr = \"{u}\" }}]\n"
+        )
+    };
+    let server = start(&text("source = \"127.0.0.77\"\n")).await;
+    let seen_tcp = |front: SocketAddr| async move {
+        let c = tokio::net::TcpStream::connect(front).await.unwrap();
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            BufReader::new(c).read_line(&mut line),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        line.trim().to_string()
+    };
+    let seen_udp = |front: SocketAddr| async move {
+        let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.send_to(b"who", front).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let (ft, fu) = (
+        server.local_addr("t").unwrap(),
+        server.local_addr("u").unwrap(),
+    );
+    assert_eq!(seen_tcp(ft).await, "127.0.0.77");
+    assert_eq!(seen_udp(fu).await, "127.0.0.77");
+    // Many connections share the address: ports are chosen at connect.
+    for _ in 0..50 {
+        assert_eq!(seen_tcp(ft).await, "127.0.0.77");
+    }
+    // A reload moves new connections and sessions to the new address.
+    server
+        .reload(
+            switchyard::Config::parse(
+                &text("source = \"127.0.0.78\"\n"),
+                std::path::Path::new("t.toml"),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen_tcp(ft).await, "127.0.0.78");
+    let c = tokio::net::UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    c.send_to(b"who", fu).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"127.0.0.78", "a new session");
+    // Without it, the system's choice.
+    server
+        .reload(switchyard::Config::parse(&text(""), std::path::Path::new("t.toml")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(seen_tcp(ft).await, "127.0.0.1");
+    server.shutdown().await;
+}

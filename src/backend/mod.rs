@@ -81,6 +81,9 @@ pub struct Backend {
     on_down: AtomicU64,
     /// Fires when it goes down or leaves its pool; replaced when it comes back.
     down: Mutex<tokio_util::sync::CancellationToken>,
+    /// The local address connections to it leave from (its pool's
+    /// `source`), set by each snapshot.
+    source: Mutex<Option<std::net::IpAddr>>,
     /// When it last came back (an up transition, the end of an ejection),
     /// for `slow_start`; 0 once it has warmed up.
     back_at: AtomicU64,
@@ -124,6 +127,7 @@ impl Backend {
             back_at: AtomicU64::new(0),
             on_down: AtomicU64::new(KEEP),
             down: Mutex::new(tokio_util::sync::CancellationToken::new()),
+            source: Mutex::new(None),
             active: AtomicU64::new(0),
             passive_fails: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -168,6 +172,18 @@ impl Backend {
     }
 
     /// Sets what happens to established connections when it goes down.
+    /// Sets the local address connections leave from; only one of its own
+    /// family is used.
+    pub(crate) fn set_source(&self, source: Option<std::net::IpAddr>) {
+        let source = source.filter(|s| s.is_ipv4() == self.addr.is_ipv4());
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source;
+    }
+
+    /// The local address to connect from, if its pool names one.
+    pub(crate) fn source(&self) -> Option<std::net::IpAddr> {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn set_on_down(&self, on_down: Option<Duration>) {
         let ms = on_down.map_or(KEEP, |d| (d.as_millis() as u64).min(KEEP - 1));
         self.on_down.store(ms, Ordering::Relaxed);

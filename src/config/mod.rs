@@ -279,6 +279,9 @@ pub struct PoolConfig {
     pub panic_below: Option<u32>,
     /// `on_all_down`, default `"refuse"`.
     pub on_all_down: AllDown,
+    /// `source`: the local address connections to backends leave from
+    /// (for backends of its family), default the system's choice.
+    pub source: Option<std::net::IpAddr>,
     /// `[pools.NAME.agent]`: agent checks, default none.
     pub agent: Option<AgentConfig>,
     /// `upload_rate` and `download_rate`, per connection (the listener

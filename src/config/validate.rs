@@ -297,6 +297,31 @@ impl Validator<'_> {
         }
     }
 
+    /// A pool's `source`: a local IP address.
+    fn source(&mut self, v: Option<&S<String>>, key: &str) -> Option<std::net::IpAddr> {
+        let v = v?;
+        let text = v.get_ref();
+        match text.parse::<std::net::IpAddr>() {
+            Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(ip),
+            _ if text == "client" => {
+                self.p.push(
+                    v.span(),
+                    format!("{key}.source"),
+                    "source = \"client\" (connecting from the client's own address) is not supported yet; name a local address, or pass the client on with proxy_protocol",
+                );
+                None
+            }
+            _ => {
+                self.p.push(
+                    v.span(),
+                    format!("{key}.source"),
+                    format!("`{text}` is not a local IP address to connect from"),
+                );
+                None
+            }
+        }
+    }
+
     fn pool(&mut self, name: &str, pool: S<RawPool>) -> PoolConfig {
         let key = format!("pools.{name}");
         let span = pool.span();
@@ -545,6 +570,7 @@ impl Validator<'_> {
             backend_max_connections,
             panic_below,
             on_all_down,
+            source: self.source(pool.source.as_ref(), &key),
             rates: Rates {
                 upload: self.byte_rate(pool.upload_rate.as_ref(), &format!("{key}.upload_rate")),
                 download: self

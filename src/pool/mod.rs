@@ -627,6 +627,7 @@ fn build(
             let weight = agent_weighted(b.weight, backend.agent.percent());
             backend.metrics.weight.set(i64::from(weight.get()));
             backend.set_on_down(config.on_backend_down);
+            backend.set_source(config.source);
             Member {
                 backend,
                 weight,

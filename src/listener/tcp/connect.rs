@@ -20,18 +20,29 @@ use crate::pool::{Pool, Snapshot};
 /// The outcome is read from the readiness the connect raises (writable, or
 /// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
 /// that is asked only to name a failure.
-async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
+/// Starts a connect to `addr`, from `source` when given.
+fn start_connect(addr: SocketAddr, source: Option<std::net::IpAddr>) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
+    if let Some(ip) = source {
+        // Port 0 is chosen at connect, so many connections share the address.
+        crate::sys::set_int(&socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
+    Ok(socket)
+}
+
+async fn dial(backend: &crate::backend::Backend) -> io::Result<TcpStream> {
+    let socket = start_connect(backend.addr, backend.source())?;
     let stream = TcpStream::from_std(socket.into())?;
     let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
     if ready.is_error() || ready.is_write_closed() {
@@ -105,7 +116,7 @@ async fn dial_and_greet(
     tls: Option<(&crate::tls::Originator, &TlsHandshakes)>,
 ) -> Result<Upstream, DialError> {
     use tokio::io::AsyncWriteExt;
-    let mut stream = dial(backend.addr).await?;
+    let mut stream = dial(backend).await?;
     let Some(tls) = tls else {
         if !preamble.bytes.is_empty() {
             stream.write_all(&preamble.bytes).await?;

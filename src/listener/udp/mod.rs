@@ -161,9 +161,9 @@ impl<'a> Starter<'a> {
         };
         let spread = route.config.per_datagram;
         let opened = if spread {
-            sock::open_spread(backend.addr.is_ipv6())
+            sock::open_spread(backend.addr.is_ipv6(), backend.source())
         } else {
-            sock::open_upstream(backend.addr)
+            sock::open_upstream(backend.addr, backend.source())
         };
         let upstream = match opened {
             Ok(u) => u,

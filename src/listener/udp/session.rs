@@ -276,7 +276,8 @@ mod tests {
     use crate::metrics::Metrics;
 
     fn link(id: u64, now_ms: u64, idle_ms: u64) -> Arc<Link> {
-        let upstream = super::super::sock::open_upstream("127.0.0.1:9".parse().unwrap()).unwrap();
+        let upstream =
+            super::super::sock::open_upstream("127.0.0.1:9".parse().unwrap(), None).unwrap();
         let m = Metrics::new();
         let b = Arc::new(crate::backend::Backend::new(
             "p",

@@ -39,11 +39,14 @@ const SO_SELECT_ERR_QUEUE: libc::c_int = 45;
 /// registered for priority events counts that as readable: so the task waits
 /// for readability alone, in the socket's own read slot, with no waiter of
 /// its own to store.
-pub(crate) fn open_upstream(backend: SocketAddr) -> io::Result<Upstream> {
-    let any: SocketAddr = if backend.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
+pub(crate) fn open_upstream(
+    backend: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<Upstream> {
+    let any: SocketAddr = match source {
+        Some(ip) => (ip, 0).into(),
+        None if backend.is_ipv4() => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        None => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let s = std::net::UdpSocket::bind(any)?;
     s.connect(backend)?;
@@ -55,11 +58,11 @@ pub(crate) fn open_upstream(backend: SocketAddr) -> io::Result<Upstream> {
 /// Opens a per-datagram session's socket: not connected, for it sends to
 /// whichever backend each datagram picks (of `v6`'s family) and takes
 /// replies from any of them (the caller checks the sender).
-pub(crate) fn open_spread(v6: bool) -> io::Result<Upstream> {
-    let any: SocketAddr = if v6 {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
+pub(crate) fn open_spread(v6: bool, source: Option<std::net::IpAddr>) -> io::Result<Upstream> {
+    let any: SocketAddr = match source {
+        Some(ip) => (ip, 0).into(),
+        None if v6 => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        None => (Ipv4Addr::UNSPECIFIED, 0).into(),
     };
     let s = std::net::UdpSocket::bind(any)?;
     s.set_nonblocking(true)?;
