@@ -670,7 +670,7 @@ async fn source_sets_the_address_backends_see() {
     let (t, u) = reporters().await;
     let text = |source: &str| {
         format!(
-            "[[listeners]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\npool = \"t\"\n\
+            "[admin]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\npool = \"t\"\n\
              [[listeners]]\nname = \"u\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"u\"\n\
              [pools.t]\n{source}backends = [{{ addr = \"{t}\" }}]\n\
              [pools.u]\n{source}backends = [{{ addr = \"{u}\" }}]\n"
@@ -705,6 +705,15 @@ async fn source_sets_the_address_backends_see() {
     );
     assert_eq!(seen_tcp(ft).await, "127.0.0.77");
     assert_eq!(seen_udp(fu).await, "127.0.0.77");
+    // The API says so.
+    let admin = server.admin_addr().await.unwrap();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        common::daemon::http(admin, "GET", "/api/v1/pools", &[], "")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("\"source\":\"127.0.0.77\""), "{body}");
     // Many connections share the address: ports are chosen at connect.
     for _ in 0..50 {
         assert_eq!(seen_tcp(ft).await, "127.0.0.77");

@@ -43,6 +43,7 @@ pub fn pools(
                 panic: snap.in_panic(),
                 panic_threshold: snap.config.panic_below.map(|t| f64::from(t) / 1000.0),
                 on_all_down: snap.config.on_all_down.name().to_string(),
+                source: snap.config.source.map(|s| s.to_string()),
                 rates: snap.config.rates,
                 listeners,
                 backends: snap.members.iter().map(BackendStatus::of).collect(),

@@ -76,6 +76,9 @@ pub struct PoolStatus {
     /// Its `on_all_down`.
     #[serde(default)]
     pub on_all_down: String,
+    /// The local address its connections leave from, if it names one.
+    #[serde(default)]
+    pub source: Option<String>,
     /// Its per-connection byte rates (`upload`, `download`), bytes per second.
     #[serde(default)]
     pub rates: crate::config::Rates,
