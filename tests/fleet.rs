@@ -560,7 +560,7 @@ async fn etcd_over_tls_with_client_certificates() {
         "a refused handshake",
         &[&two],
         Duration::from_secs(5),
-        |s| value(s, error) >= 1.0,
+        |s| common::metric(&s.metrics().render(), error).unwrap_or(0.0) >= 1.0,
     )
     .await;
     assert!(members(&two).is_empty());
