@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -60,6 +61,25 @@ async fn window_of(r: &mut (impl AsyncReadExt + Unpin)) -> Option<u64> {
         }
     }
     Some(n)
+}
+
+/// Reads the download of a connection through `front` for the window,
+/// counted from when every connection of `together` has its first bytes,
+/// so each share is measured over the same seconds.
+async fn download_together(front: SocketAddr, together: Arc<tokio::sync::Barrier>) -> u64 {
+    let mut s = TcpStream::connect(front).await.unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    assert!(s.read(&mut buf).await.unwrap() > 0, "a stream");
+    together.wait().await;
+    let end = tokio::time::Instant::now() + WINDOW;
+    let mut n = 0u64;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Err(_) => return n,
+            Ok(Ok(0)) | Ok(Err(_)) => panic!("a stream for the whole window"),
+            Ok(Ok(m)) => n += m as u64,
+        }
+    }
 }
 
 /// Reads the download of a connection through `front` for the window.
@@ -133,7 +153,10 @@ async fn rates_hold_within_five_percent_and_unlimited_flows_still_splice() {
         while Instant::now() < end && s.write_all(&zeros).await.is_ok() {}
     });
     let one = tokio::spawn(download(each));
-    let shared: Vec<_> = (0..4).map(|_| tokio::spawn(download(all))).collect();
+    let together = Arc::new(tokio::sync::Barrier::new(4));
+    let shared: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(download_together(all, together.clone())))
+        .collect();
     within("download_rate 1 MiB/s", one.await.unwrap(), MIB);
     let mut parts = Vec::new();
     for s in shared {
