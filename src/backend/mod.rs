@@ -82,8 +82,9 @@ pub struct Backend {
     /// Fires when it goes down or leaves its pool; replaced when it comes back.
     down: Mutex<tokio_util::sync::CancellationToken>,
     /// The local address connections to it leave from (its pool's
-    /// `source`), set by each snapshot.
-    source: Mutex<Option<std::net::IpAddr>>,
+    /// `source`), set by each snapshot; read by every connect, without a
+    /// lock.
+    source: arc_swap::ArcSwapOption<std::net::IpAddr>,
     /// When it last came back (an up transition, the end of an ejection),
     /// for `slow_start`; 0 once it has warmed up.
     back_at: AtomicU64,
@@ -127,7 +128,7 @@ impl Backend {
             back_at: AtomicU64::new(0),
             on_down: AtomicU64::new(KEEP),
             down: Mutex::new(tokio_util::sync::CancellationToken::new()),
-            source: Mutex::new(None),
+            source: arc_swap::ArcSwapOption::const_empty(),
             active: AtomicU64::new(0),
             passive_fails: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -176,12 +177,15 @@ impl Backend {
     /// family is used.
     pub(crate) fn set_source(&self, source: Option<std::net::IpAddr>) {
         let source = source.filter(|s| s.is_ipv4() == self.addr.is_ipv4());
-        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = source;
+        // Every snapshot sets it: stored only when it changes.
+        if self.source() != source {
+            self.source.store(source.map(std::sync::Arc::new));
+        }
     }
 
     /// The local address to connect from, if its pool names one.
     pub(crate) fn source(&self) -> Option<std::net::IpAddr> {
-        *self.source.lock().unwrap_or_else(|e| e.into_inner())
+        self.source.load().as_deref().copied()
     }
 
     pub(crate) fn set_on_down(&self, on_down: Option<Duration>) {

@@ -512,24 +512,12 @@ impl Validator<'_> {
                 "only format = \"serverset\" takes `endpoint` (which of a member's additional endpoints to use)",
             );
         }
-        let session_timeout = self
-            .positive_duration(
-                raw.session_timeout.as_ref(),
-                &format!("{key}.session_timeout"),
-            )
-            .unwrap_or(Duration::from_secs(10));
-        if session_timeout < Duration::from_millis(500) {
-            let span = raw
-                .session_timeout
-                .as_ref()
-                .map(|t| t.span())
-                .unwrap_or_default();
-            self.p.push(
-                span,
-                format!("{key}.session_timeout"),
-                "must be at least 500ms (pings go out every third of it)",
-            );
-        }
+        let session_timeout = self.duration_at_least(
+            raw.session_timeout.as_ref(),
+            &format!("{key}.session_timeout"),
+            (Duration::from_secs(10), Duration::from_millis(500)),
+            "must be at least 500ms (pings go out every third of it)",
+        );
         let digest = raw.digest_auth_file.as_ref().and_then(|f| {
             let file = self.file(f);
             match std::fs::read(&file) {
@@ -570,17 +558,12 @@ impl Validator<'_> {
     /// `[cluster]`.
     pub(super) fn cluster(&mut self, c: &S<RawCluster>) -> ClusterConfig {
         let raw = c.get_ref();
-        let ttl = self
-            .positive_duration(raw.ttl.as_ref(), "cluster.ttl")
-            .unwrap_or(Duration::from_secs(10));
-        if ttl < Duration::from_secs(2) {
-            let span = raw.ttl.as_ref().map(|t| t.span()).unwrap_or_default();
-            self.p.push(
-                span,
-                "cluster.ttl",
-                "must be at least 2s (etcd's leases count in seconds)",
-            );
-        }
+        let ttl = self.duration_at_least(
+            raw.ttl.as_ref(),
+            "cluster.ttl",
+            (Duration::from_secs(10), Duration::from_secs(2)),
+            "must be at least 2s (etcd's leases count in seconds)",
+        );
         let mut prefix = raw
             .prefix
             .as_ref()

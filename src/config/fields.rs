@@ -102,6 +102,24 @@ impl Validator<'_> {
         Some(d)
     }
 
+    /// A positive duration, `default` when absent, and `below` said at its
+    /// place when it is shorter than `min` (the value is kept, so the file's
+    /// other problems are still found).
+    pub(super) fn duration_at_least(
+        &mut self,
+        v: Option<&S<String>>,
+        key: &str,
+        (default, min): (Duration, Duration),
+        below: &str,
+    ) -> Duration {
+        let d = self.positive_duration(v, key).unwrap_or(default);
+        if d < min {
+            let span = v.map(|v| v.span()).unwrap_or_default();
+            self.p.push(span, key, below);
+        }
+        d
+    }
+
     /// `tcp_keepalive`: the silence before probes start, default 60s;
     /// `"0s"` turns keepalive off (`None`). The kernel counts it in whole
     /// seconds, so anything between 0 and 1s is refused (it would be 0,

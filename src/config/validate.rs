@@ -205,21 +205,12 @@ impl Validator<'_> {
                 header_timeout: self
                     .positive_duration(a.header_timeout.as_ref(), "admin.header_timeout")
                     .unwrap_or(Duration::from_secs(10)),
-                history_interval: {
-                    let d = self
-                        .positive_duration(a.history_interval.as_ref(), "admin.history_interval")
-                        .unwrap_or(Duration::from_secs(5));
-                    if d < Duration::from_millis(100) {
-                        let span = a
-                            .history_interval
-                            .as_ref()
-                            .map(|h| h.span())
-                            .unwrap_or_default();
-                        self.p
-                            .push(span, "admin.history_interval", "must be at least 100ms");
-                    }
-                    d
-                },
+                history_interval: self.duration_at_least(
+                    a.history_interval.as_ref(),
+                    "admin.history_interval",
+                    (Duration::from_secs(5), Duration::from_millis(100)),
+                    "must be at least 100ms",
+                ),
             }
         });
         let shutdown_grace = self

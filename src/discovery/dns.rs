@@ -80,16 +80,14 @@ fn classify(e: ResolveError) -> Result<Answer, String> {
 }
 
 fn classify_proto(p: &ProtoError) -> Result<Answer, String> {
-    {
-        if let ProtoErrorKind::NoRecordsFound { response_code, .. } = p.kind() {
-            if matches!(
-                *response_code,
-                ResponseCode::NXDomain | ResponseCode::NoError
-            ) {
-                return Ok(Answer::Empty);
-            }
-            return Err(format!("the server answered {response_code}"));
+    if let ProtoErrorKind::NoRecordsFound { response_code, .. } = p.kind() {
+        if matches!(
+            *response_code,
+            ResponseCode::NXDomain | ResponseCode::NoError
+        ) {
+            return Ok(Answer::Empty);
         }
+        return Err(format!("the server answered {response_code}"));
     }
     Err(p.to_string())
 }
@@ -106,7 +104,7 @@ pub(super) async fn addresses(d: &Dns, name: &str, port: u16) -> Result<Answer, 
         Ok(ips) => ips,
         Err(e) => return classify(e),
     };
-    let mut found: Vec<Found> = ips
+    let found: Vec<Found> = ips
         .iter()
         .map(|ip: IpAddr| Found {
             addr: SocketAddr::new(ip, port),
@@ -115,8 +113,6 @@ pub(super) async fn addresses(d: &Dns, name: &str, port: u16) -> Result<Answer, 
             draining: None,
         })
         .collect();
-    found.sort_by_key(|f| f.addr);
-    found.dedup_by_key(|f| f.addr);
     if found.is_empty() {
         return Ok(Answer::Empty);
     }
@@ -195,6 +191,7 @@ pub(super) async fn services(d: &Dns, name: &str) -> Result<Answer, String> {
         .collect();
     missing.sort();
     missing.dedup();
+    // One copy of the resolver (its settings are copied with it), shared.
     let resolver = Arc::new(d.resolver.clone());
     let gate = Arc::new(tokio::sync::Semaphore::new(TARGETS_AT_ONCE));
     let mut asks = tokio::task::JoinSet::new();
@@ -233,8 +230,6 @@ pub(super) async fn services(d: &Dns, name: &str) -> Result<Answer, String> {
             });
         }
     }
-    found.sort_by_key(|f| f.addr);
-    found.dedup_by_key(|f| f.addr);
     if found.is_empty() {
         return Ok(Answer::Empty);
     }

@@ -194,8 +194,6 @@ impl Context {
                 }
             }
         }
-        found.sort_by_key(|f| f.addr);
-        found.dedup_by_key(|f| f.addr);
         self.shared
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -311,8 +311,6 @@ async fn publish(cx: &mut Context, d: &DiscoveryConfig, z: &ZooKeeper, view: &mu
             draining: m.draining,
         });
     }
-    found.sort_by_key(|f| f.addr);
-    found.dedup_by_key(|f| f.addr);
     cx.shared.lock().unwrap_or_else(|e| e.into_inner()).entries = entries;
     cx.report(d, Ok(found));
 }

@@ -35,7 +35,7 @@ type Entries = HashMap<SocketAddr, (String, Value)>;
 
 /// Where a pool's members are written, so a change made through one
 /// instance reaches every instance.
-#[derive(Default)]
+#[derive(Default, Clone)]
 enum Store {
     /// Nowhere: changes stay in this instance.
     #[default]
@@ -118,27 +118,19 @@ impl Writer {
     /// registry: writes `change` of backend `addr` there, so every instance
     /// follows. `None` for pools whose changes stay local.
     pub async fn share(&self, addr: SocketAddr, change: Change) -> Option<Result<(), Unshared>> {
-        enum To {
-            Etcd(Etcd),
-            Zk(tokio::sync::mpsc::Sender<from_zookeeper::Write>),
-        }
-        let (to, entry) = {
+        let (store, entry) = {
             let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let to = match &s.store {
-                Store::Local => return None,
-                Store::NotOurs(why) => return Some(Err(Unshared::NotOurs(why.clone()))),
-                Store::Etcd(e) => To::Etcd(e.clone()),
-                Store::ZooKeeper(z) => To::Zk(z.clone()),
-            };
-            (to, s.entries.get(&addr).cloned())
+            (s.store.clone(), s.entries.get(&addr).cloned())
+        };
+        let what = match &store {
+            Store::Local => return None,
+            Store::NotOurs(why) => return Some(Err(Unshared::NotOurs(why.clone()))),
+            Store::Etcd(_) => "etcd key",
+            Store::ZooKeeper(_) => "ZooKeeper node",
         };
         let Some((key, value)) = entry else {
-            let store = match to {
-                To::Etcd(_) => "etcd key",
-                To::Zk(_) => "ZooKeeper node",
-            };
             return Some(Err(Unshared::Unavailable(format!(
-                "no {store} holds backend {addr}"
+                "no {what} holds backend {addr}"
             ))));
         };
         let mut obj = match value {
@@ -150,19 +142,21 @@ impl Writer {
             Change::Weight(w) => obj.insert("weight".into(), Value::from(w.get())),
         };
         let text = Value::Object(obj).to_string();
-        Some(match to {
-            To::Etcd(etcd) => etcd.put(&key, text.as_bytes(), None).await.map_err(|e| {
+        Some(match store {
+            Store::Etcd(etcd) => etcd.put(&key, text.as_bytes(), None).await.map_err(|e| {
                 Unshared::Unavailable(format!(
                     "etcd did not take the change ({e}); nothing changed"
                 ))
             }),
-            To::Zk(follower) => from_zookeeper::write(&follower, key, text.into_bytes())
+            Store::ZooKeeper(follower) => from_zookeeper::write(&follower, key, text.into_bytes())
                 .await
                 .map_err(|e| {
                     Unshared::Unavailable(format!(
                         "ZooKeeper did not take the change ({e}); nothing changed"
                     ))
                 }),
+            // Answered above.
+            Store::Local | Store::NotOurs(_) => return None,
         })
     }
 }
@@ -330,11 +324,14 @@ impl Context {
         self.metrics.last_contact.set(unix_now());
     }
 
-    /// Leaves out the entries whose name another entry already has (the
-    /// first by address keeps it, the same on every instance) or that is
-    /// another backend's address, so a name always means one backend and
-    /// never stands for another; each is logged once.
-    fn named(&mut self, found: Vec<Found>) -> Vec<Found> {
+    /// Every source's answer in one form: in address order, one entry per
+    /// address (the first), and without the entries whose name another
+    /// entry already has (the first by address keeps it, the same on every
+    /// instance) or that is another backend's address, so a name always
+    /// means one backend and never stands for another; each is logged once.
+    fn named(&mut self, mut found: Vec<Found>) -> Vec<Found> {
+        found.sort_by_key(|f| f.addr);
+        found.dedup_by_key(|f| f.addr);
         let addrs: std::collections::HashSet<SocketAddr> = found.iter().map(|f| f.addr).collect();
         let mut names = std::collections::HashSet::new();
         let mut kept = Vec::with_capacity(found.len());

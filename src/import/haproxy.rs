@@ -125,20 +125,25 @@ fn strategy(b: &str) -> Option<&'static str> {
     })
 }
 
-/// Server names in `{ req.ssl_sni -i a b }` (or `req_ssl_sni`), or an ACL.
+/// Server names in `req.ssl_sni -i a b` (or `req_ssl_sni`), up to a `}`.
+fn sni_fetch(words: &[String]) -> Option<Vec<String>> {
+    let (fetch, rest) = words.split_first()?;
+    if fetch != "req.ssl_sni" && fetch != "req_ssl_sni" {
+        return None;
+    }
+    let names: Vec<String> = rest
+        .iter()
+        .take_while(|w| *w != "}")
+        .filter(|w| *w != "-i")
+        .cloned()
+        .collect();
+    (!names.is_empty() && !names.iter().any(|n| n.starts_with('-'))).then_some(names)
+}
+
+/// Server names in a condition: `{ req.ssl_sni -i a b }`, or an ACL's.
 fn sni(cond: &[String], acls: &HashMap<String, Vec<String>>) -> Option<Vec<String>> {
     match cond {
-        [brace, fetch, rest @ ..]
-            if brace == "{" && (fetch == "req.ssl_sni" || fetch == "req_ssl_sni") =>
-        {
-            let names: Vec<String> = rest
-                .iter()
-                .take_while(|w| *w != "}")
-                .filter(|w| *w != "-i")
-                .cloned()
-                .collect();
-            (!names.is_empty() && !names.iter().any(|n| n.starts_with('-'))).then_some(names)
-        }
+        [brace, inner @ ..] if brace == "{" => sni_fetch(inner),
         [acl] => acls.get(acl).cloned(),
         _ => None,
     }
@@ -235,13 +240,7 @@ fn proxy(m: &mut Model, s: &Section, d: &Defaults, resolvers: &HashMap<String, S
             ("mode", _) => {}
             ("bind", addr) if front => listeners.push((l.clone(), addr.to_string())),
             ("default_backend", b) if front => default_backend = Some(fit(b)),
-            ("acl", name) if front => match sni(
-                &l.words[2..].iter().fold(vec!["{".to_string()], |mut v, w| {
-                    v.push(w.clone());
-                    v
-                }),
-                &HashMap::new(),
-            ) {
+            ("acl", name) if front => match sni_fetch(&l.words[2..]) {
                 Some(names) => {
                     acls.insert(name.to_string(), names);
                 }

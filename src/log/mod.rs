@@ -8,7 +8,9 @@
 mod syslog;
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use arc_swap::ArcSwapOption;
 
 use prometheus::IntCounterVec;
 use tracing::field::{Field, Visit};
@@ -27,8 +29,11 @@ const OFF: u8 = 2;
 
 static MODE: AtomicU8 = AtomicU8::new(STDERR);
 
-/// The running syslog writer, and the settings it was made for.
-static SINK: Mutex<Option<(LogConfig, syslog::Sink)>> = Mutex::new(None);
+/// The running syslog writer: read without a lock by every access line.
+static SINK: ArcSwapOption<syslog::Sink> = ArcSwapOption::const_empty();
+
+/// The settings the writer was made for (changed only by `configure`).
+static MADE_FOR: Mutex<Option<LogConfig>> = Mutex::new(None);
 
 /// Lines not delivered, by reason: `full` (the queue was full: the
 /// receiver is slow or gone) and `unsent` (a write failed).
@@ -51,22 +56,22 @@ pub(crate) static DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Applies `[log]`: where access lines go from now on. A syslog writer is
 /// started, or replaced when its target or facility changed.
 pub fn configure(c: &LogConfig) {
-    let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
-    match c.access {
+    let mut made_for = MADE_FOR.lock().unwrap_or_else(|e| e.into_inner());
+    let mode = match c.access {
         AccessLog::Syslog => {
-            if sink.as_ref().map(|(old, _)| old) != Some(c) {
-                *sink = Some((c.clone(), syslog::Sink::start(c)));
+            if made_for.as_ref() != Some(c) {
+                SINK.store(Some(Arc::new(syslog::Sink::start(c))));
+                *made_for = Some(c.clone());
             }
-            MODE.store(SYSLOG, Ordering::Release);
+            SYSLOG
         }
-        AccessLog::Stderr => {
-            MODE.store(STDERR, Ordering::Release);
-            *sink = None;
-        }
-        AccessLog::Off => {
-            MODE.store(OFF, Ordering::Release);
-            *sink = None;
-        }
+        AccessLog::Stderr => STDERR,
+        AccessLog::Off => OFF,
+    };
+    MODE.store(mode, Ordering::Release);
+    if mode != SYSLOG {
+        SINK.store(None);
+        *made_for = None;
     }
 }
 
@@ -113,8 +118,7 @@ impl<S: Subscriber> Layer<S> for SyslogLayer {
         }
         let mut f = Fields::default();
         event.record(&mut f);
-        let sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, s)) = sink.as_ref() {
+        if let Some(s) = SINK.load().as_ref() {
             s.send(&f.message, &f.fields);
         }
     }

@@ -48,6 +48,7 @@ impl Server {
         );
         let prepared = prepare(&mut st, &plan, &config)?;
         // Nothing fails from here on.
+        crate::log::configure(&config.log);
         self.commit_pools(&mut st, &plan, &config).await;
         self.commit_listeners(&mut st, &plan, &config, prepared);
         self.publish(&mut st, config);

@@ -100,7 +100,6 @@ impl Server {
         // The data plane runs on its workers however the library is started
         // (the binary starts them first; an embedding program or a test
         // gets the same threads here).
-        crate::log::configure(&config.log);
         let workers = config.workers.unwrap_or_else(crate::workers::default_count);
         crate::workers::start(workers, config.cpu_affinity).map_err(Error::Workers)?;
         let inner = Arc::new(Inner {
@@ -192,19 +191,16 @@ impl Server {
 
     /// Applies `config` as one difference from what runs now.
     pub async fn reload(&self, config: Config) -> Result<(), Error> {
-        let before = self.view().config.clone();
-        if (before.workers, before.cpu_affinity) != (config.workers, config.cpu_affinity) {
+        let view = self.view();
+        if (view.config.workers, view.config.cpu_affinity) != (config.workers, config.cpu_affinity)
+        {
             tracing::warn!(
                 workers = ?config.workers,
                 cpu_affinity = config.cpu_affinity,
                 "workers and cpu_affinity take effect at the next start or binary upgrade; the running workers stay as they are"
             );
         }
-        let log = config.log.clone();
         let result = self.apply(config).await;
-        if result.is_ok() {
-            crate::log::configure(&log);
-        }
         match &result {
             Ok(()) => tracing::info!("configuration reloaded"),
             Err(e) => {

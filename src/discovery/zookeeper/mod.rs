@@ -229,47 +229,45 @@ impl Zk {
     /// Reads one frame: a reply's (xid, error code, body), or `None` for a
     /// watch (queued) or a ping's answer.
     async fn reply(&mut self) -> Result<Option<(i32, i32, Bytes)>, Error> {
-        {
-            let chroot_len = self.s.chroot.len();
-            let conn = self.conn.as_mut().ok_or_else(lost)?;
-            let mut frame = conn.frame().await?;
-            let mut r = In::new(&frame);
-            let x = r.i32()?;
-            let zxid = r.i64()?;
-            let err = r.i32()?;
-            frame.advance(16);
-            if zxid > self.last_zxid {
-                self.last_zxid = zxid;
-            }
-            match x {
-                xid::PING => Ok(None),
-                xid::WATCH => {
-                    let mut r = In::new(&frame);
-                    let kind = r.i32()?;
-                    let state = r.i32()?;
-                    let path = r.str()?;
-                    if state == code::SESSION_EXPIRED {
-                        self.conn = None;
-                        return Err(Error::Expired);
-                    }
-                    let path = path.get(chroot_len..).unwrap_or_default().to_string();
-                    let path = if path.is_empty() { "/".into() } else { path };
-                    let e = match kind {
-                        1 => Event::Created(path),
-                        2 => Event::Deleted(path),
-                        3 => Event::Data(path),
-                        4 => Event::Children(path),
-                        _ => return Ok(None),
-                    };
-                    conn.events.push_back(e);
-                    Ok(None)
-                }
-                _ if err == code::SESSION_EXPIRED => {
+        let chroot_len = self.s.chroot.len();
+        let conn = self.conn.as_mut().ok_or_else(lost)?;
+        let mut frame = conn.frame().await?;
+        let mut r = In::new(&frame);
+        let x = r.i32()?;
+        let zxid = r.i64()?;
+        let err = r.i32()?;
+        frame.advance(16);
+        if zxid > self.last_zxid {
+            self.last_zxid = zxid;
+        }
+        match x {
+            xid::PING => Ok(None),
+            xid::WATCH => {
+                let mut r = In::new(&frame);
+                let kind = r.i32()?;
+                let state = r.i32()?;
+                let path = r.str()?;
+                if state == code::SESSION_EXPIRED {
                     self.conn = None;
-                    Err(Error::Expired)
+                    return Err(Error::Expired);
                 }
-                _ => Ok(Some((x, err, frame))),
+                let path = path.get(chroot_len..).unwrap_or_default().to_string();
+                let path = if path.is_empty() { "/".into() } else { path };
+                let e = match kind {
+                    1 => Event::Created(path),
+                    2 => Event::Deleted(path),
+                    3 => Event::Data(path),
+                    4 => Event::Children(path),
+                    _ => return Ok(None),
+                };
+                conn.events.push_back(e);
+                Ok(None)
             }
+            _ if err == code::SESSION_EXPIRED => {
+                self.conn = None;
+                Err(Error::Expired)
+            }
+            _ => Ok(Some((x, err, frame))),
         }
     }
 
@@ -310,44 +308,44 @@ impl Zk {
         Ok(out)
     }
 
+    /// One request, `build(xid)`: its error code and body.
+    async fn call(&mut self, mut build: impl FnMut(i32) -> Out) -> Result<(i32, Bytes), Error> {
+        Ok(self.calls(1, |_, x| build(x)).await?.remove(0))
+    }
+
+    /// Operation `op` on `path` with a watch or not: the body when the node
+    /// is there, `None` when it is not.
+    async fn watched(&mut self, op: i32, path: &str, watch: bool) -> Result<Option<Bytes>, Error> {
+        let full = self.full(path);
+        let (err, body) = self
+            .call(|x| {
+                let mut o = Out::request(x, op);
+                o.str(&full).bool(watch);
+                o
+            })
+            .await?;
+        match err {
+            code::OK => Ok(Some(body)),
+            code::NO_NODE => Ok(None),
+            e => Err(refused(e, path)),
+        }
+    }
+
     /// The children of `path` (`None`: no such node), and a watch on them.
     pub async fn children(
         &mut self,
         path: &str,
         watch: bool,
     ) -> Result<Option<Vec<String>>, Error> {
-        let full = self.full(path);
-        let (err, body) = self
-            .calls(1, |_, x| {
-                let mut o = Out::request(x, op::GET_CHILDREN);
-                o.str(&full).bool(watch);
-                o
-            })
-            .await?
-            .remove(0);
-        match err {
-            code::OK => Ok(Some(In::new(&body).strs()?)),
-            code::NO_NODE => Ok(None),
-            e => Err(refused(e, path)),
+        match self.watched(op::GET_CHILDREN, path, watch).await? {
+            Some(body) => Ok(Some(In::new(&body).strs()?)),
+            None => Ok(None),
         }
     }
 
     /// Whether `path` exists, and a watch on it (its creation too).
     pub async fn exists(&mut self, path: &str, watch: bool) -> Result<bool, Error> {
-        let full = self.full(path);
-        let (err, _) = self
-            .calls(1, |_, x| {
-                let mut o = Out::request(x, op::EXISTS);
-                o.str(&full).bool(watch);
-                o
-            })
-            .await?
-            .remove(0);
-        match err {
-            code::OK => Ok(true),
-            code::NO_NODE => Ok(false),
-            e => Err(refused(e, path)),
-        }
+        Ok(self.watched(op::EXISTS, path, watch).await?.is_some())
     }
 
     /// The data of each of `paths` (`None`: gone), and a watch on each.
@@ -384,13 +382,12 @@ impl Zk {
     pub async fn set_data(&mut self, path: &str, data: &[u8], version: i32) -> Result<i32, Error> {
         let full = self.full(path);
         let (err, body) = self
-            .calls(1, |_, x| {
+            .call(|x| {
                 let mut o = Out::request(x, op::SET_DATA);
                 o.str(&full).buf(data).i32(version);
                 o
             })
-            .await?
-            .remove(0);
+            .await?;
         match err {
             code::OK => Ok(In::new(&body).stat_version()?),
             e => Err(refused(e, path)),
