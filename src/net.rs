@@ -2,7 +2,7 @@
 //! them. The system calls go through rustix, which wraps each safely.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
@@ -117,6 +117,36 @@ pub(crate) fn accept(
         .and_then(|a| SocketAddr::try_from(a).ok())
         .ok_or_else(|| io::Error::other("accepted a socket without an IP address"))?;
     Ok((std::net::TcpStream::from(fd), peer))
+}
+
+/// Binds `socket` (not yet connected) to leave from `ip`, the port chosen
+/// by the kernel (a stream's caller sets `IP_BIND_ADDRESS_NO_PORT` first,
+/// so the port is chosen at connect and many connections share the
+/// address). `transparent` allows an address that is not this host's (the
+/// client's own, for `source = "client"`): `IP_TRANSPARENT`, which takes
+/// `CAP_NET_ADMIN` (or `CAP_NET_RAW`).
+pub(crate) fn bind_source(socket: &Socket, (ip, transparent): (IpAddr, bool)) -> io::Result<()> {
+    if transparent {
+        match ip {
+            IpAddr::V4(_) => socket.set_ip_transparent_v4(true),
+            IpAddr::V6(_) => socket.set_ip_transparent_v6(true),
+        }
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot connect from the client's address (IP_TRANSPARENT needs CAP_NET_ADMIN or CAP_NET_RAW): {e}"),
+            )
+        })?;
+    }
+    socket.bind(&SocketAddr::new(ip, 0).into())
+}
+
+/// Whether this process may connect from addresses not its own
+/// (`IP_TRANSPARENT`, for `source = "client"`): asked before a
+/// configuration that needs it is applied.
+pub(crate) fn may_connect_transparently() -> io::Result<()> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_ip_transparent_v4(true)
 }
 
 /// Whether `e` is the proxy's own shortage, not the peer's doing, and which:

@@ -1,84 +1,15 @@
 //! Faults the kernel really produces, made with `iptables` inside a network
-//! namespace of each test's own (`unshare -n`: only a loopback interface,
-//! nothing of the machine's network, gone when the test ends).
-//!
-//! Each test re-runs itself inside the namespace: the outer run checks that
-//! it may (root, `unshare`, `ip`, `iptables`) and runs the test binary again
-//! under `unshare -n` for that one test; the inner run (marked by
-//! `SWITCHYARD_NETNS`) brings loopback up and does the work.
+//! namespace of each test's own (see `common::netns`).
 
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::netns::{in_namespace, iptables};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
-
-const INSIDE: &str = "SWITCHYARD_NETNS";
-
-/// True inside the namespace (run the test's body). Outside, runs this test
-/// again inside a new one, asserts it passed, and returns false.
-fn in_namespace(test: &str) -> bool {
-    if std::env::var(INSIDE).as_deref() == Ok(test) {
-        run(&["ip", "link", "set", "lo", "up"]);
-        return true;
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-            panic!("{test} needs root for a network namespace; CI runs as root");
-        }
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: {test} needs root (for unshare -n)"
-        );
-        return false;
-    }
-    for (tool, package) in [
-        ("unshare", "util-linux"),
-        ("ip", "iproute2"),
-        ("iptables", "iptables"),
-    ] {
-        if !installed(tool, package) {
-            return false;
-        }
-    }
-    let out = Command::new("unshare")
-        .arg("-n")
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(INSIDE, test)
-        .output()
-        .expect("run unshare");
-    assert!(
-        out.status.success(),
-        "{test} failed inside its namespace:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    false
-}
-
-/// Runs a command (iptables, ip) that must succeed.
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn iptables(rule: &str) {
-    let args: Vec<&str> = std::iter::once("iptables")
-        .chain(rule.split_whitespace())
-        .collect();
-    run(&args);
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -327,3 +327,39 @@ async fn haproxy_s_mode_tcp_examples_import_and_route_alike() {
         );
     }
 }
+
+/// HAProxy's `source … usesrc clientip` and nginx's `proxy_bind
+/// $remote_addr transparent` become `source = "client"`; a plain address
+/// stays an address.
+#[test]
+fn transparent_sources_import_as_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &haproxy,
+        "frontend f\n    mode tcp\n    bind 127.0.0.1:7000\n    default_backend b\n\
+         backend b\n    mode tcp\n    source 0.0.0.0 usesrc clientip\n    server s1 127.0.0.1:7001\n\
+         backend c\n    mode tcp\n    source 10.0.0.5\n    server s2 127.0.0.1:7002\n",
+    )
+    .unwrap();
+    let toml = import("haproxy", &haproxy);
+    assert!(
+        toml.contains("[pools.\"b\"]\nsource = \"client\""),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("[pools.\"c\"]\nsource = \"10.0.0.5\""),
+        "{toml}"
+    );
+    check(dir.path(), &toml);
+
+    let nginx = dir.path().join("nginx.conf");
+    std::fs::write(
+        &nginx,
+        "stream {\n  upstream app { server 127.0.0.1:7001; }\n  server {\n    listen 127.0.0.1:7000;\n    proxy_bind $remote_addr transparent;\n    proxy_pass app;\n  }\n}\n",
+    )
+    .unwrap();
+    let toml = import("nginx", &nginx);
+    assert!(toml.contains("source = \"client\""), "{toml}");
+    check(dir.path(), &toml);
+}

@@ -439,6 +439,32 @@ fn the_unit_file_verifies_and_is_rated_ok() {
         .unwrap();
     assert!(exposure <= 2.5, "{line}");
     assert!(line.contains("OK") || line.contains("SAFE"), "{line}");
+
+    // The drop-in for `source = "client"` verifies too, and grants the
+    // capability: the security report counts it.
+    let drop_in = dir.path().join("switchyard.service.d");
+    std::fs::create_dir(&drop_in).unwrap();
+    std::fs::copy(
+        root.join("systemd/transparent.conf"),
+        drop_in.join("transparent.conf"),
+    )
+    .unwrap();
+    let verify = analyze(&["verify"]);
+    let said = String::from_utf8_lossy(&verify.stderr).to_string();
+    assert!(
+        verify.status.success() && !said.contains("switchyard.service"),
+        "with the drop-in: {said}"
+    );
+    let security = analyze(&["security", "--offline=true", "--no-pager"]);
+    let out = String::from_utf8_lossy(&security.stdout).to_string();
+    let granted = out
+        .lines()
+        .find(|l| l.contains("CAP_NET_ADMIN"))
+        .unwrap_or_else(|| panic!("no CAP_NET_ADMIN line in: {out}"));
+    assert!(
+        granted.contains('✗'),
+        "the drop-in grants CAP_NET_ADMIN: {granted}"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::now_ms;
+use crate::config::ConnectFrom;
 use crate::metrics::BackendMetrics;
 
 /// `on_down` when established connections are kept (the default).
@@ -81,10 +82,9 @@ pub struct Backend {
     on_down: AtomicU64,
     /// Fires when it goes down or leaves its pool; replaced when it comes back.
     down: Mutex<tokio_util::sync::CancellationToken>,
-    /// The local address connections to it leave from (its pool's
-    /// `source`), set by each snapshot; read by every connect, without a
-    /// lock.
-    source: arc_swap::ArcSwapOption<std::net::IpAddr>,
+    /// Where connections to it leave from (its pool's `source`), set by
+    /// each snapshot; read by every connect, without a lock.
+    source: arc_swap::ArcSwapOption<ConnectFrom>,
     /// When it last came back (an up transition, the end of an ejection),
     /// for `slow_start`; 0 once it has warmed up.
     back_at: AtomicU64,
@@ -172,22 +172,52 @@ impl Backend {
         self.metrics.forget();
     }
 
-    /// Sets what happens to established connections when it goes down.
-    /// Sets the local address connections leave from; only one of its own
-    /// family is used.
-    pub(crate) fn set_source(&self, source: Option<std::net::IpAddr>) {
-        let source = source.filter(|s| s.is_ipv4() == self.addr.is_ipv4());
+    /// Sets where connections leave from; a local address only for a
+    /// backend of its family.
+    pub(crate) fn set_source(&self, source: Option<ConnectFrom>) {
+        let source = source.filter(|s| match s {
+            ConnectFrom::Address(ip) => ip.is_ipv4() == self.addr.is_ipv4(),
+            ConnectFrom::Client => true,
+        });
         // Every snapshot sets it: stored only when it changes.
-        if self.source() != source {
+        if self.source.load().as_deref() != source.as_ref() {
             self.source.store(source.map(std::sync::Arc::new));
         }
     }
 
-    /// The local address to connect from, if its pool names one.
-    pub(crate) fn source(&self) -> Option<std::net::IpAddr> {
-        self.source.load().as_deref().copied()
+    /// Where a connection for `client` leaves from: `(address, transparent)`,
+    /// or `None` for the system's choice. The client's own address needs a
+    /// client of the backend's family.
+    pub(crate) fn source_for(
+        &self,
+        client: std::net::IpAddr,
+    ) -> std::io::Result<Option<(std::net::IpAddr, bool)>> {
+        match self.source.load().as_deref() {
+            None => Ok(None),
+            Some(ConnectFrom::Address(ip)) => Ok(Some((*ip, false))),
+            Some(ConnectFrom::Client) if client.is_ipv4() == self.addr.is_ipv4() => {
+                Ok(Some((client, true)))
+            }
+            Some(ConnectFrom::Client) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "source = \"client\": the client {client} cannot connect to {} (another address family)",
+                    self.addr
+                ),
+            )),
+        }
     }
 
+    /// The local address health checks leave from: the pool's `source`
+    /// when it names one (checks never borrow a client's address).
+    pub(crate) fn check_source(&self) -> Option<std::net::IpAddr> {
+        match self.source.load().as_deref() {
+            Some(ConnectFrom::Address(ip)) => Some(*ip),
+            _ => None,
+        }
+    }
+
+    /// Sets what happens to established connections when it goes down.
     pub(crate) fn set_on_down(&self, on_down: Option<Duration>) {
         let ms = on_down.map_or(KEEP, |d| (d.as_millis() as u64).min(KEEP - 1));
         self.on_down.store(ms, Ordering::Relaxed);
@@ -411,6 +441,33 @@ mod tests {
             true,
             m.backend("p", "127.0.0.1:1", "127.0.0.1:1"),
         )
+    }
+
+    #[test]
+    fn a_source_applies_to_its_own_family_and_the_client_must_match() {
+        let b = backend();
+        let (v4, v6): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.7".parse().unwrap(), "2001:db8::7".parse().unwrap());
+        b.set_source(Some(ConnectFrom::Address(v6)));
+        assert_eq!(
+            b.source_for(v4).unwrap(),
+            None,
+            "an IPv6 source for an IPv4 backend"
+        );
+        b.set_source(Some(ConnectFrom::Address(v4)));
+        assert_eq!(b.source_for(v6).unwrap(), Some((v4, false)));
+        assert_eq!(b.check_source(), Some(v4));
+        b.set_source(Some(ConnectFrom::Client));
+        assert_eq!(b.source_for(v4).unwrap(), Some((v4, true)));
+        assert!(
+            b.source_for(v6).is_err(),
+            "an IPv6 client cannot leave from its address to an IPv4 backend"
+        );
+        assert_eq!(
+            b.check_source(),
+            None,
+            "checks never borrow a client's address"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -279,9 +279,9 @@ pub struct PoolConfig {
     pub panic_below: Option<u32>,
     /// `on_all_down`, default `"refuse"`.
     pub on_all_down: AllDown,
-    /// `source`: the local address connections to backends leave from
-    /// (for backends of its family), default the system's choice.
-    pub source: Option<std::net::IpAddr>,
+    /// `source`: where connections to backends leave from, default the
+    /// system's choice.
+    pub source: Option<ConnectFrom>,
     /// `[pools.NAME.agent]`: agent checks, default none.
     pub agent: Option<AgentConfig>,
     /// `upload_rate` and `download_rate`, per connection (the listener
@@ -347,6 +347,27 @@ pub const BACKUP: u32 = 256;
 
 /// The lowest priority a backend may name.
 pub const MAX_PRIORITY: u32 = 255;
+
+/// Where a pool's connections and UDP sessions to its backends leave from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFrom {
+    /// `source = "IP"`: this local address (for backends of its family),
+    /// the port chosen at connect.
+    Address(std::net::IpAddr),
+    /// `source = "client"`: the client's own address, bound with
+    /// `IP_TRANSPARENT` (needs `CAP_NET_ADMIN` and the routing the README
+    /// gives), the port chosen at connect.
+    Client,
+}
+
+impl std::fmt::Display for ConnectFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFrom::Address(ip) => ip.fmt(f),
+            ConnectFrom::Client => f.write_str("client"),
+        }
+    }
+}
 
 /// What a pool does with a new connection when no backend is eligible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -407,7 +407,7 @@ pub struct RawPool {
     /// "refuse" (default) or "try_all": what happens to a new connection when no backend is eligible.
     #[schemars(with = "Option<String>")]
     pub on_all_down: Option<S<String>>,
-    /// The local address connections and UDP sessions to backends leave from. Default the system's choice.
+    /// Where connections and UDP sessions to backends leave from: a local IP address, or "client" (the client's own address, bound with IP_TRANSPARENT: needs CAP_NET_ADMIN and policy routing). Default the system's choice.
     #[schemars(with = "Option<String>")]
     pub source: Option<S<String>>,
     /// TCP: bytes per second each connection to this pool may send up ("1MiB", "500k", 65536). Default unlimited.

@@ -288,25 +288,22 @@ impl Validator<'_> {
         }
     }
 
-    /// A pool's `source`: a local IP address.
-    fn source(&mut self, v: Option<&S<String>>, key: &str) -> Option<std::net::IpAddr> {
+    /// A pool's `source`: a local IP address, or `"client"`.
+    fn source(&mut self, v: Option<&S<String>>, key: &str) -> Option<super::ConnectFrom> {
         let v = v?;
         let text = v.get_ref();
         match text.parse::<std::net::IpAddr>() {
-            Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(ip),
-            _ if text == "client" => {
-                self.p.push(
-                    v.span(),
-                    format!("{key}.source"),
-                    "source = \"client\" (connecting from the client's own address) is not supported yet; name a local address, or pass the client on with proxy_protocol",
-                );
-                None
+            Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => {
+                Some(super::ConnectFrom::Address(ip))
             }
+            _ if text == "client" => Some(super::ConnectFrom::Client),
             _ => {
                 self.p.push(
                     v.span(),
                     format!("{key}.source"),
-                    format!("`{text}` is not a local IP address to connect from"),
+                    format!(
+                        "`{text}` is neither a local IP address to connect from nor \"client\""
+                    ),
                 );
                 None
             }

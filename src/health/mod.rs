@@ -195,7 +195,7 @@ async fn watch(
     let (mut passes, mut fails) = (0u32, 0u32);
     loop {
         let result = tokio::select! {
-            r = tokio::time::timeout(cfg.timeout, probe::run(&cfg, (backend.addr, &backend.name), tls.as_deref())) => match r {
+            r = tokio::time::timeout(cfg.timeout, probe::run(&cfg, &backend, tls.as_deref())) => match r {
                 Ok(r) => r,
                 Err(_) => Err(Fault::Backend(format!("no answer within {}", humantime::format_duration(cfg.timeout)))),
             },

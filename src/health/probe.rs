@@ -1,7 +1,7 @@
 //! One health probe of each kind. Each returns a short description of what
 //! it saw, or the reason it failed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -38,21 +38,22 @@ fn fault(what: &str, e: std::io::Error) -> Fault {
     }
 }
 
-/// Probes backend `name` at `addr`, over the pool's TLS (`tls`) when it
-/// has one and the check is a stream's.
+/// Probes `backend`, from its pool's `source` address when it names one,
+/// over the pool's TLS (`tls`) when it has one and the check is a stream's.
 pub async fn run(
     cfg: &HealthConfig,
-    (addr, name): (SocketAddr, &str),
+    backend: &crate::backend::Backend,
     tls: Option<&Originator>,
 ) -> Result<String, Fault> {
-    let mut target = addr;
+    let (name, from) = (backend.name.as_str(), backend.check_source());
+    let mut target = backend.addr;
     if let Some(port) = cfg.port {
         target.set_port(port);
     }
     match &cfg.check {
         CheckKind::None => Ok("no check".into()),
         CheckKind::Tcp { send, expect } => {
-            let s = open(target, cfg.proxy_header).await?;
+            let s = open((target, from), cfg.proxy_header).await?;
             let s = secure(s, tls, (target, name)).await?;
             tcp(s, send.as_deref(), expect.as_deref()).await
         }
@@ -61,14 +62,14 @@ pub async fn run(
             expect_status,
             host,
         } => {
-            let s = open(target, cfg.proxy_header).await?;
+            let s = open((target, from), cfg.proxy_header).await?;
             let s = secure(s, tls, (target, name)).await?;
             http(s, target, path, *expect_status, host.as_deref()).await
         }
         CheckKind::Udp { send, expect } => {
             let header = cfg.proxy_header.map(|_| local_header(Transport::Dgram));
             let datagram = [header.unwrap_or_default().as_slice(), send].concat();
-            udp(target, &datagram, expect.as_deref()).await
+            udp((target, from), &datagram, expect.as_deref()).await
         }
     }
 }
@@ -78,9 +79,39 @@ fn local_header(t: Transport) -> Vec<u8> {
     proxy_protocol::v2(None, t, &[])
 }
 
-/// Connects to `addr` and, when the pool sends one, writes its PROXY header.
-async fn open(addr: SocketAddr, header: Option<ProxyVersion>) -> Result<TcpStream, Fault> {
-    let mut s = TcpStream::connect(addr).await.map_err(connect_error)?;
+/// The unspecified address of `addr`'s family, or `from`: where a check
+/// leaves from.
+fn local(addr: SocketAddr, from: Option<IpAddr>) -> SocketAddr {
+    let unspecified = if addr.is_ipv4() {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    SocketAddr::new(from.unwrap_or(unspecified), 0)
+}
+
+/// Connects to `addr` (from `from`, when given) and, when the pool sends
+/// one, writes its PROXY header.
+async fn open(
+    (addr, from): (SocketAddr, Option<IpAddr>),
+    header: Option<ProxyVersion>,
+) -> Result<TcpStream, Fault> {
+    let mut s = match from {
+        None => TcpStream::connect(addr).await,
+        Some(_) => {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(|e| fault("cannot open a socket", e))?;
+            socket
+                .bind(local(addr, from))
+                .map_err(|e| fault("cannot bind the pool's source", e))?;
+            socket.connect(addr).await
+        }
+    }
+    .map_err(connect_error)?;
     let header = match header {
         None => return Ok(s),
         Some(ProxyVersion::V2) => local_header(Transport::Stream),
@@ -215,13 +246,12 @@ async fn http(
     }
 }
 
-async fn udp(addr: SocketAddr, send: &[u8], expect: Option<&[u8]>) -> Result<String, Fault> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let s = UdpSocket::bind(local)
+async fn udp(
+    (addr, from): (SocketAddr, Option<IpAddr>),
+    send: &[u8],
+    expect: Option<&[u8]>,
+) -> Result<String, Fault> {
+    let s = UdpSocket::bind(local(addr, from))
         .await
         .map_err(|e| fault("cannot bind", e))?;
     s.connect(addr)

@@ -307,6 +307,15 @@ fn proxy(m: &mut Model, s: &Section, d: &Defaults, resolvers: &HashMap<String, S
                 None => m.leave(&l.at, &l.text(), "no equivalent strategy"),
             },
             ("default-server", _) => default_server = l.words[1..].to_vec(),
+            // source ADDR[:PORT] [usesrc clientip | client]
+            ("source", a) if back => match (a.rsplit_once(':').map_or(a, |(ip, _)| ip), l.word(2), l.word(3)) {
+                (_, "usesrc", "clientip" | "client") => pool.source = Some("client".into()),
+                (ip, "", _) if ip.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_unspecified()) => {
+                    pool.source = Some(ip.to_string())
+                }
+                (ip, "", _) if ip.parse::<std::net::IpAddr>().is_ok() => {}
+                _ => m.leave(&l.at, &l.text(), "only an address, or usesrc clientip, is imported (ports are chosen at connect)"),
+            },
             ("server", _) if back => servers.push(l.clone()),
             ("server-template", _) if back => {
                 // server-template PREFIX COUNT NAME[:PORT] resolvers R ...

@@ -70,6 +70,8 @@ pub(crate) struct Pool {
     pub(crate) backends: Vec<Backend>,
     pub(crate) proxy_protocol: Option<String>,
     pub(crate) connect_timeout: Option<String>,
+    /// `source`: a local address, or "client".
+    pub(crate) source: Option<String>,
     pub(crate) max_fails: Option<u32>,
     pub(crate) fail_timeout: Option<String>,
     pub(crate) health: Option<Health>,
@@ -259,6 +261,9 @@ fn write(m: &Model, kind: &str, file: &str) -> String {
         }
         if let Some(t) = &p.connect_timeout {
             let _ = writeln!(o, "connect_timeout = {}", q(t));
+        }
+        if let Some(v) = &p.source {
+            let _ = writeln!(o, "source = {}", q(v));
         }
         if let Some(n) = p.max_fails {
             let _ = writeln!(o, "max_fails = {n}");

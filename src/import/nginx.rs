@@ -395,6 +395,7 @@ fn server(
     let (mut cert, mut key) = (None, None);
     let mut preread = false;
     let mut preread_timeout = None;
+    let mut leave_from = None;
     for s in body {
         match s.name.as_str() {
             "listen" => listens.push(s),
@@ -410,6 +411,17 @@ fn server(
             "ssl_certificate_key" => key = s.args.first().cloned(),
             "ssl_preread" => preread = s.args.first().map(String::as_str) == Some("on"),
             "preread_timeout" => preread_timeout = s.args.first().and_then(|t| duration(t, "s")),
+            // proxy_bind ADDR | $remote_addr transparent
+            "proxy_bind" => match s.args.as_slice() {
+                [a, t] if a == "$remote_addr" && t == "transparent" => {
+                    leave_from = Some("client".into())
+                }
+                [a] if a.parse::<std::net::IpAddr>().is_ok() => leave_from = Some(a.clone()),
+                _ => r.leave(
+                    s,
+                    "only an IP address, or $remote_addr transparent, is imported",
+                ),
+            },
             _ => r.leave(s, "no equivalent"),
         }
     }
@@ -459,6 +471,9 @@ fn server(
         }
         if connect.is_some() {
             p.connect_timeout = connect.clone();
+        }
+        if leave_from.is_some() {
+            p.source = leave_from;
         }
     }
     // allow/deny in order, first match wins: `allow A; deny all;` is an

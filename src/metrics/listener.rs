@@ -39,7 +39,7 @@ const REJECTED: Family = Family::by(
 );
 const LOCAL_ERRORS: Family = Family::by(
     "switchyard_listener_local_errors_total",
-    "Connections or datagrams not served for want of the proxy's own resources (descriptors, buffers, local ports), by reason; never counted against a backend.",
+    "Connections or datagrams not served for want of the proxy's own resources (descriptors, buffers, local ports) or of the pool's source address (source), by reason; never counted against a backend.",
     "reason",
 );
 const ACCEPT_ERRORS: Family = Family::new(
@@ -160,6 +160,9 @@ pub struct LocalErrors {
     pub buffers: IntCounter,
     /// Out of local ports (EADDRNOTAVAIL).
     pub ports: IntCounter,
+    /// The pool's `source` could not be taken: the client's address of
+    /// another family than the backend's, or no `CAP_NET_ADMIN` for it.
+    pub source: IntCounter,
 }
 
 impl LocalErrors {
@@ -168,14 +171,17 @@ impl LocalErrors {
             descriptors: o.counter(&LOCAL_ERRORS, Some("descriptors")),
             buffers: o.counter(&LOCAL_ERRORS, Some("buffers")),
             ports: o.counter(&LOCAL_ERRORS, Some("ports")),
+            source: o.counter(&LOCAL_ERRORS, Some("source")),
         }
     }
 
-    /// Counts one under `reason` (`descriptors`, `buffers` or `ports`).
+    /// Counts one under `reason` (`descriptors`, `buffers`, `ports` or
+    /// `source`).
     pub fn count(&self, reason: &str) {
         match reason {
             "descriptors" => self.descriptors.inc(),
             "ports" => self.ports.inc(),
+            "source" => self.source.inc(),
             _ => self.buffers.inc(),
         }
     }

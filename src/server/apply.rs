@@ -11,7 +11,7 @@ use super::upgrade::Inherited;
 use super::{off_runtime, Error, PoolEntry, Server, State};
 use crate::admin::{self, ListenerView, View};
 use crate::cluster::Cluster;
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ConnectFrom, ListenerConfig};
 use crate::discovery::Discovery;
 use crate::health::Checks;
 use crate::listener::{self, Bound, Listener, Pools, Tasks};
@@ -242,6 +242,16 @@ fn listener_config<'c>(config: &'c Config, name: &str) -> &'c ListenerConfig {
 /// listener not kept (inherited, taken over or bound anew), the admin token,
 /// and a new admin endpoint's socket.
 fn prepare(st: &mut State, plan: &Plan, config: &Config) -> Result<Prepared, Error> {
+    let mut transparent = config
+        .pools
+        .iter()
+        .filter(|(_, p)| p.source == Some(ConnectFrom::Client));
+    if let Some((pool, _)) = transparent.next() {
+        crate::net::may_connect_transparently().map_err(|error| Error::Transparent {
+            pool: pool.clone(),
+            error,
+        })?;
+    }
     let mut fresh = HashMap::new();
     for (name, step) in &plan.listeners {
         if *step == ListenerStep::Keep {

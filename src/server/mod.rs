@@ -42,6 +42,15 @@ pub enum Error {
     /// The admin endpoint could not be set up.
     #[error(transparent)]
     Admin(#[from] admin::Error),
+    /// A pool connects from its clients' addresses, which this process
+    /// may not.
+    #[error("pools.{pool}.source = \"client\" needs CAP_NET_ADMIN (or CAP_NET_RAW) to connect from addresses not this host's (IP_TRANSPARENT): {error}; see the README's \"The client's own address to the backend\"")]
+    Transparent {
+        /// The first pool that asks for it.
+        pool: String,
+        /// What the kernel answered.
+        error: std::io::Error,
+    },
     /// The data plane's worker threads could not be started.
     #[error("cannot start the worker threads")]
     Workers(#[source] std::io::Error),

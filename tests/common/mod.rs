@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod etcd;
 pub mod gate;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod tools;

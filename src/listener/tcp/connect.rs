@@ -2,7 +2,7 @@
 //! backends, and tell the backend's own failures from the proxy's.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
@@ -13,36 +13,38 @@ use crate::metrics::TlsHandshakes;
 use crate::net::local_cause;
 use crate::pool::{Pool, Snapshot};
 
-/// Opens a TCP connection to `addr`, with TCP_NODELAY set before connecting
+/// Starts a TCP connection to `addr` (from `source`, when given: see
+/// [`crate::net::bind_source`]), with TCP_NODELAY set before connecting
 /// (keepalive is the relay's to turn on, once the connection has lived a
 /// moment: see `relay`).
-///
-/// The outcome is read from the readiness the connect raises (writable, or
-/// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
-/// that is asked only to name a failure.
-/// Starts a connect to `addr`, from `source` when given.
-fn start_connect(addr: SocketAddr, source: Option<std::net::IpAddr>) -> io::Result<Socket> {
+fn start_connect(addr: SocketAddr, source: Option<(IpAddr, bool)>) -> Result<Socket, DialError> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
-    if let Some(ip) = source {
+    if let Some(source) = source {
         // Port 0 is chosen at connect, so many connections share the address.
         crate::sys::set_int(&socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
-        socket.bind(&SocketAddr::new(ip, 0).into())?;
+        crate::net::bind_source(&socket, source).map_err(DialError::Source)?;
     }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     Ok(socket)
 }
 
-async fn dial(backend: &crate::backend::Backend) -> io::Result<TcpStream> {
-    let socket = start_connect(backend.addr, backend.source())?;
+/// Connects to `backend` for `client`.
+///
+/// The outcome is read from the readiness the connect raises (writable, or
+/// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
+/// that is asked only to name a failure.
+async fn dial(backend: &crate::backend::Backend, client: IpAddr) -> Result<TcpStream, DialError> {
+    let source = backend.source_for(client).map_err(DialError::Source)?;
+    let socket = start_connect(backend.addr, source)?;
     let stream = TcpStream::from_std(socket.into())?;
     let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
     if ready.is_error() || ready.is_write_closed() {
@@ -53,12 +55,15 @@ async fn dial(backend: &crate::backend::Backend) -> io::Result<TcpStream> {
         if matches!(socket2::SockRef::from(&stream).peek(&mut first), Ok(n) if n > 0) {
             return Ok(stream);
         }
-        return Err(stream.take_error()?.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::ConnectionRefused,
-                "connection closed while connecting",
-            )
-        }));
+        return Err(stream
+            .take_error()?
+            .unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "connection closed while connecting",
+                )
+            })
+            .into());
     }
     Ok(stream)
 }
@@ -94,11 +99,13 @@ pub(super) enum Upstream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// Why a backend connection was not made: the socket's error, or a failed
-/// TLS handshake (counted under its result).
+/// Why a backend connection was not made: the socket's error, a failed
+/// TLS handshake (counted under its result), or the pool's `source` that
+/// could not be taken (the proxy's doing, never the backend's).
 enum DialError {
     Io(io::Error),
     Tls(&'static str, io::Error),
+    Source(io::Error),
 }
 
 impl From<io::Error> for DialError {
@@ -113,10 +120,10 @@ impl From<io::Error> for DialError {
 async fn dial_and_greet(
     backend: &crate::backend::Backend,
     preamble: &Preamble,
-    tls: Option<(&crate::tls::Originator, &TlsHandshakes)>,
+    (tls, client): (Option<(&crate::tls::Originator, &TlsHandshakes)>, IpAddr),
 ) -> Result<Upstream, DialError> {
     use tokio::io::AsyncWriteExt;
-    let mut stream = dial(backend).await?;
+    let mut stream = dial(backend, client).await?;
     let Some(tls) = tls else {
         if !preamble.bytes.is_empty() {
             stream.write_all(&preamble.bytes).await?;
@@ -174,7 +181,10 @@ pub(super) fn refused_connect(
         }
         ConnectRefusal::Local(reason, e) => {
             m.local.count(reason);
-            if shared.local_log.ready() {
+            if !shared.local_log.ready() {
+            } else if reason == "source" {
+                tracing::error!(listener, client = %who, error = %e, "cannot connect from the pool's source; closing connections it cannot serve (logged at most once a second)");
+            } else {
                 tracing::error!(listener, reason, error = %e, "the proxy is out of its own resources; closing connections it cannot serve (logged at most once a second)");
             }
         }
@@ -201,11 +211,16 @@ pub(super) async fn connect(
         let started = tokio::time::Instant::now();
         let result = match tokio::time::timeout(
             cfg.connect_timeout,
-            dial_and_greet(backend, preamble, {
-                // Not bound outside the loop: every connection's task would
-                // carry it.
-                cfg.tls.as_ref().map(|t| (&*t.built, pool.tls_handshakes()))
-            }),
+            dial_and_greet(
+                backend,
+                preamble,
+                (
+                    // Not bound outside the loop: every connection's task
+                    // would carry it.
+                    cfg.tls.as_ref().map(|t| (&*t.built, pool.tls_handshakes())),
+                    client.ip(),
+                ),
+            ),
         )
         .await
         {
@@ -226,6 +241,7 @@ pub(super) async fn connect(
                 // no success (see EARLY_CLOSE).
                 return Ok((stream, guard.established()));
             }
+            Err(DialError::Source(e)) => return Err(ConnectRefusal::Local("source", e)),
             Err(DialError::Io(e)) if local_cause(&e).is_some() => {
                 let reason = local_cause(&e).expect("checked in the guard");
                 return Err(ConnectRefusal::Local(reason, e));

@@ -107,7 +107,12 @@ fn local_drop(shared: &UdpShared, reason: &'static str, e: Option<&io::Error>) {
         let error = e
             .map(|e| e.to_string())
             .unwrap_or_else(|| "the descriptor budget is spent".into());
-        tracing::error!(listener = %shared.route.load().config.name, reason, error, "the proxy is out of its own resources; dropping datagrams of new clients (logged at most once a second)");
+        let listener = &shared.route.load().config.name;
+        if reason == "source" {
+            tracing::error!(%listener, error, "cannot send from the pool's source; dropping datagrams of new clients (logged at most once a second)");
+        } else {
+            tracing::error!(%listener, reason, error, "the proxy is out of its own resources; dropping datagrams of new clients (logged at most once a second)");
+        }
     }
 }
 
@@ -159,11 +164,18 @@ impl<'a> Starter<'a> {
             local_drop(shared, "descriptors", None);
             return None;
         };
+        let source = match backend.source_for(client.ip()) {
+            Ok(s) => s,
+            Err(e) => {
+                local_drop(shared, "source", Some(&e));
+                return None;
+            }
+        };
         let spread = route.config.per_datagram;
         let opened = if spread {
-            sock::open_spread(backend.addr.is_ipv6(), backend.source())
+            sock::open_spread(backend.addr.is_ipv6(), source)
         } else {
-            sock::open_upstream(backend.addr, backend.source())
+            sock::open_upstream(backend.addr, source)
         };
         let upstream = match opened {
             Ok(u) => u,

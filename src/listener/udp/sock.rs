@@ -16,7 +16,7 @@
 //! never attempt.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -41,32 +41,36 @@ const SO_SELECT_ERR_QUEUE: libc::c_int = 45;
 /// its own to store.
 pub(crate) fn open_upstream(
     backend: SocketAddr,
-    source: Option<std::net::IpAddr>,
+    source: Option<(IpAddr, bool)>,
 ) -> io::Result<Upstream> {
-    let any: SocketAddr = match source {
-        Some(ip) => (ip, 0).into(),
-        None if backend.is_ipv4() => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        None => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let s = std::net::UdpSocket::bind(any)?;
-    s.connect(backend)?;
-    s.set_nonblocking(true)?;
+    let s = bound(backend.is_ipv6(), source)?;
+    s.connect(&backend.into())?;
     sys::set_int(&s, libc::SOL_SOCKET, SO_SELECT_ERR_QUEUE, 1)?;
-    sys::watch(s, Interest::READABLE | Interest::PRIORITY)
+    sys::watch(s.into(), Interest::READABLE | Interest::PRIORITY)
 }
 
 /// Opens a per-datagram session's socket: not connected, for it sends to
 /// whichever backend each datagram picks (of `v6`'s family) and takes
 /// replies from any of them (the caller checks the sender).
-pub(crate) fn open_spread(v6: bool, source: Option<std::net::IpAddr>) -> io::Result<Upstream> {
-    let any: SocketAddr = match source {
-        Some(ip) => (ip, 0).into(),
-        None if v6 => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        None => (Ipv4Addr::UNSPECIFIED, 0).into(),
+pub(crate) fn open_spread(v6: bool, source: Option<(IpAddr, bool)>) -> io::Result<Upstream> {
+    sys::watch(bound(v6, source)?.into(), Interest::READABLE)
+}
+
+/// A non-blocking UDP socket of `v6`'s family on an ephemeral port, of
+/// `source`'s address when given (see [`crate::net::bind_source`]).
+fn bound(v6: bool, source: Option<(IpAddr, bool)>) -> io::Result<socket2::Socket> {
+    let domain = if v6 {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
     };
-    let s = std::net::UdpSocket::bind(any)?;
-    s.set_nonblocking(true)?;
-    sys::watch(s, Interest::READABLE)
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM.nonblocking(), None)?;
+    match source {
+        Some(source) => crate::net::bind_source(&s, source)?,
+        None if v6 => s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into())?,
+        None => s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?,
+    }
+    Ok(s)
 }
 
 /// Sends one datagram to `to` on a per-datagram session's socket, after
