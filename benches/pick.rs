@@ -38,7 +38,7 @@ fn picks(c: &mut Criterion) {
             .iter()
             .enumerate()
             .map(|(i, &weight)| Peer {
-                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80)),
+                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80)).into(),
                 weight,
             })
             .collect();
@@ -63,7 +63,7 @@ fn builds(c: &mut Criterion) {
     for n in [1000usize, 10_000] {
         let peers: Vec<Peer> = (0..n)
             .map(|i| Peer {
-                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80)),
+                addr: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 80)).into(),
                 weight: (i * 7919 % 256 + 1) as u32,
             })
             .collect();

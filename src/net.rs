@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProto, Socket, Type};
 
+use crate::endpoint::{Endpoint, UnixName};
+
 /// Receive buffer for UDP listeners: room for bursts of a few thousand
 /// datagrams while the relay task is busy.
 const UDP_RCVBUF: usize = 4 << 20;
@@ -147,6 +149,34 @@ pub(crate) fn bind_source(socket: &Socket, (ip, transparent): (IpAddr, bool)) ->
 pub(crate) fn may_connect_transparently() -> io::Result<()> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     s.set_ip_transparent_v4(true)
+}
+
+/// A connected Unix stream socket as the data plane carries every
+/// connection: a `TcpStream`. The calls made on a connection (recv, send,
+/// splice, shutdown, peek, `SO_LINGER`, readiness, passing it at an
+/// upgrade) are the same for both families; the few that are TCP's own
+/// (`TCP_NODELAY`, keepalive) fail with `EOPNOTSUPP` and are skipped, and
+/// no address is asked of it (a Unix client's are its listener's).
+pub(crate) fn unix_stream(s: impl Into<std::os::fd::OwnedFd>) -> std::net::TcpStream {
+    std::net::TcpStream::from(s.into())
+}
+
+/// Connects to `addr`: TCP, or a Unix socket carried as [`unix_stream`]
+/// says.
+pub(crate) async fn connect(addr: Endpoint) -> io::Result<tokio::net::TcpStream> {
+    match addr {
+        Endpoint::Inet(a) => tokio::net::TcpStream::connect(a).await,
+        Endpoint::Unix(name) => connect_unix(name),
+    }
+}
+
+/// Connects to the Unix stream socket `name`, carried as [`unix_stream`]
+/// says. A local connect completes at once or fails (`EAGAIN`: its
+/// server's backlog is full), so there is nothing to wait for.
+pub(crate) fn connect_unix(name: UnixName) -> io::Result<tokio::net::TcpStream> {
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+    socket.connect(&name.sock_addr()?)?;
+    tokio::net::TcpStream::from_std(unix_stream(socket))
 }
 
 /// Whether `e` is the proxy's own shortage, not the peer's doing, and which:

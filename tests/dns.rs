@@ -103,7 +103,7 @@ fn members(server: &Server, pool: &str) -> BTreeSet<(SocketAddr, u32)> {
         .snapshot()
         .members
         .iter()
-        .map(|m| (m.backend.addr, m.weight.get()))
+        .map(|m| (m.backend.addr.inet().unwrap(), m.weight.get()))
         .collect()
 }
 

@@ -35,7 +35,7 @@ fn members(server: &Server) -> BTreeSet<SocketAddr> {
         .snapshot()
         .members
         .iter()
-        .map(|m| m.backend.addr)
+        .map(|m| m.backend.addr.inet().unwrap())
         .collect()
 }
 

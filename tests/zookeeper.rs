@@ -22,7 +22,7 @@ fn members(server: &Server, pool: &str) -> BTreeSet<SocketAddr> {
         .snapshot()
         .members
         .iter()
-        .map(|m| m.backend.addr)
+        .map(|m| m.backend.addr.inet().unwrap())
         .collect()
 }
 

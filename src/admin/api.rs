@@ -1,7 +1,6 @@
 //! The JSON API's handlers: pools and listeners to read, drain/enable and
 //! weight to change.
 
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 
 use hyper::{Response, StatusCode};
@@ -10,6 +9,7 @@ use serde_json::json;
 use super::status::{BackendStatus, PoolStatus};
 use super::{error, Body, Control};
 use crate::config::MAX_WEIGHT;
+use crate::endpoint::Endpoint;
 use crate::pool::{Change, Pool, Unshared};
 
 pub fn pools(
@@ -73,7 +73,7 @@ fn find(
     server: &dyn Control,
     pool: &str,
     addr: &str,
-) -> Result<(std::sync::Arc<Pool>, SocketAddr), Response<Body>> {
+) -> Result<(std::sync::Arc<Pool>, Endpoint), Response<Body>> {
     let view = server.view();
     let pool = view
         .pools
@@ -84,7 +84,7 @@ fn find(
     // never another backend's address), so no name can stand for another
     // backend.
     let snap = pool.snapshot();
-    if let Ok(a) = addr.parse::<SocketAddr>() {
+    if let Ok(a) = addr.parse::<Endpoint>() {
         if snap.find(a).is_some() {
             return Ok((pool, a));
         }
@@ -93,11 +93,11 @@ fn find(
         let found = m.backend.addr;
         return Ok((pool, found));
     }
-    let addr: SocketAddr = addr.parse().map_err(|_| {
+    let addr: Endpoint = addr.parse().map_err(|_| {
         error(
             StatusCode::NOT_FOUND,
             format!(
-                "pool `{}` has no backend named `{addr}` (give its name or ip:port)",
+                "pool `{}` has no backend named `{addr}` (give its name, ip:port or unix:path)",
                 pool.name
             ),
         )
@@ -111,7 +111,7 @@ fn find(
 async fn shared_first(
     server: &dyn Control,
     pool: &Pool,
-    addr: SocketAddr,
+    addr: Endpoint,
     change: Change,
 ) -> Result<(), Response<Body>> {
     if pool.snapshot().find(addr).is_none() {
@@ -120,6 +120,10 @@ async fn shared_first(
             format!("pool `{}` has no backend {addr}", pool.name),
         ));
     }
+    // Discovery finds IP addresses only: a Unix socket is the file's own.
+    let Some(addr) = addr.inet() else {
+        return Ok(());
+    };
     match server.share(&pool.name, addr, change).await {
         None | Some(Ok(())) => Ok(()),
         Some(Err(Unshared::Unavailable(e))) => Err(error(StatusCode::SERVICE_UNAVAILABLE, e)),
@@ -199,7 +203,7 @@ pub async fn set_weight(
     }
 }
 
-fn describe(pool: &Pool, addr: SocketAddr) -> Response<Body> {
+fn describe(pool: &Pool, addr: Endpoint) -> Response<Body> {
     let snap = pool.snapshot();
     match snap.find(addr) {
         Some(m) => super::json(StatusCode::OK, &BackendStatus::of(m)),

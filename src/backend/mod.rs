@@ -5,13 +5,13 @@
 
 pub mod agent;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::config::ConnectFrom;
+use crate::endpoint::Endpoint;
 use crate::metrics::BackendMetrics;
 
 /// `on_down` when established connections are kept (the default).
@@ -64,8 +64,9 @@ struct LastCheck {
 
 /// One backend of one pool, with its live state.
 pub struct Backend {
-    /// Its address, its identity within the pool.
-    pub addr: SocketAddr,
+    /// Its address (IP and port, or a Unix socket), its identity within
+    /// the pool.
+    pub addr: Endpoint,
     /// The address as text, the `backend` label of its metrics.
     pub label: String,
     /// Its name (default the address), the `backend_name` label.
@@ -111,7 +112,7 @@ impl std::fmt::Debug for Backend {
 impl Backend {
     pub(crate) fn new(
         pool: &str,
-        (addr, name): (SocketAddr, &str),
+        (addr, name): (Endpoint, &str),
         up: bool,
         metrics: BackendMetrics,
     ) -> Backend {
@@ -175,9 +176,11 @@ impl Backend {
     /// Sets where connections leave from; a local address only for a
     /// backend of its family.
     pub(crate) fn set_source(&self, source: Option<ConnectFrom>) {
-        let source = source.filter(|s| match s {
-            ConnectFrom::Address(ip) => ip.is_ipv4() == self.addr.is_ipv4(),
-            ConnectFrom::Client => true,
+        // Not for a Unix socket, which has no addresses to leave from.
+        let source = source.filter(|s| match (s, self.addr) {
+            (_, Endpoint::Unix(_)) => false,
+            (ConnectFrom::Address(ip), Endpoint::Inet(a)) => ip.is_ipv4() == a.is_ipv4(),
+            (ConnectFrom::Client, Endpoint::Inet(_)) => true,
         });
         // Every snapshot sets it: stored only when it changes.
         if self.source.load().as_deref() != source.as_ref() {
@@ -195,7 +198,7 @@ impl Backend {
         match self.source.load().as_deref() {
             None => Ok(None),
             Some(ConnectFrom::Address(ip)) => Ok(Some((*ip, false))),
-            Some(ConnectFrom::Client) if client.is_ipv4() == self.addr.is_ipv4() => {
+            Some(ConnectFrom::Client) if client.is_ipv4() != self.addr.is_ipv6() => {
                 Ok(Some((client, true)))
             }
             Some(ConnectFrom::Client) => Err(std::io::Error::new(

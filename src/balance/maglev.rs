@@ -22,7 +22,8 @@
 //! `golden_table_prefix` pins these rules.
 
 use super::{Candidates, Flow, Peer, Strategy};
-use std::net::{IpAddr, SocketAddr};
+use crate::endpoint::Endpoint;
+use std::net::IpAddr;
 
 /// What of the client a key is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,11 +67,17 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// A backend's identity as bytes: IP octets, then the port big-endian.
-fn identity(addr: SocketAddr) -> Vec<u8> {
-    let mut b = ip_bytes(addr.ip());
-    b.extend_from_slice(&addr.port().to_be_bytes());
-    b
+/// A backend's identity as bytes: IP octets, then the port big-endian; a
+/// Unix socket's, `unix:` and its name (no IP address is that long).
+fn identity(addr: Endpoint) -> Vec<u8> {
+    match addr {
+        Endpoint::Inet(addr) => {
+            let mut b = ip_bytes(addr.ip());
+            b.extend_from_slice(&addr.port().to_be_bytes());
+            b
+        }
+        Endpoint::Unix(name) => format!("unix:{name}").into_bytes(),
+    }
 }
 
 impl Maglev {
@@ -161,11 +168,12 @@ impl Strategy for Maglev {
 mod tests {
     use super::*;
     use crate::balance::testing::Fixed;
+    use std::net::SocketAddr;
 
     fn peers(n: usize, weight: impl Fn(usize) -> u32) -> Vec<Peer> {
         (0..n)
             .map(|i| Peer {
-                addr: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 8080)),
+                addr: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 8080)).into(),
                 weight: weight(i),
             })
             .collect()

@@ -27,7 +27,7 @@ pub use maglev::{HashKey, DEFAULT_TABLE_SIZE};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
     /// The backend's address, its identity.
-    pub addr: SocketAddr,
+    pub addr: crate::endpoint::Endpoint,
     /// Its weight, at least 1.
     pub weight: u32,
 }
@@ -304,7 +304,7 @@ mod tests {
         for kind in StrategyKind::ALL {
             let peers: Vec<Peer> = (0..2)
                 .map(|i| Peer {
-                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)).into(),
                     weight: 1 + u32::from(i),
                 })
                 .collect();

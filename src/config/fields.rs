@@ -5,6 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::parse_bytes;
+use crate::endpoint::Endpoint;
 use super::raw::S;
 use super::validate::Validator;
 
@@ -292,8 +293,40 @@ impl Validator<'_> {
     }
 
     /// A backend's address: one a connection can be made to.
-    pub(super) fn backend_addr(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
-        let a = self.addr(v, key)?;
+    /// An endpoint: `unix:/path`, `unix:@name`, or an address as
+    /// [`Self::addr`] reads it.
+    pub(super) fn endpoint(&mut self, v: &S<String>, key: &str) -> Option<Endpoint> {
+        match v.get_ref().strip_prefix("unix:") {
+            Some(name) => match crate::endpoint::UnixName::new(name) {
+                Ok(n) => Some(Endpoint::Unix(n)),
+                Err(why) => {
+                    self.p.push(v.span(), key, format!("`{}`: {why}", v.get_ref()));
+                    None
+                }
+            },
+            None => self.addr(v, key).map(Endpoint::Inet),
+        }
+    }
+
+    pub(super) fn backend_addr(&mut self, v: &S<String>, key: &str) -> Option<Endpoint> {
+        let a = match self.endpoint(v, key)? {
+            Endpoint::Inet(a) => a,
+            Endpoint::Unix(n) => {
+                if let Some(dir) = n.path().and_then(|p| p.parent()) {
+                    // Only a warning: the socket's server may make its
+                    // directory after switchyard starts.
+                    if !dir.is_dir() {
+                        let message = format!(
+                            "the directory {} of `{}` does not exist (yet)",
+                            dir.display(),
+                            v.get_ref()
+                        );
+                        self.warn(v.span(), key, &message);
+                    }
+                }
+                return Some(Endpoint::Unix(n));
+            }
+        };
         let ip = a.ip();
         let why = if ip.is_unspecified() {
             Some("an unspecified address (0.0.0.0 or ::) names no backend")
@@ -310,7 +343,7 @@ impl Validator<'_> {
                     .push(v.span(), key, format!("`{}`: {why}", v.get_ref()));
                 None
             }
-            None => Some(a),
+            None => Some(Endpoint::Inet(a)),
         }
     }
 

@@ -164,6 +164,13 @@ impl Validator<'_> {
                         .map(|(i, r)| (&r.pool, l.pool.span(), format!("{key}.routes[{i}].pool"))),
                 );
             for (pool, span, pkey) in targets {
+                if let Some(unix) = pools.get(pool).and_then(super::PoolConfig::unix_backend) {
+                    self.p.push(
+                        span.clone(),
+                        pkey.clone(),
+                        format!("pool `{pool}` has a Unix-socket backend ({unix}), which carries streams only; a UDP listener's pools need IP backends"),
+                    );
+                }
                 if pools.get(pool).and_then(|p| p.proxy_protocol) == Some(ProxyVersion::V1) {
                     self.p.push(
                         span,
@@ -247,6 +254,15 @@ impl Validator<'_> {
                         pool.get_ref(),
                         pool.get_ref()
                     ),
+                );
+                return None;
+            }
+            let unix = pools.get(pool.get_ref()).and_then(super::PoolConfig::unix_backend);
+            if let (Protocol::Udp, Some(unix)) = (protocol, unix) {
+                self.p.push(
+                    pool.span(),
+                    format!("{mk}.pool"),
+                    format!("pool `{}` has a Unix-socket backend ({unix}); a UDP listener mirrors datagrams to IP backends only", pool.get_ref()),
                 );
                 return None;
             }

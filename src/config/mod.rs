@@ -38,6 +38,7 @@ pub use tls::{ListenerTls, PoolTls, RouteTls};
 use ipnet::IpNet;
 
 use crate::balance::StrategyKind;
+pub use crate::endpoint::Endpoint;
 
 /// The largest backend weight: HAProxy's range, and a bound on the smooth
 /// weighted schedule built per pool.
@@ -306,8 +307,9 @@ pub struct AgentConfig {
 /// One backend of a pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
-    /// `addr`, resolved when the file is read.
-    pub addr: SocketAddr,
+    /// `addr`, resolved when the file is read: an IP address and port, or
+    /// a Unix socket.
+    pub addr: Endpoint,
     /// `name`, default the address as written out: unique in the pool; the
     /// `backend_name` label, and how the API and the page may name it.
     pub name: String,
@@ -347,6 +349,16 @@ pub const BACKUP: u32 = 256;
 
 /// The lowest priority a backend may name.
 pub const MAX_PRIORITY: u32 = 255;
+
+impl PoolConfig {
+    /// The first of its backends that is a Unix socket, if any.
+    pub fn unix_backend(&self) -> Option<Endpoint> {
+        self.backends
+            .iter()
+            .map(|b| b.addr)
+            .find(|a| a.unix().is_some())
+    }
+}
 
 /// Where a pool's connections and UDP sessions to its backends leave from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::{Problems, Source};
-use super::raw::{RawBackend, RawConfig, RawPool, S};
+use super::raw::{RawAgent, RawBackend, RawConfig, RawHealth, RawPool, S};
 use super::*;
 
 const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
@@ -485,6 +485,9 @@ impl Validator<'_> {
                 "checks send the pool's PROXY header: set the pool's proxy_protocol (\"v1\" or \"v2\")",
             );
         }
+        if let Some(unix) = backends.iter().map(|b| b.addr).find(|a| a.unix().is_some()) {
+            self.unix_pool(&key, (&pool.health, &pool.agent, &pool.source), unix);
+        }
         let mut health = match pool.health {
             Some(h) => self.health(&format!("{key}.health"), h),
             None => HealthConfig::default(),
@@ -569,6 +572,51 @@ impl Validator<'_> {
                 .agent
                 .as_ref()
                 .and_then(|a| self.agent(&format!("{key}.agent"), a)),
+        }
+    }
+
+    /// What a pool with a Unix-socket backend (`unix`) cannot have: checks
+    /// and agents at another port of its address, or UDP checks.
+    fn unix_pool(
+        &mut self,
+        key: &str,
+        (health, agent, source): (
+            &Option<S<RawHealth>>,
+            &Option<S<RawAgent>>,
+            &Option<S<String>>,
+        ),
+        unix: super::Endpoint,
+    ) {
+        if let Some(h) = health {
+            let h = h.get_ref();
+            if let Some(k) = h.kind.as_ref().filter(|k| k.get_ref() == "udp") {
+                self.p.push(
+                    k.span(),
+                    format!("{key}.health.kind"),
+                    format!("a UDP check cannot reach the Unix socket {unix}"),
+                );
+            }
+            if let Some(p) = &h.port {
+                self.p.push(
+                    p.span(),
+                    format!("{key}.health.port"),
+                    format!("the Unix socket {unix} has no other port to check"),
+                );
+            }
+        }
+        if let Some(a) = agent {
+            self.p.push(
+                a.span(),
+                format!("{key}.agent"),
+                format!("an agent answers at a port of its backend's IP address; the Unix socket {unix} has none"),
+            );
+        }
+        if let Some(s) = source {
+            self.warn(
+                s.span(),
+                &format!("{key}.source"),
+                &format!("applies to IP backends only; the Unix socket {unix} is connected to locally"),
+            );
         }
     }
 

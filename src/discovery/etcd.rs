@@ -246,7 +246,7 @@ impl Etcd {
             Some(tls) => {
                 let addr = stream.peer_addr().map_err(|e| down(&e))?;
                 let stream = tls
-                    .connect(stream, ep, addr)
+                    .connect(stream, ep, addr.into())
                     .await
                     .map_err(|e| Error::Unreachable(format!("TLS to {ep}: {e}")))?;
                 http1(stream).await

@@ -33,7 +33,11 @@ pub(super) async fn ask(
     if !super::pause(jitter, &stop).await {
         return;
     }
-    let mut target = backend.addr;
+    // At the backend's IP address (`check` refuses an agent for a pool
+    // of Unix sockets).
+    let Some(mut target) = backend.addr.inet() else {
+        return;
+    };
     target.set_port(cfg.port);
     loop {
         let reply = tokio::select! {

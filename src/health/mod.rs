@@ -14,7 +14,6 @@ use probe::Fault;
 static LOCAL_LOG: crate::clock::Every = crate::clock::Every::ms(1000);
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -69,13 +68,13 @@ impl Drop for Checks {
     }
 }
 
-type Running = HashMap<SocketAddr, (Arc<Backend>, CancellationToken)>;
+type Running = HashMap<crate::endpoint::Endpoint, (Arc<Backend>, CancellationToken)>;
 
 /// One pool's checker tasks, by backend.
 struct Checkers {
     /// The checks' settings and the pool's TLS they run over.
     settings: Option<(HealthConfig, Option<PoolTls>)>,
-    running: HashMap<SocketAddr, (Arc<Backend>, CancellationToken)>,
+    running: HashMap<crate::endpoint::Endpoint, (Arc<Backend>, CancellationToken)>,
     /// The agent's settings and the tasks asking it, by backend.
     agents: Option<(AgentConfig, Running)>,
     pool: Weak<Pool>,
@@ -236,6 +235,7 @@ async fn watch(
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
+    use std::net::SocketAddr;
     use std::num::NonZeroU32;
 
     fn pool() -> Arc<Pool> {
@@ -246,7 +246,7 @@ mod tests {
 
     fn token(c: &Checkers, port: u16) -> Option<CancellationToken> {
         c.running
-            .get(&SocketAddr::from(([127, 0, 0, 1], port)))
+            .get(&SocketAddr::from(([127, 0, 0, 1], port)).into())
             .map(|(_, t)| t.clone())
     }
 
@@ -265,7 +265,7 @@ mod tests {
         let (one, two) = (token(&c, 1).unwrap(), token(&c, 2).unwrap());
 
         // A weight change keeps every checker (and its rise/fall progress).
-        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let a = SocketAddr::from(([127, 0, 0, 1], 1)).into();
         pool.set_weight(a, NonZeroU32::new(3).unwrap()).unwrap();
         c.follow(&pool.snapshot());
         assert!(!one.is_cancelled() && !two.is_cancelled());
@@ -274,7 +274,7 @@ mod tests {
         let mut cfg = pool.snapshot().config.clone();
         cfg.backends.remove(1);
         let mut three = cfg.backends[0].clone();
-        three.addr = SocketAddr::from(([127, 0, 0, 1], 3));
+        three.addr = SocketAddr::from(([127, 0, 0, 1], 3)).into();
         cfg.backends.push(three);
         pool.apply(&cfg);
         c.follow(&pool.snapshot());

@@ -11,6 +11,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::either::Either;
 
 use crate::config::{CheckKind, HealthConfig, ProxyVersion};
+use crate::endpoint::Endpoint;
 use crate::tls::Originator;
 use crate::wire::proxy_protocol::{self, Transport};
 
@@ -47,8 +48,9 @@ pub async fn run(
 ) -> Result<String, Fault> {
     let (name, from) = (backend.name.as_str(), backend.check_source());
     let mut target = backend.addr;
-    if let Some(port) = cfg.port {
-        target.set_port(port);
+    // `check` refuses a check port for a pool of Unix sockets.
+    if let (Some(port), Endpoint::Inet(a)) = (cfg.port, &mut target) {
+        a.set_port(port);
     }
     match &cfg.check {
         CheckKind::None => Ok("no check".into()),
@@ -69,6 +71,9 @@ pub async fn run(
         CheckKind::Udp { send, expect } => {
             let header = cfg.proxy_header.map(|_| local_header(Transport::Dgram));
             let datagram = [header.unwrap_or_default().as_slice(), send].concat();
+            let Endpoint::Inet(target) = target else {
+                return Err("a UDP check needs an IP backend".to_string().into());
+            };
             udp((target, from), &datagram, expect.as_deref()).await
         }
     }
@@ -91,12 +96,20 @@ fn local(addr: SocketAddr, from: Option<IpAddr>) -> SocketAddr {
 }
 
 /// Connects to `addr` (from `from`, when given) and, when the pool sends
-/// one, writes its PROXY header.
+/// one, writes its PROXY header. A Unix socket's connection is carried as
+/// the data plane carries it (see [`crate::net::unix_stream`]).
 async fn open(
-    (addr, from): (SocketAddr, Option<IpAddr>),
+    (addr, from): (Endpoint, Option<IpAddr>),
     header: Option<ProxyVersion>,
 ) -> Result<TcpStream, Fault> {
-    let mut s = match from {
+    let addr = match addr {
+        Endpoint::Inet(a) => a,
+        Endpoint::Unix(name) => {
+            let s = crate::net::connect_unix(name).map_err(connect_error)?;
+            return with_header(s, header, None).await;
+        }
+    };
+    let s = match from {
         None => TcpStream::connect(addr).await,
         Some(_) => {
             let socket = if addr.is_ipv4() {
@@ -112,10 +125,21 @@ async fn open(
         }
     }
     .map_err(connect_error)?;
-    let header = match header {
-        None => return Ok(s),
-        Some(ProxyVersion::V2) => local_header(Transport::Stream),
-        Some(ProxyVersion::V1) => {
+    with_header(s, header, Some(addr)).await
+}
+
+/// Writes the pool's PROXY header on a check's connection to `addr` (an IP
+/// backend's; v1 says `UNKNOWN` to a Unix socket).
+async fn with_header(
+    mut s: TcpStream,
+    header: Option<ProxyVersion>,
+    addr: Option<SocketAddr>,
+) -> Result<TcpStream, Fault> {
+    let header = match (header, addr) {
+        (None, _) => return Ok(s),
+        (Some(ProxyVersion::V2), _) => local_header(Transport::Stream),
+        (Some(ProxyVersion::V1), None) => proxy_protocol::V1_UNKNOWN.to_vec(),
+        (Some(ProxyVersion::V1), Some(addr)) => {
             let local = s.local_addr().map_err(|e| fault("getsockname", e))?;
             proxy_protocol::v1(local, addr)
         }
@@ -134,7 +158,7 @@ type Checked = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>
 async fn secure(
     s: TcpStream,
     tls: Option<&Originator>,
-    (addr, name): (SocketAddr, &str),
+    (addr, name): (Endpoint, &str),
 ) -> Result<Checked, Fault> {
     let Some(tls) = tls else {
         return Ok(Either::Left(s));
@@ -203,7 +227,7 @@ async fn tcp(
 
 async fn http(
     stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    addr: SocketAddr,
+    addr: Endpoint,
     path: &str,
     expect_status: u16,
     host: Option<&str>,
@@ -211,7 +235,10 @@ async fn http(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("http handshake failed: {e}"))?;
-    let authority = host.map(str::to_string).unwrap_or_else(|| addr.to_string());
+    let authority = host.map(str::to_string).unwrap_or_else(|| match addr {
+        Endpoint::Inet(a) => a.to_string(),
+        Endpoint::Unix(_) => "localhost".to_string(),
+    });
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .header(

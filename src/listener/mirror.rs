@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,7 +52,7 @@ async fn carry(
     let backend = snap.members[i].backend.clone();
     let timeout = snap.config.connect_timeout;
     drop(snap);
-    let connect = tokio::time::timeout(timeout, TcpStream::connect(backend.addr));
+    let connect = tokio::time::timeout(timeout, crate::net::connect(backend.addr));
     let s = tokio::select! {
         r = connect => match r {
             Ok(Ok(s)) => s,
@@ -120,7 +119,11 @@ impl Datagrams {
             mirror.metrics.no_backend.inc();
             return;
         };
-        let to = snap.members[i].backend.addr;
+        // `check` refuses a UDP mirror to a pool of Unix sockets.
+        let Some(to) = snap.members[i].backend.addr.inet() else {
+            mirror.metrics.connect.inc();
+            return;
+        };
         if self.socket.is_none() {
             let any: SocketAddr = if to.is_ipv4() {
                 SocketAddr::from(([0, 0, 0, 0], 0))

@@ -194,7 +194,7 @@ impl Route {
     /// The pool holding backend `addr`, with the backend: the listener's own
     /// pool first, then the routes' (a handed-over connection names only its
     /// backend).
-    pub fn find(&self, addr: std::net::SocketAddr) -> Option<(&Arc<Pool>, Arc<Backend>)> {
+    pub fn find(&self, addr: crate::endpoint::Endpoint) -> Option<(&Arc<Pool>, Arc<Backend>)> {
         std::iter::once(&self.pool)
             .chain(self.targets.iter().map(|t| &t.pool))
             .find_map(|p| {

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use crate::backend::Backend;
 use crate::balance::{self, Candidates, Flow, Peer, Strategy};
 use crate::config::{AllDown, BackendConfig, PoolConfig};
+use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
 
 /// A backend as placed in one snapshot of a pool.
@@ -72,7 +73,7 @@ pub struct Snapshot {
     pub members: Vec<Member>,
     /// Each member's place in `members`, by address: finding one is O(1),
     /// so following a change of 10,000 discovered backends stays linear.
-    index: HashMap<SocketAddr, usize>,
+    index: HashMap<Endpoint, usize>,
     /// Its priority groups, highest first.
     groups: Vec<Group>,
     /// Every member as one group, for panic and `try_all`, when there are
@@ -213,8 +214,8 @@ impl Snapshot {
     }
 
     /// The member at `addr`, if it is in this snapshot.
-    pub fn find(&self, addr: SocketAddr) -> Option<&Member> {
-        self.index.get(&addr).map(|&i| &self.members[i])
+    pub fn find(&self, addr: impl Into<Endpoint>) -> Option<&Member> {
+        self.index.get(&addr.into()).map(|&i| &self.members[i])
     }
 
     /// Whether any backend is healthy (drained ones count: they are only resting).
@@ -332,7 +333,7 @@ pub enum PoolError {
         /// The pool's name.
         pool: String,
         /// The address asked for.
-        addr: SocketAddr,
+        addr: Endpoint,
     },
 }
 
@@ -462,7 +463,7 @@ impl Pool {
     /// write lock held by the caller.
     fn rebuild(&self, old: &Snapshot, config: PoolConfig) {
         // A backend is its address and name: renamed, it is a new one.
-        let keep: HashMap<(SocketAddr, &str), Arc<Backend>> = old
+        let keep: HashMap<(Endpoint, &str), Arc<Backend>> = old
             .members
             .iter()
             .map(|m| ((m.backend.addr, m.backend.name.as_str()), m.backend.clone()))
@@ -521,7 +522,7 @@ impl Pool {
             c.backends = found
                 .iter()
                 .map(|f| BackendConfig {
-                    addr: f.addr,
+                    addr: Endpoint::Inet(f.addr),
                     name: f.name.clone().unwrap_or_else(|| f.addr.to_string()),
                     weight: f.weight,
                     max_connections: c.backend_max_connections,
@@ -536,7 +537,7 @@ impl Pool {
         });
         let snap = self.snapshot();
         for f in found {
-            if let (Some(d), Some(m)) = (f.draining, snap.find(f.addr)) {
+            if let (Some(d), Some(m)) = (f.draining, snap.find(Endpoint::Inet(f.addr))) {
                 m.backend.set_draining(d);
             }
         }
@@ -544,7 +545,7 @@ impl Pool {
     }
 
     /// Changes one backend's weight for new connections (until the next reload).
-    pub fn set_weight(&self, addr: SocketAddr, weight: NonZeroU32) -> Result<(), PoolError> {
+    pub fn set_weight(&self, addr: Endpoint, weight: NonZeroU32) -> Result<(), PoolError> {
         self.update(|config| {
             let b = config
                 .backends
@@ -561,7 +562,7 @@ impl Pool {
     }
 
     /// Drains (true) or re-enables (false) one backend.
-    pub fn set_draining(&self, addr: SocketAddr, draining: bool) -> Result<(), PoolError> {
+    pub fn set_draining(&self, addr: Endpoint, draining: bool) -> Result<(), PoolError> {
         // Under the write lock, so a concurrent change cannot swap the
         // backend out between finding and marking it.
         let _w = self.lock();
@@ -604,7 +605,7 @@ fn agent_weighted(weight: NonZeroU32, percent: u32) -> NonZeroU32 {
 
 fn build(
     config: &PoolConfig,
-    keep: &HashMap<(SocketAddr, &str), Arc<Backend>>,
+    keep: &HashMap<(Endpoint, &str), Arc<Backend>>,
     metrics: &Metrics,
     policy: &Arc<Policy>,
 ) -> Snapshot {

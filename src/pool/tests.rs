@@ -9,7 +9,7 @@ async fn apply_keeps_state_of_backends_that_stay() {
     let config = crate::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
     let mut pc = config.pools["p"].clone();
     let pool = Pool::new(&pc, Arc::new(Metrics::new()));
-    let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let a: crate::endpoint::Endpoint = "127.0.0.1:1".parse().unwrap();
     pool.set_draining(a, true).unwrap();
     let before = pool.snapshot().find(a).unwrap().backend.clone();
     pc.backends.remove(1);
@@ -27,7 +27,7 @@ async fn apply_keeps_state_of_backends_that_stay() {
         "same backend object kept"
     );
     assert!(snap.find(a).unwrap().backend.is_draining());
-    assert!(snap.find("127.0.0.1:2".parse().unwrap()).is_none());
+    assert!(snap.find("127.0.0.1:2".parse::<SocketAddr>().unwrap()).is_none());
     assert!(!pool.apply(&pc), "applying the same config is a no-op");
     assert_eq!(
         pool.set_weight("127.0.0.1:9".parse().unwrap(), NonZeroU32::new(2).unwrap()),
@@ -48,7 +48,7 @@ fn concurrent_changes_are_never_lost() {
         // Four weight changes and a reload that adds a backend, all at once.
         let mut reloaded = base.clone();
         reloaded.backends.push(BackendConfig {
-            addr: SocketAddr::from(([127, 0, 0, 1], 100 + round)),
+            addr: SocketAddr::from(([127, 0, 0, 1], 100 + round)).into(),
             name: format!("127.0.0.1:{}", 100 + round),
             weight: NonZeroU32::new(1).unwrap(),
             max_connections: None,
@@ -59,7 +59,7 @@ fn concurrent_changes_are_never_lost() {
                 let pool = &pool;
                 s.spawn(move || {
                     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                    pool.set_weight(addr, NonZeroU32::new(u32::from(port) + 1).unwrap())
+                    pool.set_weight(addr.into(), NonZeroU32::new(u32::from(port) + 1).unwrap())
                         .unwrap();
                 });
             }
@@ -99,7 +99,7 @@ fn concurrent_weight_changes_all_hold() {
                 let pool = &pool;
                 s.spawn(move || {
                     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                    pool.set_weight(addr, NonZeroU32::new(u32::from(port) * 10).unwrap())
+                    pool.set_weight(addr.into(), NonZeroU32::new(u32::from(port) * 10).unwrap())
                         .unwrap();
                 });
             }

@@ -3,7 +3,6 @@
 //! `verify = false`), optionally with a client certificate of our own.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,6 +14,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::load::{self, CertInfo};
+use crate::endpoint::Endpoint;
 use super::{provider, MinVersion};
 
 /// What a pool's `[pools.NAME.tls]` says.
@@ -173,7 +173,7 @@ impl Originator {
     /// The name sent to and verified of the backend `name` at `addr`: the
     /// pool's `server_name`, else the backend's name when it is a DNS name
     /// (without a port), else its IP address.
-    pub fn name_for(&self, name: &str, addr: SocketAddr) -> ServerName<'static> {
+    pub fn name_for(&self, name: &str, addr: Endpoint) -> ServerName<'static> {
         if let Some(n) = &self.server_name {
             return n.clone();
         }
@@ -181,9 +181,11 @@ impl Originator {
             Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
             _ => name,
         };
-        match ServerName::try_from(host.to_string()) {
-            Ok(n @ ServerName::DnsName(_)) => n,
-            _ => ServerName::IpAddress(addr.ip().into()),
+        match (ServerName::try_from(host.to_string()), addr) {
+            (Ok(n @ ServerName::DnsName(_)), _) => n,
+            (_, Endpoint::Inet(a)) => ServerName::IpAddress(a.ip().into()),
+            // A Unix socket is this host's.
+            (_, Endpoint::Unix(_)) => ServerName::try_from("localhost").expect("a DNS name"),
         }
     }
 
@@ -193,7 +195,7 @@ impl Originator {
         &self,
         stream: TcpStream,
         name: &str,
-        addr: SocketAddr,
+        addr: Endpoint,
     ) -> io::Result<TlsStream<TcpStream>> {
         self.connector
             .connect(self.name_for(name, addr), stream)

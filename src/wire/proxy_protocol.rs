@@ -343,6 +343,38 @@ pub fn v2(addrs: Option<(SocketAddr, SocketAddr)>, transport: Transport, tlvs: &
     out
 }
 
+/// The version 1 header for a client of no IP family (a Unix socket's):
+/// the receiver uses the connection's own addresses.
+pub const V1_UNKNOWN: &[u8] = b"PROXY UNKNOWN\r\n";
+
+/// The length of each address in a v2 `AF_UNIX` block (`sun_path`).
+const UNIX_ADDR: usize = 108;
+
+/// A version 2 header for a client of a Unix stream socket: `src` (the
+/// client's name, empty when unnamed, as most are) connected to `dst` (the
+/// listener's), each a `sun_path` (an abstract name begins with NUL),
+/// zero-padded to 108 bytes; longer ones are cut. `tlvs` follow as they are.
+pub fn v2_unix(src: &[u8], dst: &[u8], tlvs: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 2 * UNIX_ADDR + tlvs.len());
+    out.extend_from_slice(&V2_SIGNATURE);
+    // PROXY command, AF_UNIX over STREAM.
+    out.push(0x21);
+    out.push(0x31);
+    let tlvs = if 2 * UNIX_ADDR + tlvs.len() <= usize::from(u16::MAX) {
+        tlvs
+    } else {
+        &[]
+    };
+    out.extend_from_slice(&((2 * UNIX_ADDR + tlvs.len()) as u16).to_be_bytes());
+    for name in [src, dst] {
+        let name = &name[..name.len().min(UNIX_ADDR)];
+        out.extend_from_slice(name);
+        out.resize(out.len() + UNIX_ADDR - name.len(), 0);
+    }
+    out.extend_from_slice(tlvs);
+    out
+}
+
 /// What a proxy that ended TLS tells the backend of it in v2 TLVs.
 #[derive(Debug, Clone, Default)]
 pub struct TlsFacts<'a> {

@@ -9,6 +9,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::backend::ActiveGuard;
+use crate::endpoint::Endpoint;
 use crate::metrics::TlsHandshakes;
 use crate::net::local_cause;
 use crate::pool::{Pool, Snapshot};
@@ -43,8 +44,13 @@ fn start_connect(addr: SocketAddr, source: Option<(IpAddr, bool)>) -> Result<Soc
 /// error/hang-up), so a successful connect costs no `getsockopt(SO_ERROR)`;
 /// that is asked only to name a failure.
 async fn dial(backend: &crate::backend::Backend, client: IpAddr) -> Result<TcpStream, DialError> {
+    let addr = match backend.addr {
+        Endpoint::Inet(a) => a,
+        // A Unix socket is connected at once, or not at all.
+        Endpoint::Unix(name) => return Ok(crate::net::connect_unix(name)?),
+    };
     let source = backend.source_for(client).map_err(DialError::Source)?;
-    let socket = start_connect(backend.addr, source)?;
+    let socket = start_connect(addr, source)?;
     let stream = TcpStream::from_std(socket.into())?;
     let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
     if ready.is_error() || ready.is_write_closed() {

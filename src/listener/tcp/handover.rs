@@ -32,7 +32,7 @@ pub struct Moved {
     /// The client's address.
     pub client: SocketAddr,
     /// The backend it is connected to.
-    pub backend: SocketAddr,
+    pub backend: crate::endpoint::Endpoint,
     /// Bytes relayed so far, from the client and to it.
     pub up: u64,
     /// Bytes relayed so far, to the client.

@@ -164,6 +164,11 @@ impl<'a> Starter<'a> {
             local_drop(shared, "descriptors", None);
             return None;
         };
+        // `check` refuses a UDP listener's pool of Unix sockets.
+        let Some(to) = backend.addr.inet() else {
+            m.dropped_no_backend.inc_by(first.len() as u64);
+            return None;
+        };
         let source = match backend.source_for(client.ip()) {
             Ok(s) => s,
             Err(e) => {
@@ -173,9 +178,9 @@ impl<'a> Starter<'a> {
         };
         let spread = route.config.per_datagram;
         let opened = if spread {
-            sock::open_spread(backend.addr.is_ipv6(), source)
+            sock::open_spread(to.is_ipv6(), source)
         } else {
-            sock::open_upstream(backend.addr, source)
+            sock::open_upstream(to, source)
         };
         let upstream = match opened {
             Ok(u) => u,
@@ -383,7 +388,12 @@ fn spread_forward(s: &Link, data: &[u8], snap: &crate::pool::Snapshot, m: &UdpLi
     };
     let backend = &snap.members[i].backend;
     s.last.store(now_ms(), Ordering::Relaxed);
-    match sock::send_to(&s.upstream, (s.header.as_deref(), data), backend.addr) {
+    // `check` refuses a UDP listener's pool of Unix sockets.
+    let Some(to) = backend.addr.inet() else {
+        m.dropped_no_backend.inc();
+        return;
+    };
+    match sock::send_to(&s.upstream, (s.header.as_deref(), data), to) {
         Ok(_) => {
             backend.metrics.bytes_out.inc_by(data.len() as u64);
             backend.metrics.connections.inc();

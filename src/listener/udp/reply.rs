@@ -176,7 +176,7 @@ mod tests {
         });
         let backend = pool.snapshot().members[0].backend.clone();
         let link = Arc::new(Link::new(Parts {
-            upstream: sock::open_upstream(backend.addr, None).unwrap(),
+            upstream: sock::open_upstream(backend.addr.inet().unwrap(), None).unwrap(),
             guard: backend.open(),
             peer: "127.0.0.1:1".parse().unwrap(),
             local: None,

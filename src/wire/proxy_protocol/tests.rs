@@ -94,6 +94,24 @@ fn reads_v2_with_tlvs_and_drops_the_checksum() {
 }
 
 #[test]
+fn writes_unix_clients_in_an_af_unix_block() {
+    let h = v2_unix(b"", b"\0switchyard", &[0x04, 0x00, 0x01, 0x7f]);
+    assert_eq!(&h[..12], &V2_SIGNATURE);
+    assert_eq!(h[12..14], [0x21, 0x31], "PROXY, AF_UNIX over STREAM");
+    assert_eq!(u16::from_be_bytes([h[14], h[15]]), 216 + 4);
+    assert_eq!(h.len(), 16 + 216 + 4);
+    assert!(h[16..16 + 108].iter().all(|&b| b == 0), "an unnamed client");
+    assert_eq!(&h[124..135], b"\0switchyard");
+    assert_eq!(&h[232..], &[0x04, 0x00, 0x01, 0x7f]);
+    // What every receiver of v2 reads: a Unix client, whose addresses it
+    // takes from the connection itself; the TLVs pass.
+    let (read, n) = parse(&h, 4096).unwrap().unwrap();
+    assert_eq!((read.addrs, n), (None, h.len()));
+    assert_eq!(read.tlvs, [0x04, 0x00, 0x01, 0x7f]);
+    assert_eq!(parse(V1_UNKNOWN, 107).unwrap().unwrap().0.addrs, None);
+}
+
+#[test]
 fn writes_mixed_families_as_ipv6() {
     let h = v1(addr("192.0.2.1:5"), addr("[2001:db8::1]:443"));
     assert_eq!(
