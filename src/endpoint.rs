@@ -17,6 +17,27 @@ use std::sync::Mutex;
 /// its leading NUL takes that place).
 pub const MAX_UNIX_NAME: usize = 107;
 
+/// A Unix listener's client where an IP address is wanted (limits, hashes,
+/// logs): it has none, so every one of them is this, `0.0.0.0:0`, unless a
+/// PROXY header names the client behind it.
+pub const UNIX_CLIENT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
+/// A client as logs show it: its address, or `unix` for a Unix listener's.
+pub struct Client<'a>(pub &'a SocketAddr);
+
+impl fmt::Display for Client<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self.0 == UNIX_CLIENT {
+            f.write_str("unix")
+        } else {
+            self.0.fmt(f)
+        }
+    }
+}
+
 /// An IP socket address or a Unix-domain socket's name.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Endpoint {
@@ -148,9 +169,10 @@ impl std::str::FromStr for Endpoint {
     fn from_str(s: &str) -> Result<Endpoint, String> {
         match s.strip_prefix("unix:") {
             Some(name) => UnixName::new(name).map(Endpoint::Unix),
-            None => s.parse::<SocketAddr>().map(Endpoint::Inet).map_err(|_| {
-                format!("`{s}` is not an IP:PORT address or a unix:/path")
-            }),
+            None => s
+                .parse::<SocketAddr>()
+                .map(Endpoint::Inet)
+                .map_err(|_| format!("`{s}` is not an IP:PORT address or a unix:/path")),
         }
     }
 }
@@ -201,16 +223,29 @@ mod tests {
 
     #[test]
     fn endpoints_read_and_write_alike() {
-        for text in ["127.0.0.1:80", "[::1]:443", "unix:/run/app.sock", "unix:@switchyard"] {
+        for text in [
+            "127.0.0.1:80",
+            "[::1]:443",
+            "unix:/run/app.sock",
+            "unix:@switchyard",
+        ] {
             let e: Endpoint = text.parse().unwrap();
             assert_eq!(e.to_string(), text);
         }
         let a: Endpoint = "unix:/run/a.sock".parse().unwrap();
         let b: Endpoint = "unix:/run/a.sock".parse().unwrap();
         assert_eq!(a, b);
-        assert!(std::ptr::eq(a.unix().unwrap().as_str(), b.unix().unwrap().as_str()), "interned once");
+        assert!(
+            std::ptr::eq(a.unix().unwrap().as_str(), b.unix().unwrap().as_str()),
+            "interned once"
+        );
         assert_eq!(
-            "unix:@x".parse::<Endpoint>().unwrap().unix().unwrap().sun_path(),
+            "unix:@x"
+                .parse::<Endpoint>()
+                .unwrap()
+                .unix()
+                .unwrap()
+                .sun_path(),
             b"\0x"
         );
     }
@@ -218,10 +253,19 @@ mod tests {
     #[test]
     fn names_that_cannot_be_are_refused() {
         let long = format!("unix:/{}", "a".repeat(MAX_UNIX_NAME));
-        assert!(long.parse::<Endpoint>().unwrap_err().contains("at most 107 bytes"));
+        assert!(long
+            .parse::<Endpoint>()
+            .unwrap_err()
+            .contains("at most 107 bytes"));
         let fits = format!("unix:/{}", "a".repeat(MAX_UNIX_NAME - 1));
         assert!(fits.parse::<Endpoint>().is_ok());
-        for bad in ["unix:", "unix:@", "unix:run/a.sock", "unix:/a\0b", "localhost:80"] {
+        for bad in [
+            "unix:",
+            "unix:@",
+            "unix:run/a.sock",
+            "unix:/a\0b",
+            "localhost:80",
+        ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad:?}");
         }
     }

@@ -66,6 +66,76 @@ pub fn tcp_listener(
     Ok(s.into())
 }
 
+/// A non-blocking Unix stream listener on `name`, carried as a
+/// `TcpListener` (see [`unix_stream`]).
+///
+/// A path is made safely: what is there already is replaced only if it is
+/// a socket nobody listens on (one left by a process that died); anything
+/// else (a file, a live socket) is an error. The socket is bound under a
+/// temporary name beside the path, given `file`'s mode and owner, made to
+/// listen, and then renamed over the path: a client never finds the path
+/// missing, nor a socket there that refuses it or has the wrong mode.
+pub fn unix_listener(
+    name: UnixName,
+    backlog: u32,
+    file: crate::config::UnixFile,
+) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    let Some(path) = name.path() else {
+        // The abstract namespace: no file; a name in use is EADDRINUSE.
+        s.bind(&name.sock_addr()?)?;
+        s.listen(backlog as i32)?;
+        s.set_nonblocking(true)?;
+        return Ok(std::net::TcpListener::from(std::os::fd::OwnedFd::from(s)));
+    };
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; it is not replaced",
+                    path.display()
+                ),
+            ))
+        }
+        Ok(_) if std::os::unix::net::UnixStream::connect(path).is_ok() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another process listens on {}", path.display()),
+            ))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut temp = path.with_file_name(format!(".{file_name}.{}", std::process::id()));
+    if temp.as_os_str().len() > crate::endpoint::MAX_UNIX_NAME {
+        // No room for a longer name beside it: a shorter one.
+        temp = path.with_file_name(format!(".sy{}", std::process::id()));
+    }
+    let _ = std::fs::remove_file(&temp);
+    let made = (|| {
+        s.bind(&socket2::SockAddr::unix(&temp)?)?;
+        if let Some(mode) = file.mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(mode))?;
+        }
+        if file.owner.is_some() || file.group.is_some() {
+            std::os::unix::fs::chown(&temp, file.owner, file.group)?;
+        }
+        s.listen(backlog as i32)?;
+        std::fs::rename(&temp, path)
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    s.set_nonblocking(true)?;
+    Ok(std::net::TcpListener::from(std::os::fd::OwnedFd::from(s)))
+}
+
 /// A non-blocking UDP socket bound to `addr` (with SO_REUSEPORT when asked:
 /// the kernel then keeps each client on one socket of the group).
 pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
@@ -109,15 +179,22 @@ pub(crate) fn client_waiting(listener: &std::net::TcpListener) -> bool {
 }
 
 /// Accepts one client, its socket already non-blocking and close-on-exec
-/// (one syscall, as tokio's own accept does).
+/// (one syscall, as tokio's own accept does). A Unix listener's client is
+/// [`UNIX_CLIENT`](crate::endpoint::UNIX_CLIENT).
 pub(crate) fn accept(
     listener: &std::net::TcpListener,
 ) -> io::Result<(std::net::TcpStream, SocketAddr)> {
     use rustix::net::{acceptfrom_with, SocketFlags};
     let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
-    let peer = addr
-        .and_then(|a| SocketAddr::try_from(a).ok())
-        .ok_or_else(|| io::Error::other("accepted a socket without an IP address"))?;
+    let peer = match addr {
+        Some(a) if a.address_family() == rustix::net::AddressFamily::UNIX => {
+            crate::endpoint::UNIX_CLIENT
+        }
+        // An unnamed Unix client may come with no address at all.
+        None => crate::endpoint::UNIX_CLIENT,
+        Some(a) => SocketAddr::try_from(a)
+            .map_err(|_| io::Error::other("accepted a socket of an unknown family"))?,
+    };
     Ok((std::net::TcpStream::from(fd), peer))
 }
 
@@ -177,6 +254,42 @@ pub(crate) fn connect_unix(name: UnixName) -> io::Result<tokio::net::TcpStream> 
     let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
     socket.connect(&name.sock_addr()?)?;
     tokio::net::TcpStream::from_std(unix_stream(socket))
+}
+
+/// A connection's own end, as a PROXY header names it.
+pub(crate) enum LocalEnd {
+    /// An IP address and port.
+    Inet(SocketAddr),
+    /// A Unix socket: the peer's `sun_path` and ours (empty when unnamed;
+    /// an abstract name begins with NUL).
+    Unix { peer: Vec<u8>, ours: Vec<u8> },
+}
+
+/// What `s`'s own end is (`getsockname`, and for a Unix socket
+/// `getpeername` too).
+pub(crate) fn local_end(s: &impl std::os::fd::AsFd) -> io::Result<LocalEnd> {
+    use rustix::net::{getpeername, getsockname, AddressFamily, SocketAddrUnix};
+    let ours = getsockname(s)?;
+    if ours.address_family() != AddressFamily::UNIX {
+        return SocketAddr::try_from(ours)
+            .map(LocalEnd::Inet)
+            .map_err(|_| io::Error::other("a socket of an unknown family"));
+    }
+    let sun_path = |a: rustix::net::SocketAddrAny| -> Vec<u8> {
+        match SocketAddrUnix::try_from(a) {
+            Ok(u) => match (u.path_bytes(), u.abstract_name()) {
+                (Some(p), _) => p.to_vec(),
+                (None, Some(n)) => [&[0u8][..], n].concat(),
+                (None, None) => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        }
+    };
+    let peer = getpeername(s)?.map(sun_path).unwrap_or_default();
+    Ok(LocalEnd::Unix {
+        peer,
+        ours: sun_path(ours),
+    })
 }
 
 /// Whether `e` is the proxy's own shortage, not the peer's doing, and which:

@@ -90,7 +90,11 @@ backends = [{ addr = "127.0.0.1:1", weight = 3 }]
     let c = Config::parse(text, Path::new("x.toml")).unwrap();
     let l = &c.listeners[0];
     assert_eq!(l.protocol, switchyard::config::Protocol::Tcp);
-    assert!(l.bind.ip().is_loopback(), "host names resolve: {}", l.bind);
+    assert!(
+        l.bind.inet().unwrap().ip().is_loopback(),
+        "host names resolve: {}",
+        l.bind
+    );
     assert_eq!(l.idle_timeout, std::time::Duration::from_secs(3600));
     assert_eq!(l.max_sessions.get(), 65536);
     let p = &c.pools["p"];

@@ -19,8 +19,9 @@ pub struct ListenerView {
     pub name: String,
     /// `tcp` or `udp`.
     pub protocol: &'static str,
-    /// The bound address (the real port when configured with port 0).
-    pub addr: SocketAddr,
+    /// The bound address (the real port when configured with port 0), or
+    /// `unix:` and its socket's name.
+    pub addr: crate::endpoint::Endpoint,
     /// The pool it sends traffic to (clients no route matched).
     pub pool: String,
     /// Its routes by server name and ALPN, in file order.
@@ -67,7 +68,10 @@ impl TlsView {
 
 impl ListenerView {
     /// Listener `l` as configured, bound at `addr`.
-    pub(crate) fn of(l: &crate::config::ListenerConfig, addr: SocketAddr) -> ListenerView {
+    pub(crate) fn of(
+        l: &crate::config::ListenerConfig,
+        addr: crate::endpoint::Endpoint,
+    ) -> ListenerView {
         ListenerView {
             name: l.name.clone(),
             protocol: l.protocol.as_str(),

@@ -5,9 +5,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::parse_bytes;
-use crate::endpoint::Endpoint;
 use super::raw::S;
 use super::validate::Validator;
+use crate::endpoint::Endpoint;
 
 impl Validator<'_> {
     pub(super) fn networks(&mut self, list: Option<&[S<String>]>, key: &str) -> Vec<ipnet::IpNet> {
@@ -300,7 +300,8 @@ impl Validator<'_> {
             Some(name) => match crate::endpoint::UnixName::new(name) {
                 Ok(n) => Some(Endpoint::Unix(n)),
                 Err(why) => {
-                    self.p.push(v.span(), key, format!("`{}`: {why}", v.get_ref()));
+                    self.p
+                        .push(v.span(), key, format!("`{}`: {why}", v.get_ref()));
                     None
                 }
             },

@@ -1,13 +1,13 @@
 //! Validation of one `[[listeners]]` entry.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use super::raw::RawListener;
 use super::validate::Validator;
-use super::{ListenerConfig, PoolConfig, Protocol, ProxyVersion};
+use super::{Endpoint, ListenerConfig, PoolConfig, Protocol, ProxyVersion, UnixFile};
+use crate::endpoint::UnixName;
 
 impl Validator<'_> {
     pub(super) fn listener(
@@ -16,7 +16,7 @@ impl Validator<'_> {
         l: RawListener,
         pools: &BTreeMap<String, PoolConfig>,
         names: &mut HashMap<String, String>,
-        binds: &mut HashMap<(Protocol, SocketAddr), String>,
+        binds: &mut HashMap<(Protocol, Endpoint), String>,
     ) -> Option<ListenerConfig> {
         let name = l.name.get_ref().clone();
         if let Some(why) = super::unfit_name(&name) {
@@ -43,12 +43,26 @@ impl Validator<'_> {
                 Protocol::Tcp
             }
         };
-        let bind = self.addr(&l.bind, &format!("{key}.bind"));
+        let bind = self.endpoint(&l.bind, &format!("{key}.bind"));
+        let unix_file = self.unix_file(key, &l, bind.and_then(|b| b.unix()));
+        if let Some(name) = bind.and_then(|b| b.unix()) {
+            self.unix_listener(key, &l, protocol, name);
+            if let Some(other) = binds.insert((protocol, Endpoint::Unix(name)), name.to_string()) {
+                self.p.push(
+                    l.bind.span(),
+                    format!("{key}.bind"),
+                    format!("unix:{name} is already bound by listener `{other}`"),
+                );
+            }
+        }
         // Port 0 asks the system for a fresh port each time, so it never clashes.
-        if let Some(bind) = bind.filter(|b| b.port() != 0) {
+        if let Some(bind) = bind.and_then(|b| b.inet()).filter(|b| b.port() != 0) {
             // TCP: a wildcard address and a specific one of the same family
             // cannot both listen on one port (the kernel refuses the second).
             let overlap = binds.iter().find(|((p, other), _)| {
+                let Endpoint::Inet(other) = other else {
+                    return false;
+                };
                 *p == Protocol::Tcp
                     && protocol == Protocol::Tcp
                     && other.port() == bind.port()
@@ -63,7 +77,7 @@ impl Validator<'_> {
                     format!("tcp {bind} overlaps {addr} of listener `{other}`: a wildcard address and another on the same port cannot both listen"),
                 );
             }
-            if let Some(other) = binds.insert((protocol, bind), name.clone()) {
+            if let Some(other) = binds.insert((protocol, bind.into()), name.clone()) {
                 self.p.push(
                     l.bind.span(),
                     format!("{key}.bind"),
@@ -327,6 +341,7 @@ impl Validator<'_> {
             name,
             protocol,
             bind: bind?,
+            unix_file,
             pool: l.pool.into_inner(),
             idle_timeout,
             max_sessions: NonZeroUsize::new(max_sessions as usize)?,
@@ -353,5 +368,130 @@ impl Validator<'_> {
             tls,
             tls_handshake_timeout,
         })
+    }
+
+    /// A Unix listener's `mode`, `owner` and `group` (for `name`, its
+    /// socket; refused on any other listener).
+    fn unix_file(&mut self, key: &str, l: &RawListener, name: Option<UnixName>) -> UnixFile {
+        let fields = [("mode", &l.mode), ("owner", &l.owner), ("group", &l.group)];
+        let Some(name) = name.filter(|n| !n.is_abstract()) else {
+            for (field, v) in fields {
+                if let Some(v) = v {
+                    let why = match name {
+                        Some(_) => "an abstract Unix socket (unix:@name) has no file to give it",
+                        None => "applies to a Unix listener's file (bind = \"unix:/path\") only",
+                    };
+                    self.p.push(v.span(), format!("{key}.{field}"), why);
+                }
+            }
+            return UnixFile::default();
+        };
+        if let Some(dir) = name.path().and_then(|p| p.parent()) {
+            if !dir.is_dir() {
+                self.p.push(
+                    l.bind.span(),
+                    format!("{key}.bind"),
+                    format!("the directory {} does not exist", dir.display()),
+                );
+            }
+        }
+        let mode = l
+            .mode
+            .as_ref()
+            .and_then(|m| match u32::from_str_radix(m.get_ref(), 8) {
+                Ok(bits) if bits <= 0o777 => Some(bits),
+                _ => {
+                    self.p.push(
+                        m.span(),
+                        format!("{key}.mode"),
+                        format!(
+                            "`{}` is not a file mode: octal permission bits, as \"0660\"",
+                            m.get_ref()
+                        ),
+                    );
+                    None
+                }
+            });
+        let owner = l.owner.as_ref().and_then(|o| {
+            let id = crate::sys::user_id(o.get_ref());
+            if id.is_none() {
+                self.p.push(
+                    o.span(),
+                    format!("{key}.owner"),
+                    format!("no user `{}` on this host", o.get_ref()),
+                );
+            }
+            id
+        });
+        let group = l.group.as_ref().and_then(|g| {
+            let id = crate::sys::group_id(g.get_ref());
+            if id.is_none() {
+                self.p.push(
+                    g.span(),
+                    format!("{key}.group"),
+                    format!("no group `{}` on this host", g.get_ref()),
+                );
+            }
+            id
+        });
+        UnixFile { mode, owner, group }
+    }
+
+    /// What a Unix listener cannot have: datagrams, and (unless a PROXY
+    /// header names its clients) rules by client address.
+    fn unix_listener(&mut self, key: &str, l: &RawListener, protocol: Protocol, name: UnixName) {
+        if protocol == Protocol::Udp {
+            self.p.push(
+                l.bind.span(),
+                format!("{key}.bind"),
+                format!(
+                    "unix:{name}: Unix listeners take streams; a UDP listener needs an IP address"
+                ),
+            );
+        }
+        if l.reuse_port == Some(true) {
+            self.warn(
+                l.bind.span(),
+                &format!("{key}.reuse_port"),
+                "a Unix socket has one accept queue: its workers share it",
+            );
+        }
+        if l.accept_proxy.as_ref().is_some_and(|a| *a.get_ref()) {
+            if let Some(t) = l.proxy_trusted.as_ref().and_then(|t| t.first()) {
+                self.warn(
+                    t.span(),
+                    &format!("{key}.proxy_trusted"),
+                    "a Unix listener's file mode says who may connect (and send a header); the list is not used",
+                );
+            }
+            return;
+        }
+        let by_address = [
+            (
+                "allow",
+                l.allow.as_ref().and_then(|v| v.first()).map(|v| v.span()),
+            ),
+            (
+                "deny",
+                l.deny.as_ref().and_then(|v| v.first()).map(|v| v.span()),
+            ),
+            (
+                "max_connections_per_ip",
+                l.max_connections_per_ip.as_ref().map(|v| v.span()),
+            ),
+            (
+                "connection_rate_per_ip",
+                l.connection_rate_per_ip.as_ref().map(|v| v.span()),
+            ),
+        ];
+        for (field, span) in by_address {
+            if let Some(span) = span {
+                self.p.push(
+                    span,
+                    format!("{key}.{field}"),
+                    "a Unix listener's clients have no IP address (unless accept_proxy names them); its file's mode, owner and group say who may connect",
+                );
+            }
+        }
     }
 }

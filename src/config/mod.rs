@@ -133,8 +133,11 @@ pub struct ListenerConfig {
     pub name: String,
     /// `protocol`, default `"tcp"`.
     pub protocol: Protocol,
-    /// `bind`: the address to listen on.
-    pub bind: SocketAddr,
+    /// `bind`: the address to listen on (an IP address and port, or a Unix
+    /// socket).
+    pub bind: Endpoint,
+    /// A Unix listener's file: `mode`, `owner`, `group`.
+    pub unix_file: UnixFile,
     /// Name of the pool traffic goes to (checked to exist).
     pub pool: String,
     /// `idle_timeout`: TCP default 1h (no byte either way), UDP default 30s
@@ -228,7 +231,7 @@ impl ListenerConfig {
 
     /// The part of a listener that owns its socket: a reload keeps the socket
     /// when this is unchanged.
-    pub fn socket_key(&self) -> (&str, Protocol, SocketAddr, bool) {
+    pub fn socket_key(&self) -> (&str, Protocol, Endpoint, bool) {
         (&self.name, self.protocol, self.bind, self.reuse_port)
     }
 }
@@ -358,6 +361,18 @@ impl PoolConfig {
             .map(|b| b.addr)
             .find(|a| a.unix().is_some())
     }
+}
+
+/// What a Unix listener's socket file is given when it is made (nothing
+/// for an abstract name, which has no file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnixFile {
+    /// `mode`: permission bits (`0o660`), default as the umask leaves them.
+    pub mode: Option<u32>,
+    /// `owner`: a user id, default the process's.
+    pub owner: Option<u32>,
+    /// `group`: a group id, default the process's.
+    pub group: Option<u32>,
 }
 
 /// Where a pool's connections and UDP sessions to its backends leave from.

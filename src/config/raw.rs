@@ -177,12 +177,21 @@ pub struct RawListener {
     /// "tcp" (default) or "udp".
     #[schemars(with = "Option<String>")]
     pub protocol: Option<S<String>>,
-    /// The address to listen on, ip:port.
+    /// The address to listen on: ip:port, or unix:/path (unix:@name in the abstract namespace).
     #[schemars(with = "String")]
     pub bind: S<String>,
     /// The pool traffic goes to.
     #[schemars(with = "String")]
     pub pool: S<String>,
+    /// A Unix listener's file mode, octal ("0660"). Default as the umask leaves it.
+    #[schemars(with = "Option<String>")]
+    pub mode: Option<S<String>>,
+    /// A Unix listener file's owner: a user name or id. Default the process's user.
+    #[schemars(with = "Option<String>")]
+    pub owner: Option<S<String>>,
+    /// A Unix listener file's group: a group name or id. Default the process's group.
+    #[schemars(with = "Option<String>")]
+    pub group: Option<S<String>>,
     /// TCP: close after this long without a byte; UDP: end a session after this long without a datagram. Default "1h" (TCP), "30s" (UDP).
     #[schemars(with = "Option<String>")]
     pub idle_timeout: Option<S<String>>,

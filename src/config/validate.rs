@@ -9,6 +9,14 @@ use std::time::Duration;
 
 use super::error::{Problems, Source};
 use super::raw::{RawAgent, RawBackend, RawConfig, RawHealth, RawPool, S};
+
+/// A pool's fields that a Unix-socket backend constrains: `health`,
+/// `agent`, `source`.
+type UnixPoolFields<'a> = (
+    Option<&'a S<RawHealth>>,
+    Option<&'a S<RawAgent>>,
+    Option<&'a S<String>>,
+);
 use super::*;
 
 const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
@@ -256,7 +264,7 @@ impl Validator<'_> {
         }
 
         let mut names: HashMap<String, String> = HashMap::new();
-        let mut binds: HashMap<(Protocol, SocketAddr), String> = HashMap::new();
+        let mut binds: HashMap<(Protocol, super::Endpoint), String> = HashMap::new();
         let mut listeners = Vec::new();
         for (file, raw_listeners) in all_listeners {
             self.in_file(file);
@@ -486,7 +494,15 @@ impl Validator<'_> {
             );
         }
         if let Some(unix) = backends.iter().map(|b| b.addr).find(|a| a.unix().is_some()) {
-            self.unix_pool(&key, (&pool.health, &pool.agent, &pool.source), unix);
+            self.unix_pool(
+                &key,
+                (
+                    pool.health.as_ref(),
+                    pool.agent.as_ref(),
+                    pool.source.as_ref(),
+                ),
+                unix,
+            );
         }
         let mut health = match pool.health {
             Some(h) => self.health(&format!("{key}.health"), h),
@@ -580,11 +596,7 @@ impl Validator<'_> {
     fn unix_pool(
         &mut self,
         key: &str,
-        (health, agent, source): (
-            &Option<S<RawHealth>>,
-            &Option<S<RawAgent>>,
-            &Option<S<String>>,
-        ),
+        (health, agent, source): UnixPoolFields<'_>,
         unix: super::Endpoint,
     ) {
         if let Some(h) = health {
@@ -615,7 +627,9 @@ impl Validator<'_> {
             self.warn(
                 s.span(),
                 &format!("{key}.source"),
-                &format!("applies to IP backends only; the Unix socket {unix} is connected to locally"),
+                &format!(
+                    "applies to IP backends only; the Unix socket {unix} is connected to locally"
+                ),
             );
         }
     }

@@ -12,7 +12,6 @@ pub(crate) mod udp;
 
 pub use tcp::handover;
 
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ListenerConfig;
+use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
 use crate::net;
 use crate::workers;
@@ -68,7 +68,7 @@ static ADOPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 
 use bind::take_over_fds;
 pub use bind::BindError;
-pub(crate) use bind::{bind, Bound};
+pub(crate) use bind::{bind, Bound, SocketFile};
 pub(crate) use route::{Pools, Route};
 
 /// What a launched listener hangs its tasks and series on.
@@ -108,7 +108,10 @@ pub(crate) struct Listener {
     /// Ends this listener's established connections.
     pub hard_stop: CancellationToken,
     /// The bound address.
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
+    /// A Unix listener's socket file, shared with a listener that took its
+    /// socket over.
+    file: Option<Arc<SocketFile>>,
 }
 
 impl Listener {
@@ -117,9 +120,11 @@ impl Listener {
         let stop = cx.accept_stop.child_token();
         let hard_stop = cx.hard_stop.child_token();
         let route = arc_swap::ArcSwap::from_pointee(Route::new(&config, pools, cx.metrics, None));
-        let addr = bound.local_addr();
+        let addr = bound.local_addr(config.bind);
+        let mut file = None;
         let kind = match bound {
-            Bound::Tcp(sockets) => {
+            Bound::Tcp(sockets, made) => {
+                file = made;
                 let shared = Arc::new(tcp::TcpShared {
                     route,
                     metrics: cx.metrics.tcp_listener(&config.name),
@@ -154,14 +159,14 @@ impl Listener {
                     metrics: cx.metrics.udp_listener(&config.name),
                     tracker: cx.tracker.clone(),
                     places: Default::default(),
-                    wildcard: config.bind.ip().is_unspecified(),
+                    wildcard: config.bind.inet().is_some_and(|a| a.ip().is_unspecified()),
                     warn_log: crate::clock::Every::ms(1000),
                     hard_stop: hard_stop.clone(),
                 });
                 let mut watched = Vec::new();
                 for s in sockets {
-                    if config.bind.ip().is_unspecified() {
-                        if let Err(e) = udp::want_destination(&s, config.bind.is_ipv6()) {
+                    if let Some(bind) = config.bind.inet().filter(|a| a.ip().is_unspecified()) {
+                        if let Err(e) = udp::want_destination(&s, bind.is_ipv6()) {
                             tracing::warn!(listener = %config.name, error = %e, "cannot learn datagrams' destination addresses; replies leave from the kernel's choice");
                         }
                     }
@@ -188,6 +193,7 @@ impl Listener {
             stop,
             hard_stop,
             addr,
+            file,
         }
     }
 }
@@ -243,7 +249,7 @@ pub(crate) fn take_over(from: &Listener, l: &ListenerConfig) -> Result<Bound, Bi
     let fds = from
         .listening_fds()
         .map_err(|cause| BindError::of(l, cause))?;
-    take_over_fds(fds, from.addr, l)
+    take_over_fds((fds, from.file.clone()), from.addr, l)
 }
 
 impl Listener {
@@ -254,7 +260,7 @@ impl Listener {
         match &self.kind {
             Sockets::Tcp(shared, sockets) => {
                 shared.resize_limit(self.config.max_connections.get(), l.max_connections.get());
-                if l.tcp_keepalive != self.config.tcp_keepalive {
+                if l.tcp_keepalive != self.config.tcp_keepalive && l.bind.unix().is_none() {
                     // Accepted sockets inherit it from the listening ones.
                     for s in sockets.iter().filter_map(Weak::upgrade) {
                         if let Err(e) =
@@ -270,6 +276,14 @@ impl Listener {
         self.route().swap(route).forget_routes(Some(l));
         self.config = l.clone();
         self
+    }
+
+    /// A successor process serves on its sockets now: its Unix socket's
+    /// file is the successor's to remove.
+    pub fn hand_on(&self) {
+        if let Some(f) = &self.file {
+            f.hand_on();
+        }
     }
 
     /// Stops a listener that a reload replaced or removed: no new connections;

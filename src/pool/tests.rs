@@ -27,7 +27,9 @@ async fn apply_keeps_state_of_backends_that_stay() {
         "same backend object kept"
     );
     assert!(snap.find(a).unwrap().backend.is_draining());
-    assert!(snap.find("127.0.0.1:2".parse::<SocketAddr>().unwrap()).is_none());
+    assert!(snap
+        .find("127.0.0.1:2".parse::<SocketAddr>().unwrap())
+        .is_none());
     assert!(!pool.apply(&pc), "applying the same config is a no-op");
     assert_eq!(
         pool.set_weight("127.0.0.1:9".parse().unwrap(), NonZeroU32::new(2).unwrap()),

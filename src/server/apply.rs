@@ -266,7 +266,7 @@ fn prepare(st: &mut State, plan: &Plan, config: &Config) -> Result<Prepared, Err
         let bound = match (inherited, taking_over) {
             (Some(fds), _) => {
                 tracing::info!(listener = %name, "listening on the socket the previous process handed over");
-                Bound::inherit(l.protocol, fds)
+                Bound::inherit(l, fds)
             }
             (None, Some(from)) => {
                 tracing::info!(listener = %name, from = %from.config.name, "taking over the sockets of a listener on the same address");

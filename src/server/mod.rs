@@ -153,8 +153,15 @@ impl Server {
         self.inner.view.load_full()
     }
 
-    /// The bound address of listener `name` (useful after binding port 0).
+    /// The bound address of listener `name` (useful after binding port 0);
+    /// none for a Unix listener.
     pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.local_endpoint(name).and_then(|e| e.inet())
+    }
+
+    /// Where listener `name` listens: its IP address and port, or its Unix
+    /// socket.
+    pub fn local_endpoint(&self, name: &str) -> Option<crate::endpoint::Endpoint> {
         self.view()
             .listeners
             .iter()
@@ -246,6 +253,12 @@ impl Server {
             upgrade::start_successor(&handed).await
         }
         .await;
+        if result.is_ok() {
+            // The successor serves on the Unix listeners' files now.
+            for l in st.listeners.values() {
+                l.hand_on();
+            }
+        }
         drop(st);
         match result {
             Ok((pid, channel)) => {
@@ -306,6 +319,8 @@ impl Server {
         let mut st = inner.state.lock().await;
         st.admin = None;
         st.cluster = None;
+        // Unix listeners' files go with them (unless a successor took them).
+        st.listeners.clear();
         st.pools.clear();
     }
 

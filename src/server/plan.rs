@@ -105,7 +105,7 @@ pub(crate) fn plan(current: &Current<'_>, next: &Config) -> Plan {
         .listeners
         .iter()
         .copied()
-        .filter(|o| o.bind.port() != 0)
+        .filter(|o| o.bind.inet().is_none_or(|a| a.port() != 0))
         .filter(|o| {
             !wanted.contains(o.name.as_str())
                 || next

@@ -47,7 +47,7 @@ pub(crate) struct HandedListener {
     pub name: String,
     pub protocol: String,
     /// The configured address (a port-0 listener keeps its real port).
-    pub bind: SocketAddr,
+    pub bind: crate::endpoint::Endpoint,
     pub reuse_port: bool,
     pub fds: Vec<RawFd>,
 }
@@ -72,7 +72,7 @@ impl Handed {
         &mut self,
         name: &str,
         protocol: &str,
-        bind: SocketAddr,
+        bind: crate::endpoint::Endpoint,
         reuse_port: bool,
         fds: Vec<OwnedFd>,
     ) {
@@ -288,7 +288,7 @@ fn take_connections(channel: OwnedFd, server: Server, runtime: tokio::runtime::H
 /// configuration asks for them; those never asked for close at the end.
 #[derive(Default)]
 pub(crate) struct Inherited {
-    listeners: HashMap<(String, Protocol, SocketAddr, bool), Vec<OwnedFd>>,
+    listeners: HashMap<(String, Protocol, crate::endpoint::Endpoint, bool), Vec<OwnedFd>>,
     admin: Option<(SocketAddr, OwnedFd)>,
 }
 
@@ -376,7 +376,7 @@ mod tests {
         handed.add_listener(
             "front",
             "tcp",
-            addr,
+            addr.into(),
             false,
             vec![l.as_fd().try_clone_to_owned().unwrap()],
         );

@@ -159,6 +159,55 @@ pub(crate) fn trim_heap() {
     }
 }
 
+/// The id of user `name` (or `name` itself, if a number), as the system's
+/// user database (NSS) has it.
+pub(crate) fn user_id(name: &str) -> Option<u32> {
+    if let Ok(id) = name.parse() {
+        return Some(id);
+    }
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: every pointer is to memory we own, of the sizes we pass; the
+    // strings it points `entry` at live in `buf`, read before it goes.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(entry.pw_uid)
+}
+
+/// The id of group `name` (or `name` itself, if a number), as the
+/// system's group database (NSS) has it.
+pub(crate) fn group_id(name: &str) -> Option<u32> {
+    if let Ok(id) = name.parse() {
+        return Some(id);
+    }
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: an all-zero group is a valid value for getgrnam_r to fill.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    // SAFETY: as in `user_id`: our memory, our sizes.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(entry.gr_gid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

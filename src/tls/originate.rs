@@ -14,8 +14,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::load::{self, CertInfo};
-use crate::endpoint::Endpoint;
 use super::{provider, MinVersion};
+use crate::endpoint::Endpoint;
 
 /// What a pool's `[pools.NAME.tls]` says.
 #[derive(Debug, Clone, Copy)]

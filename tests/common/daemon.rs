@@ -128,7 +128,10 @@ impl Daemon {
         for v in self.log.lock().unwrap().iter() {
             if v["message"] == "listening" {
                 let name = v["listener"].as_str().unwrap().to_string();
-                out.insert(name, v["addr"].as_str().unwrap().parse().unwrap());
+                // A Unix listener's address is no SocketAddr.
+                if let Ok(addr) = v["addr"].as_str().unwrap().parse() {
+                    out.insert(name, addr);
+                }
             }
         }
         out

@@ -293,7 +293,7 @@ pub(super) fn finish(
     tracing::info!(
         target: "switchyard::access",
         listener = name,
-        client = %peer,
+        client = %crate::endpoint::Client(peer),
         backend = %b.addr,
         backend_name = %b.name,
         bytes_in = up_before + outcome.up,

@@ -89,7 +89,8 @@ pub(super) async fn greet(
 ) -> Result<Greeting, GreetRefusal> {
     let mut g = Greeting::default();
     if let Some(accept) = &route.config.accept_proxy {
-        if !accept.trusts(peer.ip()) {
+        // A Unix socket's file mode says who may connect.
+        if route.config.bind.unix().is_none() && !accept.trusts(peer.ip()) {
             return Err(GreetRefusal::ProxyHeader("untrusted"));
         }
         let deadline = Instant::now() + accept.timeout;
@@ -195,9 +196,21 @@ pub(super) fn header(
     };
     // getsockname cannot fail on a connected socket; were it to, the
     // header says "an unspecified address".
-    let local = local
-        .or_else(|| client.local_addr().ok())
-        .unwrap_or_else(|| SocketAddr::new(unspecified(who), 0));
+    let local = match local.map(crate::net::LocalEnd::Inet) {
+        Some(l) => Some(l),
+        None => crate::net::local_end(client).ok(),
+    };
+    let local = match local {
+        Some(crate::net::LocalEnd::Inet(a)) => a,
+        // A Unix listener's client, no header in front naming another.
+        Some(crate::net::LocalEnd::Unix { peer, ours }) => {
+            return match version {
+                ProxyVersion::V1 => proxy_protocol::V1_UNKNOWN.to_vec(),
+                ProxyVersion::V2 => proxy_protocol::v2_unix(&peer, &ours, tlvs),
+            }
+        }
+        None => SocketAddr::new(unspecified(who), 0),
+    };
     match version {
         ProxyVersion::V1 => proxy_protocol::v1(who, local),
         ProxyVersion::V2 => proxy_protocol::v2(Some((who, local)), Transport::Stream, tlvs),
