@@ -37,6 +37,21 @@ async fn namer(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// `namer` on a Unix socket at `path`.
+fn unix_namer(name: &'static str, path: &Path) {
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                    let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+                }
+            });
+        }
+    });
+}
+
 /// A TLS ClientHello naming `sni`, as a client's first flight.
 fn hello(sni: &str) -> Vec<u8> {
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -140,6 +155,10 @@ async fn nginx_s_stream_examples_import_and_route_alike() {
     }
     b.insert("U1", u1.addr.to_string());
     b.insert("U2", u2.addr.to_string());
+    let socket_dir = tempfile::tempdir().unwrap();
+    let s3 = socket_dir.path().join("backend3.sock");
+    unix_namer("b3u", &s3);
+    b.insert("S3", s3.display().to_string());
     // The original, run by nginx.
     let (original, ng) = render(&template, &["L1", "L2", "L3"], &b, dir.path());
     let conf = dir.path().join("nginx.conf");
@@ -166,17 +185,9 @@ async fn nginx_s_stream_examples_import_and_route_alike() {
     let toml = import("nginx", &copy_path);
     eprintln!("{toml}");
     check(&sydir, &toml);
-    // What could not be imported is named with its file and line.
-    let unix_line = copy
-        .lines()
-        .position(|l| l.contains("unix:/tmp/backend3"))
-        .unwrap()
-        + 1;
+    // The Unix-socket server is one of the upstream's.
     assert!(
-        toml.contains(&format!(
-            "{}:{unix_line}: server unix:/tmp/backend3;",
-            copy_path.display()
-        )),
+        toml.contains(&format!("addr = \"unix:{}\"", s3.display())),
         "{toml}"
     );
     assert!(toml.contains("error_log"), "{toml}");
@@ -184,13 +195,14 @@ async fn nginx_s_stream_examples_import_and_route_alike() {
     let _daemon = Daemon::start(&toml, &[], &[]);
     wait_listening(sy["L1"], &mut child, &log, Duration::from_secs(10)).await;
 
-    // Hashed by the client's address over b1 and b2 (weights 5 and 1):
-    // both proxies keep each client on one backend of the two (which one
-    // is each proxy's own hash), and spread 60 clients over both (all on
-    // b1 by chance: (5/6)^60, about 2 in 100,000).
+    // Hashed by the client's address over b1, b2 and the Unix socket's
+    // b3u (weights 5, 1 and 1): both proxies keep each client on one
+    // backend of the three (which one is each proxy's own hash), and
+    // spread 120 clients over all three (one missed by chance: under
+    // 2 x (6/7)^120, about 2 in 10 million).
     for (proxy, front) in [("nginx", ng["L1"]), ("switchyard", sy["L1"])] {
         let mut seen = BTreeSet::new();
-        for i in 1..=60u8 {
+        for i in 1..=120u8 {
             let from = IpAddr::from([127, 9, 0, i]);
             let first = who(from, front, b"hi\n").await;
             assert_eq!(
@@ -200,7 +212,11 @@ async fn nginx_s_stream_examples_import_and_route_alike() {
             );
             seen.insert(first);
         }
-        assert_eq!(seen, BTreeSet::from(["b1".into(), "b2".into()]), "{proxy}");
+        assert_eq!(
+            seen,
+            BTreeSet::from(["b1".into(), "b2".into(), "b3u".into()]),
+            "{proxy}"
+        );
     }
     // UDP to the dns upstream.
     for (proxy, front) in [("nginx", ng["L2"]), ("switchyard", sy["L2"])] {
@@ -237,7 +253,10 @@ async fn nginx_s_stream_examples_import_and_route_alike() {
             &hello("backend.example.com"),
         )
         .await;
-        assert!(named == "b1" || named == "b2", "{proxy}: {named}");
+        assert!(
+            ["b1", "b2", "b3u"].contains(&named.as_str()),
+            "{proxy}: {named}"
+        );
         for i in 1..=5u8 {
             let other = who(
                 IpAddr::from([127, 9, 2, i]),
@@ -361,5 +380,54 @@ fn transparent_sources_import_as_client() {
     .unwrap();
     let toml = import("nginx", &nginx);
     assert!(toml.contains("source = \"client\""), "{toml}");
+    check(dir.path(), &toml);
+}
+
+/// Unix sockets as the peers write them (HAProxy's `/path`, `abns@name`
+/// and a file's `mode`/`user`; nginx's `unix:/path`) import as switchyard's
+/// `unix:` endpoints, and the result passes `check`.
+#[test]
+fn unix_sockets_import_as_unix_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let haproxy = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &haproxy,
+        format!(
+            "frontend f\n    mode tcp\n    bind {}/front.sock mode 660 user nobody\n    bind abns@front\n    default_backend b\n\
+             backend b\n    mode tcp\n    server app {}/app.sock\n    server other abns@app\n",
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let toml = import("haproxy", &haproxy);
+    let d = dir.path().display();
+    for want in [
+        format!("bind = \"unix:{d}/front.sock\"\nmode = \"660\"\nowner = \"nobody\""),
+        "bind = \"unix:@front\"".to_string(),
+        format!("addr = \"unix:{d}/app.sock\""),
+        "addr = \"unix:@app\"".to_string(),
+    ] {
+        assert!(toml.contains(&want), "{want} in:\n{toml}");
+    }
+    check(dir.path(), &toml);
+
+    let nginx = dir.path().join("nginx.conf");
+    std::fs::write(
+        &nginx,
+        format!(
+            "stream {{\n  upstream app {{ server unix:{d}/app.sock; }}\n  server {{\n    listen unix:{d}/front.sock;\n    proxy_pass app;\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let toml = import("nginx", &nginx);
+    assert!(
+        toml.contains(&format!("bind = \"unix:{d}/front.sock\"")),
+        "{toml}"
+    );
+    assert!(
+        toml.contains(&format!("addr = \"unix:{d}/app.sock\"")),
+        "{toml}"
+    );
     check(dir.path(), &toml);
 }

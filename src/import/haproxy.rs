@@ -500,6 +500,16 @@ fn proxy(m: &mut Model, s: &Section, d: &Defaults, resolvers: &HashMap<String, S
         while i < l.words.len() {
             match l.word(i) {
                 "accept-proxy" => li.accept_proxy = true,
+                // A Unix socket's file.
+                "mode" | "user" | "uid" | "group" | "gid" if li.bind.starts_with("unix:/") => {
+                    let key = match l.word(i) {
+                        "mode" => "mode",
+                        "user" | "uid" => "owner",
+                        _ => "group",
+                    };
+                    li.file.push((key, l.word(i + 1).to_string()));
+                    i += 1;
+                }
                 "ssl" => {}
                 "crt" => {
                     let cert = l.word(i + 1).to_string();

@@ -38,6 +38,8 @@ pub(crate) struct Listener {
     pub(crate) routes: Vec<(Vec<String>, String)>,
     /// TLS termination: certificate and key files.
     pub(crate) tls: Option<(String, String)>,
+    /// A Unix listener file's `mode`, `owner`, `group`, as written.
+    pub(crate) file: Vec<(&'static str, String)>,
 }
 
 /// A backend as imported.
@@ -119,6 +121,9 @@ pub fn import(kind: &str, file: &Path) -> Result<String, String> {
 /// A host:port as an address: kept when it is one; a host name is looked
 /// up now, as the peers do at their start (the first address).
 fn address(hostport: &str, default_port: Option<u16>) -> Result<(String, Option<String>), String> {
+    if let Some(unix) = unix(hostport) {
+        return Ok((unix, None));
+    }
     let with_port = if hostport
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok())
@@ -146,6 +151,9 @@ fn address(hostport: &str, default_port: Option<u16>) -> Result<(String, Option<
 
 /// A listen address: `PORT`, `*:PORT`, `:PORT`, `ADDR:PORT`, `[V6]:PORT`.
 fn bind(text: &str) -> Option<String> {
+    if let Some(unix) = unix(text) {
+        return Some(unix);
+    }
     if let Ok(p) = text.parse::<u16>() {
         return Some(format!("0.0.0.0:{p}"));
     }
@@ -158,6 +166,26 @@ fn bind(text: &str) -> Option<String> {
     };
     let out = format!("{host}:{port}");
     out.parse::<std::net::SocketAddr>().ok().map(|_| out)
+}
+
+/// A Unix socket as the peers write it (nginx's `unix:/path`, HAProxy's
+/// `/path`, `unix@/path` and `abns@name`), as switchyard writes it.
+fn unix(text: &str) -> Option<String> {
+    let name = if let Some(p) = text
+        .strip_prefix("unix:")
+        .or_else(|| text.strip_prefix("unix@"))
+    {
+        p.to_string()
+    } else if let Some(n) = text.strip_prefix("abns@") {
+        format!("@{n}")
+    } else if text.starts_with('/') {
+        text.to_string()
+    } else {
+        return None;
+    };
+    crate::endpoint::UnixName::new(&name)
+        .ok()
+        .map(|n| format!("unix:{n}"))
 }
 
 /// A name fit for switchyard (printable, no quotes).
@@ -212,6 +240,9 @@ fn write(m: &Model, kind: &str, file: &str) -> String {
         let _ = writeln!(o, "bind = {}", q(&l.bind));
         if l.udp {
             let _ = writeln!(o, "protocol = \"udp\"");
+        }
+        for (key, value) in &l.file {
+            let _ = writeln!(o, "{key} = {}", q(value));
         }
         let _ = writeln!(o, "pool = {}", q(&l.pool));
         if l.accept_proxy {

@@ -284,10 +284,6 @@ fn upstream(r: &mut Reader, d: &Directive, servers: &[Directive]) {
                     r.leave(s, "a server without an address");
                     continue;
                 };
-                if target.starts_with("unix:") {
-                    r.leave(s, "Unix-socket backends are not supported; listen on TCP and name that address");
-                    continue;
-                }
                 let mut b = Backend::default();
                 let mut max_fails = 1;
                 let mut fail_timeout = "10s".to_string();
@@ -516,7 +512,7 @@ fn server(
         let Some(addr) = l.args.first().and_then(|a| bind(a)) else {
             r.leave(
                 l,
-                "not an address and port switchyard can bind (unix: sockets are not supported)",
+                "not an address and port, nor a Unix socket, switchyard can bind",
             );
             continue;
         };
@@ -533,12 +529,22 @@ fn server(
                 _ => r.leave(l, &format!("listen parameter `{p}` has no equivalent")),
             }
         }
-        li.name = fit(&format!(
-            "stream-{}{}",
-            li.bind
+        let port = match li.bind.strip_prefix("unix:") {
+            // A Unix socket: named by its file's stem.
+            Some(path) => format!(
+                "unix-{}",
+                std::path::Path::new(path.trim_start_matches('@'))
+                    .file_stem()
+                    .map_or("socket".into(), |s| s.to_string_lossy())
+            ),
+            None => li
+                .bind
                 .rsplit_once(':')
-                .map(|(_, p)| p)
-                .unwrap_or("listener"),
+                .map_or("listener", |(_, p)| p)
+                .to_string(),
+        };
+        li.name = fit(&format!(
+            "stream-{port}{}",
             if li.udp { "-udp" } else { "" }
         ));
         let mut n = 2;
