@@ -159,6 +159,7 @@ async fn unix_listeners_reach_unix_backends() {
         "{shown:?}"
     );
     assert!(shown.contains(&format!("unix:{front_abs}")), "{shown:?}");
+    assert!(view.listeners.iter().all(|l| l.family == "unix"));
 
     server.shutdown_within(Duration::from_secs(5)).await;
     assert!(!front.exists(), "the socket file goes at stop");

@@ -230,6 +230,7 @@ mod tests {
                     name: "l".into(),
                     protocol: "tcp",
                     addr: "127.0.0.1:7000".parse().unwrap(),
+                    family: "ipv4",
                     pool: "p".into(),
                     routes: Vec::new(),
                     accept_proxy: false,

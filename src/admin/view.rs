@@ -22,6 +22,8 @@ pub struct ListenerView {
     /// The bound address (the real port when configured with port 0), or
     /// `unix:` and its socket's name.
     pub addr: crate::endpoint::Endpoint,
+    /// Its address's kind: `ipv4`, `ipv6` or `unix`.
+    pub family: &'static str,
     /// The pool it sends traffic to (clients no route matched).
     pub pool: String,
     /// Its routes by server name and ALPN, in file order.
@@ -76,6 +78,11 @@ impl ListenerView {
             name: l.name.clone(),
             protocol: l.protocol.as_str(),
             addr,
+            family: match addr {
+                crate::endpoint::Endpoint::Unix(_) => "unix",
+                crate::endpoint::Endpoint::Inet(a) if a.is_ipv6() => "ipv6",
+                crate::endpoint::Endpoint::Inet(_) => "ipv4",
+            },
             pool: l.pool.clone(),
             routes: l
                 .routes
