@@ -874,3 +874,131 @@ async fn haproxy_reads_the_server_name_from_our_proxy_v2_tlvs() {
     drop(s);
     srv.shutdown().await;
 }
+
+/// `ca = "@system-ca"`: backends are verified against the system's roots,
+/// found where OpenSSL finds them (here `SSL_CERT_FILE`, the daemon's
+/// environment): a backend the system trusts serves, one it does not is
+/// refused before a byte reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_system_roots_verify_backends_when_asked() {
+    if !installed("openssl", "openssl") {
+        return;
+    }
+    let (dir, ca, _) = pki_dir();
+    let good = pki::leaf(dir.path(), &ca, "db.internal", "good", 2);
+    let other_ca = pki::ca(dir.path(), "other-ca");
+    let (_g, backend) = s_server(dir.path(), &good, None, "system").await;
+    let toml = format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"db\"\n\
+         [pools.db]\nbackends = [{{ addr = \"{backend}\" }}]\n\
+         [pools.db.tls]\nca = \"@system-ca\"\nserver_name = \"db.internal\"\n"
+    );
+    for (trusted, expect) in [(&ca, "olleh\n"), (&other_ca, "")] {
+        let bundle = trusted.cert.display().to_string();
+        let daemon = common::daemon::Daemon::start(
+            &toml,
+            &[],
+            &[("SSL_CERT_FILE", &bundle), ("SSL_CERT_DIR", "/nonexistent")],
+        );
+        let mut s = TcpStream::connect(daemon.listeners()["front"])
+            .await
+            .unwrap();
+        s.write_all(b"hello\n").await.unwrap();
+        assert_eq!(line_or_close(&mut s).await, expect, "trusting {bundle}");
+    }
+}
+
+/// A line read from `s`, or what came before it closed (within 10 s).
+async fn line_or_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("an answer or a close in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// `on_backend_down = "close"` holds for connections with TLS on either
+/// side: a terminated client's connection and one the pool started TLS on
+/// are both closed when their backend goes down, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_backend_down_close_ends_tls_connections_too() {
+    if !installed("openssl", "openssl") {
+        return;
+    }
+    let (dir, ca, server) = pki_dir();
+    let backend_pair = pki::leaf(dir.path(), &ca, "db.internal", "db", 2);
+    let mut plain = common::Backend::start("plain").await;
+    let (_tls_backend, tls_addr) = s_server(dir.path(), &backend_pair, None, "down").await;
+    // The TLS backend's check port, on its address: closing it takes the
+    // backend down while its established connections live on (as killing
+    // s_server would not).
+    let check = std::net::TcpListener::bind((tls_addr.ip(), 0)).unwrap();
+    let check_port = check.local_addr().unwrap().port();
+    let toml = format!(
+        "[[listeners]]\nname = \"ends\"\nbind = \"127.0.0.1:0\"\npool = \"plain\"\naccess_log = false\n\
+         [listeners.tls]\n{}\n\
+         [[listeners]]\nname = \"starts\"\nbind = \"127.0.0.1:0\"\npool = \"tls\"\naccess_log = false\n\
+         [pools.plain]\non_backend_down = \"close\"\nbackends = [{{ addr = \"{}\" }}]\n\
+         [pools.plain.health]\nkind = \"tcp\"\ninterval = \"100ms\"\nfall = 1\n\
+         [pools.tls]\non_backend_down = \"close\"\nbackends = [{{ addr = \"{tls_addr}\" }}]\n\
+         [pools.tls.tls]\nca = \"{}\"\nserver_name = \"db.internal\"\n\
+         [pools.tls.health]\nkind = \"tcp\"\ninterval = \"100ms\"\nfall = 1\nport = {check_port}\ntls = false\n",
+        server.toml().replace(", ", "\n"),
+        plain.addr,
+        ca.cert.display()
+    );
+    let srv = start_file(dir.path(), &toml).await;
+    // A terminated client, answered by the plain backend.
+    let config = pki::client(&ca, None, &[]);
+    let mut ended = pki::connect(&config, srv.local_addr("ends").unwrap(), "tls.example")
+        .await
+        .unwrap();
+    ended.write_all(b"x\n").await.unwrap();
+    assert_eq!(line_or_close(&mut ended).await, "plain: x\n");
+    // A plain client whose backend connection the pool started TLS on.
+    let mut started = TcpStream::connect(srv.local_addr("starts").unwrap())
+        .await
+        .unwrap();
+    started.write_all(b"abc\n").await.unwrap();
+    assert_eq!(line_or_close(&mut started).await, "cba\n");
+
+    // Both backends go down (their established connections would run on);
+    // both connections end.
+    plain.stop();
+    drop(check);
+    assert!(
+        read_to_close(&mut ended).await,
+        "the terminated connection was closed"
+    );
+    assert!(
+        read_to_close(&mut started).await,
+        "the originated connection was closed"
+    );
+    for (pool, addr) in [("plain", plain.addr), ("tls", tls_addr)] {
+        let series = format!(
+            "switchyard_backend_connections_closed_total{{backend=\"{addr}\",pool=\"{pool}\"}}"
+        );
+        common::wait_metric(&srv, &series, 1.0, Duration::from_secs(5)).await;
+    }
+}
+
+/// Reads until the peer closes (or errs) within 5 s: whether it did.
+async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> bool {
+    let mut buf = [0u8; 256];
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}

@@ -262,7 +262,7 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let ca_path = self.file(ca);
+        let ca_path = self.ca_file(ca);
         let alpn = ["http/1.1".to_string()];
         let built = Originator::build(OriginatorSettings {
             ca: Some(&ca_path),

@@ -60,6 +60,16 @@ pub struct PoolTls {
 }
 
 impl Validator<'_> {
+    /// A `ca` as written: the system's roots (`"@system-ca"`), or a file
+    /// as [`Self::file`] takes it.
+    pub(super) fn ca_file(&self, v: &S<String>) -> PathBuf {
+        if v.get_ref() == crate::tls::SYSTEM_CA {
+            PathBuf::from(crate::tls::SYSTEM_CA)
+        } else {
+            self.file(v)
+        }
+    }
+
     /// `path` as written, taken from the configuration file's folder when
     /// relative.
     pub(super) fn file(&self, v: &S<String>) -> PathBuf {
@@ -241,7 +251,7 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let ca = raw.ca.as_ref().map(|c| self.file(c));
+        let ca = raw.ca.as_ref().map(|c| self.ca_file(c));
         let paths = cert.map(|(c, k)| (self.file(c), self.file(k)));
         let server_name = raw.server_name.as_ref().map(|s| s.get_ref().clone());
         let built = Originator::build(OriginatorSettings {

@@ -104,11 +104,32 @@ pub fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 
 /// The trust anchors of the PEM file at `path`.
 pub fn roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    if path == Path::new(super::SYSTEM_CA) {
+        return system_roots();
+    }
     let mut store = rustls::RootCertStore::empty();
     for (i, c) in certs(path)?.into_iter().enumerate() {
         store
             .add(c)
             .map_err(|e| format!("certificate {} is no usable CA: {e}", i + 1))?;
+    }
+    Ok(store)
+}
+
+/// The system's trusted roots, where OpenSSL finds them: `SSL_CERT_FILE`
+/// and `SSL_CERT_DIR` when set, else the distribution's bundle
+/// (`/etc/ssl/certs/ca-certificates.crt` on Debian). Certificates that do
+/// not parse are left out; none at all is an error.
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _skipped) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+        return Err(format!(
+            "no system roots found (SSL_CERT_FILE, SSL_CERT_DIR, or the distribution's bundle, as /etc/ssl/certs/ca-certificates.crt){}",
+            if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
+        ));
     }
     Ok(store)
 }

@@ -21,6 +21,10 @@ pub use originate::{Originator, OriginatorSettings};
 pub use rewound::Rewound;
 pub use terminate::{Accepted, Session, Terminator, TerminatorSettings};
 
+/// `ca = "@system-ca"` (HAProxy's spelling): verify against the system's
+/// trusted roots instead of a bundle of one's own.
+pub const SYSTEM_CA: &str = "@system-ca";
+
 /// The crypto provider every TLS configuration is built with.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
