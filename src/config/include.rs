@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// once; or a problem at a pattern's span.
 pub(super) fn files(
     main: &Path,
-    patterns: &[toml::Spanned<String>],
+    patterns: &[super::raw::S<String>],
 ) -> (Vec<PathBuf>, Vec<(Range<usize>, String)>) {
     let base = main.parent().unwrap_or(Path::new("."));
     let mut found: Vec<PathBuf> = Vec::new();
