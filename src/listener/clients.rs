@@ -1,7 +1,8 @@
-//! Per-client-address limits on a TCP listener: connections open at once
+//! Per-client-address limits: a TCP listener's connections open at once
 //! (`max_connections_per_ip`) and new connections per second with a burst
-//! (`connection_rate_per_ip`, a token bucket). The table behind them is
-//! sharded (a lock per shard, taken once when a connection opens and once
+//! (`connection_rate_per_ip`, a token bucket), and a UDP listener's
+//! sessions (`max_sessions_per_ip`). The table behind them is sharded (a
+//! lock per shard, taken once when a connection or session opens and once
 //! when it closes) and bounded: an address with nothing open and a full
 //! bucket is forgotten, and a full shard sweeps such entries out first.
 
@@ -109,16 +110,37 @@ impl Clients {
 
     /// Admits a new connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Admitted, LimitRefusal> {
+        self.charge(ip, limits)?;
+        Ok(Admitted {
+            clients: self.clone(),
+            ip,
+        })
+    }
+
+    /// Gives back a place of `ip` that [`Clients::charge`] took, and
+    /// forgets the address once it holds none: for a table without rates
+    /// (a UDP listener's sessions), where nothing else is worth keeping.
+    pub fn release(&self, ip: IpAddr) {
+        let mut shard = self.shard(ip);
+        if let Some(e) = shard.get_mut(&ip) {
+            e.open = e.open.saturating_sub(1);
+            if e.open == 0 {
+                shard.remove(&ip);
+            }
+        }
+    }
+
+    /// Takes a place (and a rate token) of `ip`, or says why not; the
+    /// caller gives the place back.
+    pub fn charge(&self, ip: IpAddr, limits: &Limits) -> Result<(), LimitRefusal> {
         let now = now_ms();
         let mut shard = self.shard(ip);
         if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&ip) {
             shard.retain(|_, e| e.open > 0 || !full(e, limits, now));
             if shard.len() >= SHARD_CAPACITY {
-                drop(shard);
-                return Ok(Admitted {
-                    clients: self.clone(),
-                    ip,
-                });
+                // Let through rather than refused: the listener's own
+                // limit still bounds what is open.
+                return Ok(());
             }
         }
         let burst = limits.rate.map_or(0.0, |(_, b)| b);
@@ -142,10 +164,7 @@ impl Clients {
             e.tokens -= 1.0;
         }
         e.open += 1;
-        Ok(Admitted {
-            clients: self.clone(),
-            ip,
-        })
+        Ok(())
     }
 }
 

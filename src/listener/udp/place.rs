@@ -1,15 +1,13 @@
 //! A UDP session's place: under the listener's `max_sessions` (shared by its
-//! receive loops) and under `max_sessions_per_ip`, taken together and given
-//! back together.
+//! receive loops) and under `max_sessions_per_ip` (in the sharded
+//! per-address table TCP's limits use), taken together and given back
+//! together.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
-
-use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::ListenerConfig;
+use crate::listener::clients::{Clients, Limits};
 
 /// The places of one listener's sessions, shared by its receive loops.
 #[derive(Default)]
@@ -17,7 +15,7 @@ pub(crate) struct SessionPermits {
     /// Sessions of all the listener's receive loops, against `max_sessions`.
     sessions: AtomicUsize,
     /// Sessions per client address, against `max_sessions_per_ip`.
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    per_ip: Clients,
 }
 
 /// A session's place under `max_sessions` and `max_sessions_per_ip`; given
@@ -49,21 +47,21 @@ impl<'a> SessionPermit<'a> {
             })
             .map_err(|_| SessionRefusal::Table)?;
         // Taken at session start and end only, never per datagram.
-        let mut per_ip = shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        let held = per_ip.entry(ip).or_insert(0);
-        if *held as usize >= cfg.max_sessions_per_ip.get() {
-            drop(per_ip);
+        let limits = Limits {
+            open: Some(u32::try_from(cfg.max_sessions_per_ip.get()).unwrap_or(u32::MAX)),
+            rate: None,
+        };
+        if shared.per_ip.charge(ip, &limits).is_err() {
             shared.sessions.fetch_sub(1, Ordering::Relaxed);
             return Err(SessionRefusal::Ip);
         }
-        *held += 1;
         Ok(SessionPermit { shared, ip })
     }
 }
 
 impl SessionPermit<'_> {
     /// Keeps the place without this guard: whoever takes it gives it back
-    /// with [`Places::release`].
+    /// with [`SessionPermits::release`].
     pub(super) fn keep(self) {
         std::mem::forget(self);
     }
@@ -73,13 +71,7 @@ impl SessionPermits {
     /// Gives back a place of a client at `ip` that was kept.
     pub(super) fn release(&self, ip: IpAddr) {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = per_ip.get_mut(&ip) {
-            *held -= 1;
-            if *held == 0 {
-                per_ip.remove(&ip);
-            }
-        }
+        self.per_ip.release(ip);
     }
 }
 
