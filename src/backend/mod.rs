@@ -2,6 +2,10 @@
 //! passive ejection after failed connects, the operator's drain, and the
 //! count of open connections. All atomics, read on every pick. What its
 //! agent says is in [`agent`].
+//!
+//! It runs past 400 lines: a backend's live state (health, passive
+//! ejection, slow start, drain, its source) is one struct's, and its tests
+//! stay beside it.
 
 pub mod agent;
 

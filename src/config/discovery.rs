@@ -1,6 +1,9 @@
 //! Backends found at run time instead of listed: `[pools.NAME.discovery]`
 //! (DNS A/AAAA, DNS SRV, an etcd prefix), where discovered sets are kept
 //! (`state_dir`), and the fleet's own registry (`[cluster]`).
+//!
+//! It runs past 400 lines: it validates `[pools.NAME.discovery]` for four
+//! sources and `[cluster]`, which share their etcd keys.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

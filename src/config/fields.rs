@@ -1,5 +1,9 @@
 //! Validation of single values: addresses, durations, counts, byte strings
 //! and networks, each problem placed at the value's position.
+//!
+//! It runs past 400 lines: every reader of one kind of value (addresses,
+//! durations, sizes, rates, counts, names) is here, so each kind is read
+//! and refused one way.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;

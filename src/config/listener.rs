@@ -1,4 +1,8 @@
 //! Validation of one `[[listeners]]` entry.
+//!
+//! It runs past 400 lines: it validates every key of a `[[listeners]]`
+//! entry, and the checks that weigh one key against another need them all
+//! at hand.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::{NonZeroU32, NonZeroUsize};

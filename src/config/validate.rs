@@ -1,4 +1,8 @@
 //! Turns [`RawConfig`] into [`Config`], collecting every problem with its position.
+//!
+//! It runs past 400 lines: it is the validator's frame (files, includes,
+//! variables, problems) and the walk over the top-level and pool keys that
+//! every other file's checks hang from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

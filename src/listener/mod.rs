@@ -2,9 +2,13 @@
 //! fail, done first on start and reload), re-point at a new pool, retire.
 //! The paths a packet takes are folders beside it: `tcp` (accept, greet,
 //! connect, carry, hand over) and `udp` (the receive loop and sessions).
+//!
+//! It runs past 400 lines: a listener's whole life (launch, reroute,
+//! retire, hand on, adopt, its totals) reads in one place; the making of
+//! its sockets is in `bind.rs`, each protocol's loop in its folder.
 
 mod bind;
-mod clients;
+pub(crate) mod limits;
 mod mirror;
 mod route;
 pub(crate) mod tcp;

@@ -5,6 +5,9 @@
 //! [`Backend`]s (with their health, drain state and load) are identified by
 //! address and survive a swap when their address stays; whoever follows the
 //! membership (health checks) hears of each swap through [`Pool::changes`].
+//!
+//! It runs past 400 lines: the pool's one write path and the snapshot it
+//! publishes depend on each other's invariants and are read together.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;

@@ -2,6 +2,10 @@
 //! applies a new configuration as one difference (reload: `plan` decides,
 //! `Server::apply` carries it out), and drains on shutdown. Everything the
 //! admin side reads comes from an immutable `View`.
+//!
+//! It runs past 400 lines: it is the server's whole public surface (start,
+//! reload, upgrade, shutdown, and the control the admin side drives);
+//! applying a configuration is in `apply.rs`, planning it in `plan.rs`.
 
 mod apply;
 mod plan;

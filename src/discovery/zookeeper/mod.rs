@@ -5,6 +5,10 @@
 //! here rather than taken from crates.io: the maintained async client there
 //! runs its own reactor thread and timer beside tokio's and brings about 40
 //! crates, for six operations.
+//!
+//! It runs past 400 lines: it is a whole ZooKeeper client (connect,
+//! session, pings, requests, watches); only its wire encoding is apart, in
+//! `jute.rs`.
 
 mod jute;
 

@@ -13,10 +13,11 @@ use super::carry::{carry, Before, Carried};
 use super::connect::{connect, refused_connect, ConnectRefusal, Upstream};
 use super::greet::{self, GreetRefusal};
 use super::handover::Moved;
-use super::shared::{ConnPermit, LocalStops, TcpShared};
+use super::shared::{LocalStops, TcpShared};
 use super::tls::TlsStart;
 use crate::fds;
-use crate::listener::clients::{Admitted, LimitRefusal, Limits};
+use crate::listener::limits::ConnPermit;
+use crate::listener::limits::{Admitted, LimitRefusal, Limits};
 use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Every;
 use crate::fds;
+pub use crate::listener::limits::ConnPermit;
 use crate::net::{self, local_cause};
 pub(crate) use conn::serve_moved;
-pub use shared::{ConnPermit, LocalStops, TcpShared};
+pub use shared::{LocalStops, TcpShared};
 
 /// Accepts until `stop` fires.
 ///

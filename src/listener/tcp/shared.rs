@@ -1,19 +1,18 @@
 //! What a TCP listener's accept loops and connections share: its route and
 //! series, its connection limit (which a reload may move), its stops; and
-//! the `ConnPermit` each connection holds under that limit.
+//! the limit itself (each connection's `ConnPermit` is in `listener::limits`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handover::Handover;
 use crate::clock::Every;
-use crate::fds::Held;
-use crate::listener::clients::Clients;
+use crate::listener::limits::Clients;
 use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 
@@ -80,27 +79,6 @@ impl LocalStops {
         LocalStops {
             hard: shared.hard_stop.child_token(),
             handover: shared.handover.token.child_token(),
-        }
-    }
-}
-
-/// A connection's place under `max_connections` and its two descriptors;
-/// returned (or, while a lowered limit is owed permits, given up) when the
-/// connection ends. UDP's counterpart is `udp::place::SessionPermit`.
-pub struct ConnPermit {
-    pub(super) permit: Option<OwnedSemaphorePermit>,
-    pub(super) owed: Arc<AtomicUsize>,
-    /// The client's and the backend's descriptors.
-    pub(super) _fds: Held,
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        let pay = self
-            .owed
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
-        if let (Ok(_), Some(permit)) = (pay, self.permit.take()) {
-            permit.forget();
         }
     }
 }

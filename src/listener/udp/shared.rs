@@ -8,8 +8,8 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::place::SessionPermits;
 use crate::clock::Every;
+use crate::listener::limits::SessionPermits;
 use crate::listener::route::Route;
 use crate::metrics::UdpListenerMetrics;
 

@@ -11,10 +11,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::place::{SessionPermit, SessionPermits};
 use super::session::{IdleClock, Link, SessionEnd};
 use crate::clock::now_ms;
 use crate::fds::{self, Held};
+use crate::listener::limits::{SessionPermit, SessionPermits};
 
 /// A new session, before its receive loop's table takes it.
 pub(super) struct Session<'a> {

@@ -1,17 +1,25 @@
-//! Per-client-address limits: a TCP listener's connections open at once
-//! (`max_connections_per_ip`) and new connections per second with a burst
-//! (`connection_rate_per_ip`, a token bucket), and a UDP listener's
-//! sessions (`max_sessions_per_ip`). The table behind them is sharded (a
-//! lock per shard, taken once when a connection or session opens and once
-//! when it closes) and bounded: an address with nothing open and a full
-//! bucket is forgotten, and a full shard sweeps such entries out first.
+//! A listener's admission, TCP and UDP in one model: a connection's place
+//! under `max_connections` ([`ConnPermit`]), a session's under
+//! `max_sessions` ([`SessionPermit`]), and the per-client-address limits
+//! both charge (`max_connections_per_ip` and `connection_rate_per_ip`, a
+//! token bucket, for TCP; `max_sessions_per_ip` for UDP).
+//!
+//! The per-address table is sharded (a lock per shard, taken once when a
+//! connection or session opens and once when it closes) and bounded: an
+//! address with nothing open and a full bucket is forgotten, and a full
+//! shard sweeps such entries out first.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::clock::now_ms;
+use crate::config::ListenerConfig;
+use crate::fds::Held;
 
 /// Shards of the table: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 16;
@@ -175,6 +183,99 @@ fn full(e: &Entry, limits: &Limits, now: u64) -> bool {
         Some((rate, burst)) => {
             e.tokens + now.saturating_sub(e.at_ms) as f64 / 1000.0 * rate >= burst
         }
+    }
+}
+
+/// A connection's place under `max_connections` and its two descriptors;
+/// returned (or, while a lowered limit is owed permits, given up) when the
+/// connection ends. UDP's counterpart is [`SessionPermit`].
+pub struct ConnPermit {
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    pub(crate) owed: Arc<AtomicUsize>,
+    /// The client's and the backend's descriptors.
+    pub(crate) _fds: Held,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let pay = self
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| o.checked_sub(1));
+        if let (Ok(_), Some(permit)) = (pay, self.permit.take()) {
+            permit.forget();
+        }
+    }
+}
+
+/// The places of one listener's sessions, shared by its receive loops.
+#[derive(Default)]
+pub(crate) struct SessionPermits {
+    /// Sessions of all the listener's receive loops, against `max_sessions`.
+    sessions: AtomicUsize,
+    /// Sessions per client address, against `max_sessions_per_ip`.
+    per_ip: Clients,
+}
+
+/// A session's place under `max_sessions` and `max_sessions_per_ip`; given
+/// back when dropped.
+pub(crate) struct SessionPermit<'a> {
+    shared: &'a SessionPermits,
+    ip: IpAddr,
+}
+
+/// Why a new client got no session.
+pub(crate) enum SessionRefusal {
+    /// `max_sessions` are open.
+    Table,
+    /// Its address holds `max_sessions_per_ip` already.
+    Ip,
+}
+
+impl<'a> SessionPermit<'a> {
+    /// Claims a place for a client at `ip`.
+    pub(crate) fn claim(
+        shared: &'a SessionPermits,
+        ip: IpAddr,
+        cfg: &ListenerConfig,
+    ) -> Result<SessionPermit<'a>, SessionRefusal> {
+        shared
+            .sessions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cfg.max_sessions.get()).then_some(n + 1)
+            })
+            .map_err(|_| SessionRefusal::Table)?;
+        // Taken at session start and end only, never per datagram.
+        let limits = Limits {
+            open: Some(u32::try_from(cfg.max_sessions_per_ip.get()).unwrap_or(u32::MAX)),
+            rate: None,
+        };
+        if shared.per_ip.charge(ip, &limits).is_err() {
+            shared.sessions.fetch_sub(1, Ordering::Relaxed);
+            return Err(SessionRefusal::Ip);
+        }
+        Ok(SessionPermit { shared, ip })
+    }
+}
+
+impl SessionPermit<'_> {
+    /// Keeps the place without this guard: whoever takes it gives it back
+    /// with [`SessionPermits::release`].
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl SessionPermits {
+    /// Gives back a place of a client at `ip` that was kept.
+    pub(crate) fn release(&self, ip: IpAddr) {
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.per_ip.release(ip);
+    }
+}
+
+impl Drop for SessionPermit<'_> {
+    fn drop(&mut self) {
+        self.shared.release(self.ip);
     }
 }
 
