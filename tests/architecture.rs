@@ -62,3 +62,47 @@ fn a_long_file_says_why() {
         "over 400 lines, and the module doc does not say why: {unexplained:?}"
     );
 }
+
+/// No type name is used twice in the crate (a module's `Error` is the one
+/// convention that repeats), so a name says which thing it is.
+#[test]
+fn no_type_name_is_used_twice() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut all = Vec::new();
+    files(&root.join("src"), &root.join("src"), &mut all);
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
+    let mut twice = Vec::new();
+    for f in all.iter().filter(|f| f.ends_with(".rs")) {
+        let text = std::fs::read_to_string(root.join("src").join(f)).unwrap();
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(i) = words
+                .iter()
+                .position(|w| matches!(*w, "struct" | "enum" | "trait" | "type"))
+            else {
+                continue;
+            };
+            // Only declarations: nothing but visibility before the keyword.
+            if !words[..i].iter().all(|w| w.starts_with("pub")) {
+                continue;
+            }
+            let Some(name) = words.get(i + 1) else {
+                continue;
+            };
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if name.is_empty()
+                || !name.starts_with(|c: char| c.is_ascii_uppercase())
+                || name == "Error"
+            {
+                continue;
+            }
+            if let Some(first) = seen.insert(name.clone(), f.clone()) {
+                twice.push(format!("{name} ({first}, {f})"));
+            }
+        }
+    }
+    assert!(twice.is_empty(), "type names declared twice: {twice:?}");
+}

@@ -122,7 +122,7 @@ pub(crate) fn load_token(cfg: &AdminConfig) -> Result<Option<String>, Error> {
 }
 
 /// A bound admin endpoint; stops serving when dropped.
-pub(crate) struct Endpoint {
+pub(crate) struct AdminEndpoint {
     /// The configured address (what a reload compares).
     pub bind: SocketAddr,
     /// The bound address.
@@ -135,14 +135,14 @@ pub(crate) struct Endpoint {
     stop: CancellationToken,
 }
 
-impl Endpoint {
-    pub fn bind(cfg: &AdminConfig, token: Option<String>) -> Result<Endpoint, Error> {
+impl AdminEndpoint {
+    pub fn bind(cfg: &AdminConfig, token: Option<String>) -> Result<AdminEndpoint, Error> {
         let err = |cause| Error::Bind {
             addr: cfg.bind,
             cause,
         };
         let listener = crate::net::tcp_listener(cfg.bind, 128, false, None).map_err(err)?;
-        Endpoint::serve_on(cfg, token, listener)
+        AdminEndpoint::serve_on(cfg, token, listener)
     }
 
     /// An endpoint on a listening socket already bound (handed over by the
@@ -151,7 +151,7 @@ impl Endpoint {
         cfg: &AdminConfig,
         token: Option<String>,
         listener: std::net::TcpListener,
-    ) -> Result<Endpoint, Error> {
+    ) -> Result<AdminEndpoint, Error> {
         let err = |cause| Error::Bind {
             addr: cfg.bind,
             cause,
@@ -160,7 +160,7 @@ impl Endpoint {
         let socket = std::os::fd::AsFd::as_fd(&listener)
             .try_clone_to_owned()
             .map_err(err)?;
-        Ok(Endpoint {
+        Ok(AdminEndpoint {
             bind: cfg.bind,
             addr,
             settings: Arc::new(ArcSwap::from_pointee(Settings::new(cfg, token))),
@@ -278,7 +278,7 @@ impl Endpoint {
     }
 }
 
-impl Drop for Endpoint {
+impl Drop for AdminEndpoint {
     fn drop(&mut self) {
         self.stop.cancel();
     }

@@ -8,7 +8,7 @@ mod guard;
 pub mod status;
 mod view;
 
-pub(crate) use endpoint::{load_token, Endpoint, Settings};
+pub(crate) use endpoint::{load_token, AdminEndpoint, Settings};
 
 pub use view::{Control, ControlFuture, Fleet, ListenerView, View};
 
@@ -287,7 +287,7 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             history_interval: Duration::from_secs(5),
         };
-        let endpoint = Endpoint::bind(&cfg, None).unwrap();
+        let endpoint = AdminEndpoint::bind(&cfg, None).unwrap();
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
         endpoint.spawn(Arc::new(Fake), &stop, &tracker);
         let get = |path: &str| {
@@ -326,7 +326,7 @@ mod tests {
             header_timeout: Duration::from_secs(10),
             history_interval: Duration::from_secs(5),
         };
-        let endpoint = Endpoint::bind(&cfg, None).unwrap();
+        let endpoint = AdminEndpoint::bind(&cfg, None).unwrap();
         let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
         endpoint.spawn(Arc::new(Fake), &stop, &tracker);
         let request = |method: &str, path: &str, host: &str, extra: &str| {

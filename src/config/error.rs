@@ -52,7 +52,7 @@ impl fmt::Display for ConfigError {
 
 /// One file a configuration is read from: its path, its text as written,
 /// and its text after `${VAR}` expansion, which spans point into.
-pub(crate) struct Source<'a> {
+pub(crate) struct SourceFile<'a> {
     pub path: &'a Path,
     pub text: &'a str,
     pub expanded: Option<&'a super::vars::Expanded>,
@@ -61,7 +61,7 @@ pub(crate) struct Source<'a> {
 /// Collects problems while validating, turning byte offsets into line and
 /// column of the file being validated (the main one, or an included one).
 pub(crate) struct Problems<'a> {
-    files: Vec<Source<'a>>,
+    files: Vec<SourceFile<'a>>,
     /// The file spans point into now (an index into `files`).
     pub current: usize,
     list: Vec<(usize, Problem)>,
@@ -69,7 +69,7 @@ pub(crate) struct Problems<'a> {
 
 impl<'a> Problems<'a> {
     pub fn new(file: &'a Path, source: &'a str) -> Self {
-        Problems::of(vec![Source {
+        Problems::of(vec![SourceFile {
             path: file,
             text: source,
             expanded: None,
@@ -77,7 +77,7 @@ impl<'a> Problems<'a> {
     }
 
     /// Problems of these files; the first is the main one.
-    pub fn of(files: Vec<Source<'a>>) -> Self {
+    pub fn of(files: Vec<SourceFile<'a>>) -> Self {
         Problems {
             files,
             current: 0,

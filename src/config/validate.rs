@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use super::error::{Problems, Source};
+use super::error::{Problems, SourceFile};
 use super::raw::{RawAgent, RawBackend, RawConfig, RawHealth, RawPool, S};
 
 /// A pool's fields that a Unix-socket backend constrains: `health`,
@@ -49,7 +49,7 @@ pub(super) fn validate(source: &str, path: &Path) -> Result<Config, ConfigError>
         }
     }
     if !found.is_empty() {
-        let mut p = Problems::of(vec![Source {
+        let mut p = Problems::of(vec![SourceFile {
             path,
             text: source,
             expanded: Some(&expanded),
@@ -77,14 +77,14 @@ pub(super) fn validate(source: &str, path: &Path) -> Result<Config, ConfigError>
             problems: failed,
         });
     }
-    let mut sources = vec![Source {
+    let mut sources = vec![SourceFile {
         path,
         text: source,
         expanded: Some(&expanded),
     }];
     let (exps, raws): (Vec<super::vars::Expanded>, Vec<RawConfig>) = parts.into_iter().unzip();
     for ((f, text), exp) in paths.iter().zip(&texts).zip(&exps) {
-        sources.push(Source {
+        sources.push(SourceFile {
             path: f,
             text,
             expanded: Some(exp),

@@ -34,7 +34,7 @@ impl Expanded {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum In {
+enum Lexing {
     Code,
     Comment,
     Basic,
@@ -52,7 +52,7 @@ pub(crate) fn expand(
     let mut out = String::with_capacity(source.len());
     let mut swaps = Vec::new();
     let mut problems = Vec::new();
-    let mut state = In::Code;
+    let mut state = Lexing::Code;
     let mut i = 0;
     // Copies source[from..to] as it is.
     let mut copied = 0;
@@ -60,45 +60,45 @@ pub(crate) fn expand(
     while i < b.len() {
         let c = b[i];
         match state {
-            In::Code => {
+            Lexing::Code => {
                 if c == b'#' {
-                    state = In::Comment;
+                    state = Lexing::Comment;
                 } else if starts(i, "\"\"\"") {
-                    state = In::MultiBasic;
+                    state = Lexing::MultiBasic;
                     i += 3;
                     continue;
                 } else if c == b'"' {
-                    state = In::Basic;
+                    state = Lexing::Basic;
                 } else if starts(i, "'''") {
-                    state = In::MultiLiteral;
+                    state = Lexing::MultiLiteral;
                     i += 3;
                     continue;
                 } else if c == b'\'' {
-                    state = In::Literal;
+                    state = Lexing::Literal;
                 }
                 i += 1;
             }
-            In::Comment => {
+            Lexing::Comment => {
                 if c == b'\n' {
-                    state = In::Code;
+                    state = Lexing::Code;
                 }
                 i += 1;
             }
-            In::Basic | In::MultiBasic | In::Literal | In::MultiLiteral => {
-                let basic = matches!(state, In::Basic | In::MultiBasic);
+            Lexing::Basic | Lexing::MultiBasic | Lexing::Literal | Lexing::MultiLiteral => {
+                let basic = matches!(state, Lexing::Basic | Lexing::MultiBasic);
                 let ends = match state {
-                    In::Basic => c == b'"' || c == b'\n',
-                    In::MultiBasic => starts(i, "\"\"\""),
-                    In::Literal => c == b'\'' || c == b'\n',
+                    Lexing::Basic => c == b'"' || c == b'\n',
+                    Lexing::MultiBasic => starts(i, "\"\"\""),
+                    Lexing::Literal => c == b'\'' || c == b'\n',
                     _ => starts(i, "'''"),
                 };
                 if ends {
-                    i += if matches!(state, In::MultiBasic | In::MultiLiteral) {
+                    i += if matches!(state, Lexing::MultiBasic | Lexing::MultiLiteral) {
                         3
                     } else {
                         1
                     };
-                    state = In::Code;
+                    state = Lexing::Code;
                     continue;
                 }
                 if basic && c == b'\\' {

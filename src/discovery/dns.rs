@@ -24,7 +24,7 @@ use crate::config::{DiscoveryConfig, MAX_WEIGHT};
 use crate::pool::Found;
 
 /// What a lookup came to.
-pub(super) enum Answer {
+pub(super) enum DnsAnswer {
     /// Backends, and how long the answer holds (its shortest TTL).
     Found(Vec<Found>, Duration),
     /// The name exists in no form that gives a backend (NXDOMAIN, no
@@ -72,20 +72,20 @@ pub(super) fn resolver(server: Option<SocketAddr>, timeout: Duration) -> Result<
 }
 
 /// An empty answer (the name or its records do not exist), or a failure.
-fn classify(e: ResolveError) -> Result<Answer, String> {
+fn classify(e: ResolveError) -> Result<DnsAnswer, String> {
     match e.proto() {
         Some(p) => classify_proto(p),
         None => Err(e.to_string()),
     }
 }
 
-fn classify_proto(p: &ProtoError) -> Result<Answer, String> {
+fn classify_proto(p: &ProtoError) -> Result<DnsAnswer, String> {
     if let ProtoErrorKind::NoRecordsFound { response_code, .. } = p.kind() {
         if matches!(
             *response_code,
             ResponseCode::NXDomain | ResponseCode::NoError
         ) {
-            return Ok(Answer::Empty);
+            return Ok(DnsAnswer::Empty);
         }
         return Err(format!("the server answered {response_code}"));
     }
@@ -97,7 +97,7 @@ fn ttl(valid_until: Instant) -> Duration {
 }
 
 /// Every address of `name`, each with `port`.
-pub(super) async fn addresses(d: &Dns, name: &str, port: u16) -> Result<Answer, String> {
+pub(super) async fn addresses(d: &Dns, name: &str, port: u16) -> Result<DnsAnswer, String> {
     let r = &d.resolver;
     let fqdn = format!("{name}.");
     let ips = match r.lookup_ip(fqdn.as_str()).await {
@@ -114,9 +114,9 @@ pub(super) async fn addresses(d: &Dns, name: &str, port: u16) -> Result<Answer, 
         })
         .collect();
     if found.is_empty() {
-        return Ok(Answer::Empty);
+        return Ok(DnsAnswer::Empty);
     }
-    Ok(Answer::Found(found, ttl(ips.valid_until())))
+    Ok(DnsAnswer::Found(found, ttl(ips.valid_until())))
 }
 
 /// The targets of `name`'s SRV records of the best (lowest) priority, with
@@ -125,7 +125,7 @@ pub(super) async fn addresses(d: &Dns, name: &str, port: u16) -> Result<Answer, 
 /// them there, else from lookups, 64 at once. An answer cut short even over
 /// TCP (more records than one DNS message can hold) is an error, never a
 /// part of the set taken for the whole.
-pub(super) async fn services(d: &Dns, name: &str) -> Result<Answer, String> {
+pub(super) async fn services(d: &Dns, name: &str) -> Result<DnsAnswer, String> {
     let fqdn = Name::from_ascii(format!("{name}.")).map_err(|e| format!("{name}: {e}"))?;
     let response = match d
         .servers
@@ -142,7 +142,7 @@ pub(super) async fn services(d: &Dns, name: &str) -> Result<Answer, String> {
     };
     match response.response_code() {
         ResponseCode::NoError => {}
-        ResponseCode::NXDomain => return Ok(Answer::Empty),
+        ResponseCode::NXDomain => return Ok(DnsAnswer::Empty),
         code => return Err(format!("the server answered {code}")),
     }
     let records: Vec<_> = response
@@ -161,7 +161,7 @@ pub(super) async fn services(d: &Dns, name: &str) -> Result<Answer, String> {
         ));
     }
     let Some(best) = records.iter().map(|(s, _)| s.priority()).min() else {
-        return Ok(Answer::Empty);
+        return Ok(DnsAnswer::Empty);
     };
     let mut hold = records
         .iter()
@@ -231,9 +231,9 @@ pub(super) async fn services(d: &Dns, name: &str) -> Result<Answer, String> {
         }
     }
     if found.is_empty() {
-        return Ok(Answer::Empty);
+        return Ok(DnsAnswer::Empty);
     }
-    Ok(Answer::Found(found, hold))
+    Ok(DnsAnswer::Found(found, hold))
 }
 
 /// How long a DNS lookup may take before it counts as failed.
@@ -279,11 +279,11 @@ pub(super) async fn follow(
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {LOOKUP_TIMEOUT:?}")));
         let wait = match answer {
-            Ok(Answer::Found(found, ttl)) => {
+            Ok(DnsAnswer::Found(found, ttl)) => {
                 cx.report(d, Ok(found));
                 d.refresh.min(ttl).max(MIN_REFRESH)
             }
-            Ok(Answer::Empty) => {
+            Ok(DnsAnswer::Empty) => {
                 cx.report(d, Ok(Vec::new()));
                 d.refresh
             }

@@ -114,7 +114,7 @@ impl<'de> serde::Deserialize<'de> for Int {
 }
 
 #[derive(serde::Deserialize)]
-struct Header {
+struct EtcdHeader {
     revision: Option<Int>,
 }
 
@@ -128,7 +128,7 @@ struct RangeKv {
 /// `/v3/kv/range`'s answer: only what is used.
 #[derive(serde::Deserialize)]
 struct RangeAnswer {
-    header: Option<Header>,
+    header: Option<EtcdHeader>,
     #[serde(default)]
     kvs: Vec<RangeKv>,
 }
@@ -186,7 +186,7 @@ pub struct Etcd {
 }
 
 /// A watch in progress: its stream of messages.
-pub struct Watch {
+pub struct EtcdWatch {
     body: Incoming,
     buf: BytesMut,
     _conn: tokio::task::JoinHandle<()>,
@@ -326,12 +326,12 @@ impl Etcd {
             mod_revision: Option<Int>,
         }
         #[derive(serde::Deserialize)]
-        struct Answer {
+        struct EtcdAnswer {
             #[serde(default)]
             kvs: Vec<ModKv>,
             count: Option<Int>,
         }
-        let a: Answer = self
+        let a: EtcdAnswer = self
             .call_as(
                 "/v3/kv/range",
                 json!({
@@ -396,14 +396,14 @@ impl Etcd {
     }
 
     /// Watches every key under `prefix` from revision `from` on.
-    pub async fn watch(&self, prefix: &str, from: i64) -> Result<Watch, Error> {
+    pub async fn watch(&self, prefix: &str, from: i64) -> Result<EtcdWatch, Error> {
         let body = json!({ "create_request": {
             "key": B64.encode(prefix),
             "range_end": B64.encode(range_end(prefix)),
             "start_revision": from.to_string(),
         }});
         let (body, conn) = self.send("/v3/watch", &body).await?;
-        Ok(Watch {
+        Ok(EtcdWatch {
             body,
             buf: BytesMut::new(),
             _conn: conn,
@@ -411,14 +411,14 @@ impl Etcd {
     }
 }
 
-impl Drop for Watch {
+impl Drop for EtcdWatch {
     fn drop(&mut self) {
         // The connection would otherwise stay open, streaming to nobody.
         self._conn.abort();
     }
 }
 
-impl Watch {
+impl EtcdWatch {
     /// The next message: events, or word that the revision is compacted.
     /// An error when the stream ends or breaks.
     pub async fn next(&mut self) -> Result<Changes, Error> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::layout::{self, Host};
-use super::zookeeper::{Error, Event, Settings, Zk};
+use super::zookeeper::{Error, Event, Zk, ZkSettings};
 use super::{Context, Entries, Store};
 use crate::config::{DiscoveryConfig, ZkFormat, ZooKeeper};
 use crate::pool::Found;
@@ -59,7 +59,7 @@ pub(super) async fn write(
 
 /// What the registry holds, as last read.
 #[derive(Default)]
-struct View {
+struct ZkView {
     /// Each child's name and data (Dubbo's providers: no data).
     nodes: BTreeMap<String, Vec<u8>>,
     /// Children whose data was refused, and why, so each is logged once.
@@ -81,13 +81,13 @@ pub(super) async fn follow(cx: &mut Context, d: &DiscoveryConfig, z: &ZooKeeper)
             z.path
         )),
     };
-    let mut zk = Zk::new(Settings {
+    let mut zk = Zk::new(ZkSettings {
         servers: z.servers.clone(),
         chroot: z.chroot.clone(),
         timeout: z.session_timeout,
         digest: z.digest.as_ref().map(|s| s.0.clone()),
     });
-    let mut view = View::default();
+    let mut view = ZkView::default();
     let mut retry = RETRY_MIN;
     loop {
         let e = session(cx, d, z, &mut zk, &mut view, &mut writes, &mut retry).await;
@@ -117,7 +117,7 @@ async fn session(
     d: &DiscoveryConfig,
     z: &ZooKeeper,
     zk: &mut Zk,
-    view: &mut View,
+    view: &mut ZkView,
     writes: &mut mpsc::Receiver<Write>,
     retry: &mut Duration,
 ) -> Error {
@@ -193,7 +193,7 @@ fn node(z: &ZooKeeper, name: &str) -> String {
 async fn read_children(
     zk: &mut Zk,
     z: &ZooKeeper,
-    view: &mut View,
+    view: &mut ZkView,
     changed: Option<BTreeSet<String>>,
 ) -> Result<(), Error> {
     let names = loop {
@@ -233,7 +233,7 @@ async fn read_children(
 async fn read_data(
     zk: &mut Zk,
     z: &ZooKeeper,
-    view: &mut View,
+    view: &mut ZkView,
     names: Vec<String>,
 ) -> Result<(), Error> {
     if z.format == ZkFormat::Dubbo || names.is_empty() {
@@ -253,10 +253,10 @@ async fn read_data(
 }
 
 /// Turns the view into backends and reports them.
-async fn publish(cx: &mut Context, d: &DiscoveryConfig, z: &ZooKeeper, view: &mut View) {
+async fn publish(cx: &mut Context, d: &DiscoveryConfig, z: &ZooKeeper, view: &mut ZkView) {
     let mut found = Vec::new();
     let mut entries = Entries::new();
-    let View {
+    let ZkView {
         nodes,
         refused,
         hosts,

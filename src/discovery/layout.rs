@@ -29,7 +29,7 @@ impl Host {
 
 /// One member of a registry, before its host is looked up.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Member {
+pub(super) struct LayoutMember {
     pub host: Host,
     pub name: Option<String>,
     pub weight: NonZeroU32,
@@ -67,7 +67,7 @@ struct Curator {
 }
 
 #[derive(Deserialize)]
-struct Endpoint {
+struct ServerSetEndpoint {
     host: String,
     port: i64,
 }
@@ -76,9 +76,9 @@ struct Endpoint {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ServerSet {
-    service_endpoint: Endpoint,
+    service_endpoint: ServerSetEndpoint,
     #[serde(default)]
-    additional_endpoints: std::collections::HashMap<String, Endpoint>,
+    additional_endpoints: std::collections::HashMap<String, ServerSetEndpoint>,
     status: String,
 }
 
@@ -90,11 +90,11 @@ pub(super) fn member(
     endpoint: Option<&str>,
     node: &str,
     data: &[u8],
-) -> Result<Option<Member>, String> {
+) -> Result<Option<LayoutMember>, String> {
     match format {
         ZkFormat::Native => {
             let (f, v) = super::from_etcd::entry(data)?;
-            Ok(Some(Member {
+            Ok(Some(LayoutMember {
                 host: Host::Addr(f.addr),
                 name: f.name,
                 weight: f.weight,
@@ -106,7 +106,7 @@ pub(super) fn member(
             let c: Curator =
                 serde_json::from_slice(data).map_err(|e| format!("not a Curator instance: {e}"))?;
             let p = port(c.port.or(c.ssl_port), "port or sslPort")?;
-            Ok(Some(Member {
+            Ok(Some(LayoutMember {
                 host: Host::new(&c.address, p),
                 name: c
                     .id
@@ -131,7 +131,7 @@ pub(super) fn member(
                     .get(want)
                     .ok_or(format!("no additional endpoint `{want}`"))?,
             };
-            Ok(Some(Member {
+            Ok(Some(LayoutMember {
                 host: Host::new(&e.host, port(Some(e.port), "port")?),
                 name: Some(name(node)?),
                 weight: one(),
@@ -145,7 +145,7 @@ pub(super) fn member(
 
 /// A Dubbo provider: its node's name is its URL, percent-encoded
 /// (`dubbo://10.0.0.1:20880/com.example.Api?weight=100&disabled=false`).
-fn dubbo(node: &str) -> Result<Member, String> {
+fn dubbo(node: &str) -> Result<LayoutMember, String> {
     let url = percent_encoding::percent_decode_str(node)
         .decode_utf8()
         .map_err(|_| "not a UTF-8 URL".to_string())?;
@@ -172,7 +172,7 @@ fn dubbo(node: &str) -> Result<Member, String> {
         }
     }
     let clamped = weight.clamp(1, MAX_WEIGHT as i64) as u32;
-    Ok(Member {
+    Ok(LayoutMember {
         host: Host::new(host, p),
         name: None,
         weight: NonZeroU32::new(clamped).unwrap_or(one()),
@@ -186,7 +186,7 @@ fn dubbo(node: &str) -> Result<Member, String> {
 mod tests {
     use super::*;
 
-    fn addr(m: &Member) -> String {
+    fn addr(m: &LayoutMember) -> String {
         match &m.host {
             Host::Addr(a) => a.to_string(),
             Host::Name(n, p) => format!("{n}:{p}"),

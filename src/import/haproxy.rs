@@ -7,12 +7,15 @@
 
 use std::collections::HashMap;
 
-use super::{address, bind, duration, fit, At, Backend, Health, Listener, Model, Pool};
+use super::{
+    address, bind, duration, fit, Health, ImportedBackend, ImportedListener, ImportedPool, Model,
+    WrittenAt,
+};
 
 /// One line: where, and its words.
 #[derive(Debug, Clone)]
 struct Line {
-    at: At,
+    at: WrittenAt,
     words: Vec<String>,
 }
 
@@ -27,7 +30,7 @@ impl Line {
 
 /// A section: its kind, name and lines.
 struct Section {
-    at: At,
+    at: WrittenAt,
     kind: String,
     name: String,
     lines: Vec<Line>,
@@ -85,7 +88,7 @@ fn sections(file: &str, text: &str) -> Vec<Section> {
         if w.is_empty() {
             continue;
         }
-        let at = At(format!("{file}:{}", i + 1));
+        let at = WrittenAt(format!("{file}:{}", i + 1));
         if SECTIONS.contains(&w[0].as_str()) {
             out.push(Section {
                 at,
@@ -223,12 +226,12 @@ fn proxy(m: &mut Model, s: &Section, d: &Defaults, resolvers: &HashMap<String, S
     let front = s.kind != "backend";
     let back = s.kind != "frontend";
     let mut listeners = Vec::new();
-    let mut pool = Pool {
+    let mut pool = ImportedPool {
         at: s.at.clone(),
         name: fit(&s.name),
         strategy: d.balance.as_deref().and_then(strategy).map(str::to_string),
         connect_timeout: d.connect.clone(),
-        ..Pool::default()
+        ..ImportedPool::default()
     };
     let mut default_server = d.server.clone();
     let mut default_backend = back.then(|| fit(&s.name));
@@ -362,9 +365,9 @@ fn proxy(m: &mut Model, s: &Section, d: &Defaults, resolvers: &HashMap<String, S
     // Servers, with default-server's parameters first.
     let mut checked: Option<Health> = None;
     for l in &servers {
-        let mut b = Backend {
+        let mut b = ImportedBackend {
             name: Some(fit(l.word(1))),
-            ..Backend::default()
+            ..ImportedBackend::default()
         };
         let (mut check, mut h, mut skip) = (false, Health::default(), false);
         let params: Vec<String> = default_server
@@ -483,7 +486,7 @@ fn proxy(m: &mut Model, s: &Section, d: &Defaults, resolvers: &HashMap<String, S
             );
             continue;
         };
-        let mut li = Listener {
+        let mut li = ImportedListener {
             at: l.at.clone(),
             name: if k == 0 {
                 fit(&s.name)
@@ -497,7 +500,7 @@ fn proxy(m: &mut Model, s: &Section, d: &Defaults, resolvers: &HashMap<String, S
             allow: allow.clone(),
             deny: deny.clone(),
             routes: routes.clone(),
-            ..Listener::default()
+            ..ImportedListener::default()
         };
         let mut i = 2;
         while i < l.words.len() {

@@ -14,20 +14,20 @@ use std::path::Path;
 
 /// Where a directive was written: `file:line`.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct At(pub String);
+pub(crate) struct WrittenAt(pub String);
 
 /// A directive with no equivalent, and why.
 #[derive(Debug, Clone)]
 pub(crate) struct Left {
-    pub(crate) at: At,
+    pub(crate) at: WrittenAt,
     pub(crate) text: String,
     pub(crate) why: String,
 }
 
 /// A listener as imported.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Listener {
-    pub(crate) at: At,
+pub(crate) struct ImportedListener {
+    pub(crate) at: WrittenAt,
     pub(crate) name: String,
     pub(crate) bind: String,
     pub(crate) udp: bool,
@@ -47,7 +47,7 @@ pub(crate) struct Listener {
 
 /// A backend as imported.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Backend {
+pub(crate) struct ImportedBackend {
     pub(crate) addr: String,
     pub(crate) name: Option<String>,
     pub(crate) weight: Option<u32>,
@@ -68,11 +68,11 @@ pub(crate) struct Health {
 
 /// A pool as imported.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Pool {
-    pub(crate) at: At,
+pub(crate) struct ImportedPool {
+    pub(crate) at: WrittenAt,
     pub(crate) name: String,
     pub(crate) strategy: Option<String>,
-    pub(crate) backends: Vec<Backend>,
+    pub(crate) backends: Vec<ImportedBackend>,
     pub(crate) proxy_protocol: Option<String>,
     pub(crate) connect_timeout: Option<String>,
     /// `source`: a local address, or "client".
@@ -89,13 +89,13 @@ pub(crate) struct Pool {
 pub(crate) struct Model {
     /// `worker_processes N` / `nbthread N`.
     pub(crate) workers: Option<u32>,
-    pub(crate) listeners: Vec<Listener>,
-    pub(crate) pools: Vec<Pool>,
+    pub(crate) listeners: Vec<ImportedListener>,
+    pub(crate) pools: Vec<ImportedPool>,
     pub(crate) left: Vec<Left>,
 }
 
 impl Model {
-    fn leave(&mut self, at: &At, text: &str, why: &str) {
+    fn leave(&mut self, at: &WrittenAt, text: &str, why: &str) {
         self.left.push(Left {
             at: at.clone(),
             text: text.trim().to_string(),
@@ -103,7 +103,7 @@ impl Model {
         });
     }
 
-    fn pool_mut(&mut self, name: &str) -> Option<&mut Pool> {
+    fn pool_mut(&mut self, name: &str) -> Option<&mut ImportedPool> {
         self.pools.iter_mut().find(|p| p.name == name)
     }
 }

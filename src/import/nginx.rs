@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 
-use super::{address, bind, duration, fit, At, Backend, Listener, Model, Pool};
+use super::{
+    address, bind, duration, fit, ImportedBackend, ImportedListener, ImportedPool, Model, WrittenAt,
+};
 
 /// One directive and, for a block, what it holds.
 #[derive(Debug)]
@@ -159,7 +161,7 @@ fn parse(
 /// A map's entries (server name -> value) and its default.
 type NameMap = (Vec<(String, String)>, Option<String>);
 
-struct Reader<'a> {
+struct NginxReader<'a> {
     file: &'a str,
     m: Model,
     /// `map $ssl_preread_server_name $var {}`: var -> (name -> value, default).
@@ -167,9 +169,9 @@ struct Reader<'a> {
     resolver: Option<String>,
 }
 
-impl Reader<'_> {
-    fn at(&self, d: &Directive) -> At {
-        At(format!("{}:{}", self.file, d.line))
+impl NginxReader<'_> {
+    fn at(&self, d: &Directive) -> WrittenAt {
+        WrittenAt(format!("{}:{}", self.file, d.line))
     }
 
     fn leave(&mut self, d: &Directive, why: &str) {
@@ -184,7 +186,7 @@ pub(super) fn read(file: &str, text: &str) -> Result<Model, String> {
         .into_iter()
         .peekable();
     let top = parse(&mut it, false).map_err(|e| format!("{file}: {e}"))?;
-    let mut r = Reader {
+    let mut r = NginxReader {
         file,
         m: Model::default(),
         maps: HashMap::new(),
@@ -218,7 +220,7 @@ pub(super) fn read(file: &str, text: &str) -> Result<Model, String> {
     Ok(r.m)
 }
 
-fn stream(r: &mut Reader, body: &[Directive]) {
+fn stream(r: &mut NginxReader, body: &[Directive]) {
     // Maps, upstreams and stream-wide settings first: servers refer to them.
     let mut proxy_timeout = None;
     let mut connect_timeout = None;
@@ -252,7 +254,7 @@ fn stream(r: &mut Reader, body: &[Directive]) {
     }
 }
 
-fn map(r: &mut Reader, d: &Directive, entries: &[Directive]) {
+fn map(r: &mut NginxReader, d: &Directive, entries: &[Directive]) {
     if d.args.first().map(String::as_str) != Some("$ssl_preread_server_name") || d.args.len() != 2 {
         return r.leave(d, "only maps of $ssl_preread_server_name become SNI routes");
     }
@@ -273,11 +275,11 @@ fn map(r: &mut Reader, d: &Directive, entries: &[Directive]) {
     r.maps.insert(var, (names, default));
 }
 
-fn upstream(r: &mut Reader, d: &Directive, servers: &[Directive]) {
-    let mut pool = Pool {
+fn upstream(r: &mut NginxReader, d: &Directive, servers: &[Directive]) {
+    let mut pool = ImportedPool {
         at: r.at(d),
         name: fit(d.args.first().map(String::as_str).unwrap_or("upstream")),
-        ..Pool::default()
+        ..ImportedPool::default()
     };
     let mut fails: Option<(u32, String)> = None;
     for s in servers {
@@ -287,7 +289,7 @@ fn upstream(r: &mut Reader, d: &Directive, servers: &[Directive]) {
                     r.leave(s, "a server without an address");
                     continue;
                 };
-                let mut b = Backend::default();
+                let mut b = ImportedBackend::default();
                 let mut max_fails = 1;
                 let mut fail_timeout = "10s".to_string();
                 let mut skip = false;
@@ -379,7 +381,7 @@ fn upstream(r: &mut Reader, d: &Directive, servers: &[Directive]) {
 }
 
 fn server(
-    r: &mut Reader,
+    r: &mut NginxReader,
     d: &Directive,
     body: &[Directive],
     proxy_timeout: &Option<String>,
@@ -502,7 +504,7 @@ fn server(
         }
     }
     for l in listens {
-        let mut li = Listener {
+        let mut li = ImportedListener {
             at: r.at(l),
             pool: pool.clone(),
             idle_timeout: idle.clone(),
@@ -510,7 +512,7 @@ fn server(
             allow: allow.clone(),
             deny: deny.clone(),
             routes: routes.clone(),
-            ..Listener::default()
+            ..ImportedListener::default()
         };
         let Some(addr) = l.args.first().and_then(|a| bind(a)) else {
             r.leave(
@@ -562,24 +564,24 @@ fn server(
 
 /// The pool a `proxy_pass` value names: an upstream, else a pool made for
 /// the address.
-fn pool_for(r: &mut Reader, d: &Directive, target: &str) -> String {
+fn pool_for(r: &mut NginxReader, d: &Directive, target: &str) -> String {
     let name = fit(target);
     if r.m.pools.iter().any(|p| p.name == name) {
         return name;
     }
     match address(target, None) {
         Ok((addr, from)) => {
-            r.m.pools.push(Pool {
+            r.m.pools.push(ImportedPool {
                 at: r.at(d),
                 name: name.clone(),
-                backends: vec![Backend {
+                backends: vec![ImportedBackend {
                     addr,
                     resolved_from: from,
-                    ..Backend::default()
+                    ..ImportedBackend::default()
                 }],
                 max_fails: Some(1),
                 fail_timeout: Some("10s".into()),
-                ..Pool::default()
+                ..ImportedPool::default()
             });
         }
         Err(e) => r.leave(d, &format!("proxy_pass {target}: {e}")),

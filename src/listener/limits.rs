@@ -29,14 +29,14 @@ const SHARD_CAPACITY: usize = 4096;
 
 /// What a listener allows one client address.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Limits {
+pub(crate) struct AddressLimits {
     /// Connections open at once, if limited.
     pub open: Option<u32>,
     /// New connections per second and the burst allowed above it, if limited.
     pub rate: Option<(f64, f64)>,
 }
 
-impl Limits {
+impl AddressLimits {
     /// Whether anything is limited (if not, the table is never touched).
     pub fn any(&self) -> bool {
         self.open.is_some() || self.rate.is_some()
@@ -94,7 +94,7 @@ impl Admitted {
     /// address first charged): `ip` is admitted as a new connection, and the
     /// first address gets back its place and the rate token it paid, whether
     /// or not `ip` is admitted.
-    pub fn move_to(self, ip: IpAddr, limits: &Limits) -> Result<Admitted, LimitRefusal> {
+    pub fn move_to(self, ip: IpAddr, limits: &AddressLimits) -> Result<Admitted, LimitRefusal> {
         if ip == self.ip {
             return Ok(self);
         }
@@ -117,7 +117,11 @@ impl Clients {
     }
 
     /// Admits a new connection from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Result<Admitted, LimitRefusal> {
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limits: &AddressLimits,
+    ) -> Result<Admitted, LimitRefusal> {
         self.charge(ip, limits)?;
         Ok(Admitted {
             clients: self.clone(),
@@ -140,7 +144,7 @@ impl Clients {
 
     /// Takes a place (and a rate token) of `ip`, or says why not; the
     /// caller gives the place back.
-    pub fn charge(&self, ip: IpAddr, limits: &Limits) -> Result<(), LimitRefusal> {
+    pub fn charge(&self, ip: IpAddr, limits: &AddressLimits) -> Result<(), LimitRefusal> {
         let now = now_ms();
         let mut shard = self.shard(ip);
         if shard.len() >= SHARD_CAPACITY && !shard.contains_key(&ip) {
@@ -177,7 +181,7 @@ impl Clients {
 }
 
 /// Whether an entry's bucket has refilled: forgetting it changes nothing.
-fn full(e: &Entry, limits: &Limits, now: u64) -> bool {
+fn full(e: &Entry, limits: &AddressLimits, now: u64) -> bool {
     match limits.rate {
         None => true,
         Some((rate, burst)) => {
@@ -245,7 +249,7 @@ impl<'a> SessionPermit<'a> {
             })
             .map_err(|_| SessionRefusal::Table)?;
         // Taken at session start and end only, never per datagram.
-        let limits = Limits {
+        let limits = AddressLimits {
             open: Some(u32::try_from(cfg.max_sessions_per_ip.get()).unwrap_or(u32::MAX)),
             rate: None,
         };
@@ -289,7 +293,7 @@ mod tests {
         let clients = Arc::new(Clients::default());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let open = Limits {
+        let open = AddressLimits {
             open: Some(2),
             rate: None,
         };
@@ -307,7 +311,7 @@ mod tests {
         );
 
         // 2 per second with a burst of 3.
-        let rate = Limits {
+        let rate = AddressLimits {
             open: None,
             rate: Some((2.0, 3.0)),
         };
@@ -329,7 +333,7 @@ mod tests {
         let clients = Arc::new(Clients::default());
         let proxy: IpAddr = "10.0.0.9".parse().unwrap();
         let (a, b): (IpAddr, IpAddr) = ("10.0.1.1".parse().unwrap(), "10.0.1.2".parse().unwrap());
-        let limits = Limits {
+        let limits = AddressLimits {
             open: Some(1),
             rate: Some((0.001, 2.0)),
         };
@@ -358,7 +362,7 @@ mod tests {
     #[test]
     fn the_table_stays_bounded() {
         let clients = Arc::new(Clients::default());
-        let limits = Limits {
+        let limits = AddressLimits {
             open: Some(1),
             rate: None,
         };

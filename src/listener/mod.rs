@@ -203,7 +203,7 @@ impl Listener {
 }
 
 /// One listening socket and the worker that watches it.
-struct Watched {
+struct WatchedSocket {
     worker: usize,
     socket: std::net::TcpListener,
     /// A copy of another watch's descriptor (the same socket).
@@ -214,12 +214,12 @@ struct Watched {
 /// data plane has more workers than sockets (no `reuse_port`), the others
 /// watch copies of the sockets' descriptors, so every worker accepts.
 /// Without started workers, each socket once, as given.
-fn accepting(sockets: Vec<std::net::TcpListener>) -> Vec<Watched> {
+fn accepting(sockets: Vec<std::net::TcpListener>) -> Vec<WatchedSocket> {
     let mut copies = Vec::new();
     if workers::started() && !sockets.is_empty() {
         for worker in sockets.len()..workers::count() {
             match sockets[worker % sockets.len()].try_clone() {
-                Ok(socket) => copies.push(Watched {
+                Ok(socket) => copies.push(WatchedSocket {
                     worker,
                     socket,
                     copy: true,
@@ -234,7 +234,7 @@ fn accepting(sockets: Vec<std::net::TcpListener>) -> Vec<Watched> {
     sockets
         .into_iter()
         .enumerate()
-        .map(|(worker, socket)| Watched {
+        .map(|(worker, socket)| WatchedSocket {
             worker,
             socket,
             copy: false,

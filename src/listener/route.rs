@@ -8,7 +8,7 @@ use crate::backend::Backend;
 use crate::config::ListenerConfig;
 use crate::metrics::{CertExpiry, Metrics, MirrorMetrics, RouteMetrics, Series, TlsHandshakes};
 use crate::pool::Pool;
-use crate::relay::rate::{Bucket, Limit, Limits};
+use crate::relay::rate::{Bucket, Limit, RateLimits};
 
 /// A listener's pools, as the server hands them over: its own, and one per
 /// `config.routes`, in order.
@@ -72,7 +72,7 @@ pub(crate) struct Route {
     pub tls: Option<ClientTls>,
     /// The byte-rate limits of connections to each of its pools, when any
     /// applies; the listener's shared buckets are in each.
-    limits: Vec<(Arc<Pool>, Limits)>,
+    limits: Vec<(Arc<Pool>, RateLimits)>,
     /// The listener's shared buckets (up, down), kept across reloads that
     /// leave their rates alone.
     buckets: (Option<Arc<Bucket>>, Option<Arc<Bucket>>),
@@ -136,7 +136,7 @@ impl Route {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let l = Limits {
+            let l = RateLimits {
                 up: Limit {
                     per_connection: least(config.rates.upload, own.upload),
                     shared: buckets.0.clone(),
@@ -172,7 +172,7 @@ impl Route {
     }
 
     /// The byte-rate limits of a connection to `pool`, if any applies.
-    pub fn limits(&self, pool: &Pool) -> Option<&Limits> {
+    pub fn limits(&self, pool: &Pool) -> Option<&RateLimits> {
         self.limits
             .iter()
             .find(|(p, _)| std::ptr::eq(Arc::as_ptr(p), pool))

@@ -86,19 +86,19 @@ impl Sink {
 }
 
 /// Where lines are written.
-enum Out {
+enum SyslogOut {
     Unix(std::os::unix::net::UnixDatagram),
     Udp(std::net::UdpSocket),
     Tcp(std::net::TcpStream),
 }
 
-fn open(target: &SyslogTarget) -> std::io::Result<Out> {
+fn open(target: &SyslogTarget) -> std::io::Result<SyslogOut> {
     Ok(match target {
         SyslogTarget::Unix(path) => {
             let s = std::os::unix::net::UnixDatagram::unbound()?;
             s.connect(path)?;
             s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-            Out::Unix(s)
+            SyslogOut::Unix(s)
         }
         SyslogTarget::Udp(addr) => {
             let bind: std::net::SocketAddr = if addr.is_ipv4() {
@@ -108,20 +108,20 @@ fn open(target: &SyslogTarget) -> std::io::Result<Out> {
             };
             let s = std::net::UdpSocket::bind(bind)?;
             s.connect(addr)?;
-            Out::Udp(s)
+            SyslogOut::Udp(s)
         }
         SyslogTarget::Tcp(addr) => {
             let s = std::net::TcpStream::connect_timeout(addr, WRITE_TIMEOUT)?;
             s.set_write_timeout(Some(WRITE_TIMEOUT))?;
             s.set_nodelay(true)?;
-            Out::Tcp(s)
+            SyslogOut::Tcp(s)
         }
     })
 }
 
 /// The writer thread: until the queue closes.
 fn write_all(target: SyslogTarget, rx: Receiver<Vec<u8>>) {
-    let mut out: Option<Out> = None;
+    let mut out: Option<SyslogOut> = None;
     let mut said = false;
     for line in rx.iter() {
         if out.is_none() {
@@ -141,9 +141,9 @@ fn write_all(target: SyslogTarget, rx: Receiver<Vec<u8>>) {
             }
         }
         let written = match out.as_mut().expect("opened above") {
-            Out::Unix(s) => s.send(&line).map(|_| ()),
-            Out::Udp(s) => s.send(&line).map(|_| ()),
-            Out::Tcp(s) => {
+            SyslogOut::Unix(s) => s.send(&line).map(|_| ()),
+            SyslogOut::Udp(s) => s.send(&line).map(|_| ()),
+            SyslogOut::Tcp(s) => {
                 let mut frame = format!("{} ", line.len()).into_bytes();
                 frame.extend_from_slice(&line);
                 s.write_all(&frame)

@@ -187,7 +187,7 @@ pub struct Splice<'a> {
     /// With `zero_copy`: counts the directions that switched (`None`: none may).
     pub switched: Option<&'a IntCounter>,
     /// The connection's byte-rate limits, if it has any.
-    pub limits: Option<&'a rate::Limits>,
+    pub limits: Option<&'a rate::RateLimits>,
 }
 
 /// What ends a relay from outside.

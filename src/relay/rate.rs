@@ -41,7 +41,7 @@ impl Limit {
 
 /// Both directions' limits of a connection, and the tap of a mirrored one.
 #[derive(Debug, Default)]
-pub struct Limits {
+pub struct RateLimits {
     /// Client to backend.
     pub up: Limit,
     /// Backend to client.
@@ -50,10 +50,10 @@ pub struct Limits {
     pub tap: Option<super::tap::Tap>,
 }
 
-impl Limits {
+impl RateLimits {
     /// These limits, with a connection's own tap.
-    pub fn tapped(&self, tap: super::tap::Tap) -> Limits {
-        Limits {
+    pub fn tapped(&self, tap: super::tap::Tap) -> RateLimits {
+        RateLimits {
             up: self.up.clone(),
             down: self.down.clone(),
             tap: Some(tap),

@@ -24,7 +24,7 @@ use super::{Meter, Outcome, RelayEnd, Side, Tally, SCRATCH_BUF};
 use crate::clock::now_ms;
 
 /// What both directions record as they go.
-struct Watch {
+struct StreamWatch {
     last: AtomicU64,
     first_eof: OnceLock<Side>,
     failed: OnceLock<(Side, io::ErrorKind)>,
@@ -36,21 +36,21 @@ struct Watch {
 /// written on in full unless the relay fails), its EOF and errors noted.
 /// The shared byte counters get the counts in batches, as in the plain
 /// relay (`Tally`), not on every read.
-struct Watched<'a, T> {
+struct WatchedStream<'a, T> {
     inner: &'a mut T,
     side: Side,
-    watch: &'a Watch,
+    watch: &'a StreamWatch,
     tally: Tally<'a>,
 }
 
-impl<T> Watched<'_, T> {
+impl<T> WatchedStream<'_, T> {
     fn failed(&self, e: &io::Error) {
         // The first failure is the cause; later ones follow from it.
         let _ = self.watch.failed.set((self.side, e.kind()));
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
+impl<T: AsyncRead + Unpin> AsyncRead for WatchedStream<'_, T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -82,7 +82,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedStream<'_, T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -223,20 +223,20 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let watch = Watch {
+    let watch = StreamWatch {
         last: AtomicU64::new(now_ms()),
         first_eof: OnceLock::new(),
         failed: OnceLock::new(),
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
     };
-    let mut c = Watched {
+    let mut c = WatchedStream {
         inner: client,
         side: Side::Client,
         watch: &watch,
         tally: Tally::new(up_meter),
     };
-    let mut b = Watched {
+    let mut b = WatchedStream {
         inner: backend,
         side: Side::Backend,
         watch: &watch,

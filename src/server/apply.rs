@@ -25,7 +25,7 @@ struct Prepared {
     /// The admin token, read.
     token: Option<String>,
     /// A new admin endpoint, when the plan binds one.
-    admin: Option<admin::Endpoint>,
+    admin: Option<admin::AdminEndpoint>,
 }
 
 impl Server {
@@ -282,8 +282,8 @@ fn prepare(st: &mut State, plan: &Plan, config: &Config) -> Result<Prepared, Err
     };
     let admin = match (plan.admin, &config.admin) {
         (AdminStep::Bind, Some(a)) => Some(match st.inherited.take_admin(a.bind) {
-            Some(socket) => admin::Endpoint::serve_on(a, token.clone(), socket)?,
-            None => admin::Endpoint::bind(a, token.clone())?,
+            Some(socket) => admin::AdminEndpoint::serve_on(a, token.clone(), socket)?,
+            None => admin::AdminEndpoint::bind(a, token.clone())?,
         }),
         _ => None,
     };

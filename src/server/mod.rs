@@ -69,7 +69,7 @@ struct PoolEntry {
 struct State {
     listeners: HashMap<String, Listener>,
     pools: HashMap<String, PoolEntry>,
-    admin: Option<admin::Endpoint>,
+    admin: Option<admin::AdminEndpoint>,
     /// This instance's registration in the fleet (`[cluster]`).
     cluster: Option<Cluster>,
     /// Sockets handed over by the process this one replaced, taken by the

@@ -34,44 +34,44 @@ pub mod code {
     pub const AUTH_FAILED: i32 = -115;
 }
 
-/// A packet being written: [`Out::frame`] puts its length in front.
-pub struct Out(Vec<u8>);
+/// A packet being written: [`JuteOut::frame`] puts its length in front.
+pub struct JuteOut(Vec<u8>);
 
-impl Out {
+impl JuteOut {
     /// A request: its transaction id and operation.
-    pub fn request(xid: i32, op: i32) -> Out {
-        let mut o = Out(vec![0; 4]);
+    pub fn request(xid: i32, op: i32) -> JuteOut {
+        let mut o = JuteOut(vec![0; 4]);
         o.i32(xid).i32(op);
         o
     }
 
     /// The connect packet, which has no header.
-    pub fn bare() -> Out {
-        Out(vec![0; 4])
+    pub fn bare() -> JuteOut {
+        JuteOut(vec![0; 4])
     }
 
-    pub fn i32(&mut self, v: i32) -> &mut Out {
+    pub fn i32(&mut self, v: i32) -> &mut JuteOut {
         self.0.extend_from_slice(&v.to_be_bytes());
         self
     }
 
-    pub fn i64(&mut self, v: i64) -> &mut Out {
+    pub fn i64(&mut self, v: i64) -> &mut JuteOut {
         self.0.extend_from_slice(&v.to_be_bytes());
         self
     }
 
-    pub fn bool(&mut self, v: bool) -> &mut Out {
+    pub fn bool(&mut self, v: bool) -> &mut JuteOut {
         self.0.push(v as u8);
         self
     }
 
-    pub fn buf(&mut self, v: &[u8]) -> &mut Out {
+    pub fn buf(&mut self, v: &[u8]) -> &mut JuteOut {
         self.i32(v.len() as i32);
         self.0.extend_from_slice(v);
         self
     }
 
-    pub fn str(&mut self, v: &str) -> &mut Out {
+    pub fn str(&mut self, v: &str) -> &mut JuteOut {
         self.buf(v.as_bytes())
     }
 
@@ -84,15 +84,15 @@ impl Out {
 }
 
 /// A packet being read.
-pub struct In<'a>(&'a [u8]);
+pub struct JuteIn<'a>(&'a [u8]);
 
 fn short() -> Error {
     Error::new(ErrorKind::InvalidData, "a ZooKeeper packet ended early")
 }
 
-impl<'a> In<'a> {
-    pub fn new(b: &'a [u8]) -> In<'a> {
-        In(b)
+impl<'a> JuteIn<'a> {
+    pub fn new(b: &'a [u8]) -> JuteIn<'a> {
+        JuteIn(b)
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
@@ -165,11 +165,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let mut o = Out::request(7, op::GET_DATA);
+        let mut o = JuteOut::request(7, op::GET_DATA);
         o.str("/a/b").bool(true).buf(&[]).i64(-5);
         let f = o.frame();
         assert_eq!(&f[..4], &((f.len() - 4) as u32).to_be_bytes());
-        let mut i = In::new(&f[4..]);
+        let mut i = JuteIn::new(&f[4..]);
         assert_eq!((i.i32().unwrap(), i.i32().unwrap()), (7, op::GET_DATA));
         assert_eq!(i.str().unwrap(), "/a/b");
         assert!(i.bool().unwrap());
@@ -181,10 +181,10 @@ mod tests {
     #[test]
     fn lies_are_errors() {
         // A null buffer, a negative length, a count beyond the packet.
-        assert_eq!(In::new(&(-1i32).to_be_bytes()).buf().unwrap(), None);
-        assert!(In::new(&(-7i32).to_be_bytes()).buf().is_err());
-        assert!(In::new(&1_000_000i32.to_be_bytes()).strs().is_err());
-        assert!(In::new(&[0, 0, 0, 9, b'x']).str().is_err());
-        assert!(In::new(&[0; 60]).stat_version().is_err());
+        assert_eq!(JuteIn::new(&(-1i32).to_be_bytes()).buf().unwrap(), None);
+        assert!(JuteIn::new(&(-7i32).to_be_bytes()).buf().is_err());
+        assert!(JuteIn::new(&1_000_000i32.to_be_bytes()).strs().is_err());
+        assert!(JuteIn::new(&[0, 0, 0, 9, b'x']).str().is_err());
+        assert!(JuteIn::new(&[0; 60]).stat_version().is_err());
     }
 }

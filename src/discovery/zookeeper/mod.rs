@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use jute::{code, op, xid, In, Out, MAX_FRAME};
+use jute::{code, op, xid, JuteIn, JuteOut, MAX_FRAME};
 
 /// How many requests are in flight at once.
 const BATCH: usize = 512;
@@ -54,7 +54,7 @@ impl From<std::io::Error> for Error {
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ZkSettings {
     /// `host:port` of each server, tried in turn.
     pub servers: Vec<String>,
     /// Put in front of every path (`/app`, or empty).
@@ -99,7 +99,7 @@ struct Conn {
 
 /// A session, and the connection it is in, if any.
 pub struct Zk {
-    s: Settings,
+    s: ZkSettings,
     session: Option<(i64, Vec<u8>)>,
     last_zxid: i64,
     /// The next server to try.
@@ -113,7 +113,7 @@ fn lost() -> Error {
 }
 
 impl Zk {
-    pub fn new(s: Settings) -> Zk {
+    pub fn new(s: ZkSettings) -> Zk {
         Zk {
             s,
             session: None,
@@ -170,7 +170,7 @@ impl Zk {
             .with_interval(Duration::from_secs(3));
         socket2::SockRef::from(&stream).set_tcp_keepalive(&ka)?;
         let (id, passwd) = self.session.clone().unwrap_or((0, vec![0; 16]));
-        let mut o = Out::bare();
+        let mut o = JuteOut::bare();
         o.i32(0)
             .i64(self.last_zxid)
             .i32(self.s.timeout.as_millis().min(i32::MAX as u128) as i32)
@@ -189,7 +189,7 @@ impl Zk {
         };
         conn.flush().await?;
         let frame = conn.frame().await?;
-        let mut r = In::new(&frame);
+        let mut r = JuteIn::new(&frame);
         let _version = r.i32()?;
         let timeout = r.i32()?;
         let new_id = r.i64()?;
@@ -202,7 +202,7 @@ impl Zk {
         self.session = Some((new_id, new_passwd));
         self.conn = Some(conn);
         if let Some(digest) = self.s.digest.clone() {
-            let mut o = Out::request(xid::AUTH, op::AUTH);
+            let mut o = JuteOut::request(xid::AUTH, op::AUTH);
             o.i32(0).str("digest").buf(&digest);
             let conn = self.conn.as_mut().ok_or_else(lost)?;
             conn.wbuf.extend(o.frame());
@@ -236,7 +236,7 @@ impl Zk {
         let chroot_len = self.s.chroot.len();
         let conn = self.conn.as_mut().ok_or_else(lost)?;
         let mut frame = conn.frame().await?;
-        let mut r = In::new(&frame);
+        let mut r = JuteIn::new(&frame);
         let x = r.i32()?;
         let zxid = r.i64()?;
         let err = r.i32()?;
@@ -247,7 +247,7 @@ impl Zk {
         match x {
             xid::PING => Ok(None),
             xid::WATCH => {
-                let mut r = In::new(&frame);
+                let mut r = JuteIn::new(&frame);
                 let kind = r.i32()?;
                 let state = r.i32()?;
                 let path = r.str()?;
@@ -280,7 +280,7 @@ impl Zk {
     async fn calls(
         &mut self,
         n: usize,
-        mut build: impl FnMut(usize, i32) -> Out,
+        mut build: impl FnMut(usize, i32) -> JuteOut,
     ) -> Result<Vec<(i32, Bytes)>, Error> {
         let mut out = Vec::with_capacity(n);
         let mut start = 0;
@@ -313,7 +313,7 @@ impl Zk {
     }
 
     /// One request, `build(xid)`: its error code and body.
-    async fn call(&mut self, mut build: impl FnMut(i32) -> Out) -> Result<(i32, Bytes), Error> {
+    async fn call(&mut self, mut build: impl FnMut(i32) -> JuteOut) -> Result<(i32, Bytes), Error> {
         Ok(self.calls(1, |_, x| build(x)).await?.remove(0))
     }
 
@@ -323,7 +323,7 @@ impl Zk {
         let full = self.full(path);
         let (err, body) = self
             .call(|x| {
-                let mut o = Out::request(x, op);
+                let mut o = JuteOut::request(x, op);
                 o.str(&full).bool(watch);
                 o
             })
@@ -342,7 +342,7 @@ impl Zk {
         watch: bool,
     ) -> Result<Option<Vec<String>>, Error> {
         match self.watched(op::GET_CHILDREN, path, watch).await? {
-            Some(body) => Ok(Some(In::new(&body).strs()?)),
+            Some(body) => Ok(Some(JuteIn::new(&body).strs()?)),
             None => Ok(None),
         }
     }
@@ -361,7 +361,7 @@ impl Zk {
         let full: Vec<String> = paths.iter().map(|p| self.full(p)).collect();
         let replies = self
             .calls(full.len(), |i, x| {
-                let mut o = Out::request(x, op::GET_DATA);
+                let mut o = JuteOut::request(x, op::GET_DATA);
                 o.str(&full[i]).bool(watch);
                 o
             })
@@ -371,7 +371,7 @@ impl Zk {
             .zip(paths)
             .map(|((err, body), path)| match err {
                 code::OK => {
-                    let mut r = In::new(&body);
+                    let mut r = JuteIn::new(&body);
                     let data = r.buf()?.unwrap_or_default().to_vec();
                     Ok(Some((data, r.stat_version()?)))
                 }
@@ -387,13 +387,13 @@ impl Zk {
         let full = self.full(path);
         let (err, body) = self
             .call(|x| {
-                let mut o = Out::request(x, op::SET_DATA);
+                let mut o = JuteOut::request(x, op::SET_DATA);
                 o.str(&full).buf(data).i32(version);
                 o
             })
             .await?;
         match err {
-            code::OK => Ok(In::new(&body).stat_version()?),
+            code::OK => Ok(JuteIn::new(&body).stat_version()?),
             e => Err(refused(e, path)),
         }
     }
@@ -414,7 +414,7 @@ impl Zk {
             tokio::select! {
                 r = conn.fill() => { r?; }
                 _ = tokio::time::sleep_until(ping_at) => {
-                    conn.wbuf.extend(Out::request(xid::PING, op::PING).frame());
+                    conn.wbuf.extend(JuteOut::request(xid::PING, op::PING).frame());
                     conn.flush().await?;
                 }
             }
@@ -493,7 +493,8 @@ impl Conn {
             }
             // Pings go out while a long answer is awaited, too.
             if self.last_send.elapsed() >= self.timeout / 3 {
-                self.wbuf.extend(Out::request(xid::PING, op::PING).frame());
+                self.wbuf
+                    .extend(JuteOut::request(xid::PING, op::PING).frame());
                 self.flush().await?;
             }
             self.fill().await?;

@@ -171,7 +171,7 @@ pub(super) async fn carry(
     let tapped = crate::listener::mirror::open(route, *peer, &shared.tracker).map(|tap| {
         Box::new(match route.limits(pool) {
             Some(l) => l.tapped(tap),
-            None => relay::rate::Limits {
+            None => relay::rate::RateLimits {
                 tap: Some(tap),
                 ..Default::default()
             },

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::carry::{carry, Before, Carried};
-use super::connect::{connect, refused_connect, ConnectRefusal, Upstream};
+use super::connect::{connect, refused_connect, ConnectRefusal, TcpUpstream};
 use super::greet::{self, GreetRefusal};
 use super::handover::Moved;
 use super::shared::{LocalStops, TcpShared};
 use super::tls::TlsStart;
 use crate::fds;
 use crate::listener::limits::ConnPermit;
-use crate::listener::limits::{Admitted, LimitRefusal, Limits};
+use crate::listener::limits::{AddressLimits, Admitted, LimitRefusal};
 use crate::listener::route::Route;
 use crate::metrics::TcpListenerMetrics;
 
@@ -37,8 +37,8 @@ impl Drop for OpenGuard<'_> {
 }
 
 /// The listener's per-address limits, if it has any.
-fn per_address(route: &Route) -> Option<Limits> {
-    let limits = Limits {
+fn per_address(route: &Route) -> Option<AddressLimits> {
+    let limits = AddressLimits {
         open: route.config.max_connections_per_ip.map(|n| n.get()),
         rate: route.config.connection_rate_per_ip,
     };
@@ -212,9 +212,9 @@ pub(super) fn serve(
                 _ = stops.hard.cancelled() => Err(ConnectRefusal::NoBackend),
             }
         } {
-            Ok((Upstream::Plain(b), g, early)) => (b, g, early),
+            Ok((TcpUpstream::Plain(b), g, early)) => (b, g, early),
             // Not from this snapshot, which starts no TLS.
-            Ok((Upstream::Tls(_), _, _)) => return,
+            Ok((TcpUpstream::Tls(_), _, _)) => return,
             Err(refusal) => {
                 refused_connect(&shared, name, who, refusal);
                 return;

@@ -100,7 +100,7 @@ impl Preamble {
 }
 
 /// A connected backend: plain, or with TLS the pool started.
-pub(super) enum Upstream {
+pub(super) enum TcpUpstream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -127,14 +127,14 @@ async fn dial_and_greet(
     backend: &crate::backend::Backend,
     preamble: &Preamble,
     (tls, client): (Option<(&crate::tls::Originator, &TlsHandshakes)>, IpAddr),
-) -> Result<Upstream, DialError> {
+) -> Result<TcpUpstream, DialError> {
     use tokio::io::AsyncWriteExt;
     let mut stream = dial(backend, client).await?;
     let Some(tls) = tls else {
         if !preamble.bytes.is_empty() {
             stream.write_all(&preamble.bytes).await?;
         }
-        return Ok(Upstream::Plain(stream));
+        return Ok(TcpUpstream::Plain(stream));
     };
     // Boxed: a TLS stream's state is large, and no part of a plain
     // connection's task.
@@ -148,7 +148,7 @@ async fn start_tls(
     backend: &crate::backend::Backend,
     preamble: &Preamble,
     (tls, handshakes): (&crate::tls::Originator, &TlsHandshakes),
-) -> Result<Upstream, DialError> {
+) -> Result<TcpUpstream, DialError> {
     use tokio::io::AsyncWriteExt;
     let (header, early) = preamble.bytes.split_at(preamble.header);
     if !header.is_empty() {
@@ -169,7 +169,7 @@ async fn start_tls(
         stream.write_all(early).await?;
         stream.flush().await?;
     }
-    Ok(Upstream::Tls(Box::new(stream)))
+    Ok(TcpUpstream::Tls(Box::new(stream)))
 }
 
 /// Counts and logs a client no backend could be given.
@@ -205,7 +205,7 @@ pub(super) async fn connect(
     client: SocketAddr,
     listener: &str,
     preamble: &Preamble,
-) -> Result<(Upstream, ActiveGuard), ConnectRefusal> {
+) -> Result<(TcpUpstream, ActiveGuard), ConnectRefusal> {
     let cfg = &snap.config;
     let mut tried = Vec::with_capacity(cfg.retries as usize + 1);
     for _ in 0..=cfg.retries {

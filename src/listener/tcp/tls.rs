@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 
 use super::carry::{self, Before};
-use super::connect::{connect, refused_connect, ConnectRefusal, Preamble, Upstream};
+use super::connect::{connect, refused_connect, ConnectRefusal, Preamble, TcpUpstream};
 use super::greet::{self, Greeting};
 use super::shared::{LocalStops, TcpShared};
 use crate::listener::route::Route;
@@ -122,8 +122,8 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
         guard.backend().metrics.bytes_out.inc_by(sent_early);
     }
     let mut backend = match upstream {
-        Upstream::Plain(s) => Either::Right(s),
-        Upstream::Tls(t) => Either::Left(*t),
+        TcpUpstream::Plain(s) => Either::Right(s),
+        TcpUpstream::Tls(t) => Either::Left(*t),
     };
     let b = guard.backend();
     // Keepalive from the start: next to a handshake, its cost is nothing.

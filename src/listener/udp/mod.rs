@@ -39,7 +39,7 @@ use session::{Link, Parts, SessionEnd};
 pub use shared::UdpShared;
 use shared::MAX_DATAGRAM;
 pub(crate) use sock::want_destination;
-use table::{earliest, Alarm, Session, Table};
+use table::{earliest, Alarm, Table, UdpSession};
 
 /// Datagrams and bytes a receive loop took, counted locally and added to
 /// the listener's shared counters (which every worker's loop adds to) when
@@ -137,7 +137,7 @@ impl<'a> Starter<'a> {
         (peer, local): (SocketAddr, Option<IpAddr>),
         i: Option<usize>,
         first: &[&[u8]],
-    ) -> Option<Session<'a>> {
+    ) -> Option<UdpSession<'a>> {
         let shared = self.shared;
         let m = &shared.metrics;
         // Replies go to `peer` as the socket gave it; limits, the pick and
@@ -234,7 +234,7 @@ impl<'a> Starter<'a> {
             link: link.clone(),
             ended: self.ended.clone(),
         }));
-        Some(Session { link, place, fds })
+        Some(UdpSession { link, place, fds })
     }
 }
 

@@ -128,7 +128,7 @@ pub(super) async fn replies(t: ReplyTask) {
 /// to it), and counted on that backend. Others are read and dropped.
 fn spread_reply(
     shared: &UdpShared,
-    upstream: &sock::Upstream,
+    upstream: &sock::UdpUpstream,
     buf: &mut [u8],
 ) -> io::Result<usize> {
     loop {

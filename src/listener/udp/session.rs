@@ -21,7 +21,7 @@ use std::time::Duration;
 use atomic_waker::AtomicWaker;
 
 use super::shared::DRAIN_IDLE;
-use super::sock::Upstream;
+use super::sock::UdpUpstream;
 use crate::backend::ActiveGuard;
 
 /// Why the receive loop ended a session.
@@ -66,7 +66,7 @@ impl SessionEnd {
 /// What a session's receive loop and reply task share.
 pub(super) struct Link {
     /// Connected to the backend, from an ephemeral port.
-    pub upstream: Upstream,
+    pub upstream: UdpUpstream,
     /// Counts the session on its backend while it lasts.
     pub guard: ActiveGuard,
     /// The client.
@@ -98,7 +98,7 @@ pub(super) struct Link {
 
 /// What a new [`Link`] is made of.
 pub(super) struct Parts {
-    pub upstream: Upstream,
+    pub upstream: UdpUpstream,
     pub guard: ActiveGuard,
     pub peer: SocketAddr,
     pub local: Option<IpAddr>,

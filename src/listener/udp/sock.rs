@@ -24,7 +24,7 @@ use tokio::io::Interest;
 use crate::sys;
 
 /// A session's socket, connected to its backend.
-pub(crate) type Upstream = AsyncFd<std::net::UdpSocket>;
+pub(crate) type UdpUpstream = AsyncFd<std::net::UdpSocket>;
 
 /// `SO_SELECT_ERR_QUEUE` (asm-generic/socket.h; the `libc` crate does not
 /// export it for every Linux target). With it, a socket error raises
@@ -42,7 +42,7 @@ const SO_SELECT_ERR_QUEUE: libc::c_int = 45;
 pub(crate) fn open_upstream(
     backend: SocketAddr,
     source: Option<(IpAddr, bool)>,
-) -> io::Result<Upstream> {
+) -> io::Result<UdpUpstream> {
     let s = bound(backend.is_ipv6(), source)?;
     s.connect(&backend.into())?;
     sys::set_int(&s, libc::SOL_SOCKET, SO_SELECT_ERR_QUEUE, 1)?;
@@ -52,7 +52,7 @@ pub(crate) fn open_upstream(
 /// Opens a per-datagram session's socket: not connected, for it sends to
 /// whichever backend each datagram picks (of `v6`'s family) and takes
 /// replies from any of them (the caller checks the sender).
-pub(crate) fn open_spread(v6: bool, source: Option<(IpAddr, bool)>) -> io::Result<Upstream> {
+pub(crate) fn open_spread(v6: bool, source: Option<(IpAddr, bool)>) -> io::Result<UdpUpstream> {
     sys::watch(bound(v6, source)?.into(), Interest::READABLE)
 }
 
@@ -76,7 +76,7 @@ fn bound(v6: bool, source: Option<(IpAddr, bool)>) -> io::Result<socket2::Socket
 /// Sends one datagram to `to` on a per-datagram session's socket, after
 /// `head` (a PROXY header) when there is one, without copying.
 pub(crate) fn send_to(
-    upstream: &Upstream,
+    upstream: &UdpUpstream,
     (head, data): (Option<&[u8]>, &[u8]),
     to: SocketAddr,
 ) -> io::Result<usize> {
@@ -91,7 +91,7 @@ pub(crate) fn send_to(
 
 /// Receives one datagram and its sender on a per-datagram session's
 /// socket; `WouldBlock` as [`recv`].
-pub(crate) fn recv_from(upstream: &Upstream, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+pub(crate) fn recv_from(upstream: &UdpUpstream, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
     let r = upstream.get_ref().recv_from(buf);
     if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
         let _ = upstream.try_io(Interest::READABLE, |_| {
@@ -102,13 +102,13 @@ pub(crate) fn recv_from(upstream: &Upstream, buf: &mut [u8]) -> io::Result<(usiz
 }
 
 /// Sends one datagram on a connected session socket.
-pub(crate) fn send(upstream: &Upstream, data: &[u8]) -> io::Result<usize> {
+pub(crate) fn send(upstream: &UdpUpstream, data: &[u8]) -> io::Result<usize> {
     upstream.get_ref().send(data)
 }
 
 /// Sends `head` and `data` as one datagram on a connected session socket
 /// (a PROXY protocol header before the client's payload), without copying.
-pub(crate) fn send_after(upstream: &Upstream, head: &[u8], data: &[u8]) -> io::Result<usize> {
+pub(crate) fn send_after(upstream: &UdpUpstream, head: &[u8], data: &[u8]) -> io::Result<usize> {
     socket2::SockRef::from(upstream.get_ref())
         .send_vectored(&[io::IoSlice::new(head), io::IoSlice::new(data)])
 }
@@ -116,7 +116,7 @@ pub(crate) fn send_after(upstream: &Upstream, head: &[u8], data: &[u8]) -> io::R
 /// Receives one datagram from a connected session socket; `WouldBlock`
 /// when none is waiting (and then tokio's readiness is cleared, so the next
 /// wait sleeps).
-pub(crate) fn recv(upstream: &Upstream, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn recv(upstream: &UdpUpstream, buf: &mut [u8]) -> io::Result<usize> {
     let r = upstream.get_ref().recv(buf);
     if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
         // The WouldBlock is the point, not an error.

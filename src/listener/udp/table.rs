@@ -17,7 +17,7 @@ use crate::fds::{self, Held};
 use crate::listener::limits::{SessionPermit, SessionPermits};
 
 /// A new session, before its receive loop's table takes it.
-pub(super) struct Session<'a> {
+pub(super) struct UdpSession<'a> {
     pub(super) link: Arc<Link>,
     pub(super) place: SessionPermit<'a>,
     /// The session socket's descriptor, in the data plane's budget.
@@ -73,7 +73,7 @@ impl<'a> Table<'a> {
         self.sessions.get(peer).map(|s| &s.0)
     }
 
-    pub(super) fn insert(&mut self, s: Session<'a>) {
+    pub(super) fn insert(&mut self, s: UdpSession<'a>) {
         self.clock.watch(&s.link);
         s.place.keep();
         self.fds.join(s.fds);
