@@ -25,13 +25,8 @@ async fn namer(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if s.read(&mut buf).await.unwrap_or(0) > 0 {
-                    let _ = s.write_all(format!("{name}\n").as_bytes()).await;
-                }
-            });
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(say_name(s, name));
         }
     });
     addr
@@ -41,15 +36,18 @@ async fn namer(name: &'static str) -> SocketAddr {
 fn unix_namer(name: &'static str, path: &Path) {
     let l = tokio::net::UnixListener::bind(path).unwrap();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if s.read(&mut buf).await.unwrap_or(0) > 0 {
-                    let _ = s.write_all(format!("{name}\n").as_bytes()).await;
-                }
-            });
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(say_name(s, name));
         }
     });
+}
+
+/// Answers `name` to the first bytes of `s`.
+async fn say_name<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, name: &str) {
+    let mut buf = [0u8; 4096];
+    if s.read(&mut buf).await.unwrap_or(0) > 0 {
+        let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+    }
 }
 
 /// A TLS ClientHello naming `sni`, as a client's first flight.

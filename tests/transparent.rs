@@ -13,21 +13,13 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::netns::{in_namespace, iptables, root, run, Peer};
+use common::netns::{in_namespace, iptables, root, run, runtime, Peer};
 use common::*;
 
 const CLIENT: &str = "10.77.1.2";
 const PROXY_FRONT: &str = "10.77.1.1";
 const PROXY_BACK: &str = "10.77.2.1";
 const BACKEND: &str = "10.77.2.2";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The README's routing: packets for a socket bound with IP_TRANSPARENT are
 /// marked, and marked packets are delivered locally.

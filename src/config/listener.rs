@@ -416,28 +416,22 @@ impl Validator<'_> {
                     None
                 }
             });
-        let owner = l.owner.as_ref().and_then(|o| {
-            let id = crate::sys::user_id(o.get_ref());
-            if id.is_none() {
-                self.p.push(
-                    o.span(),
-                    format!("{key}.owner"),
-                    format!("no user `{}` on this host", o.get_ref()),
-                );
-            }
-            id
-        });
-        let group = l.group.as_ref().and_then(|g| {
-            let id = crate::sys::group_id(g.get_ref());
-            if id.is_none() {
-                self.p.push(
-                    g.span(),
-                    format!("{key}.group"),
-                    format!("no group `{}` on this host", g.get_ref()),
-                );
-            }
-            id
-        });
+        let mut id =
+            |v: &Option<super::raw::S<String>>, field: &str, lookup: fn(&str) -> Option<u32>| {
+                let v = v.as_ref()?;
+                let id = lookup(v.get_ref());
+                if id.is_none() {
+                    let what = if field == "owner" { "user" } else { "group" };
+                    self.p.push(
+                        v.span(),
+                        format!("{key}.{field}"),
+                        format!("no {what} `{}` on this host", v.get_ref()),
+                    );
+                }
+                id
+            };
+        let owner = id(&l.owner, "owner", crate::sys::user_id);
+        let group = id(&l.group, "group", crate::sys::group_id);
         UnixFile { mode, owner, group }
     }
 

@@ -61,6 +61,16 @@ pub fn root(test: &str) -> bool {
     false
 }
 
+/// The runtime a test inside its namespace runs its clients and backends
+/// on (it starts outside any, from a plain `#[test]`).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Runs a command (iptables, ip) that must succeed.
 pub fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
