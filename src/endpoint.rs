@@ -87,6 +87,14 @@ impl UnixName {
         Ok(UnixName(name))
     }
 
+    /// The name `text`, if it has been met before (never interning it):
+    /// what text from outside the configuration (an API path) is looked up
+    /// with, so it cannot grow the interned set.
+    pub fn known(text: &str) -> Option<UnixName> {
+        let names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        names.as_ref()?.get(text).map(|n| UnixName(n))
+    }
+
     /// As written: `/path` or `@name`.
     pub fn as_str(&self) -> &'static str {
         self.0
@@ -137,6 +145,15 @@ impl Endpoint {
     /// Whether an IPv6 address (a Unix socket is not).
     pub fn is_ipv6(&self) -> bool {
         matches!(self, Endpoint::Inet(a) if a.is_ipv6())
+    }
+
+    /// `text` as an endpoint some configuration named: an IP address and
+    /// port, or a Unix name met before ([`UnixName::known`]).
+    pub fn known(text: &str) -> Option<Endpoint> {
+        match text.strip_prefix("unix:") {
+            Some(name) => UnixName::known(name).map(Endpoint::Unix),
+            None => text.parse().ok().map(Endpoint::Inet),
+        }
     }
 
     /// As a socket address to bind or connect to.
@@ -247,6 +264,23 @@ mod tests {
                 .unwrap()
                 .sun_path(),
             b"\0x"
+        );
+    }
+
+    #[test]
+    fn a_lookup_never_interns() {
+        let text = format!("unix:/run/lookup-{}.sock", std::process::id());
+        assert_eq!(Endpoint::known(&text), None);
+        assert_eq!(
+            Endpoint::known(&text),
+            None,
+            "still unknown: not interned by asking"
+        );
+        let e: Endpoint = text.parse().unwrap();
+        assert_eq!(Endpoint::known(&text), Some(e));
+        assert_eq!(
+            Endpoint::known("127.0.0.1:80"),
+            Some("127.0.0.1:80".parse().unwrap())
         );
     }
 

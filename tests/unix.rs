@@ -412,3 +412,55 @@ async fn the_file_is_given_its_owner_and_group() {
     server.shutdown_within(Duration::from_secs(5)).await;
     assert!(!front.exists());
 }
+
+/// Through the API (and so `ctl`), a Unix-socket backend is named by its
+/// address percent-encoded, or by its name; a Unix path no configuration
+/// named is no backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_drains_a_unix_backend_by_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.sock");
+    let _backend = unix_backend("app", app.to_str().unwrap());
+    let server = start(&format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\
+         [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\naccess_log = false\n\
+         [pools.p]\nbackends = [{{ addr = \"unix:{}\" }}]\n",
+        app.display()
+    ))
+    .await;
+    let admin = server.admin_addr().await.unwrap();
+    let encoded: String = percent_encoding::utf8_percent_encode(
+        &format!("unix:{}", app.display()),
+        percent_encoding::NON_ALPHANUMERIC,
+    )
+    .to_string();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        common::daemon::http(
+            admin,
+            "POST",
+            &format!("/api/v1/pools/p/backends/{encoded}/drain"),
+            &[],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"draining\""), "{body}");
+    let other = format!("unix:{}/other.sock", dir.path().display());
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(&other, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        common::daemon::http(
+            admin,
+            "POST",
+            &format!("/api/v1/pools/p/backends/{encoded}/drain"),
+            &[],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
+}

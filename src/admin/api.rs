@@ -84,7 +84,8 @@ fn find(
     // never another backend's address), so no name can stand for another
     // backend.
     let snap = pool.snapshot();
-    if let Ok(a) = addr.parse::<Endpoint>() {
+    // Looked up, not parsed: a path from outside interns no Unix name.
+    if let Some(a) = Endpoint::known(addr) {
         if snap.find(a).is_some() {
             return Ok((pool, a));
         }
@@ -93,7 +94,7 @@ fn find(
         let found = m.backend.addr;
         return Ok((pool, found));
     }
-    let addr: Endpoint = addr.parse().map_err(|_| {
+    let addr = Endpoint::known(addr).ok_or_else(|| {
         error(
             StatusCode::NOT_FOUND,
             format!(
