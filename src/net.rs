@@ -71,10 +71,11 @@ pub fn tcp_listener(
 ///
 /// A path is made safely: what is there already is replaced only if it is
 /// a socket nobody listens on (one left by a process that died); anything
-/// else (a file, a live socket) is an error. The socket is bound under a
-/// temporary name beside the path, given `file`'s mode and owner, made to
-/// listen, and then renamed over the path: a client never finds the path
-/// missing, nor a socket there that refuses it or has the wrong mode.
+/// else (a file, a live socket) is an error. The socket is bound in a
+/// directory of this process's own beside the path, given `file`'s mode
+/// and owner, made to listen, and then renamed over the path: a client
+/// never finds the path missing, nor a socket there that refuses it or has
+/// the wrong mode.
 pub fn unix_listener(
     name: UnixName,
     backlog: u32,
@@ -109,13 +110,29 @@ pub fn unix_listener(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let mut temp = path.with_file_name(format!(".{file_name}.{}", std::process::id()));
+    // Made in a directory of this process's own (mode 0700, beside the
+    // path): nobody else can replace the socket there between its making
+    // and its chmod/chown, which follow a path.
+    let parent = path.parent().unwrap_or(std::path::Path::new("/"));
+    let private = parent.join(format!(".switchyard-{}", std::process::id()));
+    let temp = private.join("s");
     if temp.as_os_str().len() > crate::endpoint::MAX_UNIX_NAME {
-        // No room for a longer name beside it: a shorter one.
-        temp = path.with_file_name(format!(".sy{}", std::process::id()));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "no room beside {} for the temporary name it is made under ({} bytes; a Unix socket's name has at most {}): use a shorter directory",
+                path.display(),
+                temp.as_os_str().len(),
+                crate::endpoint::MAX_UNIX_NAME
+            ),
+        ));
     }
-    let _ = std::fs::remove_file(&temp);
+    // One left by a process of the same id that died: ours to clear.
+    let _ = std::fs::remove_dir_all(&private);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    }
     let made = (|| {
         s.bind(&socket2::SockAddr::unix(&temp)?)?;
         if let Some(mode) = file.mode {
@@ -128,10 +145,8 @@ pub fn unix_listener(
         s.listen(backlog as i32)?;
         std::fs::rename(&temp, path)
     })();
-    if let Err(e) = made {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
+    let _ = std::fs::remove_dir_all(&private);
+    made?;
     s.set_nonblocking(true)?;
     Ok(std::net::TcpListener::from(std::os::fd::OwnedFd::from(s)))
 }

@@ -391,6 +391,21 @@ impl Validator<'_> {
             return UnixFile::default();
         };
         if let Some(dir) = name.path().and_then(|p| p.parent()) {
+            // The socket is made as DIR/.switchyard-PID/s (a pid has at
+            // most 7 digits), then renamed into place.
+            let room = dir.as_os_str().len() + "/.switchyard-1234567/s".len();
+            if room > crate::endpoint::MAX_UNIX_NAME {
+                self.p.push(
+                    l.bind.span(),
+                    format!("{key}.bind"),
+                    format!(
+                        "the directory {} is too long a path: the socket is made under a temporary name inside it first, which must fit the {} bytes of sun_path (use a directory of at most {} bytes)",
+                        dir.display(),
+                        crate::endpoint::MAX_UNIX_NAME,
+                        crate::endpoint::MAX_UNIX_NAME - "/.switchyard-1234567/s".len()
+                    ),
+                );
+            }
             if !dir.is_dir() {
                 self.p.push(
                     l.bind.span(),
