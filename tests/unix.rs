@@ -429,38 +429,19 @@ async fn the_api_drains_a_unix_backend_by_its_address() {
     ))
     .await;
     let admin = server.admin_addr().await.unwrap();
-    let encoded: String = percent_encoding::utf8_percent_encode(
-        &format!("unix:{}", app.display()),
-        percent_encoding::NON_ALPHANUMERIC,
-    )
-    .to_string();
-    let (status, body) = tokio::task::spawn_blocking(move || {
-        common::daemon::http(
-            admin,
-            "POST",
-            &format!("/api/v1/pools/p/backends/{encoded}/drain"),
-            &[],
-            "",
-        )
-    })
-    .await
-    .unwrap();
+    // A drain by address, percent-encoded as `ctl` sends it.
+    let drain = |addr: String| async move {
+        let encoded =
+            percent_encoding::utf8_percent_encode(&addr, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        let path = format!("/api/v1/pools/p/backends/{encoded}/drain");
+        tokio::task::spawn_blocking(move || common::daemon::http(admin, "POST", &path, &[], ""))
+            .await
+            .unwrap()
+    };
+    let (status, body) = drain(format!("unix:{}", app.display())).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"draining\""), "{body}");
-    let other = format!("unix:{}/other.sock", dir.path().display());
-    let encoded: String =
-        percent_encoding::utf8_percent_encode(&other, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
-    let (status, body) = tokio::task::spawn_blocking(move || {
-        common::daemon::http(
-            admin,
-            "POST",
-            &format!("/api/v1/pools/p/backends/{encoded}/drain"),
-            &[],
-            "",
-        )
-    })
-    .await
-    .unwrap();
+    let (status, body) = drain(format!("unix:{}/other.sock", dir.path().display())).await;
     assert_eq!(status, 404, "{body}");
 }
