@@ -614,15 +614,20 @@ fn everything_churns_at_once_and_nothing_leaks() {
             within(first.tasks, last.tasks),
             "process {pid}: tasks: {s:#?}"
         );
+        // On a mismatch, the clients' failures say which connections
+        // one side saw and the other did not.
+        let failures = || format!("{:?}", seen.failures.lock().unwrap());
         assert_eq!(
             last.front - first.front,
             (last.opened_front - first.opened_front) as f64,
-            "process {pid}: front's connections counted against opened"
+            "process {pid}: front's connections counted against opened; the clients' failures: {}",
+            failures()
         );
         assert_eq!(
             last.disc - first.disc,
             (last.opened_disc - first.opened_disc) as f64,
-            "process {pid}: disc's connections counted against opened"
+            "process {pid}: disc's connections counted against opened; the clients' failures: {}",
+            failures()
         );
         let got = last.datagrams_in - first.datagrams_in;
         let (sent, answered) = (
