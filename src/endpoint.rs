@@ -155,22 +155,6 @@ impl Endpoint {
             None => text.parse().ok().map(Endpoint::Inet),
         }
     }
-
-    /// As a socket address to bind or connect to.
-    pub fn sock_addr(&self) -> std::io::Result<socket2::SockAddr> {
-        match self {
-            Endpoint::Inet(a) => Ok((*a).into()),
-            Endpoint::Unix(n) => n.sock_addr(),
-        }
-    }
-
-    /// The socket domain it is of.
-    pub fn domain(&self) -> socket2::Domain {
-        match self {
-            Endpoint::Inet(a) => socket2::Domain::for_address(*a),
-            Endpoint::Unix(_) => socket2::Domain::UNIX,
-        }
-    }
 }
 
 impl From<SocketAddr> for Endpoint {

@@ -13,6 +13,16 @@ use crate::endpoint::{Endpoint, UnixName};
 /// datagrams while the relay task is busy.
 const UDP_RCVBUF: usize = 4 << 20;
 
+/// The unspecified address of a family (`0.0.0.0` or `::`): where a socket
+/// the kernel gives its own address leaves from.
+pub(crate) fn unspecified(v6: bool) -> IpAddr {
+    if v6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    }
+}
+
 /// Keepalive probes are sent this often once they start (or as often as the
 /// idle time, if shorter) ...
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);

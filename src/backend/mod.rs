@@ -202,7 +202,7 @@ impl Backend {
         match self.source.load().as_deref() {
             None => Ok(None),
             Some(ConnectFrom::Address(ip)) => Ok(Some((*ip, false))),
-            Some(ConnectFrom::Client) if client.is_ipv4() != self.addr.is_ipv6() => {
+            Some(ConnectFrom::Client) if self.addr.inet().is_some_and(|a| a.is_ipv4() == client.is_ipv4()) => {
                 Ok(Some((client, true)))
             }
             Some(ConnectFrom::Client) => Err(std::io::Error::new(

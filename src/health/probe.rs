@@ -87,12 +87,10 @@ fn local_header(t: Transport) -> Vec<u8> {
 /// The unspecified address of `addr`'s family, or `from`: where a check
 /// leaves from.
 fn local(addr: SocketAddr, from: Option<IpAddr>) -> SocketAddr {
-    let unspecified = if addr.is_ipv4() {
-        IpAddr::from([0, 0, 0, 0])
-    } else {
-        IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
-    };
-    SocketAddr::new(from.unwrap_or(unspecified), 0)
+    SocketAddr::new(
+        from.unwrap_or_else(|| crate::net::unspecified(addr.is_ipv6())),
+        0,
+    )
 }
 
 /// Connects to `addr` (from `from`, when given) and, when the pool sends

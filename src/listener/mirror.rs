@@ -125,11 +125,7 @@ impl Datagrams {
             return;
         };
         if self.socket.is_none() {
-            let any: SocketAddr = if to.is_ipv4() {
-                SocketAddr::from(([0, 0, 0, 0], 0))
-            } else {
-                SocketAddr::from(([0u16; 8], 0))
-            };
+            let any = SocketAddr::new(crate::net::unspecified(to.is_ipv6()), 0);
             match std::net::UdpSocket::bind(any).and_then(|s| {
                 s.set_nonblocking(true)?;
                 Ok(s)

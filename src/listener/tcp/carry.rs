@@ -63,7 +63,16 @@ async fn finish_here(
         handover: &never,
     };
     let (splice, up, down) = meters(route, pool, &shared.metrics, b);
-    relay::relay(client, backend, timers(route, pool), stop, splice, up, down).await
+    relay::relay(
+        client,
+        backend,
+        timers(route, pool, b),
+        stop,
+        splice,
+        up,
+        down,
+    )
+    .await
 }
 
 /// Hands a stopped connection to the new process of an upgrade; `None`
@@ -88,12 +97,19 @@ async fn hand_over(
 }
 
 /// A connection's idle timeout (its listener's) and the keepalive its
-/// backend socket gets (its pool's).
-pub(super) fn timers(route: &Route, pool: &Pool) -> Timers {
+/// backend socket `b` gets (its pool's; none for a Unix socket, which has
+/// no such thing).
+pub(super) fn timers(route: &Route, pool: &Pool, b: &crate::backend::Backend) -> Timers {
     Timers {
         idle: route.config.idle_timeout,
-        keepalive: pool.tcp_keepalive(),
+        keepalive: backend_keepalive(pool, b),
     }
+}
+
+/// The keepalive backend `b`'s socket gets: its pool's, unless it is a
+/// Unix socket.
+pub(super) fn backend_keepalive(pool: &Pool, b: &crate::backend::Backend) -> Option<Duration> {
+    pool.tcp_keepalive().filter(|_| b.addr.inet().is_some())
 }
 
 /// The splice switch and byte meters of one connection.
@@ -180,7 +196,7 @@ pub(super) async fn carry(
     if let Some(own) = tapped.as_deref() {
         splice.limits = Some(own);
     }
-    let timers = timers(route, pool);
+    let timers = timers(route, pool, b);
     let (outcome, closed_as_down) = match b.down_watch() {
         None => {
             let stop = Stops {

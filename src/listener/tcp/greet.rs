@@ -173,14 +173,6 @@ pub(super) async fn greet(
     Ok(g)
 }
 
-/// The unspecified address of `a`'s family.
-fn unspecified(a: SocketAddr) -> std::net::IpAddr {
-    match a {
-        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
-    }
-}
-
 /// The PROXY header (`version`, none without one) for client `who`, who
 /// connected to `local` (the header in front's, else our socket's), with
 /// `tlvs` (v2).
@@ -209,7 +201,7 @@ pub(super) fn header(
                 ProxyVersion::V2 => proxy_protocol::v2_unix(&peer, &ours, tlvs),
             }
         }
-        None => SocketAddr::new(unspecified(who), 0),
+        None => SocketAddr::new(crate::net::unspecified(who.is_ipv6()), 0),
     };
     match version {
         ProxyVersion::V1 => proxy_protocol::v1(who, local),

@@ -51,7 +51,6 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
     } = s;
     let m = &shared.metrics;
     let name = route.config.name.as_str();
-    let local = client.local_addr().ok();
     let mut greeting = greeting.map(|g| *g).unwrap_or_default();
     let early = std::mem::take(&mut greeting.early);
     let (mut client, session, early) = match route.config.terminator(greeting.route) {
@@ -98,8 +97,14 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
         Either::Left(tls) => tls.get_ref().0.socket(),
         Either::Right(plain) => plain,
     };
-    let local = greeting.local.or(local);
-    let header = greet::header(socket, who, snap.config.proxy_protocol, local, &tlvs);
+    // Our own end is asked of the socket only when a header needs it.
+    let header = greet::header(
+        socket,
+        who,
+        snap.config.proxy_protocol,
+        greeting.local,
+        &tlvs,
+    );
     let sent_early = early.len() as u64;
     let preamble = Preamble {
         header: header.len(),
@@ -127,7 +132,7 @@ pub(super) async fn serve(s: TlsStart<'_>, client: TcpStream) {
     };
     let b = guard.backend();
     // Keepalive from the start: next to a handshake, its cost is nothing.
-    if let Some(idle) = pool.tcp_keepalive() {
+    if let Some(idle) = carry::backend_keepalive(pool, b) {
         let sock = match &backend {
             Either::Left(tls) => tls.get_ref().0,
             Either::Right(plain) => plain,

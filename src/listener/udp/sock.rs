@@ -16,7 +16,7 @@
 //! never attempt.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -67,8 +67,7 @@ fn bound(v6: bool, source: Option<(IpAddr, bool)>) -> io::Result<socket2::Socket
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM.nonblocking(), None)?;
     match source {
         Some(source) => crate::net::bind_source(&s, source)?,
-        None if v6 => s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into())?,
-        None => s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?,
+        None => s.bind(&SocketAddr::new(crate::net::unspecified(v6), 0).into())?,
     }
     Ok(s)
 }
