@@ -63,6 +63,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub(crate) mod discovery;
+pub mod engine;
 pub mod endpoint;
 pub mod fds;
 pub(crate) mod health;

@@ -67,6 +67,8 @@ pub struct Config {
     pub workers: Option<usize>,
     /// `cpu_affinity`, default false: each worker pinned to a core.
     pub cpu_affinity: bool,
+    /// `engine`, default `auto`: the I/O engine of established TCP connections.
+    pub engine: crate::engine::EngineChoice,
     /// The admin endpoint, if `[admin]` is present.
     pub admin: Option<AdminConfig>,
     /// Listeners in file order.

@@ -152,6 +152,23 @@ impl Validator<'_> {
     }
 
     /// An included file's keys other than listeners and pools are problems.
+    fn engine(&mut self, raw: Option<&S<String>>) -> crate::engine::EngineChoice {
+        let Some(raw) = raw else {
+            return Default::default();
+        };
+        crate::engine::EngineChoice::parse(raw.get_ref()).unwrap_or_else(|| {
+            self.p.push(
+                raw.span(),
+                "engine".to_string(),
+                format!(
+                    "unknown engine `{}`; expected one of \"auto\", \"io_uring\", \"epoll\"",
+                    raw.get_ref()
+                ),
+            );
+            Default::default()
+        })
+    }
+
     fn only_listeners_and_pools(&mut self, part: &RawConfig) {
         let others = [
             ("admin", part.admin.as_ref().map(|a| a.span())),
@@ -162,6 +179,7 @@ impl Validator<'_> {
             ("state_dir", part.state_dir.as_ref().map(|a| a.span())),
             ("cluster", part.cluster.as_ref().map(|a| a.span())),
             ("workers", part.workers.as_ref().map(|a| a.span())),
+            ("engine", part.engine.as_ref().map(|a| a.span())),
             ("log", part.log.as_ref().map(|a| a.span())),
             (
                 "include",
@@ -289,6 +307,7 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|w| self.count(Some(w), "workers", 1, 1024, 1) as usize),
             cpu_affinity: raw.cpu_affinity.unwrap_or(false),
+            engine: self.engine(raw.engine.as_ref()),
             log: self.log(raw.log.as_ref()),
             admin,
             listeners,

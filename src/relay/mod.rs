@@ -31,6 +31,7 @@
 
 mod end;
 pub mod rate;
+mod ring;
 mod splice;
 mod streams;
 pub mod tap;
@@ -116,6 +117,17 @@ pub async fn relay(
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
     };
+    if crate::engine::uring() && splice.limits.is_none() && crate::engine::ring::here() {
+        // Boxed: only one of the two engines' states is in a task.
+        return Box::pin(ring::relay(
+            (client, backend),
+            (progress, keepalive, idle_ms),
+            stop,
+            splice,
+            (up_meter, down_meter),
+        ))
+        .await;
+    }
     // The pumps borrow both sockets; they end with this block.
     let end = {
         let (client_read, client_write) = client.split();
@@ -139,31 +151,51 @@ pub async fn relay(
             )
         };
         tokio::pin!(both);
-        let mut may_hand_over = true;
-        loop {
-            tokio::select! {
-                r = &mut both => break r.err().unwrap_or(RelayEnd::Closed),
-                _ = idle_watch(&progress.last, idle_ms, &mut keepalive) => break RelayEnd::Idle,
-                _ = stop.hard.cancelled() => break RelayEnd::Shutdown,
-                _ = stop.handover.cancelled(), if may_hand_over => {
-                    // Safe only while both directions wait to read with nothing
-                    // held: dropping the pumps then loses no byte. Otherwise
-                    // the connection finishes here (it drains).
-                    if progress.holding.load(Ordering::Relaxed) == 0
-                        && progress.ended.load(Ordering::Relaxed) == 0
-                    {
-                        break RelayEnd::HandedOver;
-                    }
-                    may_hand_over = false;
+        watch(both, &progress, (idle_ms, &mut keepalive), &stop).await
+    };
+    ended(end, (client, backend), &progress)
+}
+
+/// Waits for both directions to end (`both`), the connection to stay
+/// silent for `idle_ms`, or a stop; on the way turns keepalive on.
+async fn watch<F>(
+    mut both: Pin<&mut F>,
+    progress: &Progress,
+    (idle_ms, keepalive): (u64, &mut Keepalive),
+    stop: &Stops<'_>,
+) -> RelayEnd
+where
+    F: std::future::Future<Output = Result<((), ()), RelayEnd>>,
+{
+    let mut may_hand_over = true;
+    loop {
+        tokio::select! {
+            r = &mut both => break r.err().unwrap_or(RelayEnd::Closed),
+            _ = idle_watch(&progress.last, idle_ms, keepalive) => break RelayEnd::Idle,
+            _ = stop.hard.cancelled() => break RelayEnd::Shutdown,
+            _ = stop.handover.cancelled(), if may_hand_over => {
+                // Safe only while both directions wait to read with nothing
+                // held: dropping the pumps then loses no byte. Otherwise
+                // the connection finishes here (it drains).
+                if progress.holding.load(Ordering::Relaxed) == 0
+                    && progress.ended.load(Ordering::Relaxed) == 0
+                {
+                    break RelayEnd::HandedOver;
                 }
+                may_hand_over = false;
             }
         }
-    };
+    }
+}
+
+/// What a relay that ended with `end` did; an abort on one side becomes
+/// one on the other.
+fn ended(end: RelayEnd, (client, backend): (&TcpStream, &TcpStream), progress: &Progress) -> Outcome {
     if let RelayEnd::Reset(side) | RelayEnd::Error(side) = end {
         // The other side learns of the abort as an abort: a reset on close.
         let other = match side {
-            Side::Client => &*backend,
-            Side::Backend => &*client,
+            Side::Client => backend,
+            Side::Backend => client,
         };
         if let Err(e) = socket2::SockRef::from(other).set_linger(Some(Duration::ZERO)) {
             tracing::debug!(error = %e, "cannot set SO_LINGER for an abortive close");
@@ -436,7 +468,7 @@ async fn pump(
             }
         }
     }
-    at_eof(side, &mut to, ended).await;
+    at_eof(side, to.as_ref(), ended);
     Ok(())
 }
 
@@ -516,13 +548,13 @@ async fn limited(
             }
         }
     }
-    at_eof(side, &mut to, &progress.ended).await;
+    at_eof(side, to.as_ref(), &progress.ended);
     Ok(())
 }
 
 /// After EOF from a direction's source: the first direction to end records
 /// its side and shuts the other socket's write half.
-async fn at_eof(side: Side, to: &mut WriteHalf<'_>, ended: &AtomicU8) {
+fn at_eof(side: Side, to: &TcpStream, ended: &AtomicU8) {
     // When the other direction has ended too, both sockets are closed right
     // after this, and a shutdown first would be a wasted syscall. The first
     // direction to end records its side (1: the client's EOF came first, 2:
@@ -535,7 +567,7 @@ async fn at_eof(side: Side, to: &mut WriteHalf<'_>, ended: &AtomicU8) {
         .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed)
         .is_ok()
     {
-        if let Err(e) = to.shutdown().await {
+        if let Err(e) = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
             // The peer may already be gone; that ends the other direction anyway.
             tracing::debug!(error = %e, "shutdown(SHUT_WR) failed");
         }

@@ -55,6 +55,9 @@ pub enum Error {
         /// What the kernel answered.
         error: std::io::Error,
     },
+    /// `engine = "io_uring"` where io_uring cannot be used.
+    #[error("{0}")]
+    Engine(String),
     /// The data plane's worker threads could not be started.
     #[error("cannot start the worker threads")]
     Workers(#[source] std::io::Error),
@@ -115,6 +118,8 @@ impl Server {
         // gets the same threads here).
         let workers = config.workers.unwrap_or_else(crate::workers::default_count);
         crate::workers::start(workers, config.cpu_affinity).map_err(Error::Workers)?;
+        let engine = crate::engine::choose(config.engine).map_err(Error::Engine)?;
+        tracing::info!(engine = engine.name, why = %engine.why, "data-plane engine");
         let inner = Arc::new(Inner {
             metrics: Arc::new(Metrics::new()),
             state: Mutex::new(State {
@@ -212,12 +217,13 @@ impl Server {
     /// Applies `config` as one difference from what runs now.
     pub async fn reload(&self, config: Config) -> Result<(), Error> {
         let view = self.view();
-        if (view.config.workers, view.config.cpu_affinity) != (config.workers, config.cpu_affinity)
-        {
+        let threads = |c: &Config| (c.workers, c.cpu_affinity, c.engine);
+        if threads(&view.config) != threads(&config) {
             tracing::warn!(
                 workers = ?config.workers,
                 cpu_affinity = config.cpu_affinity,
-                "workers and cpu_affinity take effect at the next start or binary upgrade; the running workers stay as they are"
+                engine = config.engine.as_str(),
+                "workers, cpu_affinity and engine take effect at the next start or binary upgrade; the running workers stay as they are"
             );
         }
         let result = self.apply(config).await;
