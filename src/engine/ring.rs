@@ -58,6 +58,9 @@ const ENTRIES: u32 = 1024;
 /// `user_data` of submissions whose completion nobody waits for (buffers
 /// given back, cancels).
 const UNWATCHED: u64 = u64::MAX;
+/// `IORING_RECVSEND_POLL_FIRST`: a receive waits for data before trying,
+/// as a relay's receive is made right after the last one emptied the socket.
+const RECVSEND_POLL_FIRST: u16 = 1;
 
 /// The flags every ring is made with, also what the probe tries.
 pub(super) fn builder() -> io_uring::Builder {
@@ -66,6 +69,7 @@ pub(super) fn builder() -> io_uring::Builder {
         .setup_submit_all()
         .setup_coop_taskrun()
         .setup_taskrun_flag()
+        .setup_defer_taskrun()
         .setup_single_issuer()
         .setup_clamp();
     b
@@ -117,6 +121,9 @@ struct ConnOps {
 
 struct Driver {
     ring: IoUring,
+    /// Signalled when the ring has work for this thread to run (with
+    /// deferred task work, the ring's own descriptor is not).
+    _signal: std::os::fd::OwnedFd,
     slots: Vec<Slot>,
     free: Option<usize>,
     conns: HashMap<u64, ConnOps>,
@@ -201,9 +208,15 @@ impl Driver {
             Some(r) => return Err(io::Error::from_raw_os_error(-r)),
             None => return Err(io::Error::other("no answer to providing buffers")),
         }
-        let fd = ring.as_raw_fd();
+        let signal = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        ring.submitter().register_eventfd(signal.as_raw_fd())?;
+        let fd = signal.as_raw_fd();
         let driver = Driver {
             ring,
+            _signal: signal,
             slots: Vec::new(),
             free: None,
             conns: HashMap::new(),
@@ -563,6 +576,7 @@ impl Future for Op<'_> {
                                 BUFFER_SIZE as u32,
                             )
                             .buf_group(GROUP)
+                            .ioprio(RECVSEND_POLL_FIRST)
                             .build()
                             .flags(squeue::Flags::BUFFER_SELECT),
                             Kind::Send { bid, len } => {
