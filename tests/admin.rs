@@ -159,7 +159,13 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
             "switchyard_config_reloads_total{result=\"success\"}".to_string(),
             1.0,
         ),
-        ("switchyard_build_info{version=\"0.1.0\"}".to_string(), 1.0),
+        (
+            format!(
+                "switchyard_build_info{{engine=\"{}\",version=\"0.1.0\"}}",
+                common::engine()
+            ),
+            1.0,
+        ),
     ];
     for (series, want) in &expect {
         assert_eq!(metric(&text, series), Some(*want), "{series}");

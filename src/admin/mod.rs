@@ -172,6 +172,13 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
             api::pools(&*server, writes_need_token, reads_need_token)
         }
         (&Method::GET, ["api", "v1", "listeners"]) => api::listeners(&*server),
+        (&Method::GET, ["api", "v1", "engine"]) => match crate::engine::view() {
+            Some(e) => json(StatusCode::OK, &e),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "no engine was chosen in this process",
+            ),
+        },
         (&Method::POST, ["api", "v1", "reload"]) => match server.reload().await {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({"reloaded": true})),
             Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
@@ -193,7 +200,7 @@ async fn route(server: Daemon, settings: &Settings, req: Request<Incoming>) -> R
             }
         }
         (_, ["" | "status" | "metrics" | "healthz" | "readyz"])
-        | (_, ["api", "v1", "pools" | "listeners" | "reload" | "cluster" | "history"])
+        | (_, ["api", "v1", "pools" | "listeners" | "reload" | "cluster" | "history" | "engine"])
         | (_, ["api", "v1", "pools", _, "backends", _, "drain" | "enable" | "weight"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),

@@ -51,14 +51,14 @@ impl EngineChoice {
 
 /// The engine that runs, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Running {
+pub struct Chosen {
     /// `io_uring` or `epoll`.
     pub name: &'static str,
     /// Why this one: what was asked, and what the probe found.
     pub why: String,
 }
 
-static RUNNING: OnceLock<Running> = OnceLock::new();
+static RUNNING: OnceLock<Chosen> = OnceLock::new();
 
 /// The environment variable that overrides `engine` for a process (the
 /// test suite runs once per engine with it).
@@ -67,21 +67,24 @@ pub const ENV: &str = "SWITCHYARD_ENGINE";
 /// Chooses the engine once for this process. With `io_uring` asked for and
 /// the probe failing, the error says why. Later calls return the first
 /// choice.
-pub fn choose(asked: EngineChoice) -> Result<&'static Running, String> {
+pub fn choose(asked: EngineChoice) -> Result<&'static Chosen, String> {
     if let Some(r) = RUNNING.get() {
         return Ok(r);
     }
-    let (asked, from) = match std::env::var(ENV).ok().and_then(|v| EngineChoice::parse(&v)) {
+    let (asked, from) = match std::env::var(ENV)
+        .ok()
+        .and_then(|v| EngineChoice::parse(&v))
+    {
         Some(e) => (e, ENV),
         None => (asked, "engine"),
     };
     let running = match asked {
-        EngineChoice::Epoll => Running {
+        EngineChoice::Epoll => Chosen {
             name: "epoll",
             why: format!("{from} = \"epoll\""),
         },
         EngineChoice::IoUring => match probe() {
-            Ok(()) => Running {
+            Ok(()) => Chosen {
                 name: "io_uring",
                 why: format!("{from} = \"io_uring\""),
             },
@@ -92,11 +95,11 @@ pub fn choose(asked: EngineChoice) -> Result<&'static Running, String> {
             }
         },
         EngineChoice::Auto => match probe() {
-            Ok(()) => Running {
+            Ok(()) => Chosen {
                 name: "io_uring",
                 why: format!("{from} = \"auto\" and the io_uring probe passed"),
             },
-            Err(e) => Running {
+            Err(e) => Chosen {
                 name: "epoll",
                 why: format!("{from} = \"auto\" and io_uring cannot be used here: {e}"),
             },
@@ -107,8 +110,26 @@ pub fn choose(asked: EngineChoice) -> Result<&'static Running, String> {
 
 /// The engine chosen, if one was (the library used without `Server::start`
 /// relays by readiness).
-pub fn running() -> Option<&'static Running> {
+pub fn chosen() -> Option<&'static Chosen> {
     RUNNING.get()
+}
+
+static RING_RELAYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts a connection relayed on a worker's ring.
+pub fn relayed_on_ring() {
+    RING_RELAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What the API shows: the engine, why, and how many connections its
+/// rings have carried (0 on epoll).
+pub fn view() -> Option<serde_json::Value> {
+    let e = RUNNING.get()?;
+    Some(serde_json::json!({
+        "engine": e.name,
+        "why": e.why,
+        "ring_relays": RING_RELAYS.load(std::sync::atomic::Ordering::Relaxed),
+    }))
 }
 
 /// Whether established connections go to io_uring.

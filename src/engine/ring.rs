@@ -69,7 +69,6 @@ pub(super) fn builder() -> io_uring::Builder {
         .setup_submit_all()
         .setup_coop_taskrun()
         .setup_taskrun_flag()
-        .setup_defer_taskrun()
         .setup_single_issuer()
         .setup_clamp();
     b
@@ -107,7 +106,10 @@ enum Slot {
         flags: u32,
     },
     /// Its future is gone; the kernel still has it.
-    Abandoned { kind: Kind, conn: u64 },
+    Abandoned {
+        kind: Kind,
+        conn: u64,
+    },
 }
 
 /// What a connection has in the ring: operations still in the kernel, and
@@ -121,9 +123,6 @@ struct ConnOps {
 
 struct Driver {
     ring: IoUring,
-    /// Signalled when the ring has work for this thread to run (with
-    /// deferred task work, the ring's own descriptor is not).
-    _signal: std::os::fd::OwnedFd,
     slots: Vec<Slot>,
     free: Option<usize>,
     conns: HashMap<u64, ConnOps>,
@@ -188,15 +187,10 @@ impl Driver {
     fn new() -> io::Result<(Driver, RawFd)> {
         let mut ring = builder().build(ENTRIES)?;
         let mut pool = vec![0u8; BUFFERS as usize * BUFFER_SIZE].into_boxed_slice();
-        let give = opcode::ProvideBuffers::new(
-            pool.as_mut_ptr(),
-            BUFFER_SIZE as i32,
-            BUFFERS,
-            GROUP,
-            0,
-        )
-        .build()
-        .user_data(UNWATCHED);
+        let give =
+            opcode::ProvideBuffers::new(pool.as_mut_ptr(), BUFFER_SIZE as i32, BUFFERS, GROUP, 0)
+                .build()
+                .user_data(UNWATCHED);
         // SAFETY: the pool lives in the driver for the thread's life (see
         // the module's invariants); the kernel writes only within it.
         unsafe { ring.submission().push(&give) }
@@ -208,15 +202,9 @@ impl Driver {
             Some(r) => return Err(io::Error::from_raw_os_error(-r)),
             None => return Err(io::Error::other("no answer to providing buffers")),
         }
-        let signal = rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?;
-        ring.submitter().register_eventfd(signal.as_raw_fd())?;
-        let fd = signal.as_raw_fd();
+        let fd = ring.as_raw_fd();
         let driver = Driver {
             ring,
-            _signal: signal,
             slots: Vec::new(),
             free: None,
             conns: HashMap::new(),
@@ -414,18 +402,18 @@ fn with<R>(f: impl FnOnce(&mut Driver) -> R) -> R {
 }
 
 /// A connection's operations, tracked so that none outlives its sockets.
-pub struct Conn {
+pub struct Ops {
     id: u64,
 }
 
-impl Conn {
+impl Ops {
     /// A connection with nothing in the ring yet.
-    pub fn open() -> Conn {
+    pub fn open() -> Ops {
         with(|d| {
             let id = d.next_conn;
             d.next_conn += 1;
             d.conns.insert(id, ConnOps::default());
-            Conn { id }
+            Ops { id }
         })
     }
 
@@ -472,7 +460,7 @@ impl Conn {
     }
 }
 
-impl Drop for Conn {
+impl Drop for Ops {
     fn drop(&mut self) {
         let id = self.id;
         let _ = DRIVER.try_with(|d| {
@@ -540,7 +528,7 @@ enum OpState {
 
 /// One receive or send in flight.
 pub struct Op<'a> {
-    conn: &'a Conn,
+    conn: &'a Ops,
     fd: RawFd,
     state: OpState,
 }
@@ -674,7 +662,11 @@ impl Drop for Op<'_> {
                 OpState::In(i, _) => match std::mem::replace(&mut d.slots[i], Slot::Free(None)) {
                     Slot::Pending { kind, conn, .. } => {
                         d.slots[i] = Slot::Abandoned { kind, conn };
-                        d.push(opcode::AsyncCancel::new(i as u64).build().user_data(UNWATCHED));
+                        d.push(
+                            opcode::AsyncCancel::new(i as u64)
+                                .build()
+                                .user_data(UNWATCHED),
+                        );
                     }
                     Slot::Done {
                         kind,

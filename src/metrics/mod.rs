@@ -108,12 +108,18 @@ impl Metrics {
         .expect("process collector");
         let register = |c: Box<dyn Collector>| r.register(c).expect("unique metric");
         let build = IntGaugeVec::new(
-            Opts::new("switchyard_build_info", "Build information; always 1."),
-            &["version"],
+            Opts::new(
+                "switchyard_build_info",
+                "Build information and the data-plane engine that runs; always 1.",
+            ),
+            &["version", "engine"],
         )
         .expect("valid metric");
         register(Box::new(build.clone()));
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let engine = crate::engine::chosen().map_or("epoll", |e| e.name);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), engine])
+            .set(1);
         let reloads = IntCounterVec::new(
             Opts::new(
                 "switchyard_config_reloads_total",

@@ -106,28 +106,13 @@ pub async fn relay(
     up_meter: Meter<'_>,
     down_meter: Meter<'_>,
 ) -> Outcome {
-    let started = now_ms();
-    let idle_ms = timers.idle.as_millis() as u64;
-    // Turned on once; kept outside the loop below, which may make a new idle watch.
-    let mut keepalive = Keepalive::later(timers.keepalive, started, backend.as_raw_fd());
-    let progress = Progress {
-        last: AtomicU64::new(started),
-        ended: AtomicU8::new(0),
-        holding: AtomicU8::new(0),
-        up: AtomicU64::new(0),
-        down: AtomicU64::new(0),
-    };
     if crate::engine::uring() && splice.limits.is_none() && crate::engine::ring::here() {
+        crate::engine::relayed_on_ring();
         // Boxed: only one of the two engines' states is in a task.
-        return Box::pin(ring::relay(
-            (client, backend),
-            (progress, keepalive, idle_ms),
-            stop,
-            splice,
-            (up_meter, down_meter),
-        ))
-        .await;
+        let meters = (up_meter, down_meter);
+        return Box::pin(ring::relay((client, backend), timers, stop, splice, meters)).await;
     }
+    let (progress, mut keepalive, idle_ms) = start(timers, backend);
     // The pumps borrow both sockets; they end with this block.
     let end = {
         let (client_read, client_write) = client.split();
@@ -151,46 +136,63 @@ pub async fn relay(
             )
         };
         tokio::pin!(both);
-        watch(both, &progress, (idle_ms, &mut keepalive), &stop).await
+        watch!(both, &progress, (idle_ms, &mut keepalive), &stop)
     };
     ended(end, (client, backend), &progress)
 }
 
-/// Waits for both directions to end (`both`), the connection to stay
-/// silent for `idle_ms`, or a stop; on the way turns keepalive on.
-async fn watch<F>(
-    mut both: Pin<&mut F>,
-    progress: &Progress,
-    (idle_ms, keepalive): (u64, &mut Keepalive),
-    stop: &Stops<'_>,
-) -> RelayEnd
-where
-    F: std::future::Future<Output = Result<((), ()), RelayEnd>>,
-{
-    let mut may_hand_over = true;
-    loop {
-        tokio::select! {
-            r = &mut both => break r.err().unwrap_or(RelayEnd::Closed),
-            _ = idle_watch(&progress.last, idle_ms, keepalive) => break RelayEnd::Idle,
-            _ = stop.hard.cancelled() => break RelayEnd::Shutdown,
-            _ = stop.handover.cancelled(), if may_hand_over => {
-                // Safe only while both directions wait to read with nothing
-                // held: dropping the pumps then loses no byte. Otherwise
-                // the connection finishes here (it drains).
-                if progress.holding.load(Ordering::Relaxed) == 0
-                    && progress.ended.load(Ordering::Relaxed) == 0
-                {
-                    break RelayEnd::HandedOver;
+/// A relay's shared state, its keepalive timer and its idle time in ms.
+fn start(timers: Timers, backend: &TcpStream) -> (Progress, Keepalive, u64) {
+    let started = now_ms();
+    let progress = Progress {
+        last: AtomicU64::new(started),
+        ended: AtomicU8::new(0),
+        holding: AtomicU8::new(0),
+        up: AtomicU64::new(0),
+        down: AtomicU64::new(0),
+    };
+    // Turned on once; kept outside the relay's loop, which may make a new idle watch.
+    let keepalive = Keepalive::later(timers.keepalive, started, backend.as_raw_fd());
+    (progress, keepalive, timers.idle.as_millis() as u64)
+}
+
+/// Waits for both directions to end (`both`, pinned), the connection to
+/// stay silent for `idle_ms`, or a stop; on the way turns keepalive on. A
+/// macro, not a function: inline, its state shares the relay's, and every
+/// connection's task stays a step of tokio's task cell smaller.
+macro_rules! watch {
+    ($both:ident, $progress:expr, ($idle_ms:expr, $keepalive:expr), $stop:expr) => {{
+        let (progress, stop): (&Progress, &Stops<'_>) = ($progress, $stop);
+        let mut may_hand_over = true;
+        loop {
+            tokio::select! {
+                r = &mut $both => break r.err().unwrap_or(RelayEnd::Closed),
+                _ = $crate::relay::idle_watch(&progress.last, $idle_ms, $keepalive) => break RelayEnd::Idle,
+                _ = stop.hard.cancelled() => break RelayEnd::Shutdown,
+                _ = stop.handover.cancelled(), if may_hand_over => {
+                    // Safe only while both directions wait to read with
+                    // nothing held: dropping the pumps then loses no byte.
+                    // Otherwise the connection finishes here (it drains).
+                    if progress.holding.load(Ordering::Relaxed) == 0
+                        && progress.ended.load(Ordering::Relaxed) == 0
+                    {
+                        break RelayEnd::HandedOver;
+                    }
+                    may_hand_over = false;
                 }
-                may_hand_over = false;
             }
         }
-    }
+    }};
 }
+use watch;
 
 /// What a relay that ended with `end` did; an abort on one side becomes
 /// one on the other.
-fn ended(end: RelayEnd, (client, backend): (&TcpStream, &TcpStream), progress: &Progress) -> Outcome {
+fn ended(
+    end: RelayEnd,
+    (client, backend): (&TcpStream, &TcpStream),
+    progress: &Progress,
+) -> Outcome {
     if let RelayEnd::Reset(side) | RelayEnd::Error(side) = end {
         // The other side learns of the abort as an abort: a reset on close.
         let other = match side {

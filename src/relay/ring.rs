@@ -19,31 +19,46 @@ use tokio::net::TcpStream;
 
 use super::end::Broken;
 use super::{
-    at_eof, ended, splice, watch, Keepalive, Meter, Outcome, Progress, RelayEnd, Side, Splice,
-    Stops, Tally,
+    at_eof, ended, splice, start, watch, Meter, Outcome, Progress, RelayEnd, Side, Splice, Stops,
+    Tally, Timers,
 };
 use crate::clock::now_ms;
-use crate::engine::ring::{Conn, Done, BUFFER_SIZE};
+use crate::engine::ring::{Done, Ops, BUFFER_SIZE};
 
 /// Relays `client` and `backend` through this worker's ring until both
 /// directions end, `idle_ms` passes with no traffic, or `stop` fires.
 pub(super) async fn relay(
     (client, backend): (&mut TcpStream, &mut TcpStream),
-    (progress, mut keepalive, idle_ms): (Progress, Keepalive, u64),
+    timers: Timers,
     stop: Stops<'_>,
     splice: Splice<'_>,
     (up_meter, down_meter): (Meter<'_>, Meter<'_>),
 ) -> Outcome {
-    let conn = Conn::open();
+    let (progress, mut keepalive, idle_ms) = start(timers, backend);
+    let conn = Ops::open();
     let mut end = {
         let both = async {
             tokio::try_join!(
-                pump(&conn, (client, Side::Client), backend, &progress, up_meter, &splice),
-                pump(&conn, (backend, Side::Backend), client, &progress, down_meter, &splice),
+                pump(
+                    &conn,
+                    (client, Side::Client),
+                    backend,
+                    &progress,
+                    up_meter,
+                    &splice
+                ),
+                pump(
+                    &conn,
+                    (backend, Side::Backend),
+                    client,
+                    &progress,
+                    down_meter,
+                    &splice
+                ),
             )
         };
         tokio::pin!(both);
-        watch(both, &progress, (idle_ms, &mut keepalive), &stop).await
+        watch!(both, &progress, (idle_ms, &mut keepalive), &stop)
     };
     // The pumps are gone; their operations may not be.
     let left = conn.settle().await;
@@ -66,7 +81,7 @@ pub(super) async fn relay(
 
 /// Moves `from` → `to` until EOF, then shuts down `to`'s write half.
 async fn pump(
-    conn: &Conn,
+    conn: &Ops,
     (from, side): (&TcpStream, Side),
     to: &TcpStream,
     progress: &Progress,

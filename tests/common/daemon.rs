@@ -52,6 +52,18 @@ impl Daemon {
 
     /// As [`Daemon::start`], running the binary at `bin` (an installed one).
     pub fn start_binary(bin: &Path, toml: &str, wrapper: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        Daemon::start_prepared(bin, toml, wrapper, envs, |_| {})
+    }
+
+    /// As [`Daemon::start_binary`], with `prepare` called on the command
+    /// before it is spawned (e.g. to add a `pre_exec` step).
+    pub fn start_prepared(
+        bin: &Path,
+        toml: &str,
+        wrapper: &[&str],
+        envs: &[(&str, &str)],
+        prepare: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("switchyard.toml");
         std::fs::write(&config, toml).unwrap();
@@ -69,6 +81,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        prepare(&mut cmd);
         let mut child = cmd.spawn().expect("start switchyard");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));

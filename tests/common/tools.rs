@@ -31,3 +31,16 @@ pub fn missing(tool: &str, package: &str) -> bool {
     );
     false
 }
+
+/// Says `skipped: WHAT not available here: WHY` for something the machine
+/// lacks that no package brings (or, under CI, panics); false.
+pub fn unavailable(what: &str, why: &str) -> bool {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("{what} not available here ({why}): under CI no test may be skipped");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {what} not available here: {why}"
+    );
+    false
+}
