@@ -71,7 +71,7 @@ fn refuse_io_uring(cmd: &mut Command) {
         libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
         libc::BPF_RET | libc::BPF_K,
     );
-    let filter = vec![
+    let filter = [
         stmt(ld, 4), // seccomp_data.arch
         jump(jeq, arch, 1, 0),
         stmt(ret, libc::SECCOMP_RET_ALLOW),
