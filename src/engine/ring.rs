@@ -218,11 +218,11 @@ impl Driver {
         Ok((driver, fd))
     }
 
-    fn slot(&mut self, kind: Kind, conn: u64, waker: &Waker) -> usize {
+    fn slot(&mut self, kind: Kind, conn: u64, waker: Option<&Waker>) -> usize {
         let pending = Slot::Pending {
             kind,
             conn,
-            waker: Some(waker.clone()),
+            waker: waker.cloned(),
         };
         if let Some(conn) = self.conns.get_mut(&conn) {
             conn.in_flight += 1;
@@ -246,6 +246,35 @@ impl Driver {
     fn release(&mut self, i: usize) {
         self.slots[i] = Slot::Free(self.free);
         self.free = Some(i);
+    }
+
+    /// Queues operation `kind` of connection `conn` on socket `fd` (a send
+    /// from byte `from` of its buffer): its slot, and `given` then.
+    fn submit(
+        &mut self,
+        kind: Kind,
+        (conn, fd, from): (u64, RawFd, usize),
+        waker: Option<&Waker>,
+    ) -> (usize, u64) {
+        let i = self.slot(kind, conn, waker);
+        let entry = match kind {
+            Kind::Recv(_) => {
+                opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), BUFFER_SIZE as u32)
+                    .buf_group(GROUP)
+                    .ioprio(RECVSEND_POLL_FIRST)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
+            Kind::Send { bid, len } => {
+                let at = bid as usize * BUFFER_SIZE + from;
+                let len = len - from as u32;
+                opcode::Send::new(types::Fd(fd), self.pool[at..].as_ptr(), len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+        };
+        self.push(entry.user_data(i as u64));
+        (i, self.given)
     }
 
     /// Queues `entry` for the next submission, submitting now if the queue
@@ -444,6 +473,17 @@ impl Ops {
         }
     }
 
+    /// As [`Ops::recv`], submitted now rather than when first awaited: a
+    /// relay asks for the next bytes while it sends the last ones.
+    pub fn recv_now(&self, fd: RawFd) -> Op<'_> {
+        let (i, given) = with(|d| d.submit(Kind::Recv(fd), (self.id, fd, 0), None));
+        Op {
+            conn: self,
+            fd,
+            state: OpState::In(i, given),
+        }
+    }
+
     /// Sends `chunk`'s bytes from `from` on to `fd`; completes with the
     /// count sent and the chunk back.
     pub fn send(&self, fd: RawFd, chunk: Chunk, from: usize) -> Op<'_> {
@@ -555,29 +595,7 @@ impl Future for Op<'_> {
                     this.state = OpState::Ready(Kind::Recv(fd), 0);
                 }
                 OpState::Ready(kind, from) => {
-                    let (i, given) = with(|d| {
-                        let i = d.slot(kind, conn, cx.waker());
-                        let entry = match kind {
-                            Kind::Recv(_) => opcode::Recv::new(
-                                types::Fd(fd),
-                                std::ptr::null_mut(),
-                                BUFFER_SIZE as u32,
-                            )
-                            .buf_group(GROUP)
-                            .ioprio(RECVSEND_POLL_FIRST)
-                            .build()
-                            .flags(squeue::Flags::BUFFER_SELECT),
-                            Kind::Send { bid, len } => {
-                                let at = bid as usize * BUFFER_SIZE + from;
-                                let len = len - from as u32;
-                                opcode::Send::new(types::Fd(fd), d.pool[at..].as_ptr(), len)
-                                    .flags(libc::MSG_NOSIGNAL)
-                                    .build()
-                            }
-                        };
-                        d.push(entry.user_data(i as u64));
-                        (i, d.given)
-                    });
+                    let (i, given) = with(|d| d.submit(kind, (conn, fd, from), Some(cx.waker())));
                     this.state = OpState::In(i, given);
                     return Poll::Pending;
                 }

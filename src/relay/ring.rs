@@ -94,8 +94,9 @@ async fn pump(
     };
     let (rfd, wfd) = (from.as_raw_fd(), to.as_raw_fd());
     let mut tally = Tally::new(meter);
+    let mut next = conn.recv(rfd);
     loop {
-        let chunk = match conn.recv(rfd).await {
+        let chunk = match next.await {
             Ok(Done::Received(Some(chunk))) => chunk,
             Ok(_) => break,
             Err(e) => return Err(Broken::read(e).end(side)),
@@ -106,6 +107,14 @@ async fn pump(
         tally.add(n, 0, now);
         progress.last.store(now, Ordering::Relaxed);
         progress.holding.fetch_add(1, Ordering::Relaxed);
+        // The next receive goes into the ring with this send, unless this
+        // one filled its buffer: a bulk flow may move to splice(2) next,
+        // and no receive of the ring's may then be waiting on the socket.
+        next = if n < BUFFER_SIZE {
+            conn.recv_now(rfd)
+        } else {
+            conn.recv(rfd)
+        };
         let (mut sent, mut chunk) = (0, chunk);
         while sent < n {
             match conn.send(wfd, chunk, sent).await {
