@@ -1,9 +1,9 @@
-//! The data-plane engine: `engine = "auto"` takes io_uring where the probe
-//! passes and falls back to epoll where a seccomp filter refuses
-//! `io_uring_setup` (as container runtimes do), `"io_uring"` refuses to
-//! start there and says why, and the engine that runs is named in the log,
-//! the metrics and the API. The rest of the suite runs once per engine
-//! (`SWITCHYARD_ENGINE`, see the README's test command).
+//! The data-plane engine: `engine = "auto"` runs epoll and says whether
+//! io_uring is usable (not where a seccomp filter refuses `io_uring_setup`,
+//! as container runtimes do), `"io_uring"` refuses to start there and says
+//! why, and the engine that runs is named in the log, the metrics and the
+//! API. The rest of the suite runs once per engine (`SWITCHYARD_ENGINE`,
+//! see the README's test command).
 
 mod common;
 
@@ -123,7 +123,12 @@ fn engine_view(d: &Daemon) -> serde_json::Value {
 
 fn engine_label(d: &Daemon) -> String {
     let (_, text) = http(d.admin(), "GET", "/metrics", &[], "");
-    for engine in ["io_uring", "epoll"] {
+    for asked in ["io_uring", "epoll", "auto"] {
+        let engine = if asked == "io_uring" {
+            "io_uring"
+        } else {
+            "epoll"
+        };
         let series = format!("switchyard_build_info{{engine=\"{engine}\",version=\"0.1.0\"}}");
         if metric(&text, &series) == Some(1.0) {
             return engine.to_string();
@@ -142,7 +147,7 @@ fn io_uring_is_usable_here() {
 }
 
 #[test]
-fn auto_falls_back_to_epoll_where_seccomp_refuses_io_uring() {
+fn auto_says_io_uring_is_refused_where_seccomp_refuses_it() {
     let d = Daemon::start_prepared(
         std::path::Path::new(env!("CARGO_BIN_EXE_switchyard")),
         &config("auto", echo()),
@@ -160,7 +165,10 @@ fn auto_falls_back_to_epoll_where_seccomp_refuses_io_uring() {
     let view = engine_view(&d);
     assert_eq!(view["engine"], "epoll");
     let why = view["why"].as_str().unwrap();
-    assert!(why.contains("io_uring_setup is not permitted"), "{why}");
+    assert!(
+        why.contains("io_uring cannot be used here: io_uring_setup is not permitted"),
+        "{why}"
+    );
     assert_eq!(engine_label(&d), "epoll");
     exchange(d.listeners()["front"], 5);
     assert_eq!(engine_view(&d)["ring_relays"], 0);
@@ -206,7 +214,8 @@ fn io_uring_asked_for_refuses_to_start_where_seccomp_refuses_it() {
 }
 
 /// Each engine carries connections and says so: on io_uring every
-/// connection's relay runs on a ring, on epoll none does.
+/// connection's relay runs on a ring, on epoll (asked for, or `auto`) none
+/// does, and `auto` says io_uring would be usable here.
 #[test]
 fn each_engine_names_itself_and_carries_connections() {
     if let Err(why) = switchyard::engine::probe() {
@@ -214,10 +223,15 @@ fn each_engine_names_itself_and_carries_connections() {
         return;
     }
     let backend = echo();
-    for engine in ["io_uring", "epoll"] {
+    for asked in ["io_uring", "epoll", "auto"] {
+        let engine = if asked == "io_uring" {
+            "io_uring"
+        } else {
+            "epoll"
+        };
         let d = Daemon::start_prepared(
             std::path::Path::new(env!("CARGO_BIN_EXE_switchyard")),
-            &config(engine, backend),
+            &config(asked, backend),
             &[],
             &[],
             |cmd| {
@@ -227,7 +241,14 @@ fn each_engine_names_itself_and_carries_connections() {
         exchange(d.listeners()["front"], 20);
         let view = engine_view(&d);
         assert_eq!(view["engine"], engine);
-        assert_eq!(view["why"], format!("engine = \"{engine}\""));
+        let why = match asked {
+            "auto" => {
+                "engine = \"auto\": epoll, faster than the io_uring engine here; io_uring is usable"
+                    .to_string()
+            }
+            _ => format!("engine = \"{engine}\""),
+        };
+        assert_eq!(view["why"], why);
         assert_eq!(engine_label(&d), engine);
         let on_ring = if engine == "io_uring" { 20 } else { 0 };
         assert_eq!(view["ring_relays"], on_ring, "{view}");

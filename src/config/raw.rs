@@ -84,7 +84,7 @@ pub struct RawConfig {
     pub workers: Option<S<i64>>,
     /// Pin each worker to a core of its own (in turn, over the cores the process may use). Default false.
     pub cpu_affinity: Option<bool>,
-    /// The I/O engine of established TCP connections: "auto" (io_uring where this kernel and process allow it, else epoll), "io_uring" or "epoll". Default "auto".
+    /// The I/O engine of established TCP connections: "auto" (the faster one that can run here: epoll, as measured), "io_uring" (or no start) or "epoll". Default "auto".
     pub engine: Option<S<String>>,
     /// Other files whose listeners and pools join this one's ("conf.d/*.toml"; relative to this file; * and ? in the file name).
     pub include: Option<Vec<S<String>>>,

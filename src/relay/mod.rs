@@ -108,7 +108,8 @@ pub async fn relay(
 ) -> Outcome {
     if crate::engine::uring() && splice.limits.is_none() && crate::engine::ring::here() {
         crate::engine::relayed_on_ring();
-        // Boxed: only one of the two engines' states is in a task.
+        // Boxed: inline, the ring relay's 2,192 bytes would set every
+        // connection's task size, epoll's too.
         let meters = (up_meter, down_meter);
         return Box::pin(ring::relay((client, backend), timers, stop, splice, meters)).await;
     }

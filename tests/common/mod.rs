@@ -373,13 +373,11 @@ pub fn backends_toml(addrs: &[SocketAddr], weights: Option<&[u32]>) -> String {
 }
 
 /// The engine the daemons of this run carry connections on: the one
-/// `SWITCHYARD_ENGINE` names, else what `engine = "auto"` picks here.
+/// `SWITCHYARD_ENGINE` names, else what `engine = "auto"` runs (epoll).
 #[allow(dead_code)]
 pub fn engine() -> &'static str {
     match std::env::var(switchyard::engine::ENV).as_deref() {
-        Ok("epoll") => "epoll",
         Ok("io_uring") => "io_uring",
-        _ if switchyard::engine::probe().is_ok() => "io_uring",
         _ => "epoll",
     }
 }
