@@ -455,12 +455,7 @@ async fn pump(
                         from.as_ref(),
                         to.as_ref(),
                         (&mut pipe, None),
-                        |read, written| {
-                            let now = now_ms();
-                            total.fetch_add(read as u64, Ordering::Relaxed);
-                            tally.add(read, written, now);
-                            last.store(now, Ordering::Relaxed);
-                        },
+                        spliced(total, &mut tally, last),
                     ))
                     .await
                     .map_err(|b| b.end(side))?;
@@ -536,12 +531,7 @@ async fn limited(
                         from.as_ref(),
                         to.as_ref(),
                         (&mut pipe, Some(&mut gate)),
-                        |read, written| {
-                            let now = now_ms();
-                            total.fetch_add(read as u64, Ordering::Relaxed);
-                            tally.add(read, written, now);
-                            progress.last.store(now, Ordering::Relaxed);
-                        },
+                        spliced(total, &mut tally, &progress.last),
                     )
                     .await
                     .map_err(|b| b.end(side))?;
@@ -553,6 +543,21 @@ async fn limited(
     }
     at_eof(side, to.as_ref(), &progress.ended);
     Ok(())
+}
+
+/// What a spliced direction does at each step: counts the bytes read
+/// (`total`, `tally`) and written, and marks the connection active.
+fn spliced<'a, 'm>(
+    total: &'a AtomicU64,
+    tally: &'a mut Tally<'m>,
+    last: &'a AtomicU64,
+) -> impl FnMut(usize, usize) + use<'a, 'm> {
+    move |read, written| {
+        let now = now_ms();
+        total.fetch_add(read as u64, Ordering::Relaxed);
+        tally.add(read, written, now);
+        last.store(now, Ordering::Relaxed);
+    }
 }
 
 /// After EOF from a direction's source: the first direction to end records

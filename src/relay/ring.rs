@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 
 use super::end::Broken;
 use super::{
-    at_eof, ended, splice, start, watch, Meter, Outcome, Progress, RelayEnd, Side, Splice, Stops,
-    Tally, Timers,
+    at_eof, ended, splice, spliced, start, watch, Meter, Outcome, Progress, RelayEnd, Side, Splice,
+    Stops, Tally, Timers,
 };
 use crate::clock::now_ms;
 use crate::engine::ring::{Done, Ops, BUFFER_SIZE};
@@ -166,13 +166,9 @@ async fn bulk(
     switched.inc();
     // A spliced flow is never handed over (its pipe may hold bytes).
     progress.holding.fetch_add(1, Ordering::Relaxed);
-    splice::forward(from, to, (&mut pipe, None), |read, written| {
-        let now = now_ms();
-        total.fetch_add(read as u64, Ordering::Relaxed);
-        tally.add(read, written, now);
-        progress.last.store(now, Ordering::Relaxed);
-    })
-    .await
-    .map_err(|b| b.end(side))?;
+    let moved = spliced(total, tally, &progress.last);
+    splice::forward(from, to, (&mut pipe, None), moved)
+        .await
+        .map_err(|b| b.end(side))?;
     Ok(true)
 }
