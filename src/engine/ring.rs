@@ -119,6 +119,9 @@ struct ConnOps {
     in_flight: usize,
     left: Vec<(RawFd, Vec<u8>)>,
     waker: Option<Waker>,
+    /// Its `Ops` was dropped before its operations ended (its task was):
+    /// the entry goes with the last of them, and their bytes with it.
+    gone: bool,
 }
 
 struct Driver {
@@ -320,7 +323,7 @@ impl Driver {
         if let (Kind::Recv(fd), Some(bid), true) = (kind, bid, res > 0) {
             let at = bid as usize * BUFFER_SIZE;
             let bytes = self.pool[at..at + res as usize].to_vec();
-            if let Some(c) = self.conns.get_mut(&conn) {
+            if let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.gone) {
                 c.left.push((fd, bytes));
             }
         }
@@ -333,7 +336,9 @@ impl Driver {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.in_flight -= 1;
             if c.in_flight == 0 {
-                if let Some(w) = c.waker.take() {
+                if c.gone {
+                    self.conns.remove(&conn);
+                } else if let Some(w) = c.waker.take() {
                     w.wake();
                 }
             }
@@ -509,8 +514,8 @@ impl Drop for Ops {
                     if c.in_flight == 0 {
                         d.conns.remove(&id);
                     } else {
-                        // Settled when its last operation ends; `finished`
-                        // finds no waker and the entry stays small.
+                        // Removed when its last operation ends.
+                        c.gone = true;
                         c.left.clear();
                     }
                 }
@@ -702,5 +707,93 @@ impl Drop for Op<'_> {
                 _ => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn conns() -> usize {
+        with(|d| d.conns.len())
+    }
+
+    /// Whether this machine gives the test a ring; says so when it does not
+    /// (under CI, where nothing may be skipped, it fails).
+    fn usable() -> bool {
+        if let Err(why) = crate::engine::probe() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "io_uring not available here: {why}"
+            );
+            eprintln!("skipped: io_uring not available here: {why}");
+            return false;
+        }
+        here()
+    }
+
+    /// Yields to the worker's other tasks (the driver) until `cond` holds.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        for _ in 0..1_000_000 {
+            if cond() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("never: {what}");
+    }
+
+    async fn pair() -> (std::net::TcpStream, tokio::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, tokio::net::TcpStream::from_std(b).unwrap())
+    }
+
+    /// Bytes a receive took after its future was dropped are not lost:
+    /// `settle` hands them back, with the socket they came from.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_receive_keeps_its_bytes_for_settle() {
+        if !usable() {
+            return;
+        }
+        let (mut a, b) = pair().await;
+        let ops = Ops::open();
+        let recv = ops.recv_now(b.as_raw_fd());
+        a.write_all(b"kept").unwrap();
+        // The receive completes; its future is dropped unread.
+        let OpState::In(slot, _) = recv.state else {
+            panic!("recv_now submits at once")
+        };
+        until("the receive completes", || {
+            with(|d| matches!(d.slots[slot], Slot::Done { .. }))
+        })
+        .await;
+        drop(recv);
+        let left = ops.settle().await;
+        assert_eq!(left, vec![(b.as_raw_fd(), b"kept".to_vec())]);
+        drop(ops);
+        assert_eq!(conns(), 0);
+    }
+
+    /// A connection whose `Ops` goes while a receive waits in the kernel
+    /// (its task was dropped) leaves nothing behind once the cancel lands.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_dropped_mid_receive_leaves_nothing() {
+        if !usable() {
+            return;
+        }
+        let (_a, b) = pair().await;
+        let before = conns();
+        let ops = Ops::open();
+        let mut recv = Box::pin(ops.recv(b.as_raw_fd()));
+        // Submitted on its first poll; nothing arrives.
+        assert!(futures_util::poll!(recv.as_mut()).is_pending());
+        drop(recv);
+        drop(ops);
+        assert_eq!(conns(), before + 1, "kept while the kernel has its receive");
+        until("the cancelled receive's entry goes", || conns() == before).await;
     }
 }
