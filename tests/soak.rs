@@ -533,7 +533,9 @@ fn everything_churns_at_once_and_nothing_leaks() {
 
     // Every client failure is one a kill caused: an established connection
     // cut when its backend's queue went with it, within the kill's window.
-    let failures = seen.failures.lock().unwrap();
+    // A copy: the checks below print the failures again on a mismatch,
+    // which must not wait for a lock this function holds.
+    let failures = seen.failures.lock().unwrap().clone();
     let mut by_kill = 0;
     for (at, what, e) in failures.iter() {
         let in_window = windows.iter().any(|w| *at >= w.from && *at <= w.to);
