@@ -345,6 +345,23 @@ impl Driver {
         }
     }
 
+    /// The result of the operation in slot `i` if it has completed, its
+    /// slot freed and its connection told; `None` while it is in the kernel.
+    fn take(&mut self, i: usize) -> Option<(Kind, u64, i32, u32)> {
+        let Slot::Done {
+            kind,
+            conn,
+            res,
+            flags,
+        } = self.slots[i]
+        else {
+            return None;
+        };
+        self.release(i);
+        self.finished(conn);
+        Some((kind, conn, res, flags))
+    }
+
     fn complete(&mut self) {
         loop {
             let Some(cqe) = self.ring.completion().next() else {
@@ -605,25 +622,18 @@ impl Future for Op<'_> {
                     return Poll::Pending;
                 }
                 OpState::In(i, given) => {
-                    let done = with(|d| match &mut d.slots[i] {
-                        Slot::Done {
-                            kind,
-                            conn,
-                            res,
-                            flags,
-                        } => {
-                            let r = (*kind, *conn, *res, *flags);
-                            d.release(i);
-                            d.finished(r.1);
-                            Some(r)
-                        }
-                        Slot::Pending { waker, .. } => {
-                            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                                *waker = Some(cx.waker().clone());
+                    let done = with(|d| {
+                        let done = d.take(i);
+                        match &mut d.slots[i] {
+                            Slot::Pending { waker, .. } => {
+                                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                                    *waker = Some(cx.waker().clone());
+                                }
                             }
-                            None
+                            _ if done.is_some() => {}
+                            _ => unreachable!("a live operation's slot is pending or done"),
                         }
-                        _ => unreachable!("a live operation's slot is pending or done"),
+                        done
                     });
                     let Some((kind, _, res, flags)) = done else {
                         return Poll::Pending;
@@ -682,27 +692,18 @@ impl Drop for Op<'_> {
             let mut d = d.borrow_mut();
             let Some(d) = d.as_mut() else { return };
             match state {
-                OpState::In(i, _) => match std::mem::replace(&mut d.slots[i], Slot::Free(None)) {
-                    Slot::Pending { kind, conn, .. } => {
+                OpState::In(i, _) => {
+                    if let Slot::Pending { kind, conn, .. } = d.slots[i] {
                         d.slots[i] = Slot::Abandoned { kind, conn };
                         d.push(
                             opcode::AsyncCancel::new(i as u64)
                                 .build()
                                 .user_data(UNWATCHED),
                         );
-                    }
-                    Slot::Done {
-                        kind,
-                        conn,
-                        res,
-                        flags,
-                    } => {
-                        d.release(i);
+                    } else if let Some((kind, conn, res, flags)) = d.take(i) {
                         d.settle_orphan(kind, conn, res, flags);
-                        d.finished(conn);
                     }
-                    other => d.slots[i] = other,
-                },
+                }
                 OpState::Ready(Kind::Send { bid, .. }, _) => d.give_back(bid),
                 _ => {}
             }
