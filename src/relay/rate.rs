@@ -2,13 +2,18 @@
 //! of it. A connection's own bucket is its direction's alone; a listener's
 //! is shared by its connections, which take turns at it in the order they
 //! came (a fair queue), each taking one chunk (a twentieth of a second's
-//! bytes) a turn, so the rate is split evenly among those that want it. A
-//! bucket starts with one chunk, so a connection's first bytes pass at once
-//! and a burst after idleness is at most a second's worth.
+//! bytes) a turn. A direction spends its chunk before it queues again: what
+//! a read did not use stays its credit for the next reads (deficit round
+//! robin), so the rate is split evenly by bytes, not by turns, even when
+//! one direction's reads come back short (a splice from a socket often
+//! does) and another's come back full. A bucket starts with one chunk, so a
+//! connection's first bytes pass at once and a burst after idleness is at
+//! most a second's worth, plus at most one chunk of credit per direction.
 //!
 //! A direction asks for an allowance before each read or splice and gives
 //! back what the read did not use; it waits, holding no bytes, while there
-//! is none, so a binary upgrade can still take it over.
+//! is none, so a binary upgrade can still take it over. A direction that
+//! ends returns its credit to the listener's bucket.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -128,6 +133,24 @@ impl Bucket {
         self.rate
     }
 
+    /// Waits for this caller's turn, then for `n` tokens, and takes them.
+    async fn turn_for(&self, n: usize) -> usize {
+        let _turn = self.turn.lock().await;
+        let need = n as f64;
+        loop {
+            let wait = {
+                let mut t = self.lock();
+                t.refill(Instant::now());
+                if t.have >= need {
+                    t.have -= need;
+                    return n;
+                }
+                t.wait_for(need)
+            };
+            pause(wait).await;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Tokens> {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -137,6 +160,9 @@ impl Bucket {
 pub struct Gate<'a> {
     own: Option<Tokens>,
     shared: Option<&'a Bucket>,
+    /// What is left of the chunk this direction took in its last turn at
+    /// the shared bucket, spent before it queues again.
+    credit: usize,
     /// The most one allowance is.
     chunk: usize,
 }
@@ -151,14 +177,22 @@ impl<'a> Gate<'a> {
         Gate {
             own: limit.per_connection.map(Tokens::new),
             shared: limit.shared.as_deref(),
+            credit: 0,
             chunk: rates.map(chunk).min().unwrap_or(MAX_CHUNK),
         }
     }
 
     /// Waits for an allowance of at most `want` bytes and takes it: first
-    /// from the connection's own bucket, then, in its turn, the listener's.
+    /// from the connection's own bucket, then from its credit at the
+    /// listener's, which, spent, it renews with a chunk in its turn.
     pub async fn take(&mut self, want: usize) -> usize {
-        let want = want.min(self.chunk).max(1);
+        let mut want = want.min(self.chunk).max(1);
+        if let Some(shared) = self.shared {
+            if self.credit == 0 {
+                self.credit = shared.turn_for(self.chunk).await;
+            }
+            want = want.min(self.credit);
+        }
         let need = want as f64;
         if let Some(own) = &mut self.own {
             loop {
@@ -169,28 +203,17 @@ impl<'a> Gate<'a> {
                 pause(own.wait_for(need)).await;
             }
         }
-        if let Some(shared) = self.shared {
-            let _turn = shared.turn.lock().await;
-            loop {
-                let wait = {
-                    let mut t = shared.lock();
-                    t.refill(Instant::now());
-                    if t.have >= need {
-                        t.have -= need;
-                        break;
-                    }
-                    t.wait_for(need)
-                };
-                pause(wait).await;
-            }
-        }
         if let Some(own) = &mut self.own {
             own.have -= need;
+        }
+        if self.shared.is_some() {
+            self.credit -= want;
         }
         want
     }
 
-    /// Gives back the part of an allowance a read did not use.
+    /// Gives back the part of an allowance a read did not use: to the
+    /// connection's own bucket, and to its credit at the listener's.
     pub fn give_back(&mut self, n: usize) {
         if n == 0 {
             return;
@@ -198,8 +221,16 @@ impl<'a> Gate<'a> {
         if let Some(own) = &mut self.own {
             own.give(n);
         }
-        if let Some(shared) = self.shared {
-            shared.lock().give(n);
+        if self.shared.is_some() {
+            self.credit = (self.credit + n).min(self.chunk);
+        }
+    }
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        if let (Some(shared), true) = (self.shared, self.credit > 0) {
+            shared.lock().give(self.credit);
         }
     }
 }
@@ -269,6 +300,61 @@ mod tests {
             through(d, 10)
         );
         vec![a, b, c, d]
+    }
+
+    /// Bytes a gate lets through in `secs` of paused time when every other
+    /// read uses only `short` bytes of its allowance (as a splice from a
+    /// socket may), the rest given back.
+    async fn through_short(gate: &mut Gate<'_>, secs: u64, short: Option<usize>) -> usize {
+        let end = Instant::now() + Duration::from_secs(secs);
+        let (mut n, mut odd) = (0, false);
+        loop {
+            let got = gate.take(MAX_CHUNK).await;
+            if Instant::now() > end {
+                return n;
+            }
+            odd = !odd;
+            let used = match short {
+                Some(s) if odd => got.min(s),
+                _ => got,
+            };
+            gate.give_back(got - used);
+            n += used;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shares_are_even_by_bytes_when_some_reads_come_back_short() {
+        let limit = Limit {
+            per_connection: None,
+            shared: Some(std::sync::Arc::new(Bucket::new(2 << 20))),
+        };
+        let mut gates: Vec<Gate<'_>> = (0..4).map(|_| Gate::new(&limit)).collect();
+        let mut it = gates.iter_mut();
+        let (a, b, c, d) = (
+            it.next().unwrap(),
+            it.next().unwrap(),
+            it.next().unwrap(),
+            it.next().unwrap(),
+        );
+        let short = Some(29 * 1024);
+        let (a, b, c, d) = tokio::join!(
+            through_short(a, 10, None),
+            through_short(b, 10, short),
+            through_short(c, 10, short),
+            through_short(d, 10, short)
+        );
+        let counts = [a, b, c, d];
+        let total: usize = counts.iter().sum();
+        let want = 10.0 * (2 << 20) as f64;
+        assert!(
+            (total as f64 / want - 1.0).abs() < 0.01,
+            "{total} of {want}"
+        );
+        for c in &counts {
+            let share = *c as f64 / total as f64;
+            assert!((0.24..0.26).contains(&share), "{counts:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
