@@ -92,6 +92,14 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
     assert_eq!(&buf[..n], b"a: hi");
 
     wait_idle(&server, "front").await;
+    // A reply is counted once its session's task has nothing more to read.
+    common::wait_metric(
+        &server,
+        "switchyard_udp_datagrams_total{direction=\"out\",listener=\"dns\"}",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
     let (status, text) = get(admin, "/metrics").await;
     assert_eq!(status, 200);
     let b = a.addr;

@@ -319,6 +319,67 @@ async fn udp_sessions_are_sticky_and_spread() {
         ),
         150.0
     );
+    // A burst of 200 from one client, answered as fast as the backend goes:
+    // the loops count in batches, and every count is exact once they wait.
+    let s = &clients[0];
+    let mut sent = 0usize;
+    for i in 0..200 {
+        let msg = format!("burst {i}");
+        sent += msg.len();
+        s.send_to(msg.as_bytes(), front).await.unwrap();
+    }
+    let mut replied = 0usize;
+    let mut buf = [0u8; 1500];
+    for _ in 0..200 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf))
+            .await
+            .expect("every reply of the burst in time")
+            .unwrap();
+        replied += n;
+    }
+    // Before it: 150 replies, each the backend's name, ": " and the message.
+    let before: usize = (0..30)
+        .flat_map(|c| (0..5).map(move |i| 1 + 2 + format!("c{c} m{i}").len()))
+        .sum();
+    common::wait_metric(
+        &server,
+        "switchyard_udp_datagrams_total{direction=\"out\",listener=\"u\"}",
+        350.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let out_bytes = "switchyard_listener_bytes_total{direction=\"out\",listener=\"u\"}";
+    assert_eq!(value(&server, out_bytes), (before + replied) as f64);
+    let backends_in: f64 = b
+        .iter()
+        .map(|x| {
+            value(
+                &server,
+                &format!(
+                    "switchyard_backend_bytes_total{{backend=\"{}\",direction=\"in\",pool=\"p\"}}",
+                    x.addr
+                ),
+            )
+        })
+        .sum();
+    assert_eq!(backends_in, (before + replied) as f64);
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_udp_datagrams_total{direction=\"in\",listener=\"u\"}"
+        ),
+        350.0
+    );
+    let asked: usize = (0..30)
+        .flat_map(|c| (0..5).map(move |i| format!("c{c} m{i}").len()))
+        .sum();
+    assert_eq!(
+        value(
+            &server,
+            "switchyard_listener_bytes_total{direction=\"in\",listener=\"u\"}"
+        ),
+        (asked + sent) as f64
+    );
 }
 
 // Two worker threads: the listener gets two SO_REUSEPORT receive loops.
