@@ -507,16 +507,9 @@ async fn reuse_port_runs_one_socket_per_worker_and_serves() {
 
 /// TCP sockets listening on `port` in this network namespace.
 fn listening_sockets(port: u16) -> usize {
-    let local = format!(":{port:04X} ");
-    ["/proc/net/tcp", "/proc/net/tcp6"]
+    common::tcp_sockets(true)
         .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
-        .filter(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // local_address is field 1, state 0A is LISTEN.
-            f.len() > 3 && format!("{} ", &f[1][f[1].len() - 5..]) == local && f[3] == "0A"
-        })
+        .filter(|s| s.local_port == port && s.state == "0A")
         .count()
 }
 
@@ -716,12 +709,10 @@ async fn udp_replies_leave_from_the_address_the_client_sent_to() {
 /// The kernel's timer field (`tr` in /proc/net/tcp: 2 is keepalive) of the
 /// TCP socket from `local` port to `remote` port, if there is one.
 fn tcp_timer(local: u16, remote: u16) -> Option<String> {
-    let t = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    t.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let port = |a: &str| u16::from_str_radix(&a[a.len() - 4..], 16).unwrap();
-        (port(f[1]) == local && port(f[2]) == remote).then(|| f[5][..2].to_string())
-    })
+    common::tcp_sockets(false)
+        .into_iter()
+        .find(|s| s.local_port == local && s.remote_port == remote)
+        .map(|s| s.timer)
 }
 
 /// A vanished peer must not hold its descriptors for the whole idle timeout:
@@ -765,15 +756,10 @@ async fn keepalive_is_on_both_sides_and_can_be_turned_off() {
 /// The timers of the established sockets to `backend_port`, from
 /// /proc/net/tcp (`00` none, `01` retransmit or loss probe, `02` keepalive).
 fn backend_side_timers(backend_port: u16) -> Vec<String> {
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let port = |x: &str| u16::from_str_radix(&x[x.len() - 4..], 16).unwrap();
-            (port(f[2]) == backend_port && f[3] == "01").then(|| f[5][..2].to_string())
-        })
+    common::tcp_sockets(false)
+        .into_iter()
+        .filter(|s| s.remote_port == backend_port && s.state == "01")
+        .map(|s| s.timer)
         .collect()
 }
 

@@ -317,17 +317,10 @@ fn accept_queued(addrs: &[SocketAddr]) -> usize {
         SocketAddr::V6(_) => unreachable!("the soak's listeners are IPv4"),
     };
     let want: Vec<String> = addrs.iter().map(local).collect();
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 4 && f[3] == "0A" && want.iter().any(|w| w == f[1]))
-                .then(|| f[4].split_once(':'))
-                .flatten()
-                .map(|(_, rx)| usize::from_str_radix(rx, 16).unwrap())
-        })
+    common::tcp_sockets(false)
+        .iter()
+        .filter(|s| s.state == "0A" && want.contains(&s.local))
+        .map(|s| s.rx_queue)
         .sum()
 }
 

@@ -280,6 +280,52 @@ pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 3], port as u16))
 }
 
+/// One socket of the kernel's TCP table (/proc/net/tcp, and tcp6).
+pub struct TcpSocket {
+    /// The local address as the table writes it (`0100007F:1F90`).
+    pub local: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// `0A` is LISTEN, `01` ESTABLISHED.
+    pub state: String,
+    /// A listening socket's accept backlog; bytes unread otherwise.
+    pub rx_queue: usize,
+    /// The timer running (`00` none, `01` retransmit or loss probe, `02`
+    /// keepalive).
+    pub timer: String,
+}
+
+/// The TCP sockets of this network namespace, IPv4 and, with `v6`, IPv6.
+pub fn tcp_sockets(v6: bool) -> Vec<TcpSocket> {
+    let files: &[&str] = if v6 {
+        &["/proc/net/tcp", "/proc/net/tcp6"]
+    } else {
+        &["/proc/net/tcp"]
+    };
+    let port = |a: &str| u16::from_str_radix(&a[a.len() - 4..], 16).unwrap();
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .skip(1)
+                .map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    TcpSocket {
+                        local: f[1].to_string(),
+                        local_port: port(f[1]),
+                        remote_port: port(f[2]),
+                        state: f[3].to_string(),
+                        rx_queue: usize::from_str_radix(f[4].split_once(':').unwrap().1, 16)
+                            .unwrap(),
+                        timer: f[5][..2].to_string(),
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Waits until `cond` holds, checking every 10ms, failing after `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
