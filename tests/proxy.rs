@@ -509,7 +509,7 @@ async fn reuse_port_runs_one_socket_per_worker_and_serves() {
 fn listening_sockets(port: u16) -> usize {
     common::tcp_sockets(true)
         .iter()
-        .filter(|s| s.local_port == port && s.state == "0A")
+        .filter(|s| s.local.port() == port && s.state == "0A")
         .count()
 }
 
@@ -711,7 +711,7 @@ async fn udp_replies_leave_from_the_address_the_client_sent_to() {
 fn tcp_timer(local: u16, remote: u16) -> Option<String> {
     common::tcp_sockets(false)
         .into_iter()
-        .find(|s| s.local_port == local && s.remote_port == remote)
+        .find(|s| s.local.port() == local && s.remote_port == remote)
         .map(|s| s.timer)
 }
 

@@ -310,21 +310,12 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 /// Connections waiting in the accept queues of the listening sockets bound
-/// to `addrs` (IPv4): a listening socket's receive queue in /proc/net/tcp
-/// is its accept backlog.
+/// to `addrs`: a listening socket's receive queue in /proc/net/tcp is its
+/// accept backlog.
 fn accept_queued(addrs: &[SocketAddr]) -> usize {
-    let local = |a: &SocketAddr| match a {
-        SocketAddr::V4(v4) => format!(
-            "{:08X}:{:04X}",
-            u32::from_le_bytes(v4.ip().octets()),
-            v4.port()
-        ),
-        SocketAddr::V6(_) => unreachable!("the soak's listeners are IPv4"),
-    };
-    let want: Vec<String> = addrs.iter().map(local).collect();
     common::tcp_sockets(false)
         .iter()
-        .filter(|s| s.state == "0A" && want.contains(&s.local))
+        .filter(|s| s.state == "0A" && addrs.contains(&s.local))
         .map(|s| s.rx_queue)
         .sum()
 }

@@ -624,14 +624,13 @@ impl Future for Op<'_> {
                 OpState::In(i, given) => {
                     let done = with(|d| {
                         let done = d.take(i);
-                        match &mut d.slots[i] {
-                            Slot::Pending { waker, .. } => {
-                                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                                    *waker = Some(cx.waker().clone());
-                                }
+                        if done.is_none() {
+                            let Slot::Pending { waker, .. } = &mut d.slots[i] else {
+                                unreachable!("a live operation's slot is pending or done")
+                            };
+                            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                                *waker = Some(cx.waker().clone());
                             }
-                            _ if done.is_some() => {}
-                            _ => unreachable!("a live operation's slot is pending or done"),
                         }
                         done
                     });

@@ -134,7 +134,7 @@ impl Bucket {
     }
 
     /// Waits for this caller's turn, then for `n` tokens, and takes them.
-    async fn turn_for(&self, n: usize) -> usize {
+    async fn turn_for(&self, n: usize) {
         let _turn = self.turn.lock().await;
         let need = n as f64;
         loop {
@@ -143,7 +143,7 @@ impl Bucket {
                 t.refill(Instant::now());
                 if t.have >= need {
                     t.have -= need;
-                    return n;
+                    return;
                 }
                 t.wait_for(need)
             };
@@ -189,7 +189,8 @@ impl<'a> Gate<'a> {
         let mut want = want.min(self.chunk).max(1);
         if let Some(shared) = self.shared {
             if self.credit == 0 {
-                self.credit = shared.turn_for(self.chunk).await;
+                shared.turn_for(self.chunk).await;
+                self.credit = self.chunk;
             }
             want = want.min(self.credit);
         }
@@ -229,8 +230,9 @@ impl<'a> Gate<'a> {
 
 impl Drop for Gate<'_> {
     fn drop(&mut self) {
-        if let (Some(shared), true) = (self.shared, self.credit > 0) {
-            shared.lock().give(self.credit);
+        match self.shared {
+            Some(shared) if self.credit > 0 => shared.lock().give(self.credit),
+            _ => {}
         }
     }
 }

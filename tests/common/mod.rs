@@ -14,7 +14,7 @@ pub mod zookeeper;
 #[allow(unused_imports)]
 pub use tools::installed;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -282,9 +282,8 @@ pub fn dead_addr() -> SocketAddr {
 
 /// One socket of the kernel's TCP table (/proc/net/tcp, and tcp6).
 pub struct TcpSocket {
-    /// The local address as the table writes it (`0100007F:1F90`).
-    pub local: String,
-    pub local_port: u16,
+    /// The local address (the table writes `0100007F:1F90`).
+    pub local: SocketAddr,
     pub remote_port: u16,
     /// `0A` is LISTEN, `01` ESTABLISHED.
     pub state: String,
@@ -303,6 +302,22 @@ pub fn tcp_sockets(v6: bool) -> Vec<TcpSocket> {
         &["/proc/net/tcp"]
     };
     let port = |a: &str| u16::from_str_radix(&a[a.len() - 4..], 16).unwrap();
+    // The address is the kernel's words in hex, each in host (little-endian) order.
+    let addr = |a: &str| {
+        let (ip, _) = a.split_once(':').unwrap();
+        let words: Vec<[u8; 4]> = (0..ip.len() / 8)
+            .map(|i| {
+                u32::from_str_radix(&ip[8 * i..8 * i + 8], 16)
+                    .unwrap()
+                    .to_le_bytes()
+            })
+            .collect();
+        let ip = match words[..] {
+            [w] => IpAddr::from(w),
+            _ => IpAddr::from(<[u8; 16]>::try_from(words.concat()).unwrap()),
+        };
+        SocketAddr::new(ip, port(a))
+    };
     files
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
@@ -312,8 +327,7 @@ pub fn tcp_sockets(v6: bool) -> Vec<TcpSocket> {
                 .map(|l| {
                     let f: Vec<&str> = l.split_whitespace().collect();
                     TcpSocket {
-                        local: f[1].to_string(),
-                        local_port: port(f[1]),
+                        local: addr(f[1]),
                         remote_port: port(f[2]),
                         state: f[3].to_string(),
                         rx_queue: usize::from_str_radix(f[4].split_once(':').unwrap().1, 16)

@@ -37,37 +37,26 @@ use reply::{replies, ReplyTask};
 use route::{Inspector, Verdict};
 use session::{Link, Parts, SessionEnd};
 pub use shared::UdpShared;
-use shared::MAX_DATAGRAM;
+use shared::{Burst, MAX_DATAGRAM};
 pub(crate) use sock::want_destination;
 use table::{earliest, Alarm, Table, UdpSession};
 
-/// Datagrams and bytes a receive loop took, counted locally and added to
-/// the listener's shared counters (which every worker's loop adds to) when
-/// the loop is about to wait, or every [`Received::BATCH`] datagrams: one
-/// pair of atomic adds per burst instead of per datagram, and exact
-/// whenever the loop is idle.
+/// What a receive loop took, added to the listener's shared counters when
+/// the loop is about to wait or its burst is full.
 #[derive(Default)]
-struct Received {
-    datagrams: u64,
-    bytes: u64,
-}
+struct Received(Burst);
 
 impl Received {
-    const BATCH: u64 = 64;
-
     fn count(&mut self, bytes: usize, m: &UdpListenerMetrics) {
-        self.datagrams += 1;
-        self.bytes += bytes as u64;
-        if self.datagrams >= Self::BATCH {
+        if self.0.count(bytes) {
             self.flush(m);
         }
     }
 
     fn flush(&mut self, m: &UdpListenerMetrics) {
-        if self.datagrams > 0 {
-            m.datagrams_in.inc_by(self.datagrams);
-            m.bytes_in.inc_by(self.bytes);
-            *self = Received::default();
+        if let Some((datagrams, bytes)) = self.0.take() {
+            m.datagrams_in.inc_by(datagrams);
+            m.bytes_in.inc_by(bytes);
         }
     }
 }

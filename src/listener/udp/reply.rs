@@ -13,9 +13,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::session::Link;
-use super::shared::{UdpShared, DGRAM_BUF};
+use super::shared::{Burst, UdpShared, DGRAM_BUF};
 use super::sock;
+use crate::backend::Backend;
 use crate::clock::now_ms;
+use crate::metrics::UdpListenerMetrics;
 
 pub(super) struct ReplyTask {
     pub(super) shared: Arc<UdpShared>,
@@ -39,9 +41,7 @@ pub(super) async fn replies(t: ReplyTask) {
     let m = &t.shared.metrics;
     let backend = link.guard.backend();
     let (mut datagrams_out, mut bytes_out) = (0u64, 0u64);
-    // Replies not yet added to the shared counters: added when the task is
-    // about to wait, or every [`super::Received::BATCH`], as the receive loop does.
-    let mut unflushed = Unflushed::default();
+    let mut replied = Replied::default();
     let end = loop {
         // An ICMP error from the backend wakes this too (`open_upstream`).
         let woke = poll_fn(|cx| {
@@ -76,14 +76,12 @@ pub(super) async fn replies(t: ReplyTask) {
             }
         });
         match got {
-            Got::Nothing => unflushed.flush(m, backend, link.spread),
+            Got::Nothing => replied.flush(m, backend, link.spread),
             Got::Relayed(n) => {
                 link.last.store(now_ms(), Ordering::Relaxed);
                 datagrams_out += 1;
                 bytes_out += n as u64;
-                if unflushed.count(n) {
-                    unflushed.flush(m, backend, link.spread);
-                }
+                replied.count(n, m, backend, link.spread);
             }
             Got::ClientUnreachable(e) => {
                 m.dropped_send.inc();
@@ -101,7 +99,7 @@ pub(super) async fn replies(t: ReplyTask) {
             }
         }
     };
-    unflushed.flush(m, backend, link.spread);
+    replied.flush(m, backend, link.spread);
     m.sessions.dec();
     if link.ended().is_none() {
         // The receive loop may be gone already (shutdown); then nobody needs telling.
@@ -124,42 +122,27 @@ pub(super) async fn replies(t: ReplyTask) {
     }
 }
 
-/// Replies a session relayed that its listener's and backend's shared
-/// counters (which every worker adds to) do not show yet: one add per
-/// counter for a burst instead of one per datagram, exact whenever the
-/// session waits. Two words, as the task's size is held to 160 bytes.
+/// Replies a session relayed, added to its listener's and backend's shared
+/// counters when the task is about to wait or its burst is full.
 #[derive(Default)]
-struct Unflushed {
-    datagrams: u32,
-    bytes: u32,
-}
+struct Replied(Burst);
 
-impl Unflushed {
-    /// Counts a reply of `n` bytes; true when the counts must be added now
-    /// (a whole batch, or bytes that one more datagram could overflow).
-    fn count(&mut self, n: usize) -> bool {
-        self.datagrams += 1;
-        self.bytes += n as u32;
-        u64::from(self.datagrams) >= super::Received::BATCH
-            || self.bytes > u32::MAX - super::shared::MAX_DATAGRAM as u32
+impl Replied {
+    fn count(&mut self, n: usize, m: &UdpListenerMetrics, backend: &Backend, spread: bool) {
+        if self.0.count(n) {
+            self.flush(m, backend, spread);
+        }
     }
 
-    fn flush(
-        &mut self,
-        m: &crate::metrics::UdpListenerMetrics,
-        backend: &crate::backend::Backend,
-        spread: bool,
-    ) {
-        if self.datagrams == 0 {
-            return;
+    fn flush(&mut self, m: &UdpListenerMetrics, backend: &Backend, spread: bool) {
+        if let Some((datagrams, bytes)) = self.0.take() {
+            m.datagrams_out.inc_by(datagrams);
+            m.bytes_out.inc_by(bytes);
+            // A per-datagram session counted its sender's bytes already.
+            if !spread {
+                backend.metrics.bytes_in.inc_by(bytes);
+            }
         }
-        m.datagrams_out.inc_by(u64::from(self.datagrams));
-        m.bytes_out.inc_by(u64::from(self.bytes));
-        // A per-datagram session counted its sender's bytes already.
-        if !spread {
-            backend.metrics.bytes_in.inc_by(u64::from(self.bytes));
-        }
-        *self = Unflushed::default();
     }
 }
 
